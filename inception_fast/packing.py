@@ -1,0 +1,116 @@
+"""One stage of a block plan packed into flat device tensors: the input of one grouped kernel
+launch. The Triton and the CUDA backends read the same format.
+
+A stage is a list of *problems*, each a row of the int64 table ``problems[P, NUM_FIELDS]``:
+
+  KIND       CONV, AVG_POOL (AvgPoolBiasRelu) or MAX_POOL
+  SRC_BUF    which buffer the problem reads: BUF_INPUT, BUF_WORK or BUF_OUTPUT
+  SRC_C0     first channel read in that buffer
+  CIN        channels read (for pools: = COLS)
+  COLS       output columns (conv output channels; pool channels)
+  KH, KW, STRIDE, PAD_H, PAD_W   the window
+  W_OFF      element offset of the conv weight in ``weights`` (OHWI: [COLS, KH*KW*CIN], row k =
+             (kh*KW + kw)*CIN + c contiguous), -1 for pools
+  COL_OFF    offset of the problem's columns in ``bias``, ``col_dst`` and ``col_flags``
+
+Per column j (global index COL_OFF + n):
+  bias[j]       fp32 bias added in the epilogue (0 on raw columns and max-pool columns)
+  col_dst[j]    channel index in the destination buffer
+  col_flags[j]  FLAG_RELU | FLAG_TO_OUTPUT (destination is the block output, else work)
+
+Destination pixels: a problem's flattened output pixel m = (n*OH + oh)*OW + ow indexes its
+destination buffer directly, because every destination has the problem's output size.
+The buffers are NHWC with pixel strides in_channels, work_channels, out_channels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .plan import INPUT, OUTPUT, WORK, AvgPoolBiasRelu, BlockPlan, Conv, MaxPool
+
+CONV, AVG_POOL, MAX_POOL = 0, 1, 2
+BUF_INPUT, BUF_WORK, BUF_OUTPUT = 0, 1, 2
+FLAG_RELU, FLAG_TO_OUTPUT = 1, 2
+(KIND, SRC_BUF, SRC_C0, CIN, COLS, KH, KW, STRIDE, PAD_H, PAD_W, W_OFF, COL_OFF) = range(12)
+NUM_FIELDS = 12
+_BUF = {INPUT: BUF_INPUT, WORK: BUF_WORK, OUTPUT: BUF_OUTPUT}
+
+
+@dataclass
+class PackedStage:
+    problems: torch.Tensor  # int64 [P, NUM_FIELDS], on the device
+    rows: list  # the same table as Python lists (host-side tiling needs no device sync)
+    weights: torch.Tensor  # activation dtype, every conv's OHWI weight back to back
+    bias: torch.Tensor  # fp32 [total columns]
+    col_dst: torch.Tensor  # int32 [total columns]
+    col_flags: torch.Tensor  # int32 [total columns]
+
+    @property
+    def num_problems(self) -> int:
+        return len(self.rows)
+
+    def output_hw(self, p: int, height: int, width: int) -> tuple[int, int]:
+        row = self.rows[p]
+        oh = (height + 2 * row[PAD_H] - row[KH]) // row[STRIDE] + 1
+        ow = (width + 2 * row[PAD_W] - row[KW]) // row[STRIDE] + 1
+        return oh, ow
+
+
+def _columns(op) -> list[tuple[int, int]]:
+    """(destination channel, flags) for each output column of an op."""
+    if isinstance(op, Conv):
+        cols = []
+        for write in op.writes:
+            flags = (0 if write.raw else FLAG_RELU) | (FLAG_TO_OUTPUT if write.dst.buffer == OUTPUT else 0)
+            cols += [(write.dst.start + i, flags) for i in range(write.dst.channels)]
+        return cols
+    flags = (FLAG_RELU if isinstance(op, AvgPoolBiasRelu) else 0)
+    flags |= FLAG_TO_OUTPUT if op.dst.buffer == OUTPUT else 0
+    return [(op.dst.start + i, flags) for i in range(op.dst.channels)]
+
+
+def pack_stage(block, stage_index: int, device, dtype) -> PackedStage:
+    """Pack stage `stage_index` of a FusedBlock for one grouped launch on `device` in `dtype`."""
+    plan: BlockPlan = block.plan
+    first = sum(len(s) for s in plan.stages[:stage_index])
+    rows, weights, biases, dsts, flags = [], [], [], [], []
+    w_off = col_off = 0
+    for i, op in enumerate(plan.stages[stage_index], start=first):
+        weight, bias = block.op_params(i)
+        cols = _columns(op)
+        if isinstance(op, Conv):
+            kind, (kh, kw), stride, (ph, pw) = CONV, op.kernel, op.stride, op.padding
+            ohwi = weight.permute(0, 2, 3, 1).reshape(-1)
+            weights.append(ohwi)
+            this_w_off, w_off = w_off, w_off + ohwi.numel()
+        else:
+            kind = AVG_POOL if isinstance(op, AvgPoolBiasRelu) else MAX_POOL
+            kh = kw = op.kernel
+            stride, ph, pw = op.stride, op.padding, op.padding
+            this_w_off = -1
+            if bias is None:
+                bias = torch.zeros(len(cols))
+        rows.append([
+            kind, _BUF[op.src.buffer], op.src.start, op.src.channels, len(cols),
+            kh, kw, stride, ph, pw, this_w_off, col_off,
+        ])
+        biases.append(bias.float().cpu())
+        dsts += [c for c, _ in cols]
+        flags += [f for _, f in cols]
+        col_off += len(cols)
+    empty = torch.zeros(0)
+    return PackedStage(
+        problems=torch.tensor(rows, dtype=torch.int64, device=device),
+        rows=rows,
+        weights=(torch.cat(weights) if weights else empty).to(device=device, dtype=dtype).contiguous(),
+        bias=torch.cat(biases).to(device=device, dtype=torch.float32),
+        col_dst=torch.tensor(dsts, dtype=torch.int32, device=device),
+        col_flags=torch.tensor(flags, dtype=torch.int32, device=device),
+    )
+
+
+def pack_block(block, device, dtype) -> list[PackedStage]:
+    return [pack_stage(block, s, device, dtype) for s in range(len(block.plan.stages))]
