@@ -43,6 +43,7 @@ class FusedBlock(nn.Module):
             elif isinstance(op, AvgPoolBiasRelu):
                 self.register_buffer(f"b{i}", param)
         self.backend_cache = {}  # backend-specific packed weights, dropped on .to()/.half()
+        self.eval()  # inference-only: usable as built, without a call to .eval()
 
     @classmethod
     def from_reference(cls, block: nn.Module, backend: str = "torch", dtype=None):
@@ -166,6 +167,7 @@ class FusedHead(nn.Module):
         bias = linear.bias if linear.bias is not None else torch.zeros(linear.out_features)
         self.register_buffer("bias", bias.detach().clone())
         self.backend_cache = {}
+        self.eval()  # inference-only: usable as built, without a call to .eval()
 
     def _apply(self, fn, *args, **kwargs):
         self.backend_cache = {}
