@@ -1,0 +1,44 @@
+"""Shared fixtures and markers.
+
+Markers: `cuda` tests need a GPU and are skipped with a reason where there is none; `slow` tests
+are the long ones (deselect with `-m "not slow"`). Calibrated models are built once per session
+because a whole-network calibration costs seconds on a small CPU; every test still draws its own
+fresh random inputs.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from inception_fast.testing import calibrated_inception_v4
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skipped when none is available)")
+    config.addinivalue_line("markers", "slow: takes long; deselect with -m 'not slow'")
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip_cuda = pytest.mark.skip(reason="CUDA is not available")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip_cuda)
+
+
+@pytest.fixture(scope="session")
+def calibrated_model():
+    """A random fp32 reference Inception-v4 with BatchNorm calibrated at 299x299 (eval mode).
+    Session-scoped: copy it (`copy.deepcopy`) before changing its dtype or device."""
+    return calibrated_inception_v4(seed=0)
+
+
+@pytest.fixture(scope="session")
+def calibrated_model64(calibrated_model):
+    """The same network in float64, the reference of every whole-model comparison."""
+    return copy.deepcopy(calibrated_model).double().eval()
+

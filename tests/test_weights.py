@@ -1,0 +1,108 @@
+"""`inception_v4(weights=...)`: local checkpoints with wrapper prefixes, and timm's pretrained
+weights (with a clear message offline)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import inception_fast
+from inception_fast import weights as weights_module
+
+
+@pytest.fixture(scope="module")
+def source_state(calibrated_model):
+    return {k: v.clone() for k, v in calibrated_model.state_dict().items()}
+
+
+def _assert_same_state(model, state):
+    loaded = model.state_dict()
+    assert list(loaded) == list(state)
+    for key, value in state.items():
+        assert torch.equal(loaded[key], value), key
+
+
+def _save(state, path):
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(state, str(path))
+    else:
+        torch.save(state, path)
+
+
+@pytest.mark.parametrize(
+    "suffix, prefix",
+    [(".pth", "module."), (".safetensors", "_orig_mod."), (".pth", "_orig_mod.module."), (".safetensors", "")],
+)
+def test_checkpoint_file_round_trips(tmp_path, source_state, suffix, prefix):
+    path = tmp_path / f"inception_v4{suffix}"
+    _save({prefix + k: v for k, v in source_state.items()}, path)
+    # Paths come as pathlib objects or strings.
+    model = inception_fast.inception_v4(weights=path if prefix else str(path))
+    assert not model.training
+    _assert_same_state(model, source_state)
+
+
+def test_training_checkpoint_with_nested_state_dict(tmp_path, source_state):
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"epoch": 3, "state_dict": {"module." + k: v for k, v in source_state.items()}}, path)
+    _assert_same_state(inception_fast.inception_v4(weights=path), source_state)
+
+
+def test_missing_file_names_the_path(tmp_path):
+    path = tmp_path / "nowhere.pth"
+    with pytest.raises(FileNotFoundError, match="nowhere.pth"):
+        inception_fast.inception_v4(weights=path)
+
+
+def test_wrong_keys_fail_strictly(tmp_path, source_state):
+    path = tmp_path / "partial.pth"
+    state = dict(source_state)
+    del state["last_linear.bias"]
+    torch.save(state, path)
+    with pytest.raises(RuntimeError, match="last_linear.bias"):
+        inception_fast.inception_v4(weights=path)
+
+
+def test_bad_weights_argument_type():
+    with pytest.raises(TypeError, match="weights must be"):
+        inception_fast.inception_v4(weights=3.5)
+
+
+@pytest.mark.parametrize("tag", ["tf_in1k", "inception_v4.tf_in1k"])
+def test_pretrained_comes_from_timm(monkeypatch, source_state, tag):
+    timm = pytest.importorskip("timm")
+    create_model = timm.create_model
+    calls = []
+
+    def fake_create_model(name, pretrained=False, **kwargs):
+        calls.append((name, pretrained))
+        model = create_model("inception_v4", pretrained=False)
+        model.load_state_dict(source_state)
+        return model
+
+    monkeypatch.setattr(timm, "create_model", fake_create_model)
+    model = inception_fast.inception_v4(weights=tag)
+    assert calls == [("inception_v4.tf_in1k", True)]
+    _assert_same_state(model, source_state)
+
+
+def test_pretrained_offline_says_how_to_pass_a_file(monkeypatch):
+    timm = pytest.importorskip("timm")
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Failed to resolve 'huggingface.co'")
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(RuntimeError) as info:
+        inception_fast.inception_v4(weights="tf_in1k")
+    message = str(info.value)
+    assert "inception_v4.tf_in1k" in message
+    assert "huggingface.co" in message  # the cause is shown
+    assert "weights=" in message and ".safetensors" in message and ".pth" in message
+
+
+def test_strip_wrapper_prefixes_leaves_other_keys_alone():
+    state = {"module.a": 1, "_orig_mod.module.b": 2, "c.module.d": 3}
+    assert weights_module.strip_wrapper_prefixes(state) == {"a": 1, "b": 2, "c.module.d": 3}
