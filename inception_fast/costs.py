@@ -21,7 +21,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .plan import FEATURE_PLANS, AvgPoolBiasRelu, BlockPlan, Conv, MaxPool, block_output_hw, op_output_hw
+from .plan import (
+    FEATURE_PLANS,
+    AvgPoolBiasRelu,
+    BlockPlan,
+    Conv,
+    MaxPool,
+    block_output_hw,
+    op_output_hw,
+)
 
 NUM_FEATURES, NUM_CLASSES = 1536, 1000
 BIAS_BYTES = 4  # every backend keeps the folded biases in fp32

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Callable, Sequence
 
 import torch
 
@@ -145,7 +145,7 @@ def time_callable(
     fn: Callable[[torch.Tensor], object], inputs: Sequence[torch.Tensor], *, budget_ms: float | None = None,
 ) -> Timing:
     """Median time of `fn(x)` over rotating `inputs`, on their device (events or perf_counter)."""
-    rotate = lambda i: fn(inputs[i % len(inputs)])  # noqa: E731
+    rotate = lambda i: fn(inputs[i % len(inputs)])
     if inputs[0].is_cuda:
         return time_cuda(rotate, budget_ms=budget_ms or 1000.0)
     return time_cpu(rotate, budget_ms=budget_ms or 2000.0)

@@ -1,0 +1,75 @@
+"""The command line, run as a user runs it: `python -m inception_fast ...` in a fresh process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+SMALL_IMAGE = 107  # Inception-v4 needs >= 75x75; 107 keeps the CPU run to seconds
+
+
+def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "inception_fast", *args], check=False, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def test_info_reports_versions_and_every_backend():
+    proc = run_cli("info")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "torch " in out and "triton" in out
+    for backend in ("torch", "triton", "cuda"):
+        assert f"  {backend} " in out, out
+    # Every unusable backend says why.
+    for line in out.splitlines():
+        if "NOT usable" in line:
+            assert line.split("NOT usable:", 1)[1].strip(), line
+    assert "backend='auto' -> " in out
+
+
+def test_bench_on_cpu_validates_and_prints_the_table(tmp_path):
+    result_path = tmp_path / "bench.json"
+    proc = run_cli(
+        "bench", "--device", "cpu", "--batch", "1", "--image-size", str(SMALL_IMAGE),
+        "--budget-ms", "200", "--json", str(result_path),
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    header = next(line for line in proc.stdout.splitlines() if line.startswith("configuration"))
+    for column in ("batch", "median ms", "images/s", "x eager", "rel L2", "check"):
+        assert column in header
+    fused = [line for line in proc.stdout.splitlines() if line.startswith("fused torch")]
+    assert len(fused) == 1 and fused[0].rstrip().endswith("pass"), proc.stdout
+    assert any(line.startswith(("timm eager", "reference eager")) for line in proc.stdout.splitlines())
+
+    document = json.loads(result_path.read_text())
+    assert document["environment"]["torch"] and "commit" in document["environment"]
+    rows = {r["config"]: r for r in document["results"]}
+    row = rows["fused torch (auto)"]
+    assert row["batch"] == 1 and row["image_size"] == SMALL_IMAGE and row["method"] == "perf_counter"
+    assert row["median_ms"] > 0 and row["images_per_s"] > 0
+    # fp32 is judged against float64; the fused error is real (not zero) and within the bound.
+    assert row["reference_dtype"] == "float64"
+    assert 0 < row["rel_l2"] <= row["bound"]
+
+
+def test_bench_rejects_a_too_small_image():
+    proc = run_cli("bench", "--device", "cpu", "--batch", "1", "--image-size", "64")
+    assert proc.returncode == 2
+    assert "at least 75" in proc.stderr
+
+
+def test_bench_refuses_an_unusable_backend_with_its_reason():
+    proc = run_cli("bench", "--device", "cpu", "--batch", "1", "--image-size", "75", "--backend", "no-such")
+    assert proc.returncode == 2
+    assert "unknown backend" in proc.stderr
+
+
+@pytest.mark.parametrize("values, expected", [(["1,32", "256"], (1, 32, 256)), (["2"], (2,))])
+def test_batch_option_is_repeatable_and_comma_separated(values, expected):
+    from inception_fast.cli import _batches
+
+    assert _batches(values) == expected
