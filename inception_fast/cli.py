@@ -4,6 +4,7 @@
     inception-fast bench                    GPU: fp16, batches 1,32,256, fused vs the anchors
     inception-fast bench --device cpu       CPU: fp32, batches 1,2, fused vs eager
     inception-fast bench --ttfi             also time to first inference, cold and warm caches
+    inception-fast ttfi                     time to first inference only (fused, torch.compile)
 
 `bench` exits with status 1 when a fused configuration fails the accuracy check.
 """
@@ -61,6 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="time to first inference in fresh processes, cold and warm caches")
     bench.add_argument("--ttfi-batch", type=int, default=1)
 
+    ttfi = sub.add_parser("ttfi", help="time to first inference in fresh processes, cold and warm caches")
+    ttfi.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    ttfi.add_argument("--dtype", choices=["fp16", "bf16", "fp32", "fp32-tf32"])
+    ttfi.add_argument("--backend", default="auto")
+    ttfi.add_argument("--batch", type=int, default=1, dest="ttfi_batch")
+    ttfi.add_argument("--image-size", type=int, default=299)
+    ttfi.add_argument("--no-compile", action="store_true", help="skip torch.compile default")
+    ttfi.add_argument("--max-autotune", action="store_true", help="add torch.compile max-autotune")
+    ttfi.add_argument("--json", metavar="PATH")
+
     child = sub.add_parser("_first-inference")  # the fresh process of --ttfi; not for users
     child.add_argument("--config", required=True)
     child.add_argument("--backend", default="auto")
@@ -78,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_info()
     if args.command == "bench":
         return cmd_bench(args, parser)
+    if args.command == "ttfi":
+        return cmd_ttfi(args)
     if args.command == "_first-inference":
         from .first_inference import child_main
 
@@ -266,7 +279,31 @@ def cmd_bench(args, parser) -> int:
     return 0
 
 
+def cmd_ttfi(args) -> int:
+    import torch
+
+    from . import bench
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    options = bench.BenchOptions(
+        device=device, dtype=args.dtype or ("fp16" if device.startswith("cuda") else "fp32"),
+        backend=args.backend, image_size=args.image_size,
+    )
+    results = run_ttfi(options, args)
+    print(format_ttfi(results))
+    if args.json:
+        document = {
+            "schema": "inception_fast.bench/1", "source": "cli-ttfi", "environment": bench.environment(device),
+            "settings": {**options.__dict__, "batch": args.ttfi_batch}, "results": [],
+            "first_inference": results,
+        }
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(document, indent=1, default=str) + "\n")
+    return 0 if all("seconds" in r for r in results) else 1
+
+
 def run_ttfi(options, args) -> list[dict]:
+    """Fused (and, on a GPU, torch.compile) each in two fresh processes: cold, then warm."""
     from .bench import log
     from .first_inference import cold_and_warm
 
@@ -277,8 +314,7 @@ def run_ttfi(options, args) -> list[dict]:
     results = []
     for config in configs:
         log(f"time to first inference: {config} (two fresh processes, cold then warm)")
-        results += cold_and_warm(
-            config, backend=options.backend, device=options.device, dtype=options.dtype,
-            batch=args.ttfi_batch, image_size=options.image_size,
-        )
+        settings = {"backend": options.backend, "device": options.device, "dtype": options.dtype,
+                    "batch": args.ttfi_batch, "image_size": options.image_size}
+        results += [{**r, **settings} for r in cold_and_warm(config, **settings)]
     return results
