@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .plan import INPUT, OUTPUT, WORK, AvgPoolBiasRelu, BlockPlan, Conv, MaxPool
+from .plan import INPUT, OUTPUT, WORK, AvgPoolBiasRelu, BlockPlan, Conv, Slice
 
 CONV, AVG_POOL, MAX_POOL = 0, 1, 2
 BUF_INPUT, BUF_WORK, BUF_OUTPUT = 0, 1, 2
@@ -72,8 +72,13 @@ def _columns(op) -> list[tuple[int, int]]:
     return [(op.dst.start + i, flags) for i in range(op.dst.channels)]
 
 
-def pack_stage(block, stage_index: int, device, dtype) -> PackedStage:
-    """Pack stage `stage_index` of a FusedBlock for one grouped launch on `device` in `dtype`."""
+def pack_stage(block, stage_index: int, device, dtype, padded_in_channels: int | None = None) -> PackedStage:
+    """Pack stage `stage_index` of a FusedBlock for one grouped launch on `device` in `dtype`.
+
+    `padded_in_channels`: the block input carries this many channels, the real ones first and
+    zeros after (the network input, 3 channels, is padded to 8 for 16-byte loads); convs that
+    read the input get zero weights for the extra channels.
+    """
     plan: BlockPlan = block.plan
     first = sum(len(s) for s in plan.stages[:stage_index])
     rows, weights, biases, dsts, flags = [], [], [], [], []
@@ -83,6 +88,12 @@ def pack_stage(block, stage_index: int, device, dtype) -> PackedStage:
         cols = _columns(op)
         if isinstance(op, Conv):
             kind, (kh, kw), stride, (ph, pw) = CONV, op.kernel, op.stride, op.padding
+            cin = op.src.channels
+            if padded_in_channels and op.src.buffer == INPUT:
+                if op.src != Slice(INPUT, 0, plan.in_channels):
+                    raise ValueError("input padding needs convs that read the whole input")
+                weight = torch.nn.functional.pad(weight, (0, 0, 0, 0, 0, padded_in_channels - cin))
+                cin = padded_in_channels
             ohwi = weight.permute(0, 2, 3, 1).reshape(-1)
             weights.append(ohwi)
             this_w_off, w_off = w_off, w_off + ohwi.numel()
@@ -91,10 +102,11 @@ def pack_stage(block, stage_index: int, device, dtype) -> PackedStage:
             kh = kw = op.kernel
             stride, ph, pw = op.stride, op.padding, op.padding
             this_w_off = -1
+            cin = op.src.channels
             if bias is None:
                 bias = torch.zeros(len(cols))
         rows.append([
-            kind, _BUF[op.src.buffer], op.src.start, op.src.channels, len(cols),
+            kind, _BUF[op.src.buffer], op.src.start, cin, len(cols),
             kh, kw, stride, ph, pw, this_w_off, col_off,
         ])
         biases.append(bias.float().cpu())
@@ -112,5 +124,8 @@ def pack_stage(block, stage_index: int, device, dtype) -> PackedStage:
     )
 
 
-def pack_block(block, device, dtype) -> list[PackedStage]:
-    return [pack_stage(block, s, device, dtype) for s in range(len(block.plan.stages))]
+def pack_block(block, device, dtype, padded_in_channels: int | None = None) -> list[PackedStage]:
+    return [
+        pack_stage(block, s, device, dtype, padded_in_channels if s == 0 else None)
+        for s in range(len(block.plan.stages))
+    ]

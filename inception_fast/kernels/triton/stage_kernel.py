@@ -1,0 +1,219 @@
+"""One grouped launch per dependency stage: every conv and pool of the stage, bias + ReLU in the
+epilogue, each column stored straight into its channel slice of the block output or the work
+buffer. The launch reads a `packing.PackedStage` (see its docstring for the table format).
+
+Each program takes one [BLOCK_M pixels x BLOCK_N columns] tile of one problem. Convolutions are
+implicit GEMMs: M = output pixels, N = output channels, K = KH*KW*CIN walked as one flat loop
+of (tap, channel block) steps so that the software pipeliner sees a single loop.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from ... import packing as pk
+
+# The table layout, as compile-time constants for the kernels.
+_NUM_FIELDS = tl.constexpr(pk.NUM_FIELDS)
+_KH = tl.constexpr(pk.KH)
+_KW = tl.constexpr(pk.KW)
+_STRIDE = tl.constexpr(pk.STRIDE)
+_PAD_H = tl.constexpr(pk.PAD_H)
+_PAD_W = tl.constexpr(pk.PAD_W)
+_COLS = tl.constexpr(pk.COLS)
+_FLAG_RELU = tl.constexpr(pk.FLAG_RELU)
+_FLAG_TO_OUTPUT = tl.constexpr(pk.FLAG_TO_OUTPUT)
+_KIND = tl.constexpr(pk.KIND)
+_SRC_BUF = tl.constexpr(pk.SRC_BUF)
+_SRC_C0 = tl.constexpr(pk.SRC_C0)
+_CIN = tl.constexpr(pk.CIN)
+_W_OFF = tl.constexpr(pk.W_OFF)
+_COL_OFF = tl.constexpr(pk.COL_OFF)
+_BUF_WORK = tl.constexpr(pk.BUF_WORK)
+_BUF_OUTPUT = tl.constexpr(pk.BUF_OUTPUT)
+_CONV = tl.constexpr(pk.CONV)
+_MAX_POOL = tl.constexpr(pk.MAX_POOL)
+
+
+@triton.jit
+def _times8(value):
+    return (value // 8) * 8
+
+
+@triton.jit
+def _problem_geometry(prob_ptr, p, H, W, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    row = prob_ptr + p * _NUM_FIELDS
+    kh = tl.load(row + _KH).to(tl.int32)
+    kw = tl.load(row + _KW).to(tl.int32)
+    stride = tl.load(row + _STRIDE).to(tl.int32)
+    ph = tl.load(row + _PAD_H).to(tl.int32)
+    pw = tl.load(row + _PAD_W).to(tl.int32)
+    cols = _times8(tl.load(row + _COLS).to(tl.int32))
+    oh = (H + 2 * ph - kh) // stride + 1
+    ow = (W + 2 * pw - kw) // stride + 1
+    tiles = tl.cdiv(N * oh * ow, BLOCK_M) * tl.cdiv(cols, BLOCK_N)
+    return kh, kw, stride, ph, pw, cols, oh, ow, tiles
+
+
+@triton.jit
+def _epilogue_store(
+    acc, offs_m, m_mask, col0, cols, col_off, bias_ptr, col_dst_ptr, col_flags_ptr,
+    work_ptr, out_ptr, C_WORK, C_OUT, BLOCK_N: tl.constexpr,
+):
+    """acc[BLOCK_M, BLOCK_N] fp32 -> (+bias, ReLU per column) -> its destination slice."""
+    offs_n = col0 + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < cols
+    bias = tl.load(bias_ptr + col_off + offs_n, mask=n_mask, other=0.0)
+    flags = tl.max_constancy(tl.load(col_flags_ptr + col_off + offs_n, mask=n_mask, other=0), 8)
+    # Channel counts and slice starts are multiples of 8, so each aligned group of 8 columns
+    # lands on 8 contiguous channels of one destination: 16-byte stores.
+    dst = tl.load(col_dst_ptr + col_off + offs_n, mask=n_mask, other=0)
+    dst = tl.max_contiguous(tl.multiple_of(dst, 8), 8)
+    value = acc + bias[None, :]
+    relu = (flags & _FLAG_RELU) != 0
+    value = tl.where(relu[None, :], tl.maximum(value, 0.0), value)
+    value = value.to(out_ptr.dtype.element_ty)
+    to_out = tl.max_constancy((flags & _FLAG_TO_OUTPUT) != 0, 8)
+    pix = offs_m.to(tl.int64)[:, None]
+    mask = m_mask[:, None] & n_mask[None, :]
+    tl.store(out_ptr + pix * C_OUT + dst[None, :], value, mask=mask & to_out[None, :])
+    tl.store(work_ptr + pix * C_WORK + dst[None, :], value, mask=mask & ~to_out[None, :])
+
+
+@triton.jit
+def _stage_kernel(
+    x_ptr, work_ptr, out_ptr,
+    w_ptr, bias_ptr, col_dst_ptr, col_flags_ptr, prob_ptr,
+    N, H, W, C_IN, C_WORK, C_OUT, num_problems,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    # Every pixel stride, channel offset and weight offset is a multiple of 8 elements (16
+    # bytes). Writing them as (v // 8) * 8 proves it to the compiler's alignment analysis
+    # (which ignores multiple_of hints on scalars), so loads, stores and async copies are
+    # 16 bytes wide.
+    C_IN = _times8(C_IN)
+    C_WORK = _times8(C_WORK)
+    C_OUT = _times8(C_OUT)
+
+    # Which problem does this program work on? Walk the (few) rows, counting their tiles.
+    p_sel = 0
+    local = pid
+    tile_base = 0
+    for p in range(num_problems):
+        tiles = _problem_geometry(prob_ptr, p, H, W, N, BLOCK_M, BLOCK_N)[8]
+        inside = (pid >= tile_base) & (pid < tile_base + tiles)
+        p_sel = tl.where(inside, p, p_sel)
+        local = tl.where(inside, pid - tile_base, local)
+        tile_base += tiles
+
+    row = prob_ptr + p_sel * _NUM_FIELDS
+    kind = tl.load(row + _KIND).to(tl.int32)
+    src_buf = tl.load(row + _SRC_BUF).to(tl.int32)
+    src_c0 = _times8(tl.load(row + _SRC_C0))
+    cin = _times8(tl.load(row + _CIN).to(tl.int32))
+    w_off = _times8(tl.load(row + _W_OFF))
+    col_off = _times8(tl.load(row + _COL_OFF))
+    kh, kw, stride, ph, pw, cols, oh, ow, tiles = _problem_geometry(
+        prob_ptr, p_sel, H, W, N, BLOCK_M, BLOCK_N
+    )
+
+    # Column tiles of one pixel tile run next to each other: its input rows stay in L2.
+    n_col_tiles = tl.cdiv(cols, BLOCK_N)
+    pid_m = local // n_col_tiles
+    pid_n = local % n_col_tiles
+    M = N * oh * ow
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_mask = offs_m < M
+    img = offs_m // (oh * ow)
+    rem = offs_m % (oh * ow)
+    ih0 = (rem // ow) * stride - ph
+    iw0 = (rem % ow) * stride - pw
+
+    # A select (not an if) keeps the pointers' alignment visible to the compiler.
+    src_ptr = tl.where(src_buf == _BUF_WORK, work_ptr, tl.where(src_buf == _BUF_OUTPUT, out_ptr, x_ptr))
+    src_stride = tl.where(src_buf == _BUF_WORK, C_WORK, tl.where(src_buf == _BUF_OUTPUT, C_OUT, C_IN))
+    src_ptr = src_ptr + src_c0
+    col0 = pid_n * BLOCK_N
+
+    if kind == _CONV:
+        offs_k = tl.arange(0, BLOCK_K)
+        offs_n = col0 + tl.arange(0, BLOCK_N)
+        n_mask = offs_n < cols
+        k_row = kh * kw * cin
+        w_cols = w_ptr + w_off + offs_n.to(tl.int64)[None, :] * k_row
+        k_blocks = tl.cdiv(cin, BLOCK_K)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for step in range(0, kh * kw * k_blocks):
+            tap = step // k_blocks
+            c = (step % k_blocks) * BLOCK_K + offs_k
+            c_mask = c < cin
+            ih = ih0 + tap // kw
+            iw = iw0 + tap % kw
+            valid = m_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            pix = ((img * H + ih) * W + iw).to(tl.int64)
+            a = tl.load(
+                src_ptr + pix[:, None] * src_stride + c[None, :],
+                mask=valid[:, None] & c_mask[None, :], other=0.0,
+            )
+            b = tl.load(
+                w_cols + (tap * cin + c)[:, None],
+                mask=c_mask[:, None] & n_mask[None, :], other=0.0,
+            )
+            acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+        _epilogue_store(
+            acc, offs_m, m_mask, col0, cols, col_off, bias_ptr, col_dst_ptr, col_flags_ptr,
+            work_ptr, out_ptr, C_WORK, C_OUT, BLOCK_N,
+        )
+    else:
+        # AVG_POOL (count_include_pad=False) or MAX_POOL over a kh x kw window, per channel.
+        c = col0 + tl.arange(0, BLOCK_N)
+        c_mask = c < cols
+        total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        biggest = tl.full((BLOCK_M, BLOCK_N), float("-inf"), dtype=tl.float32)
+        count = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        for tap in range(0, kh * kw):
+            ih = ih0 + tap // kw
+            iw = iw0 + tap % kw
+            valid = m_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            pix = ((img * H + ih) * W + iw).to(tl.int64)
+            mask = valid[:, None] & c_mask[None, :]
+            v = tl.load(src_ptr + pix[:, None] * src_stride + c[None, :], mask=mask, other=0.0)
+            v = v.to(tl.float32)
+            total += v
+            biggest = tl.maximum(biggest, tl.where(mask, v, float("-inf")))
+            count += valid.to(tl.float32)
+        average = total / tl.maximum(count, 1.0)[:, None]
+        acc = tl.where(kind == _MAX_POOL, biggest, average)
+        _epilogue_store(
+            acc, offs_m, m_mask, col0, cols, col_off, bias_ptr, col_dst_ptr, col_flags_ptr,
+            work_ptr, out_ptr, C_WORK, C_OUT, BLOCK_N,
+        )
+
+
+def stage_tiles(stage: pk.PackedStage, n: int, h: int, w: int, block_m: int, block_n: int) -> int:
+    """Programs one launch needs: the tiles of every problem (host side, no device sync)."""
+    total = 0
+    for p, row in enumerate(stage.rows):
+        oh, ow = stage.output_hw(p, h, w)
+        total += triton.cdiv(n * oh * ow, block_m) * triton.cdiv(row[pk.COLS], block_n)
+    return total
+
+
+def launch_stage(kernel, stage, x, work, out, n, h, w, config, input_precision="tf32"):
+    """Launch `kernel` (the raw kernel, or wrap_triton(kernel) inside a triton_op) for a stage.
+
+    x, work, out: NCHW-shaped tensors stored channels_last (NHWC in memory); `work` may be a
+    small dummy when the block has no intermediates.
+    config: (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages).
+    """
+    block_m, block_n, block_k, num_warps, num_stages = config
+    grid = (stage_tiles(stage, n, h, w, block_m, block_n),)
+    kernel[grid](
+        x, work, out, stage.weights, stage.bias, stage.col_dst, stage.col_flags, stage.problems,
+        n, h, w, x.shape[1], work.shape[1], out.shape[1], stage.num_problems,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, INPUT_PRECISION=input_precision,
+        num_warps=num_warps, num_stages=num_stages,
+    )
