@@ -1,0 +1,10 @@
+// fp16 instantiation of the stage kernel (one dtype per file so ninja compiles them in parallel).
+#include "conv_stage.cuh"
+
+namespace inception_fast {
+
+cudaError_t launch_conv_stage_fp16(const StageArgs& args, cudaStream_t stream) {
+  return stage_kernel::launch<__half>(args, stream);
+}
+
+}  // namespace inception_fast

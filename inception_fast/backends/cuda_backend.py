@@ -1,0 +1,200 @@
+"""The `cuda` backend: each stage of a block plan is one launch of the C++/CUDA stage kernel
+(csrc/conv_stage.cuh) on the packed stage format of `inception_fast.packing`.
+
+Activations stay NHWC (channels_last) from block to block. The kernel reads channels in
+groups of 8 (16-byte copies), so an input whose channel count is not a multiple of 8 (the
+3-channel image) is zero-padded to the next multiple, with the weights padded to match.
+The head (global average pool + Linear) runs as PyTorch ops.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from .. import extension
+from ..packing import (
+    BUF_INPUT,
+    BUF_OUTPUT,
+    BUF_WORK,
+    CIN,
+    COL_OFF,
+    COLS,
+    CONV,
+    FLAG_TO_OUTPUT,
+    KH,
+    KIND,
+    KW,
+    PAD_H,
+    PAD_W,
+    SRC_BUF,
+    SRC_C0,
+    STRIDE,
+    W_OFF,
+    pack_block,
+)
+from . import torch_backend
+
+logger = logging.getLogger("inception_fast")
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
+CHANNEL_GROUP = 8  # the kernel copies 8 channels (16 bytes) at a time
+_explained: set = set()
+
+
+def _explain_once(message: str) -> None:
+    if message not in _explained:
+        _explained.add(message)
+        logger.warning("inception_fast: %s", message)
+
+
+def availability(device=None) -> tuple[bool, str]:
+    """(usable, reason). Loads (or builds) the extension on first call; says once why not."""
+    if not torch.cuda.is_available():
+        return False, "no CUDA GPU is visible"
+    device = torch.device(device) if device is not None else torch.device("cuda", torch.cuda.current_device())
+    if device.type != "cuda":
+        return False, f"the CUDA extension runs on CUDA devices, not {device}"
+    major, minor = torch.cuda.get_device_capability(device)
+    if major < 8:
+        return False, f"the stage kernel needs compute capability 8.0 or newer, {device} has {major}.{minor}"
+    ok, reason = extension.status()
+    if not ok:
+        _explain_once(f"the CUDA extension is not available, so backend 'cuda' is off: {reason}")
+    return ok, reason
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+@dataclass
+class _Stage:
+    problems: list  # flattened int64 rows (host-side: the launch schedule needs no device sync)
+    weights: torch.Tensor
+    bias: torch.Tensor
+    col_dst: torch.Tensor
+    col_flags: torch.Tensor
+    rows: list
+    destinations: list  # per problem: the set of BUF_WORK / BUF_OUTPUT its columns write
+
+
+@dataclass
+class _PackedBlock:
+    stages: list
+    in_channels: int  # after padding to a multiple of 8
+    checked_sizes: set = field(default_factory=set)
+
+
+def _pad_conv_input_channels(stage, padded: int) -> tuple[list, torch.Tensor]:
+    """Rows and weights of a stage whose convs read all of an unaligned input, with the input
+    channels zero-padded to `padded` (zero weights on the padding channels)."""
+    rows, parts, w_off = [], [], 0
+    for row in stage.rows:
+        row = list(row)
+        if row[KIND] == CONV:
+            cols, taps, cin = row[COLS], row[KH] * row[KW], row[CIN]
+            weight = stage.weights[row[W_OFF] : row[W_OFF] + cols * taps * cin].view(cols, taps, cin)
+            if row[SRC_BUF] == BUF_INPUT and cin % CHANNEL_GROUP:
+                if row[SRC_C0] != 0:
+                    raise NotImplementedError("cuda backend: a conv reading an unaligned channel slice")
+                weight = F.pad(weight, (0, padded - cin))
+                row[CIN] = padded
+            parts.append(weight.reshape(-1))
+            row[W_OFF] = w_off
+            w_off += parts[-1].numel()
+        elif row[SRC_BUF] == BUF_INPUT and row[CIN] % CHANNEL_GROUP:
+            raise NotImplementedError("cuda backend: pooling an input whose channels are not a multiple of 8")
+        rows.append(row)
+    return rows, torch.cat(parts).contiguous()
+
+
+def _check_destinations(plan, rows, col_dst: list, col_flags: list) -> list:
+    """Each problem's destination buffers, after checking every column lands inside one."""
+    limit = {BUF_OUTPUT: plan.out_channels, BUF_WORK: plan.work_channels}
+    destinations = []
+    for row in rows:
+        dsts = set()
+        for j in range(row[COL_OFF], row[COL_OFF] + row[COLS]):
+            buf = BUF_OUTPUT if col_flags[j] & FLAG_TO_OUTPUT else BUF_WORK
+            if not 0 <= col_dst[j] < limit[buf]:
+                raise ValueError(f"{plan.name}: column {j} goes to channel {col_dst[j]} of a {limit[buf]}-channel buffer")
+            dsts.add(buf)
+        destinations.append(dsts)
+    return destinations
+
+
+def _pack(block, device, dtype) -> _PackedBlock:
+    plan = block.plan
+    in_channels = _round_up(plan.in_channels, CHANNEL_GROUP)
+    stages = []
+    for stage in pack_block(block, device, dtype):
+        rows, weights = stage.rows, stage.weights
+        if in_channels != plan.in_channels:
+            rows, weights = _pad_conv_input_channels(stage, in_channels)
+        col_dst, col_flags = stage.col_dst.tolist(), stage.col_flags.tolist()
+        stages.append(_Stage(
+            problems=[int(v) for row in rows for v in row],
+            weights=weights, bias=stage.bias, col_dst=stage.col_dst, col_flags=stage.col_flags, rows=rows,
+            destinations=_check_destinations(plan, rows, col_dst, col_flags),
+        ))
+    return _PackedBlock(stages, in_channels)
+
+
+def packed_block(block, device, dtype) -> _PackedBlock:
+    """The block's stages packed for this backend, cached in `block.backend_cache`."""
+    key = ("cuda", torch.device(device), dtype)
+    packed = block.backend_cache.get(key)
+    if packed is None:
+        packed = block.backend_cache[key] = _pack(block, device, dtype)
+    return packed
+
+
+def _check_sizes(block, packed: _PackedBlock, h: int, w: int, oh: int, ow: int) -> None:
+    """Every problem's output size must equal the size of each buffer it writes (the kernel
+    indexes destinations by the problem's output pixel)."""
+    if (h, w) in packed.checked_sizes:
+        return
+    size = {BUF_WORK: (h, w), BUF_OUTPUT: (oh, ow)}
+    for stage in packed.stages:
+        for row, dsts in zip(stage.rows, stage.destinations):
+            got = ((h + 2 * row[PAD_H] - row[KH]) // row[STRIDE] + 1, (w + 2 * row[PAD_W] - row[KW]) // row[STRIDE] + 1)
+            for buf in dsts:
+                if got != size[buf]:
+                    raise ValueError(f"{block.plan.name}: a problem of {h}x{w} input makes {got} pixels for a "
+                                     f"{size[buf]} destination")
+    packed.checked_sizes.add((h, w))
+
+
+def run_block(block, x: torch.Tensor) -> torch.Tensor:
+    if x.dtype not in SUPPORTED_DTYPES:
+        _explain_once(f"backend 'cuda' runs float16 and bfloat16; {x.dtype} blocks run on PyTorch ops")
+        return torch_backend.run_block(block, x)
+    extension.load()
+    plan = block.plan
+    n, c, h, w = x.shape
+    oh, ow = block.output_hw(h, w)
+    packed = packed_block(block, x.device, x.dtype)
+    _check_sizes(block, packed, h, w, oh, ow)
+    like = {"dtype": x.dtype, "device": x.device, "memory_format": torch.channels_last}
+    if c != packed.in_channels:
+        padded = torch.zeros((n, packed.in_channels, h, w), **like)
+        padded[:, :c] = x
+        x = padded
+    elif not x.is_contiguous(memory_format=torch.channels_last) or x.data_ptr() % 16:
+        x = x.clone(memory_format=torch.channels_last)  # a fresh, aligned NHWC copy
+    out = torch.empty((n, plan.out_channels, oh, ow), **like)
+    work = torch.empty((n, plan.work_channels, h, w), **like) if plan.work_channels else x.new_empty(0)
+    inp_nhwc, out_nhwc = x.permute(0, 2, 3, 1), out.permute(0, 2, 3, 1)
+    work_nhwc = work.permute(0, 2, 3, 1) if plan.work_channels else work
+    stage_op = torch.ops.inception_fast.cuda_conv_stage.default
+    for s in packed.stages:
+        stage_op(inp_nhwc, work_nhwc, out_nhwc, s.problems, s.weights, s.bias, s.col_dst, s.col_flags)
+    return out
+
+
+def run_head(head, x: torch.Tensor) -> torch.Tensor:
+    """Global average pool + Linear as PyTorch ops (cuBLAS for the GEMM)."""
+    return torch_backend.run_head(head, x)

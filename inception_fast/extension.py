@@ -1,0 +1,261 @@
+"""The C++/CUDA extension (csrc/): find it prebuilt, or build it just in time, and load its ops.
+
+`pip install` builds ``inception_fast/_C_<sources hash>*.so`` where nvcc is present (see
+setup.py). When that is missing, or was built from other sources, `load()` compiles csrc/ with
+ninja through `torch.utils.cpp_extension` into a cache directory per Python, torch and CUDA
+version (``$INCEPTION_FAST_CACHE_DIR`` or ``~/.cache/inception_fast``), printing a progress
+message on stderr while it builds.
+
+The ops land in the ``inception_fast`` namespace (``torch.ops.inception_fast.cuda_*``) with
+fake implementations registered here, so they trace under torch.compile.
+
+This module imports nothing from the package: setup.py loads it by file path before the
+package is installed, for `arch_flags()` and `sources_hash()`.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+CSRC_DIR = PACKAGE_DIR.parent / "csrc"
+SOURCES = ("bindings.cpp", "conv_stage_fp16.cu", "conv_stage_bf16.cu")
+HEADERS = ("stage_args.h", "conv_stage.cuh")
+EXTENSION_NAME = "inception_fast_cuda"
+
+# Hopper SASS with the sm_90a feature set, plus PTX for every other card from Ampere on (the
+# kernels need mma.sync bf16, ldmatrix and cp.async: sm_80).
+DEFAULT_ARCH_FLAGS = (
+    "-gencode=arch=compute_90a,code=sm_90a",
+    "-gencode=arch=compute_80,code=compute_80",
+)
+NVCC_FLAGS = ("-O3", "-lineinfo", "-Xptxas=-warn-spills", "-Xcudafe=--display_error_number")
+CXX_FLAGS = ("-O3",)
+
+_state: dict = {}
+
+
+class ExtensionUnavailable(RuntimeError):
+    """The CUDA extension cannot be loaded here; the message says why."""
+
+
+def arch_flags(arch_list: str | None = None) -> list[str]:
+    """nvcc -gencode flags from INCEPTION_FAST_CUDA_ARCH_LIST or TORCH_CUDA_ARCH_LIST (e.g.
+    "9.0a;8.0+PTX"), else the default: sm_90a SASS and compute_80 PTX."""
+    if arch_list is None:
+        arch_list = os.environ.get("INCEPTION_FAST_CUDA_ARCH_LIST") or os.environ.get("TORCH_CUDA_ARCH_LIST")
+    if not arch_list:
+        return list(DEFAULT_ARCH_FLAGS)
+    flags = []
+    for entry in arch_list.replace(",", ";").replace(" ", ";").split(";"):
+        if not entry:
+            continue
+        ptx = entry.endswith("+PTX")
+        arch = entry.removesuffix("+PTX").replace(".", "")
+        if not arch[:2].isdigit():
+            raise ValueError(f"cannot read CUDA arch {entry!r} in {arch_list!r}; use forms like 9.0a or 8.0+PTX")
+        flags.append(f"-gencode=arch=compute_{arch},code=sm_{arch}")
+        if ptx:
+            flags.append(f"-gencode=arch=compute_{arch},code=compute_{arch}")
+    return flags
+
+
+def sources_hash() -> str:
+    """Short hash of csrc/ and the arch flags: names the build, so a stale build is never used."""
+    digest = hashlib.sha256()
+    for name in (*SOURCES, *HEADERS):
+        digest.update(name.encode())
+        digest.update((CSRC_DIR / name).read_bytes())
+    digest.update(" ".join(arch_flags()).encode())
+    return digest.hexdigest()[:12]
+
+
+def find_cuda_home() -> str | None:
+    """The CUDA toolkit root (with bin/nvcc and include/cuda_runtime.h), or None.
+
+    An nvcc found on PATH may be a wrapper script outside the toolkit (e.g. /usr/local/bin),
+    where torch's guess (the parent of nvcc's directory) lacks the headers.
+    """
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        candidates += [str(Path(nvcc).parent.parent), str(Path(nvcc).resolve().parent.parent)]
+    candidates += ["/usr/local/cuda", *sorted(glob.glob("/usr/local/cuda-*"), reverse=True)]
+    for home in candidates:
+        if home and (Path(home) / "bin" / "nvcc").exists() and (Path(home) / "include" / "cuda_runtime.h").exists():
+            return home
+    return None
+
+
+def build_directory() -> Path:
+    """Build cache of this Python, torch, CUDA and arch list."""
+    import torch
+
+    base = Path(os.environ.get("INCEPTION_FAST_CACHE_DIR") or Path.home() / ".cache" / "inception_fast")
+    arch = hashlib.sha256(" ".join(arch_flags()).encode()).hexdigest()[:8]
+    tag = f"py{sys.version_info[0]}{sys.version_info[1]}-torch{torch.__version__}-cuda{torch.version.cuda}-{arch}"
+    return base / "build" / tag.replace("+", "_")
+
+
+def _prebuilt_library() -> Path | None:
+    """The library built at install time, if it was built from the current csrc/."""
+    if CSRC_DIR.is_dir():
+        pattern = f"_C_{sources_hash()}*.so"
+    else:  # an installed wheel ships no sources: trust the one build it carries
+        pattern = "_C_*.so"
+    found = sorted(PACKAGE_DIR.glob(pattern))
+    return found[0] if found else None
+
+
+def _clear_stale_lock(directory: Path) -> None:
+    """Remove torch's `lock` file when no live process is building.
+
+    torch's FileBaton waits forever for that file to vanish; a build that was killed leaves it
+    behind. Callers hold our flock, so any builder that left a lock is gone; without flock
+    (no fcntl), a lock older than `INCEPTION_FAST_STALE_LOCK_S` (default 300 s) counts as stale.
+    """
+    lock = directory / "lock"
+    if not lock.exists():
+        return
+    if _flock_supported() or time.time() - lock.stat().st_mtime > float(
+        os.environ.get("INCEPTION_FAST_STALE_LOCK_S", "300")
+    ):
+        print(f"inception_fast: removing a stale build lock left by a killed build: {lock}", file=sys.stderr)
+        lock.unlink(missing_ok=True)
+
+
+def _flock_supported() -> bool:
+    try:
+        import fcntl  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class _BuilderLock:
+    """An exclusive flock on the build directory, released by the kernel when its holder dies."""
+
+    def __init__(self, directory: Path):
+        self.path = directory / "builder.flock"
+        self.handle = None
+
+    def __enter__(self):
+        if not _flock_supported():
+            return self
+        import fcntl
+
+        self.handle = open(self.path, "w")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print("inception_fast: waiting for another process to finish building the CUDA extension ...",
+                  file=sys.stderr, flush=True)
+            fcntl.flock(self.handle, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        if self.handle is not None:
+            self.handle.close()  # closing drops the flock
+
+
+def _up_to_date(directory: Path) -> bool:
+    library = directory / f"{EXTENSION_NAME}.so"
+    if not library.exists():
+        return False
+    newest = max((CSRC_DIR / n).stat().st_mtime for n in (*SOURCES, *HEADERS))
+    return library.stat().st_mtime >= newest
+
+
+def build(directory: Path | None = None, verbose: bool = False) -> Path:
+    """Compile csrc/ with ninja (or reuse an up-to-date build) and load it; the library's path."""
+    import torch.utils.cpp_extension as cpp
+
+    if not CSRC_DIR.is_dir():
+        raise ExtensionUnavailable(f"the CUDA sources are not installed ({CSRC_DIR} is missing) and no prebuilt "
+                                   "extension matches; reinstall with nvcc present")
+    cuda_home = find_cuda_home()
+    if cuda_home is None:
+        raise ExtensionUnavailable("nvcc was not found (set CUDA_HOME to a CUDA toolkit to build the extension)")
+    # torch reads CUDA_HOME once, at import, and may have guessed a directory without headers.
+    os.environ["CUDA_HOME"] = cuda_home
+    cpp.CUDA_HOME = cuda_home
+    directory = Path(directory) if directory is not None else build_directory()
+    directory.mkdir(parents=True, exist_ok=True)
+    with _BuilderLock(directory):
+        _clear_stale_lock(directory)
+        fresh = _up_to_date(directory)
+        if not fresh:
+            print(f"inception_fast: compiling the CUDA extension into {directory} (first use; about a minute) ...",
+                  file=sys.stderr, flush=True)
+        start = time.perf_counter()
+        library = cpp.load(
+            name=EXTENSION_NAME,
+            sources=[str(CSRC_DIR / n) for n in SOURCES],
+            extra_cflags=list(CXX_FLAGS),
+            extra_cuda_cflags=[*NVCC_FLAGS, *arch_flags()],
+            build_directory=str(directory),
+            is_python_module=False,
+            verbose=verbose,
+        )
+        if not fresh:
+            print(f"inception_fast: CUDA extension built in {time.perf_counter() - start:.0f} s",
+                  file=sys.stderr, flush=True)
+    return Path(library)
+
+
+def _register_fakes() -> None:
+    import torch
+
+    @torch.library.register_fake("inception_fast::cuda_conv_stage")
+    def _cuda_conv_stage_fake(input, work, output, problems, weights, bias, col_dst, col_flags):
+        return None
+
+
+def load() -> Path:
+    """Load the extension once per process (prebuilt, else built now); the loaded library's path.
+
+    Raises ExtensionUnavailable with the reason when it cannot be had here.
+    """
+    if "library" in _state:
+        return _state["library"]
+    if "error" in _state:
+        raise ExtensionUnavailable(_state["error"])
+    import torch
+
+    try:
+        if torch.version.cuda is None:
+            raise ExtensionUnavailable(f"this torch ({torch.__version__}) is built without CUDA")
+        library = None
+        prebuilt = _prebuilt_library()
+        if prebuilt is not None and os.environ.get("INCEPTION_FAST_FORCE_BUILD", "0") in ("", "0"):
+            try:
+                torch.ops.load_library(str(prebuilt))
+                library = prebuilt
+            except OSError as err:  # built against another torch: rebuild below
+                print(f"inception_fast: the prebuilt extension does not load ({err}); rebuilding",
+                      file=sys.stderr)
+        if library is None:
+            library = build()
+        _register_fakes()
+    except ExtensionUnavailable as err:
+        _state["error"] = str(err)
+        raise
+    except Exception as err:  # a compile error: keep the compiler's message for `status()`
+        _state["error"] = f"building the CUDA extension failed: {err}"
+        raise ExtensionUnavailable(_state["error"]) from err
+    _state["library"] = library
+    return library
+
+
+def status() -> tuple[bool, str]:
+    """(loaded, where from or why not), loading the extension if that has not been tried."""
+    try:
+        return True, f"loaded from {load()}"
+    except ExtensionUnavailable as err:
+        return False, str(err)
