@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from inception_fast import folding, modules, plan as plans, reference
+from inception_fast import folding, modules, reference
+from inception_fast import plan as plans
 from inception_fast.testing import randomize_batchnorm, relative_l2
 
 
@@ -74,7 +75,10 @@ def test_stage1_siblings_are_stacked_in_order(plan, sources):
     assert params[0].weight.shape == (stage1.out_channels, plan.in_channels, 1, 1)
 
 
-@pytest.mark.parametrize("plan", [plans.INCEPTION_A, plans.INCEPTION_B, plans.INCEPTION_C], ids=lambda p: p.name)
+POOL_PLANS = [plans.INCEPTION_A, plans.INCEPTION_B, plans.INCEPTION_C]
+
+
+@pytest.mark.parametrize("plan", POOL_PLANS, ids=lambda p: p.name)
 def test_pool_branch_bias_moves_to_the_avg_pool_op(plan):
     block = randomize_batchnorm(getattr(reference, plan.name)()).eval()
     fused = modules.FUSED_BY_NAME[plan.name].from_reference(block)
@@ -82,7 +86,7 @@ def test_pool_branch_bias_moves_to_the_avg_pool_op(plan):
     pool_bias = folding.fold_conv_bn(block.get_submodule("branch3.1")).bias
     torch.testing.assert_close(fused.op_params(pool_index)[1], pool_bias.float())
     # ... and the stacked GEMM leaves those raw columns without bias.
-    weight, bias = fused.op_params(0)
+    _, bias = fused.op_params(0)
     raw = plan.ops[0].writes[-1]
     assert raw.raw
     assert torch.count_nonzero(bias[-raw.dst.channels :]) == 0

@@ -33,7 +33,12 @@ def _save(state, path):
 
 @pytest.mark.parametrize(
     "suffix, prefix",
-    [(".pth", "module."), (".safetensors", "_orig_mod."), (".pth", "_orig_mod.module."), (".safetensors", "")],
+    [
+        (".pth", "module."),
+        (".safetensors", "_orig_mod."),
+        (".pth", "_orig_mod.module."),
+        (".safetensors", ""),
+    ],
 )
 def test_checkpoint_file_round_trips(tmp_path, source_state, suffix, prefix):
     path = tmp_path / f"inception_v4{suffix}"
@@ -52,7 +57,7 @@ def test_training_checkpoint_with_nested_state_dict(tmp_path, source_state):
 
 def test_missing_file_names_the_path(tmp_path):
     path = tmp_path / "nowhere.pth"
-    with pytest.raises(FileNotFoundError, match="nowhere.pth"):
+    with pytest.raises(FileNotFoundError, match=r"nowhere\.pth"):
         inception_fast.inception_v4(weights=path)
 
 
@@ -61,7 +66,7 @@ def test_wrong_keys_fail_strictly(tmp_path, source_state):
     state = dict(source_state)
     del state["last_linear.bias"]
     torch.save(state, path)
-    with pytest.raises(RuntimeError, match="last_linear.bias"):
+    with pytest.raises(RuntimeError, match=r"last_linear\.bias"):
         inception_fast.inception_v4(weights=path)
 
 
