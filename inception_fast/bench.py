@@ -74,7 +74,8 @@ def git_commit(repo: Path | None = None) -> dict:
     repo = repo or Path(__file__).resolve().parent.parent
     try:
         head = subprocess.run(
-            ["git", "-C", str(repo), "rev-parse", "HEAD"], check=False, capture_output=True, text=True, timeout=10,
+            ["git", "-C", str(repo), "rev-parse", "HEAD"],
+            check=False, capture_output=True, text=True, timeout=10,
         )
         if head.returncode == 0:
             dirty = subprocess.run(
@@ -287,7 +288,7 @@ def run_bench(opts: BenchOptions) -> dict:
                     batch_rows.append(_row(config, batch, opts, error=f"{type(err).__name__}: {err}"))
                     continue
                 setup_s = time.perf_counter() - started
-                error = _errors(out, expected)
+                error = output_errors(out, expected)
                 if config.kind == "eager":
                     eager_error = error["rel_l2"]
                     continue
@@ -318,7 +319,7 @@ def run_bench(opts: BenchOptions) -> dict:
     }
 
 
-def _errors(out: torch.Tensor, expected: torch.Tensor) -> dict:
+def output_errors(out: torch.Tensor, expected: torch.Tensor) -> dict:
     from .testing import relative_l2
 
     diff = (out.double() - expected.double()).abs()

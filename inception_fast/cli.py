@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-compile", action="store_true", help="skip the torch.compile default anchor")
     bench.add_argument("--max-autotune", action="store_true",
                        help="add torch.compile max-autotune (compiles for about 5 minutes per batch size)")
-    bench.add_argument("--no-fused-graph", action="store_true", help="skip the fused model under a CUDA graph")
+    bench.add_argument("--no-fused-graph", action="store_true",
+                       help="skip the fused model under a CUDA graph")
     bench.add_argument("--budget-ms", type=float, help="timed repetitions per configuration, in ms of work")
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--json", metavar="PATH", help="also write the results as JSON")
@@ -145,7 +146,8 @@ def cmd_info() -> int:
     from .bench import _version, git_commit, supports_cuda_graph_option
 
     commit = git_commit()
-    print(f"inception_fast {__version__} (commit {commit['commit'][:12]}{' +changes' if commit['dirty'] else ''})")
+    changes = " +uncommitted changes" if commit["dirty"] else ""
+    print(f"inception_fast {__version__} (commit {commit['commit'][:12]}{changes})")
     print(f"python {sys.version.split()[0]}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
           f"cuDNN {torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else 'none'}, "
           f"triton {_version('triton')}, timm {_version('timm')}")
@@ -153,8 +155,8 @@ def cmd_info() -> int:
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             props = torch.cuda.get_device_properties(i)
-            print(f"cuda:{i}: {props.name}, sm_{props.major}{props.minor}, {props.multi_processor_count} SMs, "
-                  f"{props.total_memory / 2**30:.0f} GiB")
+            print(f"cuda:{i}: {props.name}, sm_{props.major}{props.minor}, "
+                  f"{props.multi_processor_count} SMs, {props.total_memory / 2**30:.0f} GiB")
         devices.insert(0, "cuda")
     else:
         print("CUDA: not available (no GPU or no driver); the torch backend runs on the CPU")
@@ -202,7 +204,7 @@ def format_table(rows: list[dict]) -> str:
             _fmt(r.get("bound"), ".2e"), _fmt(r.get("max_abs"), ".2e"),
             r.get("check", "-") if r["kind"] == "fused" else f"({r.get('check', '-')})",
         ])
-    widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(header)]
+    widths = [max([len(h)] + [len(line[i]) for line in lines]) for i, h in enumerate(header)]
     out = [" | ".join(h.ljust(w) for h, w in zip(header, widths)), "-+-".join("-" * w for w in widths)]
     out += [" | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
             for line in lines]
@@ -214,7 +216,9 @@ def format_ttfi(results: list[dict]) -> str:
     for r in results:
         if "seconds" in r:
             steps = ", ".join(f"{name} {s:.1f}" for name, s in r["steps_s"].items() if name != "first_logits")
-            lines.append(f"  {r['config']:<20} {r['cache']:<5} {r['seconds']:7.1f} s   (seconds since launch: {steps})")
+            lines.append(
+                f"  {r['config']:<20} {r['cache']:<5} {r['seconds']:7.1f} s   (seconds since launch: {steps})"
+            )
         else:
             lines.append(f"  {r['config']:<20} {r['cache']:<5} failed: {r['error']}")
     return "\n".join(lines)
@@ -230,7 +234,7 @@ def cmd_bench(args, parser) -> int:
     if on_gpu and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available here; use --device cpu")
     if args.image_size < 75:
-        parser.error(f"--image-size must be at least 75 (Inception-v4's smallest input), got {args.image_size}")
+        parser.error(f"--image-size must be at least 75 (Inception-v4's smallest), got {args.image_size}")
     try:
         batches = _batches(args.batch) or (GPU_BATCHES if on_gpu else CPU_BATCHES)
     except (ValueError, argparse.ArgumentTypeError) as err:
@@ -293,7 +297,8 @@ def cmd_ttfi(args) -> int:
     print(format_ttfi(results))
     if args.json:
         document = {
-            "schema": "inception_fast.bench/1", "source": "cli-ttfi", "environment": bench.environment(device),
+            "schema": "inception_fast.bench/1", "source": "cli-ttfi",
+            "environment": bench.environment(device),
             "settings": {**options.__dict__, "batch": args.ttfi_batch}, "results": [],
             "first_inference": results,
         }

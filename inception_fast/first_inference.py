@@ -21,7 +21,9 @@ import sys
 import tempfile
 import time
 
-CACHE_VARIABLES = ("TRITON_CACHE_DIR", "INCEPTION_FAST_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR", "TORCH_EXTENSIONS_DIR")
+CACHE_VARIABLES = (
+    "TRITON_CACHE_DIR", "INCEPTION_FAST_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR", "TORCH_EXTENSIONS_DIR",
+)
 RESULT_PREFIX = "FIRST_INFERENCE_RESULT "
 
 
@@ -42,7 +44,8 @@ def child_main(config: str, backend: str, device: str, dtype: str, batch: int, i
     reference = inception_v4()
     dev = torch.device(device)
     x = torch.randn(batch, 3, image_size, image_size)
-    x = x.to(device=dev, dtype=torch_dtype, memory_format=torch.channels_last if dev.type == "cuda" else torch.contiguous_format)
+    layout = torch.channels_last if dev.type == "cuda" else torch.contiguous_format
+    x = x.to(device=dev, dtype=torch_dtype, memory_format=layout)
     marks["model_built"] = time.time()
     with torch.inference_mode():
         if config == "fused":
@@ -81,7 +84,9 @@ def measure(
     ]
     start_wall = time.time()
     try:
-        proc = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=timeout_s)
+        proc = subprocess.run(
+            command, check=False, env=env, capture_output=True, text=True, timeout=timeout_s,
+        )
     except subprocess.TimeoutExpired:
         return {"config": config, "error": f"did not finish in {timeout_s:.0f} s"}
     for line in proc.stdout.splitlines():

@@ -98,7 +98,9 @@ def time_cuda(
     for i in range(_reps_for(estimate, warmup_ms, 1, max_reps)):
         fn(i)
     reps = _reps_for(estimate, budget_ms, min_reps, max_reps)
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
+    events = [
+        (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)
+    ]
     torch.cuda.synchronize()
     for i, (start, end) in enumerate(events):
         one_call(i, start, end)
@@ -145,7 +147,9 @@ def time_callable(
     fn: Callable[[torch.Tensor], object], inputs: Sequence[torch.Tensor], *, budget_ms: float | None = None,
 ) -> Timing:
     """Median time of `fn(x)` over rotating `inputs`, on their device (events or perf_counter)."""
-    rotate = lambda i: fn(inputs[i % len(inputs)])
+    def rotate(i: int):
+        return fn(inputs[i % len(inputs)])
+
     if inputs[0].is_cuda:
         return time_cuda(rotate, budget_ms=budget_ms or 1000.0)
     return time_cpu(rotate, budget_ms=budget_ms or 2000.0)

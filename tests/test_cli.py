@@ -13,7 +13,8 @@ SMALL_IMAGE = 107  # Inception-v4 needs >= 75x75; 107 keeps the CPU run to secon
 
 def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "inception_fast", *args], check=False, capture_output=True, text=True, timeout=timeout,
+        [sys.executable, "-m", "inception_fast", *args],
+        check=False, capture_output=True, text=True, timeout=timeout,
     )
 
 
