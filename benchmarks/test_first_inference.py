@@ -1,0 +1,31 @@
+"""Time to first inference in a fresh process, cold (empty cache directories) and warm (the same
+directories again), for the fused model next to torch.compile's. Target (H100, fp16, batch 1):
+<= 30 s cold, <= 5 s warm. Recorded, not asserted: a miss is a result to report."""
+
+from __future__ import annotations
+
+import pytest
+
+from inception_fast.first_inference import cold_and_warm
+
+CONFIGS = ("fused", "compile:default", "compile:max-autotune")
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_first_inference(results, device, image_size, pytestconfig, config):
+    if config.startswith("compile") and device.type != "cuda":
+        pytest.skip("torch.compile anchors run on a GPU only")
+    if config == "compile:default" and pytestconfig.getoption("--no-compile"):
+        pytest.skip("--no-compile")
+    if config == "compile:max-autotune" and not pytestconfig.getoption("--max-autotune"):
+        pytest.skip("compiles for minutes: run with --max-autotune")
+    dtype = "fp16" if device.type == "cuda" else "fp32"
+    settings = {
+        "device": device.type, "dtype": dtype, "batch": 1, "image_size": image_size, "backend": "auto",
+    }
+    runs = cold_and_warm(config, **settings)
+    for run in runs:
+        results.first_inference.append({**run, **settings})
+        print(f"{config} {run['cache']}: {run.get('seconds', run.get('error'))}")
+    failed = [run for run in runs if "seconds" not in run]
+    assert not failed, failed
