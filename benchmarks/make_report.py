@@ -1,0 +1,294 @@
+"""The README's results from the JSON under benchmarks/results/: tables and a plot.
+
+    python benchmarks/make_report.py                       # reads benchmarks/results/*.json
+    python benchmarks/make_report.py --results-dir OUT --out OUT --readme benchmarks/README.md
+
+Writes `<out>/summary.md` (whole-model table with the targets, time to first inference, blocks
+against their floors) and `<out>/images_per_s-<card>.png` (images/s against batch size, fused
+and anchors). With --readme, the summary replaces the text between the
+`<!-- results:begin -->` and `<!-- results:end -->` markers of that file.
+Both sources are read: `inception-fast bench --json` and `pytest benchmarks/`; where the same
+configuration was measured more than once on a card, the newest measurement is shown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+if __package__ in (None, "") and __name__ == "__main__":  # run as a script from a checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from floors import block_floors, peaks_for
+
+RESULTS_DIR = Path(__file__).parent / "results"
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+# Issue #5: H100, fp16, 299x299, side by side with the anchors in one run.
+TARGET_MS = {1: 0.6, 32: 2.6, 256: 14.0}
+TARGET_FIRST_INFERENCE_S = {"cold": 30.0, "warm": 5.0}
+
+
+def readable_config(row: dict) -> str:
+    """One name per configuration whichever tool measured it."""
+    name, dtype = row["config"], row.get("dtype", "")
+    pytest_names = {
+        "eager": f"timm eager {dtype} channels_last",
+        "eager-graph": f"timm eager {dtype} channels_last, CUDA graph",
+        "compile-default": f"torch.compile default, {dtype} channels_last",
+        "compile-max-autotune": f"torch.compile max-autotune, {dtype} channels_last",
+        "fused-triton-graph": "fused triton, CUDA graph (optimize)",
+        "fused-cuda-graph": "fused cuda, CUDA graph (captured)",
+    }
+    if name in pytest_names:
+        return pytest_names[name]
+    if re.fullmatch(r"fused-\w+", name):
+        return name.replace("-", " ")
+    return name.replace(" (auto)", "")
+
+
+def load(paths: list[Path]) -> list[dict]:
+    documents = []
+    for path in sorted(paths):
+        try:
+            document = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            print(f"skipping {path}: {err}", file=sys.stderr)
+            continue
+        if document.get("schema", "").startswith("inception_fast.bench/"):
+            document["path"] = str(path)
+            documents.append(document)
+    documents.sort(key=lambda d: d.get("created", ""))
+    return documents
+
+
+def newest_rows(documents: list[dict], suite: str) -> dict:
+    """{(card, config, dtype, batch, image_size): row}, later documents overwriting earlier ones."""
+    rows = {}
+    for document in documents:
+        env = document["environment"]
+        for row in document.get("results", []):
+            if row.get("suite") != suite or "median_ms" not in row:
+                continue
+            name = readable_config(row) if suite == "model" else row["config"]
+            key = (env["card"], name, row["dtype"], row["batch"], row["image_size"])
+            rows[key] = {**row, "name": name, "card": env["card"], "environment": env}
+    return rows
+
+
+def _cell(row: dict | None) -> str:
+    if row is None:
+        return "-"
+    mark = "" if row.get("check", "pass") == "pass" else " (accuracy FAIL)"
+    return f"{row['median_ms']:.3f}{mark}"
+
+
+def model_table(rows: dict, card: str, dtype: str, image_size: int) -> list[str]:
+    mine = {k: v for k, v in rows.items() if k[0] == card and k[2] == dtype and k[4] == image_size}
+    batches = sorted({k[3] for k in mine})
+    names = sorted({k[1] for k in mine}, key=lambda n: (not n.startswith("fused"), n))
+    env = next(iter(mine.values()))["environment"]
+    lines = [
+        f"**{card}**, {dtype}, {image_size}x{image_size}: median ms (CUDA events; L2 flushed; inputs rotated). "
+        f"torch {env['torch']}, triton {env['triton']}, cuDNN {env['cudnn']}, commit {str(env['commit'])[:10]}.",
+        "",
+        "| configuration | " + " | ".join(f"b={b} ms" for b in batches) + " | " +
+        " | ".join(f"b={b} img/s" for b in batches) + " |",
+        "|---|" + "---|" * (2 * len(batches)),
+    ]
+    for name in names:
+        cells = [_cell(mine.get((card, name, dtype, b, image_size))) for b in batches]
+        rates = [mine.get((card, name, dtype, b, image_size)) for b in batches]
+        rates = [f"{r['images_per_s']:,.0f}" if r else "-" for r in rates]
+        lines.append(f"| {name} | " + " | ".join(cells) + " | " + " | ".join(rates) + " |")
+    if image_size == 299 and dtype == "fp16":
+        lines.append("| **target** | " + " | ".join(
+            f"<= {TARGET_MS[b]}" if b in TARGET_MS else "-" for b in batches) + " |" + " |" * len(batches))
+        lines += ["", *target_verdicts(mine, card, dtype, batches)]
+    return lines
+
+
+def target_verdicts(mine: dict, card: str, dtype: str, batches: list[int]) -> list[str]:
+    lines = []
+    for batch in batches:
+        if batch not in TARGET_MS:
+            continue
+        here = [r for k, r in mine.items() if k[3] == batch]
+        fused = [r for r in here if r["kind"] == "fused" and r.get("check") == "pass"]
+        anchors = [r for r in here if r["kind"] == "anchor"]
+        if not fused:
+            lines.append(f"- batch {batch}: no accurate fused measurement")
+            continue
+        best = min(fused, key=lambda r: r["median_ms"])
+        target = TARGET_MS[batch]
+        verdict = "met" if best["median_ms"] <= target else (
+            f"MISSED by {best['median_ms'] - target:.3f} ms ({best['median_ms'] / target - 1:+.0%})")
+        against = ""
+        if anchors:
+            anchor = min(anchors, key=lambda r: r["median_ms"])
+            against = f"; best anchor {anchor['name']} {anchor['median_ms']:.3f} ms " \
+                      f"({anchor['median_ms'] / best['median_ms']:.2f}x slower than fused)"
+        lines.append(f"- batch {batch}: target {target} ms; best fused: {best['name']}, "
+                     f"{best['median_ms']:.3f} ms: {verdict}{against}")
+    return lines
+
+
+def first_inference_table(documents: list[dict]) -> list[str]:
+    newest = {}
+    for document in documents:
+        card = document["environment"]["card"]
+        for run in document.get("first_inference") or []:
+            newest[(card, run["config"], run["cache"])] = run
+    if not newest:
+        return []
+    lines = ["| card | configuration | cold s | warm s |", "|---|---|---|---|"]
+    for card, config in sorted({(k[0], k[1]) for k in newest}):
+        cells = []
+        for cache in ("cold", "warm"):
+            run = newest.get((card, config, cache))
+            if run is None:
+                cells.append("-")
+            elif "seconds" in run:
+                limit = TARGET_FIRST_INFERENCE_S[cache] if config == "fused" else None
+                miss = f" (target {limit:g}: MISSED)" if limit and run["seconds"] > limit else ""
+                cells.append(f"{run['seconds']:.1f}{miss}")
+            else:
+                cells.append(f"failed: {run['error'][:60]}")
+        lines.append(f"| {card} | {config} | {cells[0]} | {cells[1]} |")
+    lines.append(f"| target (fused, H100) | | <= {TARGET_FIRST_INFERENCE_S['cold']:g} | "
+                 f"<= {TARGET_FIRST_INFERENCE_S['warm']:g} |")
+    return lines
+
+
+def block_table(rows: dict, card: str, dtype: str, batch: int, image_size: int, peaks: dict) -> list[str]:
+    mine = {k: r for k, r in rows.items() if k[0] == card and k[2] == dtype and k[3] == batch
+            and k[4] == image_size}
+    if not mine:
+        return []
+    floors = {f["block"]: f for f in block_floors(image_size, batch, dtype, peaks)}
+    impls = ["eager", "torch", "triton", "cuda"]
+    lines = [
+        f"**{card}**, {dtype}, batch {batch}: median ms per block instance; floors at "
+        f"{peaks[dtype]:.0f} TFLOP/s and {peaks['copy_tbps']:.2f} TB/s.",
+        "",
+        "| block | " + " | ".join(impls) + " | compute floor | memory floor | best fused / floor |",
+        "|---|" + "---|" * (len(impls) + 3),
+    ]
+    for block, floor in floors.items():
+        by_impl = {r["impl"]: r for r in mine.values() if r["block"] == block}
+        fused = [r["median_ms"] for i, r in by_impl.items() if i != "eager" and r.get("check") == "pass"]
+        ratio = f"{min(fused) / max(floor['compute_ms'], floor['memory_ms']):.1f}x" if fused else "-"
+        cells = [_cell(by_impl.get(i)) for i in impls]
+        lines.append(f"| {block} | " + " | ".join(cells) +
+                     f" | {floor['compute_ms']:.4f} | {floor['memory_ms']:.4f} | {ratio} |")
+    return lines
+
+
+def plot(rows: dict, card: str, dtype: str, image_size: int, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot", file=sys.stderr)
+        return False
+    mine = [r for k, r in rows.items() if k[0] == card and k[2] == dtype and k[4] == image_size]
+    if not mine:
+        return False
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for name in sorted({r["name"] for r in mine}, key=lambda n: (not n.startswith("fused"), n)):
+        points = sorted((r["batch"], r["images_per_s"]) for r in mine if r["name"] == name)
+        fused = name.startswith("fused")
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o" if fused else "s",
+                linestyle="-" if fused else "--", linewidth=2 if fused else 1.2, label=name)
+    if dtype == "fp16" and image_size == 299:
+        for batch, ms in TARGET_MS.items():
+            ax.plot([batch], [batch / (ms / 1e3)], marker="*", color="black", markersize=11, linestyle="none",
+                    label="target" if batch == 1 else None)
+    ax.set_xscale("log", base=2)
+    batches = sorted({r["batch"] for r in mine})
+    ax.set_xticks(batches, [str(b) for b in batches])
+    ax.set_yscale("log")
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("images / s")
+    ax.set_title(f"Inception-v4 {image_size}x{image_size} {dtype} on {card}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return True
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
+
+
+def build_summary(documents: list[dict], out: Path, dtype: str, image_size: int, block_batch: int,
+                  peaks_file: Path | None) -> str:
+    model = newest_rows(documents, "model")
+    blocks = newest_rows(documents, "blocks")
+    measured_peaks = json.loads(peaks_file.read_text()) if peaks_file and peaks_file.exists() else None
+    cards = sorted({k[0] for k in model} | {k[0] for k in blocks})
+    lines = ["### Whole model", ""]
+    for card in cards:
+        if any(k[0] == card and k[2] == dtype and k[4] == image_size for k in model):
+            lines += model_table(model, card, dtype, image_size) + [""]
+            png = out / f"images_per_s-{slug(card)}.png"
+            if plot(model, card, dtype, image_size, png):
+                lines += [f"![images/s against batch size on {card}]({png.name})", ""]
+    ttfi = first_inference_table(documents)
+    if ttfi:
+        lines += ["### Time to first inference (fresh process)", "", *ttfi, ""]
+    for card in cards:
+        same_card = measured_peaks if measured_peaks and measured_peaks.get("card") == card else None
+        table = block_table(blocks, card, dtype, block_batch, image_size, peaks_for(card, same_card))
+        if table:
+            lines += ["### Blocks against their floors", "", *table, ""]
+    sources = ", ".join(Path(d["path"]).name for d in documents)
+    lines.append(f"<sub>made by benchmarks/make_report.py from {sources}</sub>")
+    return "\n".join(lines)
+
+
+def replace_between_markers(readme: Path, text: str) -> None:
+    content = readme.read_text()
+    if BEGIN not in content or END not in content:
+        raise SystemExit(f"{readme} has no {BEGIN} ... {END} markers")
+    head, rest = content.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--out", type=Path, help="where summary.md and the PNGs go (default: results dir)")
+    parser.add_argument("--readme", type=Path, help="replace the marked results section of this file")
+    parser.add_argument("--dtype", default="fp16")
+    parser.add_argument("--image-size", type=int, default=299)
+    parser.add_argument("--block-batch", type=int, default=256, help="batch of the blocks-vs-floors table")
+    parser.add_argument("--peaks", type=Path, help="peaks JSON from floors.py --measure "
+                        "(default: <results-dir>/peaks.json)")
+    args = parser.parse_args(argv)
+    out = args.out or args.results_dir
+    documents = load(list(args.results_dir.glob("*.json")))
+    if not documents:
+        print(f"no results in {args.results_dir}", file=sys.stderr)
+        return 1
+    summary = build_summary(documents, out, args.dtype, args.image_size, args.block_batch,
+                            args.peaks or args.results_dir / "peaks.json")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.md").write_text(summary + "\n")
+    print(summary)
+    if args.readme:
+        replace_between_markers(args.readme, summary)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
