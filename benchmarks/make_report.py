@@ -92,8 +92,9 @@ def model_table(rows: dict, card: str, dtype: str, image_size: int) -> list[str]
     names = sorted({k[1] for k in mine}, key=lambda n: (not n.startswith("fused"), n))
     env = next(iter(mine.values()))["environment"]
     lines = [
-        f"**{card}**, {dtype}, {image_size}x{image_size}: median ms (CUDA events; L2 flushed; inputs rotated). "
-        f"torch {env['torch']}, triton {env['triton']}, cuDNN {env['cudnn']}, commit {str(env['commit'])[:10]}.",
+        f"**{card}**, {dtype}, {image_size}x{image_size}: median ms (CUDA events; L2 flushed; inputs "
+        f"rotated). torch {env['torch']}, triton {env['triton']}, cuDNN {env['cudnn']}, "
+        f"commit {str(env['commit'])[:10]}.",
         "",
         "| configuration | " + " | ".join(f"b={b} ms" for b in batches) + " | " +
         " | ".join(f"b={b} img/s" for b in batches) + " |",
@@ -238,7 +239,7 @@ def build_summary(documents: list[dict], out: Path, dtype: str, image_size: int,
     lines = ["### Whole model", ""]
     for card in cards:
         if any(k[0] == card and k[2] == dtype and k[4] == image_size for k in model):
-            lines += model_table(model, card, dtype, image_size) + [""]
+            lines += [*model_table(model, card, dtype, image_size), ""]
             png = out / f"images_per_s-{slug(card)}.png"
             if plot(model, card, dtype, image_size, png):
                 lines += [f"![images/s against batch size on {card}]({png.name})", ""]
