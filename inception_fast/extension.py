@@ -59,7 +59,7 @@ def arch_flags(arch_list: str | None = None) -> list[str]:
         ptx = entry.endswith("+PTX")
         arch = entry.removesuffix("+PTX").replace(".", "")
         if not arch[:2].isdigit():
-            raise ValueError(f"cannot read CUDA arch {entry!r} in {arch_list!r}; use forms like 9.0a or 8.0+PTX")
+            raise ValueError(f"cannot read CUDA arch {entry!r} in {arch_list!r}; write e.g. 9.0a or 8.0+PTX")
         flags.append(f"-gencode=arch=compute_{arch},code=sm_{arch}")
         if ptx:
             flags.append(f"-gencode=arch=compute_{arch},code=compute_{arch}")
@@ -88,7 +88,7 @@ def find_cuda_home() -> str | None:
         candidates += [str(Path(nvcc).parent.parent), str(Path(nvcc).resolve().parent.parent)]
     candidates += ["/usr/local/cuda", *sorted(glob.glob("/usr/local/cuda-*"), reverse=True)]
     for home in candidates:
-        if home and (Path(home) / "bin" / "nvcc").exists() and (Path(home) / "include" / "cuda_runtime.h").exists():
+        if home and all((Path(home) / part).exists() for part in ("bin/nvcc", "include/cuda_runtime.h")):
             return home
     return None
 
@@ -99,7 +99,8 @@ def build_directory() -> Path:
 
     base = Path(os.environ.get("INCEPTION_FAST_CACHE_DIR") or Path.home() / ".cache" / "inception_fast")
     arch = hashlib.sha256(" ".join(arch_flags()).encode()).hexdigest()[:8]
-    tag = f"py{sys.version_info[0]}{sys.version_info[1]}-torch{torch.__version__}-cuda{torch.version.cuda}-{arch}"
+    python = f"py{sys.version_info[0]}{sys.version_info[1]}"
+    tag = f"{python}-torch{torch.__version__}-cuda{torch.version.cuda}-{arch}"
     return base / "build" / tag.replace("+", "_")
 
 
@@ -116,16 +117,19 @@ def _prebuilt_library() -> Path | None:
 def _clear_stale_lock(directory: Path) -> None:
     """Remove torch's `lock` file when no live process is building.
 
-    torch's FileBaton waits forever for that file to vanish; a build that was killed leaves it
-    behind. Callers hold our flock, so any builder that left a lock is gone; without flock
-    (no fcntl), a lock older than `INCEPTION_FAST_STALE_LOCK_S` (default 300 s) counts as stale.
+    torch before 2.14 guards a build with a FileBaton: a `lock` file whose mere existence makes
+    every later build wait forever, and a killed build leaves it behind. Callers hold our flock,
+    so any builder that left a lock is gone; without flock (no fcntl), a lock older than
+    `INCEPTION_FAST_STALE_LOCK_S` (default 300 s) counts as stale. Newer torch holds an OS lock
+    on that file instead, which dies with its holder: nothing to clear.
     """
+    import torch.utils.cpp_extension as cpp
+
     lock = directory / "lock"
-    if not lock.exists():
+    if hasattr(cpp, "FileLock") or not lock.exists():
         return
-    if _flock_supported() or time.time() - lock.stat().st_mtime > float(
-        os.environ.get("INCEPTION_FAST_STALE_LOCK_S", "300")
-    ):
+    age = time.time() - lock.stat().st_mtime
+    if _flock_supported() or age > float(os.environ.get("INCEPTION_FAST_STALE_LOCK_S", "300")):
         print(f"inception_fast: removing a stale build lock left by a killed build: {lock}", file=sys.stderr)
         lock.unlink(missing_ok=True)
 
@@ -177,11 +181,13 @@ def build(directory: Path | None = None, verbose: bool = False) -> Path:
     import torch.utils.cpp_extension as cpp
 
     if not CSRC_DIR.is_dir():
-        raise ExtensionUnavailable(f"the CUDA sources are not installed ({CSRC_DIR} is missing) and no prebuilt "
-                                   "extension matches; reinstall with nvcc present")
+        raise ExtensionUnavailable(
+            f"the CUDA sources are not installed ({CSRC_DIR} is missing) and no prebuilt extension "
+            "matches; reinstall with nvcc present"
+        )
     cuda_home = find_cuda_home()
     if cuda_home is None:
-        raise ExtensionUnavailable("nvcc was not found (set CUDA_HOME to a CUDA toolkit to build the extension)")
+        raise ExtensionUnavailable("nvcc was not found (set CUDA_HOME to a CUDA toolkit to build it)")
     # torch reads CUDA_HOME once, at import, and may have guessed a directory without headers.
     os.environ["CUDA_HOME"] = cuda_home
     cpp.CUDA_HOME = cuda_home
@@ -191,7 +197,7 @@ def build(directory: Path | None = None, verbose: bool = False) -> Path:
         _clear_stale_lock(directory)
         fresh = _up_to_date(directory)
         if not fresh:
-            print(f"inception_fast: compiling the CUDA extension into {directory} (first use; about a minute) ...",
+            print(f"inception_fast: compiling the CUDA extension in {directory} (first use, about a minute)",
                   file=sys.stderr, flush=True)
         start = time.perf_counter()
         library = cpp.load(
@@ -233,7 +239,7 @@ def load() -> Path:
             raise ExtensionUnavailable(f"this torch ({torch.__version__}) is built without CUDA")
         library = None
         prebuilt = _prebuilt_library()
-        if prebuilt is not None and os.environ.get("INCEPTION_FAST_FORCE_BUILD", "0") in ("", "0"):
+        if prebuilt is not None:
             try:
                 torch.ops.load_library(str(prebuilt))
                 library = prebuilt

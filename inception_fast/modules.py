@@ -192,6 +192,13 @@ class FusedInceptionV4(nn.Module):
         self.head = head
         self.default_cfg = dict(default_cfg or {})
         self.num_classes = head.weight.shape[0]
+        self.cuda_graph = False  # whole-forward CUDA graphs (see optimize(cuda_graph=...))
+        self.cuda_graph_max_batch = 64
+        self.graph_cache = {}
+
+    def _apply(self, fn, *args, **kwargs):
+        self.graph_cache = {}
+        return super()._apply(fn, *args, **kwargs)
 
     @property
     def backend(self) -> str:
@@ -243,6 +250,8 @@ class FusedInceptionV4(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
+        if x.shape[0] == 0:
+            return x.new_empty((0, self.num_classes))
         runner = getattr(get_backend(self.backend), "run_model", None)
         if runner is not None:
             return runner(self, x)

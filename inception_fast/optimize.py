@@ -48,7 +48,14 @@ def _check_model(model: nn.Module) -> None:
 
 
 @torch.no_grad()
-def optimize(model: nn.Module, backend: str = "auto", dtype=None, device=None) -> FusedInceptionV4:
+def optimize(
+    model: nn.Module,
+    backend: str = "auto",
+    dtype=None,
+    device=None,
+    cuda_graph: bool = False,
+    cuda_graph_max_batch: int = 64,
+) -> FusedInceptionV4:
     """Fold and fuse an Inception-v4 for inference.
 
     Args:
@@ -57,6 +64,10 @@ def optimize(model: nn.Module, backend: str = "auto", dtype=None, device=None) -
             ``"triton"`` or ``"cuda"``.
         dtype: weights and activations dtype of the result (default: the model's).
         device: where the result lives (default: the model's device).
+        cuda_graph: replay the whole forward as one CUDA graph, captured per input shape after
+            the kernels are tuned, for batches up to ``cuda_graph_max_batch`` (launch-bound
+            small batches gain most). Triton backend only. The returned logits are a fresh
+            tensor each call.
 
     Returns:
         A ``FusedInceptionV4`` that maps NCHW images (any memory format) to the same logits.
@@ -69,4 +80,10 @@ def optimize(model: nn.Module, backend: str = "auto", dtype=None, device=None) -
     blocks = [fuse_block(block) for block in model.features]
     fused = FusedInceptionV4(blocks, FusedHead(model.last_linear), getattr(model, "default_cfg", DEFAULT_CFG))
     fused = fused.to(device=device, dtype=dtype).eval()
-    return fused.set_backend(backend)
+    fused.set_backend(backend)
+    if cuda_graph:
+        if backend != "triton" or device.type != "cuda":
+            raise ValueError(f"cuda_graph=True needs backend='triton' on a GPU, got {backend!r} on {device}")
+        fused.cuda_graph = True
+        fused.cuda_graph_max_batch = cuda_graph_max_batch
+    return fused

@@ -25,7 +25,7 @@ The buffers are NHWC with pixel strides in_channels, work_channels, out_channels
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -47,6 +47,7 @@ class PackedStage:
     bias: torch.Tensor  # fp32 [total columns]
     col_dst: torch.Tensor  # int32 [total columns]
     col_flags: torch.Tensor  # int32 [total columns]
+    configs: dict = field(default_factory=dict)  # launch config chosen per input shape
 
     @property
     def num_problems(self) -> int:
@@ -113,6 +114,17 @@ def pack_stage(block, stage_index: int, device, dtype, padded_in_channels: int |
         dsts += [c for c, _ in cols]
         flags += [f for _, f in cols]
         col_off += len(cols)
+    for row in rows:
+        # The kernels load and store 8 channels (16 bytes) at a time.
+        if row[SRC_C0] % 8 or row[CIN] % 8 or row[COLS] % 8:
+            raise ValueError(f"{plan.name}: channel counts and offsets must be multiples of 8, got {row}")
+    if any(d % 8 for d in dsts[::8]):
+        raise ValueError(f"{plan.name}: destination slices must start at multiples of 8")
+    return make_stage(rows, weights, biases, dsts, flags, device, dtype)
+
+
+def make_stage(rows, weights, biases, dsts, flags, device, dtype) -> PackedStage:
+    """Move a stage's host-side lists onto the device."""
     empty = torch.zeros(0)
     return PackedStage(
         problems=torch.tensor(rows, dtype=torch.int64, device=device),

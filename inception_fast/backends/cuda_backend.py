@@ -3,37 +3,27 @@
 
 Activations stay NHWC (channels_last) from block to block. The kernel reads channels in
 groups of 8 (16-byte copies), so an input whose channel count is not a multiple of 8 (the
-3-channel image) is zero-padded to the next multiple, with the weights padded to match.
+3-channel image) is zero-padded to the next multiple, with the weights padded to match
+(`packing.pack_block(..., padded_in_channels)`).
 The head (global average pool + Linear) runs as PyTorch ops.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from .. import extension
 from ..packing import (
-    BUF_INPUT,
     BUF_OUTPUT,
     BUF_WORK,
-    CIN,
     COL_OFF,
     COLS,
-    CONV,
     FLAG_TO_OUTPUT,
-    KH,
-    KIND,
-    KW,
-    PAD_H,
-    PAD_W,
-    SRC_BUF,
-    SRC_C0,
-    STRIDE,
-    W_OFF,
+    PackedStage,
     pack_block,
 )
 from . import torch_backend
@@ -72,12 +62,8 @@ def _round_up(value: int, multiple: int) -> int:
 
 @dataclass
 class _Stage:
-    problems: list  # flattened int64 rows (host-side: the launch schedule needs no device sync)
-    weights: torch.Tensor
-    bias: torch.Tensor
-    col_dst: torch.Tensor
-    col_flags: torch.Tensor
-    rows: list
+    packed: PackedStage
+    problems: list  # flattened rows, host-side: the launch schedule needs no device sync
     destinations: list  # per problem: the set of BUF_WORK / BUF_OUTPUT its columns write
 
 
@@ -86,29 +72,6 @@ class _PackedBlock:
     stages: list
     in_channels: int  # after padding to a multiple of 8
     checked_sizes: set = field(default_factory=set)
-
-
-def _pad_conv_input_channels(stage, padded: int) -> tuple[list, torch.Tensor]:
-    """Rows and weights of a stage whose convs read all of an unaligned input, with the input
-    channels zero-padded to `padded` (zero weights on the padding channels)."""
-    rows, parts, w_off = [], [], 0
-    for row in stage.rows:
-        row = list(row)
-        if row[KIND] == CONV:
-            cols, taps, cin = row[COLS], row[KH] * row[KW], row[CIN]
-            weight = stage.weights[row[W_OFF] : row[W_OFF] + cols * taps * cin].view(cols, taps, cin)
-            if row[SRC_BUF] == BUF_INPUT and cin % CHANNEL_GROUP:
-                if row[SRC_C0] != 0:
-                    raise NotImplementedError("cuda backend: a conv reading an unaligned channel slice")
-                weight = F.pad(weight, (0, padded - cin))
-                row[CIN] = padded
-            parts.append(weight.reshape(-1))
-            row[W_OFF] = w_off
-            w_off += parts[-1].numel()
-        elif row[SRC_BUF] == BUF_INPUT and row[CIN] % CHANNEL_GROUP:
-            raise NotImplementedError("cuda backend: pooling an input whose channels are not a multiple of 8")
-        rows.append(row)
-    return rows, torch.cat(parts).contiguous()
 
 
 def _check_destinations(plan, rows, col_dst: list, col_flags: list) -> list:
@@ -120,7 +83,9 @@ def _check_destinations(plan, rows, col_dst: list, col_flags: list) -> list:
         for j in range(row[COL_OFF], row[COL_OFF] + row[COLS]):
             buf = BUF_OUTPUT if col_flags[j] & FLAG_TO_OUTPUT else BUF_WORK
             if not 0 <= col_dst[j] < limit[buf]:
-                raise ValueError(f"{plan.name}: column {j} goes to channel {col_dst[j]} of a {limit[buf]}-channel buffer")
+                raise ValueError(
+                    f"{plan.name}: column {j} goes to channel {col_dst[j]} of a {limit[buf]}-channel buffer"
+                )
             dsts.add(buf)
         destinations.append(dsts)
     return destinations
@@ -129,17 +94,12 @@ def _check_destinations(plan, rows, col_dst: list, col_flags: list) -> list:
 def _pack(block, device, dtype) -> _PackedBlock:
     plan = block.plan
     in_channels = _round_up(plan.in_channels, CHANNEL_GROUP)
+    padded = in_channels if in_channels != plan.in_channels else None
     stages = []
-    for stage in pack_block(block, device, dtype):
-        rows, weights = stage.rows, stage.weights
-        if in_channels != plan.in_channels:
-            rows, weights = _pad_conv_input_channels(stage, in_channels)
+    for stage in pack_block(block, device, dtype, padded):
         col_dst, col_flags = stage.col_dst.tolist(), stage.col_flags.tolist()
-        stages.append(_Stage(
-            problems=[int(v) for row in rows for v in row],
-            weights=weights, bias=stage.bias, col_dst=stage.col_dst, col_flags=stage.col_flags, rows=rows,
-            destinations=_check_destinations(plan, rows, col_dst, col_flags),
-        ))
+        problems = [int(v) for row in stage.rows for v in row]
+        stages.append(_Stage(stage, problems, _check_destinations(plan, stage.rows, col_dst, col_flags)))
     return _PackedBlock(stages, in_channels)
 
 
@@ -159,12 +119,14 @@ def _check_sizes(block, packed: _PackedBlock, h: int, w: int, oh: int, ow: int) 
         return
     size = {BUF_WORK: (h, w), BUF_OUTPUT: (oh, ow)}
     for stage in packed.stages:
-        for row, dsts in zip(stage.rows, stage.destinations):
-            got = ((h + 2 * row[PAD_H] - row[KH]) // row[STRIDE] + 1, (w + 2 * row[PAD_W] - row[KW]) // row[STRIDE] + 1)
+        for p, dsts in enumerate(stage.destinations):
+            got = stage.packed.output_hw(p, h, w)
             for buf in dsts:
                 if got != size[buf]:
-                    raise ValueError(f"{block.plan.name}: a problem of {h}x{w} input makes {got} pixels for a "
-                                     f"{size[buf]} destination")
+                    raise ValueError(
+                        f"{block.plan.name}: on a {h}x{w} input a problem makes {got} pixels for a "
+                        f"{size[buf]} destination"
+                    )
     packed.checked_sizes.add((h, w))
 
 
@@ -187,11 +149,15 @@ def run_block(block, x: torch.Tensor) -> torch.Tensor:
         x = x.clone(memory_format=torch.channels_last)  # a fresh, aligned NHWC copy
     out = torch.empty((n, plan.out_channels, oh, ow), **like)
     work = torch.empty((n, plan.work_channels, h, w), **like) if plan.work_channels else x.new_empty(0)
+    if os.environ.get("INCEPTION_FAST_POISON") == "1":  # tests: channels never written show as NaN
+        out.fill_(float("nan"))
+        work.fill_(float("nan"))
     inp_nhwc, out_nhwc = x.permute(0, 2, 3, 1), out.permute(0, 2, 3, 1)
     work_nhwc = work.permute(0, 2, 3, 1) if plan.work_channels else work
     stage_op = torch.ops.inception_fast.cuda_conv_stage.default
     for s in packed.stages:
-        stage_op(inp_nhwc, work_nhwc, out_nhwc, s.problems, s.weights, s.bias, s.col_dst, s.col_flags)
+        p = s.packed
+        stage_op(inp_nhwc, work_nhwc, out_nhwc, s.problems, p.weights, p.bias, p.col_dst, p.col_flags)
     return out
 
 

@@ -81,7 +81,9 @@ def _epilogue_store(
     tl.store(work_ptr + pix * C_WORK + dst[None, :], value, mask=mask & ~to_out[None, :])
 
 
-@triton.jit
+# Shapes stay runtime values (no recompilation per batch size, input size or problem count):
+# the kernel is compiled once per tile config and dtype.
+@triton.jit(do_not_specialize=["N", "H", "W", "C_IN", "C_WORK", "C_OUT", "num_problems"])
 def _stage_kernel(
     x_ptr, work_ptr, out_ptr,
     w_ptr, bias_ptr, col_dst_ptr, col_flags_ptr, prob_ptr,
@@ -202,18 +204,30 @@ def stage_tiles(stage: pk.PackedStage, n: int, h: int, w: int, block_m: int, blo
     return total
 
 
-def launch_stage(kernel, stage, x, work, out, n, h, w, config, input_precision="tf32"):
-    """Launch `kernel` (the raw kernel, or wrap_triton(kernel) inside a triton_op) for a stage.
+def launch_stage_tensors(
+    kernel, num_tiles, x, work, out, problems, weights, bias, col_dst, col_flags, config, precision
+):
+    """Launch `kernel` (the raw kernel, or wrap_triton(kernel) inside a triton_op).
 
     x, work, out: NCHW-shaped tensors stored channels_last (NHWC in memory); `work` may be a
-    small dummy when the block has no intermediates.
-    config: (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages).
+    small dummy when the block has no intermediates. config: (BLOCK_M, BLOCK_N, BLOCK_K,
+    num_warps, num_stages). precision: "tf32" or "ieee" for fp32 dots.
     """
     block_m, block_n, block_k, num_warps, num_stages = config
-    grid = (stage_tiles(stage, n, h, w, block_m, block_n),)
-    kernel[grid](
-        x, work, out, stage.weights, stage.bias, stage.col_dst, stage.col_flags, stage.problems,
-        n, h, w, x.shape[1], work.shape[1], out.shape[1], stage.num_problems,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, INPUT_PRECISION=input_precision,
+    n, _, h, w = x.shape
+    kernel[(num_tiles,)](
+        x, work, out, weights, bias, col_dst, col_flags, problems,
+        n, h, w, x.shape[1], work.shape[1], out.shape[1], problems.shape[0],
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, INPUT_PRECISION=precision,
         num_warps=num_warps, num_stages=num_stages,
+    )
+
+
+def launch_stage(kernel, stage, x, work, out, config, precision="tf32"):
+    """Launch one packed stage (used directly under TRITON_INTERPRET=1)."""
+    n, _, h, w = x.shape
+    tiles = stage_tiles(stage, n, h, w, config[0], config[1])
+    launch_stage_tensors(
+        kernel, tiles, x, work, out, stage.problems, stage.weights, stage.bias, stage.col_dst,
+        stage.col_flags, config, precision,
     )

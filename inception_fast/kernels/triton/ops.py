@@ -1,0 +1,42 @@
+"""The Triton kernels as `torch.library` ops (namespace `inception_fast`), so that
+torch.compile(fullgraph=True) traces through them and CUDA graphs capture them."""
+
+from __future__ import annotations
+
+import torch
+from torch.library import triton_op, wrap_triton
+
+from .layout_kernel import _to_nhwc_padded_kernel, launch_to_nhwc_padded
+from .stage_kernel import _stage_kernel, launch_stage_tensors
+
+
+@triton_op("inception_fast::triton_stage", mutates_args={"work", "out"})
+def triton_stage(
+    x: torch.Tensor,
+    work: torch.Tensor,
+    out: torch.Tensor,
+    problems: torch.Tensor,
+    weights: torch.Tensor,
+    bias: torch.Tensor,
+    col_dst: torch.Tensor,
+    col_flags: torch.Tensor,
+    num_tiles: int,
+    block_m: int,
+    block_n: int,
+    block_k: int,
+    num_warps: int,
+    num_stages: int,
+    tf32: bool,
+) -> None:
+    """One stage of a block: x [N,Cin,H,W], work [N,Cw,H,W], out [N,Cout,OH,OW], all stored
+    channels_last; the rest is a `packing.PackedStage`; num_tiles from `stage_tiles`."""
+    launch_stage_tensors(
+        wrap_triton(_stage_kernel), num_tiles, x, work, out, problems, weights, bias, col_dst,
+        col_flags, (block_m, block_n, block_k, num_warps, num_stages), "tf32" if tf32 else "ieee",
+    )
+
+
+@triton_op("inception_fast::triton_to_nhwc_padded", mutates_args={"out"})
+def triton_to_nhwc_padded(x: torch.Tensor, out: torch.Tensor) -> None:
+    """x [N,C,H,W] (any strides) -> out [N,C_PAD,H,W] channels_last, extra channels zero."""
+    launch_to_nhwc_padded(wrap_triton(_to_nhwc_padded_kernel), x, out)

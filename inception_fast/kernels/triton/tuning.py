@@ -1,0 +1,136 @@
+"""Tile configurations for the stage kernel: chosen by timing once per problem, cached on disk.
+
+The key is the stage (block plan, stage index, input size), the dtype, the card and a batch
+*bucket* (powers of 4), so nearby batch sizes share one tuning run and a second process reads
+the choice from the cache instead of timing again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import threading
+
+import torch
+
+# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)
+_TILES = (
+    (128, 128, 8, 3),
+    (128, 64, 4, 4),
+    (64, 128, 4, 4),
+    (64, 64, 4, 4),
+    (128, 256, 8, 3),
+)
+
+
+def candidates(min_cin: int) -> list[tuple]:
+    """Tile configs worth timing for a stage whose narrowest conv reads `min_cin` channels:
+    BLOCK_K never much wider than the channels a tap has (the stem's 8 or 32 channels would
+    leave most of a 64-wide K step empty)."""
+    if min_cin >= 64:
+        widths = (64, 32)
+    elif min_cin >= 32:
+        widths = (32,)
+    else:
+        widths = (16,)
+    return [(bm, bn, bk, warps, stages) for bk in widths for bm, bn, warps, stages in _TILES]
+
+
+_lock = threading.Lock()
+_memory: dict | None = None
+
+
+def cache_dir() -> str:
+    root = os.environ.get("INCEPTION_FAST_CACHE_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "inception_fast"
+    )
+    os.makedirs(root, exist_ok=True)
+    return root
+
+
+def cache_path() -> str:
+    return os.path.join(cache_dir(), "triton_tuning.json")
+
+
+def batch_bucket(n: int) -> int:
+    bucket = 1
+    while bucket < n:
+        bucket *= 4
+    return bucket
+
+
+def _load() -> dict:
+    global _memory
+    if _memory is None:
+        try:
+            with open(cache_path()) as f:
+                _memory = json.load(f)
+        except (OSError, ValueError):
+            _memory = {}
+    return _memory
+
+
+def _save(table: dict) -> None:
+    path = cache_path()
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(table, f, indent=0, sort_keys=True)
+    os.replace(tmp, path)  # atomic: a concurrent reader sees the old or the new table
+
+
+def default_config(configs: list[tuple], tiles_at_128: int) -> tuple:
+    """Without timing: big tiles when they fill the card, smaller ones when they don't."""
+    return configs[0] if tiles_at_128 >= 264 else configs[3]
+
+
+def _time(launch, config, reps: int = 10) -> float:
+    launch(config)  # compiles on first use
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        launch(config)
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / reps
+
+
+def enabled() -> bool:
+    return os.environ.get("INCEPTION_FAST_AUTOTUNE", "1") != "0"
+
+
+def choose(key: str, launch, configs: list[tuple], fallback: tuple) -> tuple:
+    """The cached config for `key`, or time every config with `launch(config)` and cache the
+    fastest. No timing while tracing, under graph capture or with INCEPTION_FAST_AUTOTUNE=0."""
+    table = _load()
+    hit = table.get(key)
+    if hit is not None:
+        return tuple(hit)
+    if (
+        not enabled()
+        or torch.compiler.is_compiling()
+        or torch.cuda.is_current_stream_capturing()
+    ):
+        return fallback
+    print(f"inception_fast: tuning {key} over {len(configs)} tile configs", file=sys.stderr)
+    timings = {}
+    for config in configs:
+        try:
+            timings[config] = _time(launch, config)
+        except Exception as err:  # noqa: BLE001 - a config can exceed shared memory
+            print(f"inception_fast:   {config} skipped ({type(err).__name__})", file=sys.stderr)
+    best = min(timings, key=timings.get) if timings else fallback
+    with _lock:
+        table = dict(_load())
+        try:  # merge with what another process may have written meanwhile
+            with open(cache_path()) as f:
+                table.update(json.load(f))
+        except (OSError, ValueError):
+            pass
+        table[key] = list(best)
+        _save(table)
+        global _memory
+        _memory = table
+    return best

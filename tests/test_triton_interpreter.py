@@ -1,0 +1,81 @@
+"""The Triton kernels on the CPU under TRITON_INTERPRET=1: every block type's packed stages run
+through the stage kernel's launcher and must match the `torch` backend. Shapes are small
+because the interpreter is slow; the interpreter has no bf16, so fp32 here."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+# The interpreter must be chosen before triton is imported, so each case runs in a subprocess.
+SCRIPT = r"""
+import os, sys
+os.environ["TRITON_INTERPRET"] = "1"
+import torch
+from inception_fast import reference as R
+from inception_fast.backends.triton_backend import ALIGN
+from inception_fast.kernels.triton.layout_kernel import _to_nhwc_padded_kernel, launch_to_nhwc_padded
+from inception_fast.kernels.triton.stage_kernel import _stage_kernel, launch_stage
+from inception_fast.modules import fuse_block
+from inception_fast.packing import pack_block
+from inception_fast.testing import randomize_batchnorm, relative_l2
+
+name, batch, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+factories = {
+    "Stem0": (lambda: R.ConvBnRelu(3, 32, 3, stride=2), 3),
+    "Mixed3a": (R.Mixed3a, 64), "Mixed4a": (R.Mixed4a, 160), "Mixed5a": (R.Mixed5a, 192),
+    "InceptionA": (R.InceptionA, 384), "ReductionA": (R.ReductionA, 384),
+    "InceptionB": (R.InceptionB, 1024), "ReductionB": (R.ReductionB, 1024),
+    "InceptionC": (R.InceptionC, 1536),
+}
+factory, cin = factories[name]
+block = randomize_batchnorm(factory()).eval()
+fused = fuse_block(block)
+x = torch.randn(batch, cin, size, size).relu_()
+x = x[:, :, :, :]  # NCHW, a layout the boundary converts
+with torch.no_grad():
+    ref = block(x)
+    spec = fused(x)
+padded = -(-cin // ALIGN) * ALIGN
+xk = torch.empty(batch, padded, size, size).contiguous(memory_format=torch.channels_last)
+launch_to_nhwc_padded(_to_nhwc_padded_kernel, x, xk)
+assert torch.equal(xk[:, :cin], x) and (padded == cin or xk[:, cin:].abs().sum() == 0)
+oh, ow = fused.output_hw(size, size)
+nan = float("nan")
+out = torch.full((batch, fused.plan.out_channels, oh, ow), nan).contiguous(memory_format=torch.channels_last)
+work = torch.full((batch, max(fused.plan.work_channels, 8), size, size), nan)
+work = work.contiguous(memory_format=torch.channels_last)
+for stage in pack_block(fused, "cpu", torch.float32, padded if padded != cin else None):
+    launch_stage(_stage_kernel, stage, xk, work, out, (32, 64, 64, 4, 2), "ieee")
+assert torch.isfinite(out).all(), "a channel slice was never written"
+err_ref, err_spec = relative_l2(out, ref), relative_l2(out, spec)
+print(name, err_ref, err_spec)
+assert err_ref < 1e-5 and err_spec < 1e-5, (err_ref, err_spec)
+"""
+
+CASES = [
+    ("Stem0", 2, 9),
+    ("Mixed3a", 1, 7),
+    ("Mixed4a", 3, 5),
+    ("Mixed5a", 1, 5),
+    ("InceptionA", 3, 4),
+    ("ReductionA", 1, 5),
+    ("InceptionB", 1, 3),
+    ("ReductionB", 1, 3),
+    ("InceptionC", 1, 3),
+]
+
+
+@pytest.mark.parametrize("name,batch,size", CASES, ids=[c[0] for c in CASES])
+def test_stage_kernel_under_interpreter(name, batch, size):
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT, name, str(batch), str(size)],
+        env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
