@@ -256,8 +256,9 @@ def emulate_block(block, x: torch.Tensor) -> torch.Tensor:
     dims = {BUF_INPUT: (packed.in_channels, h, w), BUF_WORK: (plan.work_channels, h, w),
             BUF_OUTPUT: (plan.out_channels, oh, ow)}
     for stage in packed.stages:
-        Emulator(bufs, dims, stage.weights.numpy(), stage.bias.double().numpy(), stage.col_dst.numpy(),
-                 stage.col_flags.numpy(), n).run(stage.rows)
+        p = stage.packed
+        Emulator(bufs, dims, p.weights.numpy(), p.bias.double().numpy(), p.col_dst.numpy(),
+                 p.col_flags.numpy(), n).run(p.rows)
     out = torch.from_numpy(bufs[BUF_OUTPUT]).view(n, oh, ow, plan.out_channels)
     return out.permute(0, 3, 1, 2)
 
