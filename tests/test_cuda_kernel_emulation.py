@@ -309,3 +309,28 @@ def test_schedule_puts_deep_convs_first_and_covers_every_tile():
     assert descs[0]["k"] == 576 and descs[1]["n_tiles"] == 2
     # 48 px x 1 column tile; 243 px x 2 column tiles; 48 px x 8 groups; 243 px x 12 groups
     assert tiles == 1 + 2 * 2 + 2 + 12
+
+
+def test_emulated_head_matches_torch_backend(model):
+    """The head as two stage launches: a whole-image average pool, then the Linear as a 1x1
+    conv (1000 columns: 7 full column tiles and a tail of 104)."""
+    from inception_fast.modules import FusedHead
+
+    head = FusedHead(model.last_linear).to(torch.float64)
+    x = torch.randn(3, 1536, 3, 2, dtype=torch.float64)
+    packed = cuda_backend._packed_head(head, 1536, 3, 2, "cpu", torch.float64)
+    pool_rows, pool, linear_rows, linear, cols = packed
+    n = x.shape[0]
+    pooled = np.full(n * 1536, np.nan)
+    x_nhwc = x.permute(0, 2, 3, 1).contiguous().numpy().reshape(-1)
+    bufs = {BUF_INPUT: x_nhwc, BUF_WORK: None, BUF_OUTPUT: pooled}
+    dims = {BUF_INPUT: (1536, 3, 2), BUF_WORK: (0, 3, 2), BUF_OUTPUT: (1536, 1, 1)}
+    Emulator(bufs, dims, np.zeros(0), pool.bias.double().numpy(), pool.col_dst.numpy(),
+             pool.col_flags.numpy(), n).run([pool_rows])
+    logits = np.full(n * cols, np.nan)
+    bufs = {BUF_INPUT: pooled, BUF_WORK: None, BUF_OUTPUT: logits}
+    dims = {BUF_INPUT: (1536, 1, 1), BUF_WORK: (0, 1, 1), BUF_OUTPUT: (cols, 1, 1)}
+    Emulator(bufs, dims, linear.weights.numpy(), linear.bias.double().numpy(), linear.col_dst.numpy(),
+             linear.col_flags.numpy(), n).run([linear_rows])
+    got = torch.from_numpy(logits).view(n, cols)[:, :1000]
+    assert relative_l2(got, torch_backend.run_head(head, x)) < 1e-12

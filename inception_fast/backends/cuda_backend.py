@@ -5,7 +5,7 @@ Activations stay NHWC (channels_last) from block to block. The kernel reads chan
 groups of 8 (16-byte copies), so an input whose channel count is not a multiple of 8 (the
 3-channel image) is zero-padded to the next multiple, with the weights padded to match
 (`packing.pack_block(..., padded_in_channels)`).
-The head (global average pool + Linear) runs as PyTorch ops.
+The head runs on the same kernel: a whole-image average pool, then the Linear as a 1x1 conv.
 """
 
 from __future__ import annotations
@@ -17,15 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import extension
-from ..packing import (
-    BUF_OUTPUT,
-    BUF_WORK,
-    COL_OFF,
-    COLS,
-    FLAG_TO_OUTPUT,
-    PackedStage,
-    pack_block,
-)
+from .. import packing as pk
 from . import torch_backend
 
 logger = logging.getLogger("inception_fast")
@@ -62,9 +54,9 @@ def _round_up(value: int, multiple: int) -> int:
 
 @dataclass
 class _Stage:
-    packed: PackedStage
+    packed: pk.PackedStage
     problems: list  # flattened rows, host-side: the launch schedule needs no device sync
-    destinations: list  # per problem: the set of BUF_WORK / BUF_OUTPUT its columns write
+    destinations: list  # per problem: the set of pk.BUF_WORK / pk.BUF_OUTPUT its columns write
 
 
 @dataclass
@@ -76,12 +68,12 @@ class _PackedBlock:
 
 def _check_destinations(plan, rows, col_dst: list, col_flags: list) -> list:
     """Each problem's destination buffers, after checking every column lands inside one."""
-    limit = {BUF_OUTPUT: plan.out_channels, BUF_WORK: plan.work_channels}
+    limit = {pk.BUF_OUTPUT: plan.out_channels, pk.BUF_WORK: plan.work_channels}
     destinations = []
     for row in rows:
         dsts = set()
-        for j in range(row[COL_OFF], row[COL_OFF] + row[COLS]):
-            buf = BUF_OUTPUT if col_flags[j] & FLAG_TO_OUTPUT else BUF_WORK
+        for j in range(row[pk.COL_OFF], row[pk.COL_OFF] + row[pk.COLS]):
+            buf = pk.BUF_OUTPUT if col_flags[j] & pk.FLAG_TO_OUTPUT else pk.BUF_WORK
             if not 0 <= col_dst[j] < limit[buf]:
                 raise ValueError(
                     f"{plan.name}: column {j} goes to channel {col_dst[j]} of a {limit[buf]}-channel buffer"
@@ -96,7 +88,7 @@ def _pack(block, device, dtype) -> _PackedBlock:
     in_channels = _round_up(plan.in_channels, CHANNEL_GROUP)
     padded = in_channels if in_channels != plan.in_channels else None
     stages = []
-    for stage in pack_block(block, device, dtype, padded):
+    for stage in pk.pack_block(block, device, dtype, padded):
         col_dst, col_flags = stage.col_dst.tolist(), stage.col_flags.tolist()
         problems = [int(v) for row in stage.rows for v in row]
         stages.append(_Stage(stage, problems, _check_destinations(plan, stage.rows, col_dst, col_flags)))
@@ -117,7 +109,7 @@ def _check_sizes(block, packed: _PackedBlock, h: int, w: int, oh: int, ow: int) 
     indexes destinations by the problem's output pixel)."""
     if (h, w) in packed.checked_sizes:
         return
-    size = {BUF_WORK: (h, w), BUF_OUTPUT: (oh, ow)}
+    size = {pk.BUF_WORK: (h, w), pk.BUF_OUTPUT: (oh, ow)}
     for stage in packed.stages:
         for p, dsts in enumerate(stage.destinations):
             got = stage.packed.output_hw(p, h, w)
@@ -161,6 +153,45 @@ def run_block(block, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _packed_head(head, c: int, h: int, w: int, device, dtype) -> tuple:
+    """Two one-problem stages: the global average pool (an h x w window), then the Linear as a
+    1x1 conv whose columns are padded to a multiple of 8 (the kernel's channel group)."""
+    key = ("cuda", torch.device(device), dtype, h, w)
+    packed = head.backend_cache.get(key)
+    if packed is None:
+        classes = head.weight.shape[0]
+        cols = _round_up(classes, CHANNEL_GROUP)
+        weight = torch.zeros(cols, c, dtype=head.weight.dtype, device=head.weight.device)
+        weight[:classes] = head.weight
+        bias = torch.zeros(cols)
+        bias[:classes] = head.bias.float().cpu()
+        pool = pk.make_stage(
+            [[pk.AVG_POOL, pk.BUF_INPUT, 0, c, c, h, w, 1, 0, 0, -1, 0]], [], [torch.zeros(c)],
+            list(range(c)), [pk.FLAG_TO_OUTPUT] * c, device, dtype,
+        )
+        linear = pk.make_stage(
+            [[pk.CONV, pk.BUF_INPUT, 0, c, cols, 1, 1, 1, 0, 0, 0, 0]], [weight.reshape(-1)], [bias],
+            list(range(cols)), [pk.FLAG_TO_OUTPUT] * cols, device, dtype,
+        )
+        packed = head.backend_cache[key] = ([int(v) for v in pool.rows[0]], pool,
+                                            [int(v) for v in linear.rows[0]], linear, cols)
+    return packed
+
+
 def run_head(head, x: torch.Tensor) -> torch.Tensor:
-    """Global average pool + Linear as PyTorch ops (cuBLAS for the GEMM)."""
-    return torch_backend.run_head(head, x)
+    """Global average pool, then the Linear, as two launches of the stage kernel."""
+    if x.dtype not in SUPPORTED_DTYPES or x.shape[1] % CHANNEL_GROUP:
+        return torch_backend.run_head(head, x)
+    extension.load()
+    n, c, h, w = x.shape
+    if not x.is_contiguous(memory_format=torch.channels_last) or x.data_ptr() % 16:
+        x = x.clone(memory_format=torch.channels_last)
+    pool_rows, pool, linear_rows, linear, cols = _packed_head(head, c, h, w, x.device, x.dtype)
+    like = {"dtype": x.dtype, "device": x.device}
+    pooled = torch.empty((n, 1, 1, c), **like)
+    logits = torch.empty((n, 1, 1, cols), **like)
+    none = x.new_empty(0)
+    stage_op = torch.ops.inception_fast.cuda_conv_stage.default
+    stage_op(x.permute(0, 2, 3, 1), none, pooled, pool_rows, none, pool.bias, pool.col_dst, pool.col_flags)
+    stage_op(pooled, none, logits, linear_rows, linear.weights, linear.bias, linear.col_dst, linear.col_flags)
+    return logits.view(n, cols)[:, : head.weight.shape[0]]
