@@ -122,11 +122,18 @@ def _check_sizes(block, packed: _PackedBlock, h: int, w: int, oh: int, ow: int) 
     packed.checked_sizes.add((h, w))
 
 
+def _misaligned(x: torch.Tensor) -> bool:
+    """The kernel copies 16 bytes at a time. Under torch.compile there is no data pointer to
+    look at; the op itself checks alignment when it runs."""
+    return not torch.compiler.is_compiling() and x.data_ptr() % 16 != 0
+
+
 def run_block(block, x: torch.Tensor) -> torch.Tensor:
     if x.dtype not in SUPPORTED_DTYPES:
         _explain_once(f"backend 'cuda' runs float16 and bfloat16; {x.dtype} blocks run on PyTorch ops")
         return torch_backend.run_block(block, x)
-    extension.load()
+    if not torch.compiler.is_compiling():
+        extension.load()
     plan = block.plan
     n, c, h, w = x.shape
     oh, ow = block.output_hw(h, w)
@@ -137,7 +144,7 @@ def run_block(block, x: torch.Tensor) -> torch.Tensor:
         padded = torch.zeros((n, packed.in_channels, h, w), **like)
         padded[:, :c] = x
         x = padded
-    elif not x.is_contiguous(memory_format=torch.channels_last) or x.data_ptr() % 16:
+    elif not x.is_contiguous(memory_format=torch.channels_last) or _misaligned(x):
         x = x.clone(memory_format=torch.channels_last)  # a fresh, aligned NHWC copy
     out = torch.empty((n, plan.out_channels, oh, ow), **like)
     work = torch.empty((n, plan.work_channels, h, w), **like) if plan.work_channels else x.new_empty(0)
@@ -182,16 +189,20 @@ def run_head(head, x: torch.Tensor) -> torch.Tensor:
     """Global average pool, then the Linear, as two launches of the stage kernel."""
     if x.dtype not in SUPPORTED_DTYPES or x.shape[1] % CHANNEL_GROUP:
         return torch_backend.run_head(head, x)
-    extension.load()
+    if not torch.compiler.is_compiling():
+        extension.load()
     n, c, h, w = x.shape
-    if not x.is_contiguous(memory_format=torch.channels_last) or x.data_ptr() % 16:
+    if not x.is_contiguous(memory_format=torch.channels_last) or _misaligned(x):
         x = x.clone(memory_format=torch.channels_last)
     pool_rows, pool, linear_rows, linear, cols = _packed_head(head, c, h, w, x.device, x.dtype)
     like = {"dtype": x.dtype, "device": x.device}
     pooled = torch.empty((n, 1, 1, c), **like)
     logits = torch.empty((n, 1, 1, cols), **like)
-    none = x.new_empty(0)
+    no_work, no_weights = x.new_empty(0), x.new_empty(0)  # distinct: a mutable arg must alias nothing
     stage_op = torch.ops.inception_fast.cuda_conv_stage.default
-    stage_op(x.permute(0, 2, 3, 1), none, pooled, pool_rows, none, pool.bias, pool.col_dst, pool.col_flags)
-    stage_op(pooled, none, logits, linear_rows, linear.weights, linear.bias, linear.col_dst, linear.col_flags)
+    for src, dst, rows, stage, weights in (
+        (x.permute(0, 2, 3, 1), pooled, pool_rows, pool, no_weights),
+        (pooled, logits, linear_rows, linear, linear.weights),
+    ):
+        stage_op(src, no_work, dst, rows, weights, stage.bias, stage.col_dst, stage.col_flags)
     return logits.view(n, cols)[:, : head.weight.shape[0]]

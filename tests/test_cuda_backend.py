@@ -1,0 +1,204 @@
+"""The CUDA-extension backend on the GPU: every block and the whole model against the `torch`
+backend and the fp32 reference in fp16 and bf16, odd batches, NaN-poisoned outputs, batch 2048
+for int64 offsets, the op's checks, torch.compile and CUDA-graph capture."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from inception_fast import optimize
+from inception_fast import reference as R
+from inception_fast.backends import cuda_backend
+from inception_fast.modules import FusedHead, fuse_block
+from inception_fast.testing import randomize_batchnorm, relative_l2
+
+pytestmark = pytest.mark.cuda
+
+BLOCKS = {  # reference block, its input channels and a typical input size
+    "Stem0": (lambda: R.ConvBnRelu(3, 32, 3, stride=2), 3, 299),
+    "Stem1": (lambda: R.ConvBnRelu(32, 32, 3), 32, 149),
+    "Stem2": (lambda: R.ConvBnRelu(32, 64, 3, padding=1), 32, 147),
+    "Mixed3a": (R.Mixed3a, 64, 147),
+    "Mixed4a": (R.Mixed4a, 160, 73),
+    "Mixed5a": (R.Mixed5a, 192, 71),
+    "InceptionA": (R.InceptionA, 384, 35),
+    "ReductionA": (R.ReductionA, 384, 35),
+    "InceptionB": (R.InceptionB, 1024, 17),
+    "ReductionB": (R.ReductionB, 1024, 17),
+    "InceptionC": (R.InceptionC, 1536, 8),
+}
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+ABS_SLACK = 1e-3  # relative-L2 slack on top of the 2x rule, for near-exact eager results
+
+
+@pytest.fixture(autouse=True)
+def poison_outputs(monkeypatch):
+    monkeypatch.setenv("INCEPTION_FAST_POISON", "1")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def extension_available():
+    ok, reason = cuda_backend.availability()
+    if not ok:
+        pytest.fail(f"the CUDA extension must load on a GPU machine: {reason}")
+
+
+def _make_block(name, seed=0):
+    torch.manual_seed(seed)
+    factory, cin, size = BLOCKS[name]
+    return randomize_batchnorm(factory()).eval().cuda(), cin, size
+
+
+def _input(batch, cin, size, dtype=torch.float32, channels_last=False):
+    # ReLU'd inputs, like the activations every block after the stem sees
+    x = torch.randn(batch, cin, size, size, device="cuda").relu_() + 0.05
+    x = x.to(dtype)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def _two_x_rule(fused, eager, ref):
+    fused_err, eager_err = relative_l2(fused, ref), relative_l2(eager, ref)
+    assert fused_err <= 2 * eager_err + ABS_SLACK, (fused_err, eager_err)
+    return fused_err, eager_err
+
+
+@pytest.mark.parametrize("name", list(BLOCKS))
+@pytest.mark.parametrize("dtype", LOW_PRECISION, ids=["fp16", "bf16"])
+@pytest.mark.parametrize("batch", [1, 3, 32])
+@torch.no_grad()
+def test_block_matches_reference(name, dtype, batch):
+    block, cin, size = _make_block(name)
+    x = _input(batch, cin, size, channels_last=batch == 3)
+    ref = block(x)
+    eager = copy.deepcopy(block).to(dtype)(x.to(dtype))
+    fused = fuse_block(block).to(dtype)
+    torch_out = fused(x.to(dtype))
+    fused.backend = "cuda"
+    cuda_out = fused(x.to(dtype))
+    assert cuda_out.shape == ref.shape
+    assert cuda_out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.isfinite(cuda_out).all(), "a channel slice was never written"
+    _two_x_rule(cuda_out, eager, ref)
+    _two_x_rule(cuda_out, torch_out, ref)
+
+
+@pytest.mark.parametrize("name", ["Stem0", "Mixed4a", "InceptionB", "InceptionC"])
+@torch.no_grad()
+def test_odd_sizes_and_a_strided_input(name):
+    block, cin, size = _make_block(name)
+    x = _input(5, cin, size + 2)[..., 1:, :-2]  # a non-contiguous view, H != W
+    fused = fuse_block(block).half()
+    expected = fused(x.half())
+    fused.backend = "cuda"
+    got = fused(x.half())
+    assert torch.isfinite(got).all()
+    assert relative_l2(got, expected) < 5e-3
+
+
+@torch.no_grad()
+def test_batch_2048_passes_int32_offsets():
+    # features.2 reads 2048 x 32 x 147 x 147 and writes 2048 x 64 x 147 x 147 = 2.8e9 elements.
+    block, cin, size = _make_block("Stem2")
+    x = _input(2048, cin, size, torch.float16)
+    fused = fuse_block(block).half()
+    fused.backend = "cuda"
+    out = fused(x)
+    assert torch.isfinite(out).all()
+    for lo in (0, 1000, 2047):  # the far end is where a 32-bit offset would wrap
+        ref = block(x[lo : lo + 1].float())
+        assert relative_l2(out[lo : lo + 1], ref) < 5e-3
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION, ids=["fp16", "bf16"])
+@torch.no_grad()
+def test_head_matches_reference(calibrated_model, dtype):
+    linear = copy.deepcopy(calibrated_model.last_linear).cuda()
+    x = torch.randn(7, 1536, 8, 8, device="cuda").relu_()
+    ref = linear(x.mean((2, 3)))
+    eager = linear.to(dtype)(x.to(dtype).mean((2, 3)))
+    head = FusedHead(linear.float()).to(dtype)
+    head.backend = "cuda"
+    _two_x_rule(head(x.to(dtype)), eager, ref)
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION, ids=["fp16", "bf16"])
+@pytest.mark.parametrize("batch,size", [(1, 299), (5, 299), (2, 331)])
+@torch.no_grad()
+def test_whole_model(calibrated_model, dtype, batch, size):
+    model = copy.deepcopy(calibrated_model).cuda()
+    x = torch.randn(batch, 3, size, size, device="cuda")
+    ref = model(x)
+    eager = copy.deepcopy(model).to(dtype)(x.to(dtype))
+    fused = optimize(model, backend="cuda", dtype=dtype)
+    out = fused(x.to(dtype))
+    _two_x_rule(out, eager, ref)
+    assert (out.float().argmax(1) == ref.argmax(1)).float().mean() >= 0.8
+
+
+@torch.no_grad()
+def test_fp32_runs_on_pytorch_ops():
+    block, cin, size = _make_block("InceptionA")
+    x = _input(2, cin, size)
+    fused = fuse_block(block)
+    expected = fused(x)
+    fused.backend = "cuda"
+    torch.testing.assert_close(fused(x), expected)
+
+
+def test_op_checks_name_the_bad_argument():
+    kw = {"dtype": torch.float16, "device": "cuda"}
+    x, out = torch.empty(1, 9, 9, 64, **kw), torch.empty(1, 4, 4, 64, **kw)
+    bias, dst = torch.zeros(64, device="cuda"), torch.arange(64, dtype=torch.int32, device="cuda")
+    op = torch.ops.inception_fast.cuda_conv_stage
+    maxpool = [2, 0, 0, 64, 64, 3, 3, 2, 0, 0, -1, 0]
+    none = x.new_empty(0)
+    with pytest.raises(RuntimeError, match="multiples of 8"):
+        op(x, none, out, [2, 0, 4, 56, 56, 3, 3, 2, 0, 0, -1, 0], none, bias, dst, dst)
+    with pytest.raises(RuntimeError, match="dtype"):
+        op(x, none, out.float(), maxpool, none, bias, dst, dst)
+    with pytest.raises(RuntimeError, match="col_dst must be Int"):
+        op(x, none, out, maxpool, none, bias, dst.long(), dst)
+    with pytest.raises(RuntimeError, match="rows of 12"):
+        op(x, none, out, maxpool[:-1], none, bias, dst, dst)
+
+
+def test_opcheck():
+    kw = {"dtype": torch.bfloat16, "device": "cuda"}
+    x, out = torch.randn(2, 9, 9, 64, **kw), torch.empty(2, 4, 4, 64, **kw)
+    bias, dst = torch.zeros(64, device="cuda"), torch.arange(64, dtype=torch.int32, device="cuda")
+    flags = torch.full((64,), 2, dtype=torch.int32, device="cuda")
+    maxpool = [2, 0, 0, 64, 64, 3, 3, 2, 0, 0, -1, 0]
+    args = (x, x.new_empty(0), out, maxpool, x.new_empty(0), bias, dst, flags)
+    op = torch.ops.inception_fast.cuda_conv_stage.default
+    op(*args)
+    expected = torch.nn.functional.max_pool2d(x.permute(0, 3, 1, 2), 3, 2)
+    torch.testing.assert_close(out.permute(0, 3, 1, 2), expected, rtol=0, atol=0)
+    torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor"))
+
+
+@torch.no_grad()
+def test_torch_compile_fullgraph(calibrated_model):
+    model = copy.deepcopy(calibrated_model).cuda()
+    fused = optimize(model, backend="cuda", dtype=torch.float16)
+    x = torch.randn(2, 3, 299, 299, device="cuda", dtype=torch.float16)
+    expected = fused(x)  # packs outside the trace
+    compiled = torch.compile(fused, fullgraph=True)
+    torch.testing.assert_close(compiled(x), expected, rtol=2e-3, atol=2e-3)
+
+
+@torch.no_grad()
+def test_capture_in_user_cuda_graph(calibrated_model):
+    model = copy.deepcopy(calibrated_model).cuda()
+    fused = optimize(model, backend="cuda", dtype=torch.float16)
+    static_x = torch.randn(1, 3, 299, 299, device="cuda", dtype=torch.float16)
+    expected = fused(static_x)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = fused(static_x)
+    static_x.copy_(torch.randn_like(static_x))
+    graph.replay()
+    torch.testing.assert_close(static_out, fused(static_x), rtol=0, atol=0)
+    assert not torch.equal(static_out, expected)
