@@ -25,7 +25,7 @@ def test_first_inference(results, device, image_size, pytestconfig, config):
     }
     runs = cold_and_warm(config, **settings)
     for run in runs:
-        results.first_inference.append({**run, **settings})
+        results.add_first_inference({**run, **settings})
         print(f"{config} {run['cache']}: {run.get('seconds', run.get('error'))}")
     failed = [run for run in runs if "seconds" not in run]
     assert not failed, failed

@@ -103,6 +103,7 @@ def test_model(benchmark, results, reference, device, image_size, budget_ms, pyt
             "suite": "model", "config": config, "kind": "fused" if config.startswith("fused") else "anchor",
             "cuda_graph": config.endswith("-graph") or config == "compile-max-autotune",
             "batch": batch, "dtype": dtype_name, "image_size": image_size,
+            "layout": "channels_last" if device.type == "cuda" else "contiguous",
             "reference_dtype": str(bench.reference_dtype(dtype)).replace("torch.", ""),
             "flops": costs.model_flops(image_size) * batch,
         }

@@ -254,8 +254,9 @@ def _configs(reference, opts: BenchOptions, device: torch.device, dtype, tf32_on
     return configs
 
 
-def run_bench(opts: BenchOptions) -> dict:
-    """Time and validate every configuration at every batch size; returns the JSON document."""
+def run_bench(opts: BenchOptions, checkpoint: Callable[[dict], None] | None = None) -> dict:
+    """Time and validate every configuration at every batch size; returns the JSON document.
+    `checkpoint(document)` is called after each batch size, so a run cut short keeps its rows."""
     device = torch.device(opts.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda: no CUDA device is available (use --device cpu)")
@@ -266,6 +267,15 @@ def run_bench(opts: BenchOptions) -> dict:
     judge = copy.deepcopy(reference).to(device=device, dtype=ref_dtype).eval()
     flops_per_image = costs.model_flops(opts.image_size)
     rows = []
+    document = {
+        "schema": "inception_fast.bench/1",
+        "source": "cli",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "environment": environment(device),
+        "settings": {**opts.__dict__, "batches": list(opts.batches), "reference_dtype": str(ref_dtype),
+                     "flops_per_image": flops_per_image, "timer": "median; L2 flushed; inputs rotated"},
+        "results": rows,
+    }
     with torch.inference_mode(), tf32(tf32_on):
         configs = _configs(reference, opts, device, dtype, tf32_on)
         for batch in opts.batches:
@@ -307,16 +317,10 @@ def run_bench(opts: BenchOptions) -> dict:
             for row in batch_rows:
                 _judge(row, eager_error, dtype, ref_dtype)
             rows += batch_rows
-    _speedups(rows)
-    return {
-        "schema": "inception_fast.bench/1",
-        "source": "cli",
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "environment": environment(device),
-        "settings": {**opts.__dict__, "batches": list(opts.batches), "reference_dtype": str(ref_dtype),
-                     "flops_per_image": flops_per_image, "timer": "median; L2 flushed; inputs rotated"},
-        "results": rows,
-    }
+            _speedups(rows)
+            if checkpoint is not None:
+                checkpoint(document)
+    return document
 
 
 def output_errors(out: torch.Tensor, expected: torch.Tensor) -> dict:

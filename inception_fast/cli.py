@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     ttfi.add_argument("--no-compile", action="store_true", help="skip torch.compile default")
     ttfi.add_argument("--max-autotune", action="store_true", help="add torch.compile max-autotune")
     ttfi.add_argument("--json", metavar="PATH")
+    ttfi.add_argument("--timeout", type=float, default=900.0, help="seconds allowed per fresh process")
 
     child = sub.add_parser("_first-inference")  # the fresh process of --ttfi; not for users
     child.add_argument("--config", required=True)
@@ -252,8 +253,13 @@ def cmd_bench(args, parser) -> int:
         compile=not args.no_compile, max_autotune=args.max_autotune, fused_graph=not args.no_fused_graph,
         budget_ms=args.budget_ms, seed=args.seed,
     )
+    def write_json(document: dict) -> None:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(document, indent=1, default=str) + "\n")
+
     try:
-        document = bench.run_bench(options)
+        document = bench.run_bench(options, checkpoint=write_json if args.json else None)
     except (RuntimeError, ValueError) as err:
         print(f"inception-fast bench: {err}", file=sys.stderr)
         return 2
@@ -271,10 +277,8 @@ def cmd_bench(args, parser) -> int:
     if document.get("first_inference"):
         print(format_ttfi(document["first_inference"]))
     if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(document, indent=1, default=str) + "\n")
-        print(f"wrote {path}", file=sys.stderr)
+        write_json(document)
+        print(f"wrote {args.json}", file=sys.stderr)
     failed = bench.failed_checks(document)
     if failed:
         names = ", ".join(f"{r['config']} @ batch {r['batch']}" for r in failed)
@@ -321,5 +325,6 @@ def run_ttfi(options, args) -> list[dict]:
         log(f"time to first inference: {config} (two fresh processes, cold then warm)")
         settings = {"backend": options.backend, "device": options.device, "dtype": options.dtype,
                     "batch": args.ttfi_batch, "image_size": options.image_size}
-        results += [{**r, **settings} for r in cold_and_warm(config, **settings)]
+        runs = cold_and_warm(config, timeout_s=getattr(args, "timeout", 900.0), **settings)
+        results += [{**r, **settings} for r in runs]
     return results
