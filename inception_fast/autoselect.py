@@ -1,0 +1,159 @@
+"""backend="auto" on a GPU: for each block (and the head), batch-size bucket, dtype and card, the
+faster of the `triton` and `cuda` backends, timed once on the first input of that kind and
+remembered in ``<cache>/autoselect.json`` (``$INCEPTION_FAST_CACHE_DIR`` or
+``~/.cache/inception_fast``). `choice_table()` lists the choices for `inception-fast info`.
+
+This module is itself a backend (availability / run_block / run_head), so a model whose blocks
+are set to "auto" dispatches each call to the backend chosen for it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+import tempfile
+from pathlib import Path
+
+import torch
+
+CANDIDATES = ("triton", "cuda")
+WARMUP, REPEATS = 2, 5
+logger = logging.getLogger("inception_fast")
+_choices: dict | None = None  # key -> {"backend": name, "ms": {name: median ms}}
+_usable_on: dict = {}  # device -> usable candidate names (availability is checked once)
+
+
+def cache_file() -> Path:
+    base = Path(os.environ.get("INCEPTION_FAST_CACHE_DIR") or Path.home() / ".cache" / "inception_fast")
+    return base / "autoselect.json"
+
+
+def batch_bucket(batch: int) -> int:
+    """The power of two at or above `batch`: nearby batch sizes share one measurement."""
+    return 1 << max(0, batch - 1).bit_length()
+
+
+def _usable(device) -> list[str]:
+    from .backends import backend_status
+
+    device = torch.device(device)
+    if device not in _usable_on:
+        _usable_on[device] = [name for name in CANDIDATES if backend_status(name, device)[0]]
+    return _usable_on[device]
+
+
+def availability(device=None) -> tuple[bool, str]:
+    from .backends import backend_status
+
+    reasons = {name: backend_status(name, device) for name in CANDIDATES}
+    usable = [name for name, (ok, _) in reasons.items() if ok]
+    if usable:
+        return True, f"chooses per block among {', '.join(usable)}"
+    return False, "; ".join(f"{name}: {why}" for name, (_, why) in reasons.items())
+
+
+def _load() -> dict:
+    global _choices
+    if _choices is None:
+        try:
+            _choices = json.loads(cache_file().read_text())
+        except (OSError, ValueError):
+            _choices = {}
+    return _choices
+
+
+def _save(key: str, entry: dict) -> None:
+    """Merge one entry into the file (other processes may have added theirs) atomically."""
+    path = cache_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        on_disk = json.loads(path.read_text())
+    except (OSError, ValueError):
+        on_disk = {}
+    on_disk[key] = entry
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
+        json.dump(on_disk, tmp, indent=1, sort_keys=True)
+    os.replace(tmp.name, path)
+
+
+def _median_ms(run, x: torch.Tensor) -> float:
+    for _ in range(WARMUP):  # the first call may compile, tune and pack
+        run(x)
+    times = []
+    for _ in range(REPEATS):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        run(x)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def _key(kind: str, x: torch.Tensor) -> str:
+    n, _, h, w = x.shape
+    card = torch.cuda.get_device_name(x.device)
+    return f"{card}|torch{torch.__version__}|{str(x.dtype)[6:]}|{kind}@{h}x{w}|b{batch_bucket(n)}"
+
+
+def choose(kind: str, x: torch.Tensor, runners: dict) -> str:
+    """The backend for `kind` on inputs like `x`: cached, else timed now. `runners` maps each
+    usable backend's name to a callable taking `x`."""
+    usable = list(runners)
+    if not usable:
+        raise RuntimeError("backend 'auto' found neither the triton nor the cuda backend usable here")
+    choices = _load()
+    key = _key(kind, x)
+    entry = choices.get(key)
+    if entry is not None and entry["backend"] in usable:
+        return entry["backend"]
+    if len(usable) == 1 or torch.compiler.is_compiling() or torch.cuda.is_current_stream_capturing():
+        return usable[0]  # nothing to compare, or no timing possible now: do not remember
+    with torch.no_grad():
+        ms = {}
+        for name in usable:
+            try:
+                ms[name] = _median_ms(runners[name], x)
+            except Exception as err:  # noqa: BLE001 - a backend that fails here just loses
+                ms[name] = float("inf")
+                logger.warning("inception_fast: backend %r failed on %s: %s", name, kind, err)
+    best = min(ms, key=ms.get)
+    entry = {"backend": best, "ms": {name: round(t, 4) for name, t in ms.items()}}
+    choices[key] = entry
+    _save(key, entry)
+    return best
+
+
+def block_kind(block) -> str:
+    plan = block.plan
+    return f"{plan.name}{plan.in_channels}-{plan.out_channels}"
+
+
+def _backends(device) -> dict:
+    from .backends import get_backend
+
+    return {name: get_backend(name) for name in _usable(device)}
+
+
+def run_block(block, x: torch.Tensor) -> torch.Tensor:
+    runners = {name: (lambda t, b=b: b.run_block(block, t)) for name, b in _backends(x.device).items()}
+    return runners[choose(block_kind(block), x, runners)](x)
+
+
+def run_head(head, x: torch.Tensor) -> torch.Tensor:
+    runners = {name: (lambda t, b=b: b.run_head(head, t)) for name, b in _backends(x.device).items()}
+    return runners[choose(f"Head{x.shape[1]}-{head.weight.shape[0]}", x, runners)](x)
+
+
+def choice_table() -> list[dict]:
+    """Every remembered choice: card, torch, dtype, block@size, batch bucket, backend, times."""
+    rows = []
+    for key, entry in sorted(_load().items()):
+        card, torch_version, dtype, kind, bucket = key.split("|")
+        rows.append({
+            "card": card, "torch": torch_version.removeprefix("torch"), "dtype": dtype, "block": kind,
+            "batch_bucket": int(bucket[1:]), "backend": entry["backend"], "ms": entry["ms"],
+        })
+    return rows

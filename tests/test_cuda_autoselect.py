@@ -1,0 +1,79 @@
+"""backend="auto": one timing per block, batch bucket, dtype and card, remembered on disk."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from inception_fast import autoselect
+from inception_fast import reference as R
+from inception_fast.backends import _MODULES
+from inception_fast.modules import fuse_block
+from inception_fast.testing import randomize_batchnorm, relative_l2
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("INCEPTION_FAST_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(autoselect, "_choices", None)
+    return tmp_path
+
+
+def test_batch_buckets_are_powers_of_two():
+    batches = (1, 2, 3, 5, 32, 33, 256, 2048)
+    assert [autoselect.batch_bucket(n) for n in batches] == [1, 2, 4, 8, 32, 64, 256, 2048]
+
+
+def test_choices_merge_into_one_file_and_read_back_as_a_table(fresh_cache):
+    a = "NVIDIA H100|torch2.11.0|float16|InceptionB1024-1024@17x17|b32"
+    b = "NVIDIA H100|torch2.11.0|bfloat16|Head1536-1000@8x8|b1"
+    autoselect._save(a, {"backend": "cuda", "ms": {"cuda": 0.5, "triton": 0.6}})
+    autoselect._save(b, {"backend": "triton", "ms": {"cuda": 0.02, "triton": 0.01}})
+    assert set(json.loads(autoselect.cache_file().read_text())) == {a, b}
+    table = autoselect.choice_table()
+    assert [(r["block"], r["batch_bucket"], r["backend"]) for r in table] == [
+        ("Head1536-1000@8x8", 1, "triton"), ("InceptionB1024-1024@17x17", 32, "cuda"),
+    ]
+    assert table[1]["ms"] == {"cuda": 0.5, "triton": 0.6} and table[1]["torch"] == "2.11.0"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only answer")
+def test_unavailable_without_a_gpu_says_why():
+    ok, reason = autoselect.availability("cpu")
+    assert not ok and "triton" in reason and "cuda" in reason
+
+
+@pytest.mark.cuda
+@torch.no_grad()
+def test_block_is_timed_once_per_bucket_and_matches_torch():
+    torch.manual_seed(0)
+    block = fuse_block(randomize_batchnorm(R.InceptionA()).eval().cuda()).half()
+    x = torch.randn(3, 384, 35, 35, device="cuda").relu_().half()
+    expected = block(x)
+    out = autoselect.run_block(block, x)
+    assert relative_l2(out, expected) < 5e-3
+    autoselect.run_block(block, x[:4])  # bucket 4 again: no new timing
+    table = autoselect.choice_table()
+    assert len(table) == 1 and table[0]["batch_bucket"] == 4
+    assert table[0]["backend"] in autoselect.CANDIDATES
+    assert set(table[0]["ms"]) == set(autoselect._usable(x.device))
+    autoselect.run_block(block, x[:1])
+    assert len(autoselect.choice_table()) == 2
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif("auto" not in _MODULES, reason="the registry does not route 'auto' to autoselect yet")
+@torch.no_grad()
+def test_whole_model_on_auto(calibrated_model):
+    import copy
+
+    from inception_fast import optimize
+
+    model = copy.deepcopy(calibrated_model).cuda()
+    x = torch.randn(2, 3, 299, 299, device="cuda")
+    ref = model(x)
+    fused = optimize(model, backend="auto", dtype=torch.float16)
+    assert relative_l2(fused(x.half()), ref) < 0.05
+    assert len(autoselect.choice_table()) >= 1
