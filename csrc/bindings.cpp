@@ -158,8 +158,10 @@ void cuda_conv_stage(const at::Tensor& input, const at::Tensor& work, const at::
     d.oh = static_cast<int>(oh);
     d.ow = static_cast<int>(ow);
     d.m = batch * oh * ow;
-    // Every destination of a problem has the problem's output size (packing.py); the rows of the
-    // buffers it may write must cover its output pixels.
+    // Every destination of a problem has the problem's output size (packing.py). Which buffer and
+    // channel each column writes lives in col_flags / col_dst on the device, so the Python packer
+    // checks those once (cuda_backend._check_destinations / _check_sizes); here, at least one
+    // buffer must hold the problem's pixels.
     TORCH_CHECK(oh * ow <= static_cast<int64_t>(args.buf_h[kOutput]) * args.buf_w[kOutput] ||
                     (has_work && oh * ow <= in_h * in_w),
                 "cuda_conv_stage: problem ", p, " produces ", oh, "x", ow, " pixels, more than any destination holds");

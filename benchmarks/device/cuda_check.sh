@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# The CUDA-extension backend on a GPU machine, in one go (about 5 minutes on an H100):
+#   1. build the extension (just in time, into a fresh cache directory);
+#   2. every kernel (fp16 and bf16 stage kernels: convs, avg and max pools, the head) once under
+#      compute-sanitizer memcheck with PYTORCH_NO_CUDA_MEMORY_CACHING=1, plus racecheck on one
+#      block (the cp.async pipeline's shared memory);
+#   3. the GPU tests of the backend, the autoselector and the build;
+#   4. per-block and whole-model times, fp16, batch 1 / 32 / 256: cuda vs torch (and triton).
+# Usage, from the repository root:  bash benchmarks/device/cuda_check.sh
+# Every phase runs even when an earlier one fails; the exit status is non-zero if any failed.
+set -u
+cd "$(dirname "$0")/../.." || exit 2
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export INCEPTION_FAST_CACHE_DIR="${INCEPTION_FAST_CACHE_DIR:-$(mktemp -d /tmp/inception_fast_cuda_check.XXXXXX)}"
+PY="${PYTHON:-python}"
+WORK="$(mktemp -d)"
+failed=()
+phase() { echo; echo "=== $1 ($(date +%T))"; }
+
+phase "environment"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+"$PY" - <<'EOF'
+import torch
+from inception_fast import extension
+print("torch", torch.__version__, "cuda", torch.version.cuda, "cudnn", torch.backends.cudnn.version())
+print("device", torch.cuda.get_device_name(), "capability", torch.cuda.get_device_capability())
+print("cuda toolkit", extension.find_cuda_home(), "arch flags", " ".join(extension.arch_flags()))
+try:
+    import triton
+    print("triton", triton.__version__)
+except ImportError:
+    print("triton not installed")
+EOF
+
+phase "1. build the extension"
+start=$(date +%s)
+if timeout 600 "$PY" -c "from inception_fast.extension import load; print('loaded', load())"; then
+  echo "build: OK in $(( $(date +%s) - start )) s"
+else
+  echo "build: FAILED"; failed+=(build)
+fi
+
+phase "2. compute-sanitizer"
+SANITIZER="$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)"
+cat > "$WORK/every_kernel.py" <<'EOF'
+# One small forward through every kernel of the cuda backend, in fp16 and bf16.
+import sys
+
+import torch
+
+from inception_fast import optimize
+from inception_fast.reference import InceptionV4
+from inception_fast.testing import randomize_batchnorm
+
+torch.manual_seed(0)
+model = randomize_batchnorm(InceptionV4().eval(), torch.Generator().manual_seed(0)).cuda()
+blocks = sys.argv[1] if len(sys.argv) > 1 else "all"
+with torch.no_grad():
+    for dtype in (torch.float16, torch.bfloat16):
+        fused = optimize(model, backend="cuda", dtype=dtype)
+        if blocks == "all":  # odd batch, odd and non-square input: every tail path
+            out = fused(torch.randn(3, 3, 91, 97, device="cuda", dtype=dtype))
+        else:  # one InceptionA block
+            block = fused.features[6]
+            out = block(torch.randn(1, 384, 9, 9, device="cuda", dtype=dtype).relu())
+        torch.cuda.synchronize()
+        assert torch.isfinite(out).all(), "non-finite output"
+        print(dtype, tuple(out.shape), "ok")
+EOF
+for tool in memcheck racecheck; do
+  which_blocks=all; [ "$tool" = racecheck ] && which_blocks=one
+  if PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 420 "$SANITIZER" --tool "$tool" --error-exitcode 3 \
+      --print-limit 20 "$PY" "$WORK/every_kernel.py" "$which_blocks" > "$WORK/$tool.log" 2>&1; then
+    echo "$tool: OK ($(grep -c ' ok' "$WORK/$tool.log") dtypes); $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$WORK/$tool.log" | tail -1)"
+  else
+    echo "$tool: FAILED (exit $?)"; tail -40 "$WORK/$tool.log"; failed+=("$tool")
+  fi
+done
+
+phase "3. GPU tests"
+timeout 900 "$PY" -m pytest -q -p no:cacheprovider --tb=short --maxfail=15 \
+    tests/test_cuda_backend.py tests/test_cuda_autoselect.py tests/test_extension_build.py > "$WORK/pytest.log" 2>&1
+status=$?
+tail -40 "$WORK/pytest.log"
+[ "$status" -eq 0 ] || failed+=(tests)
+
+phase "4. timings (fp16, medians of CUDA-event timings, ms)"
+cat > "$WORK/bench.py" <<'EOF'
+import copy
+import statistics
+import time
+
+import torch
+
+from inception_fast import optimize
+from inception_fast.backends import backend_status
+from inception_fast.reference import InceptionV4
+from inception_fast.testing import randomize_batchnorm
+
+backends = [b for b in ("torch", "cuda", "triton") if backend_status(b)[0]]
+torch.manual_seed(0)
+model = randomize_batchnorm(InceptionV4().eval(), torch.Generator().manual_seed(0)).cuda()
+fused = optimize(model, backend="torch", dtype=torch.float16)
+# One representative of each block kind, with its input size inside the network at 299x299.
+picks, size, seen = [], 299, set()
+for index, block in enumerate(fused.features):
+    kind = (block.plan.name, block.plan.in_channels, size)
+    if kind not in seen:
+        seen.add(kind)
+        picks.append((index, block, size))
+    size = block.output_hw(size, size)[0]
+
+
+def median_ms(fn, budget_s=0.25):
+    fn()
+    torch.cuda.synchronize()
+    times, deadline = [], time.perf_counter() + budget_s
+    while len(times) < 5 or (time.perf_counter() < deadline and len(times) < 200):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+print(f"{'block':>24} {'batch':>5} " + " ".join(f"{b:>9}" for b in backends) + "   cuda/torch")
+with torch.no_grad():
+    for batch in (1, 32, 256):
+        for index, block, size in picks:
+            x = torch.randn(batch, block.plan.in_channels, size, size, device="cuda").relu_().half()
+            x = x.contiguous(memory_format=torch.channels_last)
+            ms = {}
+            for name in backends:
+                block.backend = name
+                ms[name] = median_ms(lambda: block(x))
+            ratio = ms["torch"] / ms["cuda"] if "cuda" in ms else float("nan")
+            label = f"{index}:{block.plan.name}{block.plan.in_channels}@{size}"
+            print(f"{label:>24} {batch:>5} " + " ".join(f"{ms[b]:9.4f}" for b in backends) + f"   {ratio:6.2f}x")
+        x = torch.randn(batch, 3, 299, 299, device="cuda").half()
+        ms = {}
+        for name in backends:
+            fused.set_backend(name)
+            ms[name] = median_ms(lambda: fused(x), budget_s=1.0)
+        ratio = ms["torch"] / ms["cuda"] if "cuda" in ms else float("nan")
+        print(f"{'whole model':>24} {batch:>5} " + " ".join(f"{ms[b]:9.4f}" for b in backends)
+              + f"   {ratio:6.2f}x   ({24.5 * batch / ms.get('cuda', float('nan')):.0f} TFLOP/s cuda)")
+        fused.set_backend("torch")
+print("card:", torch.cuda.get_device_name(), "| torch", torch.__version__)
+EOF
+timeout 600 "$PY" "$WORK/bench.py" || failed+=(bench)
+
+echo
+if [ ${#failed[@]} -eq 0 ]; then
+  echo "cuda_check: ALL PASSED"
+else
+  echo "cuda_check: FAILED: ${failed[*]}"; exit 1
+fi
