@@ -91,11 +91,10 @@ def test_model(benchmark, results, reference, device, image_size, budget_ms, pyt
     inputs, expected, eager_error = _reference_outputs(reference, batch, dtype_name, image_size, device)
     graph = None
     with torch.inference_mode(), bench.tf32(tf32_on):
-        model = _model(config.removesuffix("-graph") if config == "eager-graph" else config, reference,
-                       dtype_name, device)
-        if config in ("eager-graph", "fused-cuda-graph"):
-            base = model if config == "eager-graph" else _model("fused-cuda", reference, dtype_name, device)
-            graph = timing.CapturedGraph(base, inputs[0])
+        captured = {"eager-graph": "eager", "fused-cuda-graph": "fused-cuda"}
+        model = _model(captured.get(config, config), reference, dtype_name, device)
+        if config in captured:
+            graph = timing.CapturedGraph(model, inputs[0])
             out = graph.run(inputs[0])
         else:
             out = model(inputs[0])
