@@ -142,7 +142,7 @@ def run_block(block, x: torch.Tensor) -> torch.Tensor:
     _check_sizes(block, packed, h, w, oh, ow)
     like = {"dtype": x.dtype, "device": x.device, "memory_format": torch.channels_last}
     if c != packed.in_channels:  # one pad kernel writes the zero-padded NHWC copy
-        x = F.pad(x.permute(0, 2, 3, 1), (0, packed.in_channels - c)).permute(0, 3, 1, 2)
+        x = F.pad(x.permute(0, 2, 3, 1), (0, packed.in_channels - c)).contiguous().permute(0, 3, 1, 2)
     elif not x.is_contiguous(memory_format=torch.channels_last) or _misaligned(x):
         x = x.clone(memory_format=torch.channels_last)  # a fresh, aligned NHWC copy
     out = torch.empty((n, plan.out_channels, oh, ow), **like)
