@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 
 import torch
@@ -35,7 +36,9 @@ def load_checkpoint_file(path: str | os.PathLike) -> dict:
 
         state_dict = load_file(path, device="cpu")
     else:
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        # timm's train.py stores its argparse.Namespace beside the weights; allow just that.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            state_dict = torch.load(path, map_location="cpu", weights_only=True)
     # Training checkpoints often nest the weights one level down.
     for key in ("state_dict", "model", "state_dict_ema"):
         if isinstance(state_dict, dict) and key in state_dict and isinstance(state_dict[key], dict):
@@ -55,7 +58,7 @@ def load_pretrained() -> dict:
         ) from err
     try:
         model = timm.create_model("inception_v4.tf_in1k", pretrained=True)
-    except Exception as err:  # noqa: BLE001 - hub errors come in many types
+    except Exception as err:  # hub errors come in many types; re-raised with the cause
         raise RuntimeError(
             "could not download timm's 'inception_v4.tf_in1k' weights "
             f"({type(err).__name__}: {err}). Offline, pass a local checkpoint instead: "

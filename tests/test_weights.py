@@ -3,6 +3,8 @@ weights (with a clear message offline)."""
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 import torch
 
@@ -111,3 +113,11 @@ def test_pretrained_offline_says_how_to_pass_a_file(monkeypatch):
 def test_strip_wrapper_prefixes_leaves_other_keys_alone():
     state = {"module.a": 1, "_orig_mod.module.b": 2, "c.module.d": 3}
     assert weights_module.strip_wrapper_prefixes(state) == {"a": 1, "b": 2, "c.module.d": 3}
+
+
+def test_timm_training_checkpoint_with_its_arguments(tmp_path, source_state):
+    # timm's train.py saves the run's argparse.Namespace next to the weights.
+    path = tmp_path / "model_best.pth.tar"
+    args = argparse.Namespace(lr=0.1, model="inception_v4")
+    torch.save({"epoch": 7, "arch": "inception_v4", "state_dict": source_state, "args": args}, path)
+    _assert_same_state(inception_fast.inception_v4(weights=path), source_state)
