@@ -128,6 +128,18 @@ def test_block_any_input_layout(name):
             assert relative_l2(out, ref) < 1e-10, label
 
 
+def test_no_concat_anywhere(fused64, monkeypatch):
+    """Branches store into slices of one preallocated output; torch.cat is never called."""
+
+    def no_cat(*args, **kwargs):
+        raise AssertionError("torch.cat called")
+
+    monkeypatch.setattr(torch, "cat", no_cat)
+    monkeypatch.setattr(torch, "concat", no_cat)
+    with torch.no_grad():
+        assert fused64(torch.randn(2, 3, 83, 83, dtype=torch.float64)).shape == (2, 1000)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_block_batch_zero_launches_nothing(name, monkeypatch):
     def no_launch(*args, **kwargs):
