@@ -51,7 +51,9 @@ def _model(config: str, reference, dtype_name: str, device):
         dtype = bench.DTYPES[dtype_name][0]
         if config.startswith("fused-"):
             backend = config.split("-")[1]
-            extra = {"cuda_graph": True} if config == "fused-triton-graph" else {}
+            # Graph every batch size timed, not only the small ones optimize() graphs by default.
+            graphed = config == "fused-triton-graph"
+            extra = {"cuda_graph": True, "cuda_graph_max_batch": 1 << 16} if graphed else {}
             _models[key] = optimize(reference, backend=backend, dtype=dtype, device=device, **extra)
         else:
             anchor, _ = bench.anchor_model(reference, dtype, device)

@@ -147,8 +147,10 @@ def anchor_model(reference: torch.nn.Module, dtype: torch.dtype, device) -> tupl
 
 
 def supports_cuda_graph_option() -> bool:
-    """Whether optimize() offers a whole-model CUDA-graph mode (the triton backend adds it)."""
-    return "cuda_graph" in inspect.signature(optimize).parameters
+    """Whether optimize() offers a whole-model CUDA-graph mode (the triton backend's), with a
+    batch limit that can be raised to the batches timed here."""
+    parameters = inspect.signature(optimize).parameters
+    return "cuda_graph" in parameters and "cuda_graph_max_batch" in parameters
 
 
 def make_inputs(batch: int, image_size: int, dtype: torch.dtype, device, seed: int, sets: int = INPUT_SETS):
@@ -206,7 +208,8 @@ def _configs(reference, opts: BenchOptions, device: torch.device, dtype, tf32_on
     configs = []
 
     def build_fused(cuda_graph: bool = False):
-        kwargs = {"cuda_graph": True} if cuda_graph else {}
+        # Graph every batch size of the run, not only the small ones optimize() graphs by default.
+        kwargs = {"cuda_graph": True, "cuda_graph_max_batch": max(opts.batches)} if cuda_graph else {}
         log(f"optimize(backend={backend!r}, dtype={opts.dtype}{', cuda_graph=True' if cuda_graph else ''})")
         return optimize(reference, backend=backend, dtype=dtype, device=device, **kwargs)
 
@@ -219,7 +222,7 @@ def _configs(reference, opts: BenchOptions, device: torch.device, dtype, tf32_on
 
     configs.append(Config(label, "fused", fused_eager, backend))
     if device.type == "cuda" and opts.fused_graph:
-        if supports_cuda_graph_option():
+        if supports_cuda_graph_option() and backend == "triton":  # the option is the triton backend's
             def fused_graph(batch, example):
                 if "graph_model" not in fused:
                     fused["graph_model"] = build_fused(cuda_graph=True)

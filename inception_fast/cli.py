@@ -106,23 +106,30 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def autoselect_table(device) -> object | None:
+    import torch
+
     """What backend="auto" picks per block, from inception_fast.autoselect when it exists.
     Looked up defensively: the module may be absent or expose a different shape of table."""
     try:
         module = importlib.import_module("inception_fast.autoselect")
     except ImportError:
         return None
-    for name in ("describe", "table", "selection", "choices", "AUTO_TABLE", "TABLE"):
-        attr = getattr(module, name, None)
-        if attr is None:
-            continue
-        if callable(attr):
-            try:
-                return attr(device)
-            except TypeError:
-                return attr()
-        return attr
-    return f"inception_fast.autoselect has none of describe()/table()/selection(): {dir(module)}"
+    table = getattr(module, "choice_table", None)
+    if not callable(table):
+        return "inception_fast.autoselect has no choice_table()"
+    try:
+        rows = table()
+    except Exception as err:  # noqa: BLE001 - info reports, never fails
+        return f"choice_table() failed: {type(err).__name__}: {err}"
+    if not rows:
+        where = getattr(module, "cache_file", lambda: "its cache file")()
+        return f"no choices yet: each is timed on first use of a block shape and kept in {where}"
+    if isinstance(rows, list) and all(isinstance(r, dict) for r in rows):
+        # This card's rows first of all: the cache may hold choices made on other cards.
+        wanted = torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else None
+        mine = [r for r in rows if wanted is None or r.get("card") in (None, wanted)] or rows
+        return [" ".join(f"{k}={v}" for k, v in r.items()) for r in mine]
+    return rows
 
 
 def _print_table_like(value, indent: str = "  ") -> None:
@@ -170,10 +177,10 @@ def cmd_info() -> int:
             print(f"  backend='auto' -> {resolve_backend('auto', device)}")
         except Exception as err:  # noqa: BLE001 - info reports, never fails
             print(f"  backend='auto' -> error: {err}")
-        table = autoselect_table(device)
-        if table is not None:
-            print(f"  auto choice per block on {device}:")
-            _print_table_like(table, indent="    ")
+    table = autoselect_table(devices[0])
+    if table is not None:
+        print("per-block choices of inception_fast.autoselect (triton vs cuda, timed once per shape):")
+        _print_table_like(table, indent="  ")
     print(f"optimize(cuda_graph=True): {'available' if supports_cuda_graph_option() else 'not available'}")
     for name in ("TRITON_CACHE_DIR", "INCEPTION_FAST_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR"):
         print(f"{name}={os.environ.get(name, '(default)')}")
