@@ -13,7 +13,8 @@ from torch import nn
 from . import plan as plans
 from .backends import get_backend
 from .checks import check_inference_input
-from .folding import FoldedConv, fold_block
+from .folding import fold_block
+from .graphs import run_graphed
 from .plan import AvgPoolBiasRelu, BlockPlan, Conv, block_output_hw
 
 
@@ -204,7 +205,7 @@ class FusedInceptionV4(nn.Module):
     def backend(self) -> str:
         return self.head.backend
 
-    def set_backend(self, backend: str) -> "FusedInceptionV4":
+    def set_backend(self, backend: str) -> FusedInceptionV4:
         get_backend(backend)  # raises when unknown
         for module in self.modules():
             if hasattr(module, "backend_cache"):
@@ -252,7 +253,15 @@ class FusedInceptionV4(nn.Module):
         self.check_input(x)
         if x.shape[0] == 0:
             return x.new_empty((0, self.num_classes))
-        runner = getattr(get_backend(self.backend), "run_model", None)
-        if runner is not None:
-            return runner(self, x)
+        if (
+            self.cuda_graph
+            and x.is_cuda
+            and x.shape[0] <= self.cuda_graph_max_batch
+            and not torch.compiler.is_compiling()
+            and not torch.cuda.is_current_stream_capturing()
+        ):
+            return run_graphed(self, x)
+        return self.run_eager(x)
+
+    def run_eager(self, x: torch.Tensor) -> torch.Tensor:
         return self.head.run(self.run_features(x))

@@ -38,7 +38,9 @@ def _check_model(model: nn.Module) -> None:
     if len(names) != len(expected) or names[3:] != expected[3:] or not stem_ok:
         raise TypeError(f"model.features does not have Inception-v4's 22 blocks: {names}")
     if model.training:
-        raise RuntimeError("optimize() folds BatchNorm statistics: put the model in eval mode first (model.eval())")
+        raise RuntimeError(
+            "optimize() folds BatchNorm statistics: put the model in eval mode first (model.eval())"
+        )
     pool = getattr(model, "global_pool", None)
     pool_type = getattr(pool, "pool_type", "avg")
     if pool_type not in ("avg", "fast_avg") and not isinstance(pool, nn.AdaptiveAvgPool2d):
@@ -60,13 +62,14 @@ def optimize(
 
     Args:
         model: timm's ``inception_v4`` or ``inception_fast.inception_v4``, in eval mode.
-        backend: ``"auto"`` (Triton on a GPU, PyTorch ops on the CPU), ``"torch"``,
+        backend: ``"auto"`` (on a GPU, per block and batch bucket the faster of Triton and the
+            CUDA extension, timed once and cached; PyTorch ops on the CPU), ``"torch"``,
             ``"triton"`` or ``"cuda"``.
         dtype: weights and activations dtype of the result (default: the model's).
         device: where the result lives (default: the model's device).
         cuda_graph: replay the whole forward as one CUDA graph, captured per input shape after
             the kernels are tuned, for batches up to ``cuda_graph_max_batch`` (launch-bound
-            small batches gain most). Triton backend only. The returned logits are a fresh
+            small batches gain most). GPU backends only. The returned logits are a fresh
             tensor each call.
 
     Returns:
@@ -82,8 +85,10 @@ def optimize(
     fused = fused.to(device=device, dtype=dtype).eval()
     fused.set_backend(backend)
     if cuda_graph:
-        if backend != "triton" or device.type != "cuda":
-            raise ValueError(f"cuda_graph=True needs backend='triton' on a GPU, got {backend!r} on {device}")
+        if backend == "torch" or device.type != "cuda":
+            raise ValueError(
+                f"cuda_graph=True needs a GPU backend (triton, cuda or auto), got {backend!r} on {device}"
+            )
         fused.cuda_graph = True
         fused.cuda_graph_max_batch = cuda_graph_max_batch
     return fused

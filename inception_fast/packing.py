@@ -141,3 +141,25 @@ def pack_block(block, device, dtype, padded_in_channels: int | None = None) -> l
         pack_stage(block, s, device, dtype, padded_in_channels if s == 0 else None)
         for s in range(len(block.plan.stages))
     ]
+
+
+def pack_head(head, channels: int, height: int, width: int, device, dtype) -> tuple:
+    """The head as two one-problem stages: a global average pool (a height x width window),
+    then the Linear as a 1x1 conv whose columns are padded to a multiple of 8.
+    Returns (pool stage, linear stage, padded columns)."""
+    classes = head.weight.shape[0]
+    cols = -(-classes // 8) * 8
+    weight = torch.zeros(cols, channels, dtype=head.weight.dtype, device=head.weight.device)
+    weight[:classes] = head.weight
+    bias = torch.zeros(cols)
+    bias[:classes] = head.bias.float().cpu()
+    pool = make_stage(
+        [[AVG_POOL, BUF_INPUT, 0, channels, channels, height, width, 1, 0, 0, -1, 0]],
+        [], [torch.zeros(channels)], list(range(channels)), [FLAG_TO_OUTPUT] * channels,
+        device, dtype,
+    )
+    linear = make_stage(
+        [[CONV, BUF_INPUT, 0, channels, cols, 1, 1, 1, 0, 0, 0, 0]],
+        [weight.reshape(-1)], [bias], list(range(cols)), [FLAG_TO_OUTPUT] * cols, device, dtype,
+    )
+    return pool, linear, cols

@@ -6,19 +6,26 @@ from __future__ import annotations
 
 import importlib
 
-BACKENDS = ("torch", "triton", "cuda")
+BACKENDS = ("torch", "triton", "cuda", "auto")
 _MODULES = {
     "torch": ".torch_backend",
     "triton": ".triton_backend",
     "cuda": ".cuda_backend",
+    "auto": "..autoselect",  # per block and batch bucket, the faster of triton and cuda
 }
+
+
+_loaded: dict = {}  # a plain dict lookup on the hot path, which torch.compile traces
 
 
 def get_backend(name: str):
     """The backend module called `name`; ValueError for an unknown name."""
-    if name not in _MODULES:
-        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)} or 'auto'")
-    return importlib.import_module(_MODULES[name], __name__)
+    backend = _loaded.get(name)
+    if backend is None:
+        if name not in _MODULES:
+            raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+        backend = _loaded[name] = importlib.import_module(_MODULES[name], __name__)
+    return backend
 
 
 def backend_status(name: str, device=None) -> tuple[bool, str]:
@@ -36,11 +43,12 @@ def resolve_backend(name: str, device) -> str:
 
     device = torch.device(device)
     if name == "auto":
-        if device.type == "cuda":
-            ok, _ = backend_status("triton", device)
-            if ok:
-                return "triton"
-        return "torch"
+        if device.type != "cuda":
+            return "torch"
+        usable = [b for b in ("triton", "cuda") if backend_status(b, device)[0]]
+        if len(usable) == 2:
+            return "auto"
+        return usable[0] if usable else "torch"
     ok, reason = backend_status(name, device)
     if not ok:
         raise RuntimeError(f"backend {name!r} is not usable on {device}: {reason}")

@@ -160,25 +160,10 @@ def run_block(block, x: torch.Tensor) -> torch.Tensor:
 
 
 def _packed_head(head, c: int, h: int, w: int, device, dtype) -> tuple:
-    """Two one-problem stages: the global average pool (an h x w window), then the Linear as a
-    1x1 conv whose columns are padded to a multiple of 8 (the kernel's channel group)."""
     key = ("cuda", torch.device(device), dtype, h, w)
     packed = head.backend_cache.get(key)
     if packed is None:
-        classes = head.weight.shape[0]
-        cols = _round_up(classes, CHANNEL_GROUP)
-        weight = torch.zeros(cols, c, dtype=head.weight.dtype, device=head.weight.device)
-        weight[:classes] = head.weight
-        bias = torch.zeros(cols)
-        bias[:classes] = head.bias.float().cpu()
-        pool = pk.make_stage(
-            [[pk.AVG_POOL, pk.BUF_INPUT, 0, c, c, h, w, 1, 0, 0, -1, 0]], [], [torch.zeros(c)],
-            list(range(c)), [pk.FLAG_TO_OUTPUT] * c, device, dtype,
-        )
-        linear = pk.make_stage(
-            [[pk.CONV, pk.BUF_INPUT, 0, c, cols, 1, 1, 1, 0, 0, 0, 0]], [weight.reshape(-1)], [bias],
-            list(range(cols)), [pk.FLAG_TO_OUTPUT] * cols, device, dtype,
-        )
+        pool, linear, cols = pk.pack_head(head, c, h, w, device, dtype)
         packed = head.backend_cache[key] = ([int(v) for v in pool.rows[0]], pool,
                                             [int(v) for v in linear.rows[0]], linear, cols)
     return packed

@@ -13,16 +13,17 @@ import os
 import torch
 
 from .. import packing as pk
+from ..kernels.triton import ops as _registered_ops  # noqa: F401 - registers torch.ops.inception_fast.triton_*
+from ..kernels.triton import tuning
+from ..kernels.triton.stage_kernel import stage_tiles
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 ALIGN = 8  # the kernels move 8 channels (16 bytes) at a time; the 3-channel input is padded
 
 
 def availability(device=None) -> tuple[bool, str]:
-    try:
-        import triton
-    except ImportError:
-        return False, "triton is not installed (pip install triton)"
+    import triton
+
     if not torch.cuda.is_available():
         return False, "no CUDA GPU is visible (the kernels run on CPU only under TRITON_INTERPRET=1)"
     device = torch.device(device if device is not None else "cuda")
@@ -32,12 +33,6 @@ def availability(device=None) -> tuple[bool, str]:
     if major < 8:
         return False, f"needs compute capability 8.0 or newer, this card has {major}.{minor}"
     return True, f"triton {triton.__version__} on {torch.cuda.get_device_name(device)}"
-
-
-def _ops():
-    from ..kernels.triton import ops  # registers the torch.library ops on first use
-
-    return torch.ops.inception_fast
 
 
 def _alloc(shape, like: torch.Tensor) -> torch.Tensor:
@@ -60,7 +55,7 @@ def to_kernel_layout(x: torch.Tensor, channels: int) -> torch.Tensor:
         (x.shape[0], channels, x.shape[2], x.shape[3]), dtype=x.dtype, device=x.device,
         memory_format=torch.channels_last,
     )
-    _ops().triton_to_nhwc_padded(x, out)
+    torch.ops.inception_fast.triton_to_nhwc_padded(x, out)
     return out
 
 
@@ -80,12 +75,9 @@ def _aligned(channels: int) -> int:
 
 
 def _run_stage(stage, x, work, out, key: str):
-    from ..kernels.triton import tuning
-    from ..kernels.triton.stage_kernel import stage_tiles
-
     n, _, h, w = x.shape
     tf32 = x.dtype == torch.float32 and torch.backends.cudnn.allow_tf32
-    ops = _ops()
+    ops = torch.ops.inception_fast
 
     def launch(config):
         tiles = stage_tiles(stage, n, h, w, config[0], config[1])
@@ -124,28 +116,11 @@ def run_block(block, x: torch.Tensor) -> torch.Tensor:
 
 
 def _packed_head(head, x: torch.Tensor):
-    """Two one-problem stages: a global average pool, then the Linear as a 1x1 GEMM."""
-    n, c, h, w = x.shape
+    _n, c, h, w = x.shape
     key = ("triton", x.device, x.dtype, h, w)
     stages = head.backend_cache.get(key)
     if stages is None:
-        classes = head.weight.shape[0]
-        cols = -(-classes // 8) * 8  # the kernel stores 8 columns at a time
-        weight = torch.zeros(cols, c, dtype=head.weight.dtype, device=head.weight.device)
-        weight[:classes] = head.weight
-        bias = torch.zeros(cols)
-        bias[:classes] = head.bias.float().cpu()
-        flags = [pk.FLAG_TO_OUTPUT] * c
-        pool = pk.make_stage(
-            [[pk.AVG_POOL, pk.BUF_INPUT, 0, c, c, h, w, 1, 0, 0, -1, 0]],
-            [], [torch.zeros(c)], list(range(c)), flags, x.device, x.dtype,
-        )
-        linear = pk.make_stage(
-            [[pk.CONV, pk.BUF_INPUT, 0, c, cols, 1, 1, 1, 0, 0, 0, 0]],
-            [weight.reshape(-1)], [bias], list(range(cols)), [pk.FLAG_TO_OUTPUT] * cols,
-            x.device, x.dtype,
-        )
-        stages = head.backend_cache[key] = (pool, linear, cols)
+        stages = head.backend_cache[key] = pk.pack_head(head, c, h, w, x.device, x.dtype)
     return stages
 
 
@@ -153,50 +128,9 @@ def run_head(head, x: torch.Tensor) -> torch.Tensor:
     _check_dtype(x)
     x = x.contiguous(memory_format=torch.channels_last)
     pool, linear, cols = _packed_head(head, x)
-    n, c, h, w = x.shape
+    n, c, _h, _w = x.shape
     pooled = _alloc((n, c, 1, 1), x)
     _run_stage(pool, x, pooled, pooled, f"head-pool{c}")
     logits = _alloc((n, cols, 1, 1), x)
     _run_stage(linear, pooled, logits, logits, f"head-linear{c}-{cols}")
     return logits.view(n, cols)[:, : head.weight.shape[0]]
-
-
-def _run_eager(model, x: torch.Tensor) -> torch.Tensor:
-    for block in model.features:
-        x = run_block(block, x)
-    return run_head(model.head, x)
-
-
-def run_model(model, x: torch.Tensor) -> torch.Tensor:
-    _check_dtype(x)
-    if (
-        getattr(model, "cuda_graph", False)
-        and x.shape[0] <= model.cuda_graph_max_batch
-        and not torch.compiler.is_compiling()
-        and not torch.cuda.is_current_stream_capturing()
-    ):
-        return _run_graphed(model, x)
-    return _run_eager(model, x)
-
-
-def _run_graphed(model, x: torch.Tensor) -> torch.Tensor:
-    """Replay a CUDA graph of the whole forward, captured once per input shape after the
-    stage configs are tuned; the input is copied into the graph's static NHWC buffer."""
-    key = (tuple(x.shape), x.dtype, x.device)
-    entry = model.graph_cache.get(key)
-    if entry is None:
-        static_x = x.contiguous(memory_format=torch.channels_last).clone()
-        side = torch.cuda.Stream(x.device)
-        side.wait_stream(torch.cuda.current_stream(x.device))
-        with torch.cuda.stream(side):
-            for _ in range(2):  # tunes, compiles and fills every cache before capture
-                _run_eager(model, static_x)
-        torch.cuda.current_stream(x.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            static_out = _run_eager(model, static_x)
-        entry = model.graph_cache[key] = (graph, static_x, static_out)
-    graph, static_x, static_out = entry
-    static_x.copy_(x)
-    graph.replay()
-    return static_out.clone()

@@ -10,10 +10,10 @@ import triton.language as tl
 @triton.jit
 def _to_nhwc_padded_kernel(
     x_ptr, y_ptr, P, C, HW, W, s_n, s_c, s_h, s_w,
-    C_PAD: tl.constexpr, BLOCK_P: tl.constexpr,
+    C_PAD: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     offs_p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_c = tl.arange(0, C_PAD)
+    offs_c = tl.arange(0, BLOCK_C)
     p_mask = offs_p < P
     p64 = offs_p.to(tl.int64)
     n = p64 // HW
@@ -21,13 +21,14 @@ def _to_nhwc_padded_kernel(
     w = p64 % W
     src = x_ptr + (n * s_n + h * s_h + w * s_w)[:, None] + offs_c.to(tl.int64)[None, :] * s_c
     v = tl.load(src, mask=p_mask[:, None] & (offs_c < C)[None, :], other=0.0)
-    tl.store(y_ptr + p64[:, None] * C_PAD + offs_c[None, :], v, mask=p_mask[:, None])
+    tl.store(y_ptr + p64[:, None] * C_PAD + offs_c[None, :], v, mask=p_mask[:, None] & (offs_c < C_PAD)[None, :])
 
 
 def launch_to_nhwc_padded(kernel, x, y, block_p: int = 128):
-    """x: [N, C, H, W] any strides; y: [N, C_PAD, H, W] channels_last, C_PAD a power of two."""
+    """x: [N, C, H, W] any strides; y: [N, C_PAD, H, W] channels_last, C_PAD >= C."""
     n, c, h, w = x.shape
     pixels = n * h * w
     kernel[(triton.cdiv(pixels, block_p),)](
-        x, y, pixels, c, h * w, w, *x.stride(), C_PAD=y.shape[1], BLOCK_P=block_p,
+        x, y, pixels, c, h * w, w, *x.stride(),
+        C_PAD=y.shape[1], BLOCK_C=triton.next_power_of_2(y.shape[1]), BLOCK_P=block_p,
     )
