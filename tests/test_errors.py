@@ -153,6 +153,11 @@ def test_optimize_refuses_unknown_backend_and_dtype(calibrated_model):
         inception_fast.optimize(calibrated_model, dtype="int8")
 
 
+def test_optimize_refuses_cuda_graphs_without_a_gpu_backend(calibrated_model):
+    with pytest.raises(ValueError, match=r"cuda_graph=True needs a GPU backend .* got 'torch'"):
+        inception_fast.optimize(calibrated_model, backend="torch", cuda_graph=True)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only refusal")
 def test_optimize_refuses_a_gpu_backend_on_cpu(calibrated_model):
     with pytest.raises(RuntimeError, match=r"backend 'triton' is not usable on cpu"):
