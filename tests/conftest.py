@@ -26,7 +26,7 @@ def pytest_collection_modifyitems(config, items):
         return
     skip_cuda = pytest.mark.skip(reason="CUDA is not available")
     for item in items:
-        if "cuda" in item.keywords:
+        if item.get_closest_marker("cuda") is not None:
             item.add_marker(skip_cuda)
 
 
