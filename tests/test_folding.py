@@ -62,7 +62,7 @@ def test_fold_without_affine_parameters():
         (plans.REDUCTION_B, ("branch0.0", "branch1.0")),
         (plans.MIXED_4A, ("branch0.0", "branch1.0")),
     ],
-    ids=lambda v: getattr(v, "name", ""),
+    ids=["InceptionA", "InceptionB", "InceptionC", "ReductionB", "Mixed4a"],
 )
 def test_stage1_siblings_are_stacked_in_order(plan, sources):
     block = randomize_batchnorm(getattr(reference, plan.name)()).eval()
