@@ -74,6 +74,7 @@ def test_whole_model_on_auto(calibrated_model):
     model = copy.deepcopy(calibrated_model).cuda()
     x = torch.randn(2, 3, 299, 299, device="cuda")
     ref = model(x)
+    eager_err = relative_l2(copy.deepcopy(model).half()(x.half()), ref)
     fused = optimize(model, backend="auto", dtype=torch.float16)
-    assert relative_l2(fused(x.half()), ref) < 0.05
+    assert relative_l2(fused(x.half()), ref) <= 2 * eager_err + 1e-3
     assert len(autoselect.choice_table()) >= 1

@@ -42,6 +42,12 @@ def _alloc(shape, like: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _no_work(x: torch.Tensor) -> torch.Tensor:
+    """A stand-in work buffer for stages without intermediates: never read or written, but
+    distinct from the output, because two mutated op arguments must not alias."""
+    return torch.empty((1, ALIGN, 1, 1), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+
+
 def _check_dtype(x: torch.Tensor) -> None:
     if x.dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"the triton backend runs fp16, bf16 and fp32, got {x.dtype}; use backend='torch'")
@@ -109,7 +115,7 @@ def run_block(block, x: torch.Tensor) -> torch.Tensor:
     n, _, h, w = x.shape
     oh, ow = block.output_hw(h, w)
     out = _alloc((n, plan.out_channels, oh, ow), x)
-    work = _alloc((n, plan.work_channels, h, w), x) if plan.work_channels else out
+    work = _alloc((n, plan.work_channels, h, w), x) if plan.work_channels else _no_work(x)
     for s, stage in enumerate(stages):
         _run_stage(stage, x, work, out, f"{plan.name}{plan.in_channels}-{plan.out_channels}/s{s}")
     return out
@@ -130,7 +136,7 @@ def run_head(head, x: torch.Tensor) -> torch.Tensor:
     pool, linear, cols = _packed_head(head, x)
     n, c, _h, _w = x.shape
     pooled = _alloc((n, c, 1, 1), x)
-    _run_stage(pool, x, pooled, pooled, f"head-pool{c}")
+    _run_stage(pool, x, _no_work(x), pooled, f"head-pool{c}")
     logits = _alloc((n, cols, 1, 1), x)
-    _run_stage(linear, pooled, logits, logits, f"head-linear{c}-{cols}")
+    _run_stage(linear, pooled, _no_work(x), logits, f"head-linear{c}-{cols}")
     return logits.view(n, cols)[:, : head.weight.shape[0]]
