@@ -21,7 +21,8 @@ def _to_nhwc_padded_kernel(
     w = p64 % W
     src = x_ptr + (n * s_n + h * s_h + w * s_w)[:, None] + offs_c.to(tl.int64)[None, :] * s_c
     v = tl.load(src, mask=p_mask[:, None] & (offs_c < C)[None, :], other=0.0)
-    tl.store(y_ptr + p64[:, None] * C_PAD + offs_c[None, :], v, mask=p_mask[:, None] & (offs_c < C_PAD)[None, :])
+    store_mask = p_mask[:, None] & (offs_c < C_PAD)[None, :]
+    tl.store(y_ptr + p64[:, None] * C_PAD + offs_c[None, :], v, mask=store_mask)
 
 
 def launch_to_nhwc_padded(kernel, x, y, block_p: int = 128):
