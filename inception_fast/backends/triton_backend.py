@@ -15,7 +15,7 @@ import torch
 from .. import packing as pk
 from ..kernels.triton import ops as _registered_ops  # noqa: F401 - registers torch.ops.inception_fast.triton_*
 from ..kernels.triton import tuning
-from ..kernels.triton.stage_kernel import stage_tiles
+from ..kernels.triton.stage_kernel import stage_kinds, stage_tiles
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 ALIGN = 8  # the kernels move 8 channels (16 bytes) at a time; the 3-channel input is padded
@@ -85,11 +85,13 @@ def _run_stage(stage, x, work, out, key: str):
     tf32 = x.dtype == torch.float32 and torch.backends.cudnn.allow_tf32
     ops = torch.ops.inception_fast
 
+    kinds = stage_kinds(stage)
+
     def launch(config):
         tiles = stage_tiles(stage, n, h, w, config[0], config[1])
         ops.triton_stage(
             x, work, out, stage.problems, stage.weights, stage.bias, stage.col_dst,
-            stage.col_flags, tiles, *config, tf32,
+            stage.col_flags, tiles, *config, tf32, *kinds,
         )
 
     # The chosen config per shape is kept on the stage: no key building on the hot path.

@@ -27,12 +27,15 @@ def triton_stage(
     num_warps: int,
     num_stages: int,
     tf32: bool,
+    has_conv: bool,
+    has_pool: bool,
 ) -> None:
     """One stage of a block: x [N,Cin,H,W], work [N,Cw,H,W], out [N,Cout,OH,OW], all stored
     channels_last; the rest is a `packing.PackedStage`; num_tiles from `stage_tiles`."""
     launch_stage_tensors(
         wrap_triton(_stage_kernel), num_tiles, x, work, out, problems, weights, bias, col_dst,
         col_flags, (block_m, block_n, block_k, num_warps, num_stages), "tf32" if tf32 else "ieee",
+        has_conv, has_pool,
     )
 
 

@@ -58,10 +58,11 @@ def _problem_geometry(prob_ptr, p, H, W, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.c
 
 @triton.jit
 def _epilogue_store(
-    acc, offs_m, m_mask, col0, cols, col_off, bias_ptr, col_dst_ptr, col_flags_ptr,
+    acc, rows, m_mask, col0, cols, col_off, bias_ptr, col_dst_ptr, col_flags_ptr,
     work_ptr, out_ptr, C_WORK, C_OUT, BLOCK_N: tl.constexpr,
 ):
-    """acc[BLOCK_M, BLOCK_N] fp32 -> (+bias, ReLU per column) -> its destination slice."""
+    """acc[BLOCK_M, BLOCK_N] fp32 -> (+bias, ReLU per column) -> its destination slice.
+    `rows` are the destination pixel indices (already in the index type)."""
     offs_n = col0 + tl.arange(0, BLOCK_N)
     n_mask = offs_n < cols
     bias = tl.load(bias_ptr + col_off + offs_n, mask=n_mask, other=0.0)
@@ -75,14 +76,83 @@ def _epilogue_store(
     value = tl.where(relu[None, :], tl.maximum(value, 0.0), value)
     value = value.to(out_ptr.dtype.element_ty)
     to_out = tl.max_constancy((flags & _FLAG_TO_OUTPUT) != 0, 8)
-    pix = offs_m.to(tl.int64)[:, None]
     mask = m_mask[:, None] & n_mask[None, :]
-    tl.store(out_ptr + pix * C_OUT + dst[None, :], value, mask=mask & to_out[None, :])
-    tl.store(work_ptr + pix * C_WORK + dst[None, :], value, mask=mask & ~to_out[None, :])
+    tl.store(out_ptr + rows[:, None] * C_OUT + dst[None, :], value, mask=mask & to_out[None, :])
+    tl.store(work_ptr + rows[:, None] * C_WORK + dst[None, :], value, mask=mask & ~to_out[None, :])
+
+
+@triton.jit
+def _conv_tile(
+    src_ptr, src_stride, w_ptr, w_off, img, ih0, iw0, m_mask, col0, cols, cin, kh, kw, H, W,
+    INDEX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+):
+    """Implicit GEMM: K = KH*KW*CIN walked as one flat loop of (tap, channel block) steps, so
+    the software pipeliner sees a single loop; out-of-image taps load zeros (padding)."""
+    offs_k = tl.arange(0, BLOCK_K)
+    offs_n = col0 + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < cols
+    k_row = kh * kw * cin
+    w_cols = w_ptr + w_off + offs_n.to(INDEX)[None, :] * k_row
+    k_blocks = tl.cdiv(cin, BLOCK_K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for step in range(0, kh * kw * k_blocks):
+        tap = step // k_blocks
+        c = (step % k_blocks) * BLOCK_K + offs_k
+        c_mask = c < cin
+        ih = ih0 + tap // kw
+        iw = iw0 + tap % kw
+        valid = m_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        pix = ((img * H + ih) * W + iw).to(INDEX)
+        a = tl.load(
+            src_ptr + pix[:, None] * src_stride + c[None, :],
+            mask=valid[:, None] & c_mask[None, :], other=0.0,
+        )
+        b = tl.load(
+            w_cols + (tap * cin + c)[:, None],
+            mask=c_mask[:, None] & n_mask[None, :], other=0.0,
+        )
+        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+    return acc
+
+
+@triton.jit
+def _pool_tile(
+    src_ptr, src_stride, kind, img, ih0, iw0, m_mask, col0, cols, kh, kw, H, W,
+    INDEX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """AVG_POOL (count_include_pad=False) or MAX_POOL over a kh x kw window, per channel;
+    one accumulator live at a time keeps the registers for the conv path."""
+    c = col0 + tl.arange(0, BLOCK_N)
+    c_mask = c < cols
+    if kind == _MAX_POOL:
+        acc = tl.full((BLOCK_M, BLOCK_N), float("-inf"), dtype=tl.float32)
+        for tap in range(0, kh * kw):
+            ih = ih0 + tap // kw
+            iw = iw0 + tap % kw
+            valid = m_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            pix = ((img * H + ih) * W + iw).to(INDEX)
+            mask = valid[:, None] & c_mask[None, :]
+            v = tl.load(src_ptr + pix[:, None] * src_stride + c[None, :], mask=mask, other=float("-inf"))
+            acc = tl.maximum(acc, v.to(tl.float32))
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        count = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        for tap in range(0, kh * kw):
+            ih = ih0 + tap // kw
+            iw = iw0 + tap % kw
+            valid = m_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            pix = ((img * H + ih) * W + iw).to(INDEX)
+            mask = valid[:, None] & c_mask[None, :]
+            v = tl.load(src_ptr + pix[:, None] * src_stride + c[None, :], mask=mask, other=0.0)
+            acc += v.to(tl.float32)
+            count += valid.to(tl.float32)
+        acc = acc / tl.maximum(count, 1.0)[:, None]
+    return acc
 
 
 # Shapes stay runtime values (no recompilation per batch size, input size or problem count):
-# the kernel is compiled once per tile config and dtype.
+# the kernel is compiled once per tile config, dtype, problem kinds and index width.
 @triton.jit(do_not_specialize=["N", "H", "W", "C_IN", "C_WORK", "C_OUT", "num_problems"])
 def _stage_kernel(
     x_ptr, work_ptr, out_ptr,
@@ -90,7 +160,12 @@ def _stage_kernel(
     N, H, W, C_IN, C_WORK, C_OUT, num_problems,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
+    HAS_CONV: tl.constexpr, HAS_POOL: tl.constexpr, WIDE_INDEX: tl.constexpr,
 ):
+    """HAS_CONV / HAS_POOL: which problem kinds the stage has (the other path is compiled
+    out, which frees registers). WIDE_INDEX: int64 pixel offsets, needed once a buffer holds
+    2^31 elements or more; int32 otherwise (fewer registers)."""
+    INDEX: tl.constexpr = tl.int64 if WIDE_INDEX else tl.int32
     pid = tl.program_id(0)
     # Every pixel stride, channel offset and weight offset is a multiple of 8 elements (16
     # bytes). Writing them as (v // 8) * 8 proves it to the compiler's alignment analysis
@@ -139,58 +214,43 @@ def _stage_kernel(
     src_stride = tl.where(src_buf == _BUF_WORK, C_WORK, tl.where(src_buf == _BUF_OUTPUT, C_OUT, C_IN))
     src_ptr = src_ptr + src_c0
     col0 = pid_n * BLOCK_N
+    rows = offs_m.to(INDEX)
 
-    if kind == _CONV:
-        offs_k = tl.arange(0, BLOCK_K)
-        offs_n = col0 + tl.arange(0, BLOCK_N)
-        n_mask = offs_n < cols
-        k_row = kh * kw * cin
-        w_cols = w_ptr + w_off + offs_n.to(tl.int64)[None, :] * k_row
-        k_blocks = tl.cdiv(cin, BLOCK_K)
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for step in range(0, kh * kw * k_blocks):
-            tap = step // k_blocks
-            c = (step % k_blocks) * BLOCK_K + offs_k
-            c_mask = c < cin
-            ih = ih0 + tap // kw
-            iw = iw0 + tap % kw
-            valid = m_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            pix = ((img * H + ih) * W + iw).to(tl.int64)
-            a = tl.load(
-                src_ptr + pix[:, None] * src_stride + c[None, :],
-                mask=valid[:, None] & c_mask[None, :], other=0.0,
+    if HAS_CONV and HAS_POOL:
+        if kind == _CONV:
+            acc = _conv_tile(
+                src_ptr, src_stride, w_ptr, w_off, img, ih0, iw0, m_mask, col0, cols, cin, kh, kw,
+                H, W, INDEX, BLOCK_M, BLOCK_N, BLOCK_K, INPUT_PRECISION,
             )
-            b = tl.load(
-                w_cols + (tap * cin + c)[:, None],
-                mask=c_mask[:, None] & n_mask[None, :], other=0.0,
+            _epilogue_store(
+                acc, rows, m_mask, col0, cols, col_off, bias_ptr, col_dst_ptr, col_flags_ptr,
+                work_ptr, out_ptr, C_WORK, C_OUT, BLOCK_N,
             )
-            acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+        else:
+            acc = _pool_tile(
+                src_ptr, src_stride, kind, img, ih0, iw0, m_mask, col0, cols, kh, kw, H, W,
+                INDEX, BLOCK_M, BLOCK_N,
+            )
+            _epilogue_store(
+                acc, rows, m_mask, col0, cols, col_off, bias_ptr, col_dst_ptr, col_flags_ptr,
+                work_ptr, out_ptr, C_WORK, C_OUT, BLOCK_N,
+            )
+    elif HAS_CONV:
+        acc = _conv_tile(
+            src_ptr, src_stride, w_ptr, w_off, img, ih0, iw0, m_mask, col0, cols, cin, kh, kw,
+            H, W, INDEX, BLOCK_M, BLOCK_N, BLOCK_K, INPUT_PRECISION,
+        )
         _epilogue_store(
-            acc, offs_m, m_mask, col0, cols, col_off, bias_ptr, col_dst_ptr, col_flags_ptr,
+            acc, rows, m_mask, col0, cols, col_off, bias_ptr, col_dst_ptr, col_flags_ptr,
             work_ptr, out_ptr, C_WORK, C_OUT, BLOCK_N,
         )
     else:
-        # AVG_POOL (count_include_pad=False) or MAX_POOL over a kh x kw window, per channel.
-        c = col0 + tl.arange(0, BLOCK_N)
-        c_mask = c < cols
-        total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        biggest = tl.full((BLOCK_M, BLOCK_N), float("-inf"), dtype=tl.float32)
-        count = tl.zeros((BLOCK_M,), dtype=tl.float32)
-        for tap in range(0, kh * kw):
-            ih = ih0 + tap // kw
-            iw = iw0 + tap % kw
-            valid = m_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            pix = ((img * H + ih) * W + iw).to(tl.int64)
-            mask = valid[:, None] & c_mask[None, :]
-            v = tl.load(src_ptr + pix[:, None] * src_stride + c[None, :], mask=mask, other=0.0)
-            v = v.to(tl.float32)
-            total += v
-            biggest = tl.maximum(biggest, tl.where(mask, v, float("-inf")))
-            count += valid.to(tl.float32)
-        average = total / tl.maximum(count, 1.0)[:, None]
-        acc = tl.where(kind == _MAX_POOL, biggest, average)
+        acc = _pool_tile(
+            src_ptr, src_stride, kind, img, ih0, iw0, m_mask, col0, cols, kh, kw, H, W,
+            INDEX, BLOCK_M, BLOCK_N,
+        )
         _epilogue_store(
-            acc, offs_m, m_mask, col0, cols, col_off, bias_ptr, col_dst_ptr, col_flags_ptr,
+            acc, rows, m_mask, col0, cols, col_off, bias_ptr, col_dst_ptr, col_flags_ptr,
             work_ptr, out_ptr, C_WORK, C_OUT, BLOCK_N,
         )
 
@@ -205,22 +265,32 @@ def stage_tiles(stage: pk.PackedStage, n: int, h: int, w: int, block_m: int, blo
 
 
 def launch_stage_tensors(
-    kernel, num_tiles, x, work, out, problems, weights, bias, col_dst, col_flags, config, precision
+    kernel, num_tiles, x, work, out, problems, weights, bias, col_dst, col_flags, config, precision,
+    has_conv=True, has_pool=True,
 ):
     """Launch `kernel` (the raw kernel, or wrap_triton(kernel) inside a triton_op).
 
     x, work, out: NCHW-shaped tensors stored channels_last (NHWC in memory); `work` may be a
     small dummy when the block has no intermediates. config: (BLOCK_M, BLOCK_N, BLOCK_K,
-    num_warps, num_stages). precision: "tf32" or "ieee" for fp32 dots.
+    num_warps, num_stages). precision: "tf32" or "ieee" for fp32 dots. has_conv / has_pool:
+    which problem kinds the stage holds.
     """
     block_m, block_n, block_k, num_warps, num_stages = config
     n, _, h, w = x.shape
+    wide = max(x.numel(), work.numel(), out.numel()) >= 2**31
     kernel[(num_tiles,)](
         x, work, out, weights, bias, col_dst, col_flags, problems,
         n, h, w, x.shape[1], work.shape[1], out.shape[1], problems.shape[0],
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, INPUT_PRECISION=precision,
+        HAS_CONV=has_conv, HAS_POOL=has_pool, WIDE_INDEX=wide,
         num_warps=num_warps, num_stages=num_stages,
     )
+
+
+def stage_kinds(stage: pk.PackedStage) -> tuple[bool, bool]:
+    """(has a conv problem, has a pool problem)."""
+    kinds = {row[pk.KIND] for row in stage.rows}
+    return pk.CONV in kinds, bool(kinds - {pk.CONV})
 
 
 def launch_stage(kernel, stage, x, work, out, config, precision="tf32"):
@@ -229,5 +299,5 @@ def launch_stage(kernel, stage, x, work, out, config, precision="tf32"):
     tiles = stage_tiles(stage, n, h, w, config[0], config[1])
     launch_stage_tensors(
         kernel, tiles, x, work, out, stage.problems, stage.weights, stage.bias, stage.col_dst,
-        stage.col_flags, config, precision,
+        stage.col_flags, config, precision, *stage_kinds(stage),
     )
