@@ -48,6 +48,7 @@ class PackedStage:
     col_dst: torch.Tensor  # int32 [total columns]
     col_flags: torch.Tensor  # int32 [total columns]
     configs: dict = field(default_factory=dict)  # launch config chosen per input shape
+    scratch: dict = field(default_factory=dict)  # split-K buffers per shape and config
 
     @property
     def num_problems(self) -> int:

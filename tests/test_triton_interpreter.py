@@ -25,7 +25,7 @@ from inception_fast.modules import fuse_block
 from inception_fast.packing import pack_block
 from inception_fast.testing import randomize_batchnorm, relative_l2
 
-name, batch, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+name, batch, size, k_parts = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 factories = {
     "Stem0": (lambda: R.ConvBnRelu(3, 32, 3, stride=2), 3),
     "Mixed3a": (R.Mixed3a, 64), "Mixed4a": (R.Mixed4a, 160), "Mixed5a": (R.Mixed5a, 192),
@@ -51,31 +51,33 @@ out = torch.full((batch, fused.plan.out_channels, oh, ow), nan).contiguous(memor
 work = torch.full((batch, max(fused.plan.work_channels, 8), size, size), nan)
 work = work.contiguous(memory_format=torch.channels_last)
 for stage in pack_block(fused, "cpu", torch.float32, padded if padded != cin else None):
-    launch_stage(_stage_kernel, stage, xk, work, out, (32, 64, 64, 4, 2), "ieee")
+    for _ in range(2):  # split-K leaves its scratch zeroed: a second launch must agree
+        launch_stage(_stage_kernel, stage, xk, work, out, (32, 64, 64, 4, 2, k_parts), "ieee")
 assert torch.isfinite(out).all(), "a channel slice was never written"
 err_ref, err_spec = relative_l2(out, ref), relative_l2(out, spec)
 print(name, err_ref, err_spec)
 assert err_ref < 1e-5 and err_spec < 1e-5, (err_ref, err_spec)
 """
 
-CASES = [
-    ("Stem0", 2, 9),
-    ("Mixed3a", 1, 7),
-    ("Mixed4a", 3, 5),
-    ("Mixed5a", 1, 5),
-    ("InceptionA", 3, 4),
-    ("ReductionA", 1, 5),
-    ("InceptionB", 1, 3),
-    ("ReductionB", 1, 3),
-    ("InceptionC", 1, 3),
+CASES = [  # name, batch, input size, split-K parts
+    ("Stem0", 2, 9, 1),
+    ("Mixed3a", 1, 7, 1),
+    ("Mixed4a", 3, 5, 3),
+    ("Mixed5a", 1, 5, 2),
+    ("InceptionA", 3, 4, 1),
+    ("InceptionA", 1, 4, 4),
+    ("ReductionA", 1, 5, 1),
+    ("InceptionB", 1, 3, 1),
+    ("ReductionB", 1, 3, 8),
+    ("InceptionC", 1, 3, 2),
 ]
 
 
-@pytest.mark.parametrize("name,batch,size", CASES, ids=[c[0] for c in CASES])
-def test_stage_kernel_under_interpreter(name, batch, size):
+@pytest.mark.parametrize("name,batch,size,k_parts", CASES, ids=[f"{c[0]}-split{c[3]}" for c in CASES])
+def test_stage_kernel_under_interpreter(name, batch, size, k_parts):
     env = dict(os.environ, TRITON_INTERPRET="1")
     result = subprocess.run(
-        [sys.executable, "-c", SCRIPT, name, str(batch), str(size)],
+        [sys.executable, "-c", SCRIPT, name, str(batch), str(size), str(k_parts)],
         env=env, capture_output=True, text=True, timeout=900,
     )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -15,7 +15,7 @@ import torch
 from .. import packing as pk
 from ..kernels.triton import ops as _registered_ops  # noqa: F401 - registers torch.ops.inception_fast.triton_*
 from ..kernels.triton import tuning
-from ..kernels.triton.stage_kernel import stage_kinds, stage_tiles
+from ..kernels.triton.stage_kernel import split_k_buffers, stage_kinds, stage_tiles
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 ALIGN = 8  # the kernels move 8 channels (16 bytes) at a time; the 3-channel input is padded
@@ -84,14 +84,14 @@ def _run_stage(stage, x, work, out, key: str):
     n, _, h, w = x.shape
     tf32 = x.dtype == torch.float32 and torch.backends.cudnn.allow_tf32
     ops = torch.ops.inception_fast
-
     kinds = stage_kinds(stage)
 
     def launch(config):
-        tiles = stage_tiles(stage, n, h, w, config[0], config[1])
+        tiles = stage_tiles(stage, n, h, w, config[0], config[1], config[5])
+        scratch, counts = _split_k_buffers(stage, n, h, w, config, x)
         ops.triton_stage(
             x, work, out, stage.problems, stage.weights, stage.bias, stage.col_dst,
-            stage.col_flags, tiles, *config, tf32, *kinds,
+            stage.col_flags, scratch, counts, tiles, *config, tf32, *kinds,
         )
 
     # The chosen config per shape is kept on the stage: no key building on the hot path.
@@ -99,7 +99,7 @@ def _run_stage(stage, x, work, out, key: str):
     config = stage.configs.get(shape)
     if config is None:
         convs = [row[pk.CIN] for row in stage.rows if row[pk.KIND] == pk.CONV]
-        configs = tuning.candidates(min(convs, default=64))
+        configs = tuning.candidates(min(convs, default=64), tuning.batch_bucket(n), kinds[0])
         fallback = tuning.default_config(configs, stage_tiles(stage, n, h, w, 128, 128))
         name = torch.cuda.get_device_name(x.device).replace(" ", "_")
         full_key = f"{key}/{h}x{w}/b{tuning.batch_bucket(n)}/{str(x.dtype)[6:]}/{name}"
@@ -107,6 +107,19 @@ def _run_stage(stage, x, work, out, key: str):
         if not torch.compiler.is_compiling():
             stage.configs[shape] = config
     launch(config)
+
+
+def _split_k_buffers(stage, n, h, w, config, x):
+    """Split-K scratch per stage, shape and config, allocated (zeroed) once and kept: the
+    kernel leaves it zeroed, so later launches and CUDA-graph replays reuse it."""
+    key = (n, h, w, config, x.device)
+    buffers = stage.scratch.get(key)
+    if buffers is None:
+        scratch, counts = split_k_buffers(stage, n, h, w, config, x.device)
+        if scratch is None:
+            scratch = counts = _no_work(x)  # never touched without split-K
+        buffers = stage.scratch[key] = (scratch, counts)
+    return buffers
 
 
 def run_block(block, x: torch.Tensor) -> torch.Tensor:

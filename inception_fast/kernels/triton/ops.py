@@ -10,7 +10,7 @@ from .layout_kernel import _to_nhwc_padded_kernel, launch_to_nhwc_padded
 from .stage_kernel import _stage_kernel, launch_stage_tensors
 
 
-@triton_op("inception_fast::triton_stage", mutates_args={"work", "out"})
+@triton_op("inception_fast::triton_stage", mutates_args={"work", "out", "scratch", "counts"})
 def triton_stage(
     x: torch.Tensor,
     work: torch.Tensor,
@@ -20,22 +20,26 @@ def triton_stage(
     bias: torch.Tensor,
     col_dst: torch.Tensor,
     col_flags: torch.Tensor,
+    scratch: torch.Tensor,
+    counts: torch.Tensor,
     num_tiles: int,
     block_m: int,
     block_n: int,
     block_k: int,
     num_warps: int,
     num_stages: int,
+    k_parts: int,
     tf32: bool,
     has_conv: bool,
     has_pool: bool,
 ) -> None:
     """One stage of a block: x [N,Cin,H,W], work [N,Cw,H,W], out [N,Cout,OH,OW], all stored
-    channels_last; the rest is a `packing.PackedStage`; num_tiles from `stage_tiles`."""
+    channels_last; the rest is a `packing.PackedStage`; num_tiles from `stage_tiles`;
+    scratch / counts: split-K buffers from `split_k_buffers` (unused when k_parts == 1)."""
     launch_stage_tensors(
         wrap_triton(_stage_kernel), num_tiles, x, work, out, problems, weights, bias, col_dst,
-        col_flags, (block_m, block_n, block_k, num_warps, num_stages), "tf32" if tf32 else "ieee",
-        has_conv, has_pool,
+        col_flags, (block_m, block_n, block_k, num_warps, num_stages, k_parts),
+        "tf32" if tf32 else "ieee", has_conv, has_pool, scratch, counts,
     )
 
 

@@ -9,6 +9,7 @@ of (tap, channel block) steps so that the software pipeliner sees a single loop.
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 
@@ -84,19 +85,23 @@ def _epilogue_store(
 @triton.jit
 def _conv_tile(
     src_ptr, src_stride, w_ptr, w_off, img, ih0, iw0, m_mask, col0, cols, cin, kh, kw, H, W,
+    k_part, k_parts,
     INDEX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
 ):
     """Implicit GEMM: K = KH*KW*CIN walked as one flat loop of (tap, channel block) steps, so
-    the software pipeliner sees a single loop; out-of-image taps load zeros (padding)."""
+    the software pipeliner sees a single loop; out-of-image taps load zeros (padding).
+    Split-K: this program sums part `k_part` of `k_parts` of the steps."""
     offs_k = tl.arange(0, BLOCK_K)
     offs_n = col0 + tl.arange(0, BLOCK_N)
     n_mask = offs_n < cols
     k_row = kh * kw * cin
     w_cols = w_ptr + w_off + offs_n.to(INDEX)[None, :] * k_row
     k_blocks = tl.cdiv(cin, BLOCK_K)
+    steps = kh * kw * k_blocks
+    chunk = tl.cdiv(steps, k_parts)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for step in range(0, kh * kw * k_blocks):
+    for step in range(k_part * chunk, tl.minimum(steps, (k_part + 1) * chunk)):
         tap = step // k_blocks
         c = (step % k_blocks) * BLOCK_K + offs_k
         c_mask = c < cin
@@ -151,20 +156,50 @@ def _pool_tile(
     return acc
 
 
+@triton.jit
+def _split_k_epilogue(
+    acc, slot, k_parts, scratch_ptr, count_ptr, rows, m_mask, col0, cols, col_off, bias_ptr,
+    col_dst_ptr, col_flags_ptr, work_ptr, out_ptr, C_WORK, C_OUT,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Every part adds its partial sums into the tile's fp32 scratch slot; the part that
+    arrives last takes the total (resetting slot and counter to zero for the next launch,
+    so no memset is needed and CUDA graphs replay it) and runs the epilogue."""
+    offs = slot.to(tl.int64) * (BLOCK_M * BLOCK_N) + (
+        tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
+    )
+    tl.atomic_add(scratch_ptr + offs, acc, sem="relaxed")
+    tl.debug_barrier()  # every thread's partial is issued before the counter says so
+    arrived = tl.atomic_add(count_ptr + slot, 1, sem="acq_rel")
+    if arrived == k_parts - 1:
+        # Read the sums where the atomics landed (L2), then zero the slot for the next launch.
+        zeros = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+        total = tl.atomic_add(scratch_ptr + offs, zeros, sem="acq_rel")
+        tl.store(scratch_ptr + offs, zeros)
+        tl.store(count_ptr + slot, 0)
+        _epilogue_store(
+            total, rows, m_mask, col0, cols, col_off, bias_ptr, col_dst_ptr, col_flags_ptr,
+            work_ptr, out_ptr, C_WORK, C_OUT, BLOCK_N,
+        )
+
+
 # Shapes stay runtime values (no recompilation per batch size, input size or problem count):
-# the kernel is compiled once per tile config, dtype, problem kinds and index width.
-@triton.jit(do_not_specialize=["N", "H", "W", "C_IN", "C_WORK", "C_OUT", "num_problems"])
+# the kernel is compiled once per tile config, dtype, problem kinds, index width and split.
+@triton.jit(do_not_specialize=["N", "H", "W", "C_IN", "C_WORK", "C_OUT", "num_problems", "k_parts"])
 def _stage_kernel(
     x_ptr, work_ptr, out_ptr,
-    w_ptr, bias_ptr, col_dst_ptr, col_flags_ptr, prob_ptr,
-    N, H, W, C_IN, C_WORK, C_OUT, num_problems,
+    w_ptr, bias_ptr, col_dst_ptr, col_flags_ptr, prob_ptr, scratch_ptr, count_ptr,
+    N, H, W, C_IN, C_WORK, C_OUT, num_problems, k_parts,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
     HAS_CONV: tl.constexpr, HAS_POOL: tl.constexpr, WIDE_INDEX: tl.constexpr,
+    SPLIT_K: tl.constexpr,
 ):
     """HAS_CONV / HAS_POOL: which problem kinds the stage has (the other path is compiled
     out, which frees registers). WIDE_INDEX: int64 pixel offsets, needed once a buffer holds
-    2^31 elements or more; int32 otherwise (fewer registers)."""
+    2^31 elements or more; int32 otherwise (fewer registers). SPLIT_K: each conv tile's K
+    loop is shared by `k_parts` programs (small batches, where the tiles alone do not fill
+    the card); pools are never split."""
     INDEX: tl.constexpr = tl.int64 if WIDE_INDEX else tl.int32
     pid = tl.program_id(0)
     # Every pixel stride, channel offset and weight offset is a multiple of 8 elements (16
@@ -174,17 +209,25 @@ def _stage_kernel(
     C_IN = _times8(C_IN)
     C_WORK = _times8(C_WORK)
     C_OUT = _times8(C_OUT)
+    parts = k_parts if SPLIT_K else 1
 
-    # Which problem does this program work on? Walk the (few) rows, counting their tiles.
+    # Which problem does this program work on? Walk the (few) rows, counting their programs
+    # and, for the split-K scratch slots, the conv tiles before each problem.
     p_sel = 0
     local = pid
-    tile_base = 0
+    slot_base = 0
+    program_base = 0
+    conv_tiles = 0
     for p in range(num_problems):
         tiles = _problem_geometry(prob_ptr, p, H, W, N, BLOCK_M, BLOCK_N)[8]
-        inside = (pid >= tile_base) & (pid < tile_base + tiles)
+        is_conv = tl.load(prob_ptr + p * _NUM_FIELDS + _KIND) == _CONV
+        programs = tl.where(is_conv, tiles * parts, tiles)
+        inside = (pid >= program_base) & (pid < program_base + programs)
         p_sel = tl.where(inside, p, p_sel)
-        local = tl.where(inside, pid - tile_base, local)
-        tile_base += tiles
+        local = tl.where(inside, pid - program_base, local)
+        slot_base = tl.where(inside, conv_tiles, slot_base)
+        program_base += programs
+        conv_tiles += tl.where(is_conv, tiles, 0)
 
     row = prob_ptr + p_sel * _NUM_FIELDS
     kind = tl.load(row + _KIND).to(tl.int32)
@@ -196,6 +239,11 @@ def _stage_kernel(
     kh, kw, stride, ph, pw, cols, oh, ow, tiles = _problem_geometry(
         prob_ptr, p_sel, H, W, N, BLOCK_M, BLOCK_N
     )
+    k_part = 0
+    if SPLIT_K:
+        if kind == _CONV:
+            k_part = local % parts
+            local = local // parts
 
     # Column tiles of one pixel tile run next to each other: its input rows stay in L2.
     n_col_tiles = tl.cdiv(cols, BLOCK_N)
@@ -216,17 +264,25 @@ def _stage_kernel(
     col0 = pid_n * BLOCK_N
     rows = offs_m.to(INDEX)
 
-    if HAS_CONV and HAS_POOL:
+    if HAS_CONV:
         if kind == _CONV:
             acc = _conv_tile(
                 src_ptr, src_stride, w_ptr, w_off, img, ih0, iw0, m_mask, col0, cols, cin, kh, kw,
-                H, W, INDEX, BLOCK_M, BLOCK_N, BLOCK_K, INPUT_PRECISION,
+                H, W, k_part, parts, INDEX, BLOCK_M, BLOCK_N, BLOCK_K, INPUT_PRECISION,
             )
-            _epilogue_store(
-                acc, rows, m_mask, col0, cols, col_off, bias_ptr, col_dst_ptr, col_flags_ptr,
-                work_ptr, out_ptr, C_WORK, C_OUT, BLOCK_N,
-            )
-        else:
+            if SPLIT_K:
+                _split_k_epilogue(
+                    acc, slot_base + local, parts, scratch_ptr, count_ptr, rows, m_mask, col0,
+                    cols, col_off, bias_ptr, col_dst_ptr, col_flags_ptr, work_ptr, out_ptr,
+                    C_WORK, C_OUT, BLOCK_M, BLOCK_N,
+                )
+            else:
+                _epilogue_store(
+                    acc, rows, m_mask, col0, cols, col_off, bias_ptr, col_dst_ptr, col_flags_ptr,
+                    work_ptr, out_ptr, C_WORK, C_OUT, BLOCK_N,
+                )
+    if HAS_POOL:
+        if kind != _CONV:
             acc = _pool_tile(
                 src_ptr, src_stride, kind, img, ih0, iw0, m_mask, col0, cols, kh, kw, H, W,
                 INDEX, BLOCK_M, BLOCK_N,
@@ -235,54 +291,53 @@ def _stage_kernel(
                 acc, rows, m_mask, col0, cols, col_off, bias_ptr, col_dst_ptr, col_flags_ptr,
                 work_ptr, out_ptr, C_WORK, C_OUT, BLOCK_N,
             )
-    elif HAS_CONV:
-        acc = _conv_tile(
-            src_ptr, src_stride, w_ptr, w_off, img, ih0, iw0, m_mask, col0, cols, cin, kh, kw,
-            H, W, INDEX, BLOCK_M, BLOCK_N, BLOCK_K, INPUT_PRECISION,
-        )
-        _epilogue_store(
-            acc, rows, m_mask, col0, cols, col_off, bias_ptr, col_dst_ptr, col_flags_ptr,
-            work_ptr, out_ptr, C_WORK, C_OUT, BLOCK_N,
-        )
-    else:
-        acc = _pool_tile(
-            src_ptr, src_stride, kind, img, ih0, iw0, m_mask, col0, cols, kh, kw, H, W,
-            INDEX, BLOCK_M, BLOCK_N,
-        )
-        _epilogue_store(
-            acc, rows, m_mask, col0, cols, col_off, bias_ptr, col_dst_ptr, col_flags_ptr,
-            work_ptr, out_ptr, C_WORK, C_OUT, BLOCK_N,
-        )
 
 
-def stage_tiles(stage: pk.PackedStage, n: int, h: int, w: int, block_m: int, block_n: int) -> int:
-    """Programs one launch needs: the tiles of every problem (host side, no device sync)."""
+def stage_tiles(stage: pk.PackedStage, n: int, h: int, w: int, block_m: int, block_n: int,
+                k_parts: int = 1) -> int:
+    """Programs one launch needs: every problem's tiles, conv tiles times the split-K parts
+    (host side, no device sync)."""
     total = 0
     for p, row in enumerate(stage.rows):
         oh, ow = stage.output_hw(p, h, w)
-        total += triton.cdiv(n * oh * ow, block_m) * triton.cdiv(row[pk.COLS], block_n)
+        tiles = triton.cdiv(n * oh * ow, block_m) * triton.cdiv(row[pk.COLS], block_n)
+        total += tiles * (k_parts if row[pk.KIND] == pk.CONV else 1)
     return total
+
+
+def split_k_slots(stage: pk.PackedStage, n: int, h: int, w: int, block_m: int, block_n: int) -> int:
+    """Conv output tiles of a launch: the split-K scratch holds one fp32 tile per slot."""
+    slots = 0
+    for p, row in enumerate(stage.rows):
+        if row[pk.KIND] == pk.CONV:
+            oh, ow = stage.output_hw(p, h, w)
+            slots += triton.cdiv(n * oh * ow, block_m) * triton.cdiv(row[pk.COLS], block_n)
+    return slots
 
 
 def launch_stage_tensors(
     kernel, num_tiles, x, work, out, problems, weights, bias, col_dst, col_flags, config, precision,
-    has_conv=True, has_pool=True,
+    has_conv=True, has_pool=True, scratch=None, counts=None,
 ):
     """Launch `kernel` (the raw kernel, or wrap_triton(kernel) inside a triton_op).
 
     x, work, out: NCHW-shaped tensors stored channels_last (NHWC in memory); `work` may be a
     small dummy when the block has no intermediates. config: (BLOCK_M, BLOCK_N, BLOCK_K,
-    num_warps, num_stages). precision: "tf32" or "ieee" for fp32 dots. has_conv / has_pool:
-    which problem kinds the stage holds.
+    num_warps, num_stages, k_parts). precision: "tf32" or "ieee" for fp32 dots. has_conv /
+    has_pool: which problem kinds the stage holds. With k_parts > 1, `scratch` (fp32, one
+    BLOCK_M x BLOCK_N tile per conv output tile) and `counts` (int32, one per tile) must be
+    zero on the first launch; the kernel leaves them zero.
     """
-    block_m, block_n, block_k, num_warps, num_stages = config
+    block_m, block_n, block_k, num_warps, num_stages, k_parts = config
     n, _, h, w = x.shape
     wide = max(x.numel(), work.numel(), out.numel()) >= 2**31
+    split = k_parts > 1
     kernel[(num_tiles,)](
         x, work, out, weights, bias, col_dst, col_flags, problems,
-        n, h, w, x.shape[1], work.shape[1], out.shape[1], problems.shape[0],
+        scratch if split else bias, counts if split else col_dst,
+        n, h, w, x.shape[1], work.shape[1], out.shape[1], problems.shape[0], k_parts,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, INPUT_PRECISION=precision,
-        HAS_CONV=has_conv, HAS_POOL=has_pool, WIDE_INDEX=wide,
+        HAS_CONV=has_conv, HAS_POOL=has_pool, WIDE_INDEX=wide, SPLIT_K=split,
         num_warps=num_warps, num_stages=num_stages,
     )
 
@@ -293,11 +348,24 @@ def stage_kinds(stage: pk.PackedStage) -> tuple[bool, bool]:
     return pk.CONV in kinds, bool(kinds - {pk.CONV})
 
 
+def split_k_buffers(stage, n, h, w, config, device):
+    """Zeroed scratch and counters for a split-K launch (None when the config does not split)."""
+    block_m, block_n, *_, k_parts = config
+    if k_parts == 1:
+        return None, None
+    slots = split_k_slots(stage, n, h, w, block_m, block_n)
+    scratch = torch.zeros(slots * block_m * block_n, dtype=torch.float32, device=device)
+    return scratch, torch.zeros(slots, dtype=torch.int32, device=device)
+
+
 def launch_stage(kernel, stage, x, work, out, config, precision="tf32"):
     """Launch one packed stage (used directly under TRITON_INTERPRET=1)."""
+    if len(config) == 5:
+        config = (*config, 1)
     n, _, h, w = x.shape
-    tiles = stage_tiles(stage, n, h, w, config[0], config[1])
+    tiles = stage_tiles(stage, n, h, w, config[0], config[1], config[5])
+    scratch, counts = split_k_buffers(stage, n, h, w, config, x.device)
     launch_stage_tensors(
         kernel, tiles, x, work, out, stage.problems, stage.weights, stage.bias, stage.col_dst,
-        stage.col_flags, config, precision, *stage_kinds(stage),
+        stage.col_flags, config, precision, *stage_kinds(stage), scratch, counts,
     )

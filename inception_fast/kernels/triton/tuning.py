@@ -15,7 +15,7 @@ import threading
 
 import torch
 
-# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)
+# (BLOCK_M, BLOCK_N, num_warps, num_stages); BLOCK_K and the split-K parts are added below.
 _TILES = (
     (128, 128, 8, 3),
     (128, 64, 4, 4),
@@ -23,19 +23,30 @@ _TILES = (
     (64, 64, 4, 4),
     (128, 256, 8, 3),
 )
+_SMALL_TILES = ((64, 64, 4, 4), (64, 128, 4, 4))
+_SPLITS = (2, 4, 8)
+SMALL_BATCH = 16  # at or below this batch, convs may split K: their tiles alone leave SMs idle
 
 
-def candidates(min_cin: int) -> list[tuple]:
-    """Tile configs worth timing for a stage whose narrowest conv reads `min_cin` channels:
-    BLOCK_K never much wider than the channels a tap has (the stem's 8 or 32 channels would
-    leave most of a 64-wide K step empty)."""
+def candidates(min_cin: int, batch: int, has_conv: bool = True) -> list[tuple]:
+    """Configs (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages, k_parts) worth timing for a
+    stage whose narrowest conv reads `min_cin` channels: BLOCK_K never much wider than the
+    channels a tap has (the stem's 8 or 32 channels would leave most of a 64-wide K step
+    empty); split-K variants for small batches."""
     if min_cin >= 64:
         widths = (64, 32)
     elif min_cin >= 32:
         widths = (32,)
     else:
         widths = (16,)
-    return [(bm, bn, bk, warps, stages) for bk in widths for bm, bn, warps, stages in _TILES]
+    configs = [(bm, bn, bk, warps, stages, 1) for bk in widths for bm, bn, warps, stages in _TILES]
+    if has_conv and batch <= SMALL_BATCH:
+        configs += [
+            (bm, bn, widths[0], warps, stages, parts)
+            for bm, bn, warps, stages in _SMALL_TILES
+            for parts in _SPLITS
+        ]
+    return configs
 
 
 _lock = threading.Lock()
@@ -51,7 +62,7 @@ def cache_dir() -> str:
 
 
 def cache_path() -> str:
-    return os.path.join(cache_dir(), "triton_tuning.json")
+    return os.path.join(cache_dir(), "triton_tuning_v2.json")  # v2: configs carry k_parts
 
 
 def batch_bucket(n: int) -> int:
