@@ -110,8 +110,8 @@ def _run_stage(stage, x, work, out, key: str):
 
 
 def _split_k_buffers(stage, n, h, w, config, x):
-    """Split-K scratch per stage, shape and config, allocated (zeroed) once and kept: the
-    kernel leaves it zeroed, so later launches and CUDA-graph replays reuse it."""
+    """Split-K scratch per stage, shape and config, allocated once and kept: the kernel
+    leaves its counters at zero, so later launches and CUDA-graph replays reuse it."""
     key = (n, h, w, config, x.device)
     buffers = stage.scratch.get(key)
     if buffers is None:

@@ -158,24 +158,23 @@ def _pool_tile(
 
 @triton.jit
 def _split_k_epilogue(
-    acc, slot, k_parts, scratch_ptr, count_ptr, rows, m_mask, col0, cols, col_off, bias_ptr,
-    col_dst_ptr, col_flags_ptr, work_ptr, out_ptr, C_WORK, C_OUT,
+    acc, slot, k_part, k_parts, scratch_ptr, count_ptr, rows, m_mask, col0, cols, col_off,
+    bias_ptr, col_dst_ptr, col_flags_ptr, work_ptr, out_ptr, C_WORK, C_OUT,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """Every part adds its partial sums into the tile's fp32 scratch slot; the part that
-    arrives last takes the total (resetting slot and counter to zero for the next launch,
-    so no memset is needed and CUDA graphs replay it) and runs the epilogue."""
-    offs = slot.to(tl.int64) * (BLOCK_M * BLOCK_N) + (
-        tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
-    )
-    tl.atomic_add(scratch_ptr + offs, acc, sem="relaxed")
-    tl.debug_barrier()  # every thread's partial is issued before the counter says so
+    """Each part stores its fp32 partial tile in its own scratch slice; the part that arrives
+    last (per-tile counter) sums the slices in part order, so results do not depend on
+    arrival order, resets the counter for the next launch (CUDA graphs replay it) and runs
+    the epilogue."""
+    tile = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
+    first = slot.to(tl.int64) * k_parts * (BLOCK_M * BLOCK_N)
+    tl.store(scratch_ptr + first + k_part * (BLOCK_M * BLOCK_N) + tile, acc)
+    tl.debug_barrier()  # every thread's partial is stored before the counter says so
     arrived = tl.atomic_add(count_ptr + slot, 1, sem="acq_rel")
     if arrived == k_parts - 1:
-        # Read the sums where the atomics landed (L2), then zero the slot for the next launch.
-        zeros = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-        total = tl.atomic_add(scratch_ptr + offs, zeros, sem="acq_rel")
-        tl.store(scratch_ptr + offs, zeros)
+        total = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+        for part in range(0, k_parts):  # .cg: read from L2, where the other parts' stores are
+            total += tl.load(scratch_ptr + first + part * (BLOCK_M * BLOCK_N) + tile, cache_modifier=".cg")
         tl.store(count_ptr + slot, 0)
         _epilogue_store(
             total, rows, m_mask, col0, cols, col_off, bias_ptr, col_dst_ptr, col_flags_ptr,
@@ -272,7 +271,7 @@ def _stage_kernel(
             )
             if SPLIT_K:
                 _split_k_epilogue(
-                    acc, slot_base + local, parts, scratch_ptr, count_ptr, rows, m_mask, col0,
+                    acc, slot_base + local, k_part, parts, scratch_ptr, count_ptr, rows, m_mask, col0,
                     cols, col_off, bias_ptr, col_dst_ptr, col_flags_ptr, work_ptr, out_ptr,
                     C_WORK, C_OUT, BLOCK_M, BLOCK_N,
                 )
@@ -324,9 +323,9 @@ def launch_stage_tensors(
     x, work, out: NCHW-shaped tensors stored channels_last (NHWC in memory); `work` may be a
     small dummy when the block has no intermediates. config: (BLOCK_M, BLOCK_N, BLOCK_K,
     num_warps, num_stages, k_parts). precision: "tf32" or "ieee" for fp32 dots. has_conv /
-    has_pool: which problem kinds the stage holds. With k_parts > 1, `scratch` (fp32, one
-    BLOCK_M x BLOCK_N tile per conv output tile) and `counts` (int32, one per tile) must be
-    zero on the first launch; the kernel leaves them zero.
+    has_pool: which problem kinds the stage holds. With k_parts > 1, `scratch` (fp32,
+    k_parts BLOCK_M x BLOCK_N tiles per conv output tile) and `counts` (int32, one per tile,
+    zero on the first launch; the kernel leaves them zero) hold the partial sums.
     """
     block_m, block_n, block_k, num_warps, num_stages, k_parts = config
     n, _, h, w = x.shape
@@ -354,7 +353,7 @@ def split_k_buffers(stage, n, h, w, config, device):
     if k_parts == 1:
         return None, None
     slots = split_k_slots(stage, n, h, w, block_m, block_n)
-    scratch = torch.zeros(slots * block_m * block_n, dtype=torch.float32, device=device)
+    scratch = torch.empty(slots * k_parts * block_m * block_n, dtype=torch.float32, device=device)
     return scratch, torch.zeros(slots, dtype=torch.int32, device=device)
 
 
