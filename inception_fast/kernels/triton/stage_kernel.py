@@ -132,7 +132,7 @@ def _pool_tile(
     c_mask = c < cols
     if kind == _MAX_POOL:
         acc = tl.full((BLOCK_M, BLOCK_N), float("-inf"), dtype=tl.float32)
-        for tap in range(0, kh * kw):
+        for tap in tl.range(0, kh * kw, loop_unroll_factor=4):  # loads in flight
             ih = ih0 + tap // kw
             iw = iw0 + tap % kw
             valid = m_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
@@ -143,7 +143,7 @@ def _pool_tile(
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         count = tl.zeros((BLOCK_M,), dtype=tl.float32)
-        for tap in range(0, kh * kw):
+        for tap in tl.range(0, kh * kw, loop_unroll_factor=4):  # loads in flight
             ih = ih0 + tap // kw
             iw = iw0 + tap % kw
             valid = m_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)

@@ -62,7 +62,7 @@ def cache_dir() -> str:
 
 
 def cache_path() -> str:
-    return os.path.join(cache_dir(), "triton_tuning_v2.json")  # v2: configs carry k_parts
+    return os.path.join(cache_dir(), "triton_tuning_v3.json")  # v3: configs carry k_parts
 
 
 def batch_bucket(n: int) -> int:
@@ -96,16 +96,25 @@ def default_config(configs: list[tuple], tiles_at_128: int) -> tuple:
     return configs[0] if tiles_at_128 >= 264 else configs[3]
 
 
-def _time(launch, config, reps: int = 10) -> float:
-    launch(config)  # compiles on first use
+def _time(launch, config, reps: int = 20) -> float:
+    """Median ms of one launch, replayed from a CUDA graph: small launches take less GPU time
+    than the host needs to issue them, so timing plain launches would time the host."""
+    launch(config)  # compiles on first use and allocates what the config needs
     torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        launch(config)
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / reps
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(reps):
+            launch(config)
+    graph.replay()
+    samples = []
+    for _ in range(3):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        samples.append(start.elapsed_time(end) / reps)
+    return sorted(samples)[1]
 
 
 def enabled() -> bool:
