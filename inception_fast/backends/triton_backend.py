@@ -103,7 +103,7 @@ def _run_stage(stage, x, work, out, key: str):
         fallback = tuning.default_config(configs, stage_tiles(stage, n, h, w, 128, 128))
         name = torch.cuda.get_device_name(x.device).replace(" ", "_")
         full_key = f"{key}/{h}x{w}/b{tuning.batch_bucket(n)}/{str(x.dtype)[6:]}/{name}"
-        config = tuning.choose(full_key, launch, configs, fallback)
+        config = tuning.choose(full_key, launch, configs, fallback, x.device)
         if not torch.compiler.is_compiling():
             stage.configs[shape] = config
     launch(config)
@@ -151,7 +151,8 @@ def run_head(head, x: torch.Tensor) -> torch.Tensor:
     pool, linear, cols = _packed_head(head, x)
     n, c, _h, _w = x.shape
     pooled = _alloc((n, c, 1, 1), x)
-    _run_stage(pool, x, _no_work(x), pooled, f"head-pool{c}")
+    key = f"Head{c}-{cols}"
+    _run_stage(pool, x, _no_work(x), pooled, f"{key}/s0")
     logits = _alloc((n, cols, 1, 1), x)
-    _run_stage(linear, pooled, _no_work(x), logits, f"head-linear{c}-{cols}")
+    _run_stage(linear, pooled, _no_work(x), logits, f"{key}/s1")
     return logits.view(n, cols)[:, : head.weight.shape[0]]

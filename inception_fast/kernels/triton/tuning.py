@@ -1,8 +1,13 @@
 """Tile configurations for the stage kernel: chosen by timing once per problem, cached on disk.
 
-The key is the stage (block plan, stage index, input size), the dtype, the card and a batch
-*bucket* (powers of 4), so nearby batch sizes share one tuning run and a second process reads
+The key is the stage (block plan, stage index, input size), a batch *bucket* (powers of 4),
+the dtype and the card, so nearby batch sizes share one tuning run and a second process reads
 the choice from the cache instead of timing again.
+
+`tuned_configs.json` ships choices measured on Hopper cards (299x299, fp16 and bf16, batch
+buckets 1 to 256): on a card of the same compute capability and SM count a first run uses
+them and tunes nothing, which keeps the cold start short. The user cache overrides them;
+INCEPTION_FAST_AUTOTUNE=force ignores the shipped table and times every new key.
 """
 
 from __future__ import annotations
@@ -51,6 +56,8 @@ def candidates(min_cin: int, batch: int, has_conv: bool = True) -> list[tuple]:
 
 _lock = threading.Lock()
 _memory: dict | None = None
+_shipped_table: dict | None = None
+SHIPPED_FOR = (9, 0, 132)  # compute capability and SM count of the cards tuned_configs.json saw
 
 
 def cache_dir() -> str:
@@ -81,6 +88,28 @@ def _load() -> dict:
         except (OSError, ValueError):
             _memory = {}
     return _memory
+
+
+def _shipped() -> dict:
+    """Shipped choices by card-less key (stage/size/bucket/dtype) and card signature."""
+    global _shipped_table
+    if _shipped_table is None:
+        with open(os.path.join(os.path.dirname(__file__), "tuned_configs.json")) as f:
+            _shipped_table = {}
+            for key, config in json.load(f).items():
+                _shipped_table.setdefault(key.rsplit("/", 1)[0], config)
+    return _shipped_table
+
+
+def _shipped_config(key: str, device) -> tuple | None:
+    """A shipped choice for `key`, if this card is a Hopper with the SMs they were tuned on."""
+    if os.environ.get("INCEPTION_FAST_AUTOTUNE") == "force":
+        return None
+    props = torch.cuda.get_device_properties(device)
+    if (props.major, props.minor, props.multi_processor_count) != SHIPPED_FOR:
+        return None
+    hit = _shipped().get(key.rsplit("/", 1)[0])
+    return tuple(hit) if hit is not None else None
 
 
 def _save(table: dict) -> None:
@@ -121,13 +150,17 @@ def enabled() -> bool:
     return os.environ.get("INCEPTION_FAST_AUTOTUNE", "1") != "0"
 
 
-def choose(key: str, launch, configs: list[tuple], fallback: tuple) -> tuple:
-    """The cached config for `key`, or time every config with `launch(config)` and cache the
-    fastest. No timing while tracing, under graph capture or with INCEPTION_FAST_AUTOTUNE=0."""
+def choose(key: str, launch, configs: list[tuple], fallback: tuple, device=None) -> tuple:
+    """The cached or shipped config for `key`, or time every config with `launch(config)` and
+    cache the fastest. No timing while tracing, under graph capture or with
+    INCEPTION_FAST_AUTOTUNE=0."""
     table = _load()
     hit = table.get(key)
     if hit is not None:
         return tuple(hit)
+    shipped = _shipped_config(key, device)
+    if shipped is not None and shipped in configs:
+        return shipped
     if (
         not enabled()
         or torch.compiler.is_compiling()
