@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("triton")
 
-from inception_fast.kernels.triton import tuning  # noqa: E402
+from inception_fast.kernels.triton import tuning
 
 
 def test_batch_buckets_are_powers_of_four():
