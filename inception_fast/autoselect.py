@@ -79,13 +79,20 @@ def _save(key: str, entry: dict) -> None:
 
 
 def _median_ms(run, x: torch.Tensor) -> float:
+    """Median ms of `run(x)` replayed from a CUDA graph: at small batches a block's kernels
+    take less GPU time than the host needs to launch them, and timing plain calls would
+    compare host overheads instead of the kernels."""
     for _ in range(WARMUP):  # the first call may compile, tune and pack
+        run(x)
+    torch.cuda.synchronize(x.device)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
         run(x)
     times = []
     for _ in range(REPEATS):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        run(x)
+        graph.replay()
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end))
