@@ -21,7 +21,7 @@ OUT=${OUT:-$PWD/bench_out}
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 # The commit travels with the results even where .git was not copied.
-export INCEPTION_FAST_COMMIT=${INCEPTION_FAST_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
+export INCEPTION_FAST_COMMIT=${INCEPTION_FAST_COMMIT:-$(git rev-parse --verify -q HEAD 2>/dev/null || echo unknown)}
 BATCHES=${BATCHES:-1,32,256}
 DTYPE=${DTYPE:-fp16}
 EXTRA=()
