@@ -8,30 +8,14 @@ import copy
 
 import pytest
 import torch
+from gpu_blocks import BLOCKS, LOW_PRECISION, block_input, make_block, two_x_rule
 
 from inception_fast import optimize
-from inception_fast import reference as R
 from inception_fast.backends import cuda_backend
 from inception_fast.modules import FusedHead, fuse_block
-from inception_fast.testing import randomize_batchnorm, relative_l2
+from inception_fast.testing import relative_l2
 
 pytestmark = pytest.mark.cuda
-
-BLOCKS = {  # reference block, its input channels and a typical input size
-    "Stem0": (lambda: R.ConvBnRelu(3, 32, 3, stride=2), 3, 299),
-    "Stem1": (lambda: R.ConvBnRelu(32, 32, 3), 32, 149),
-    "Stem2": (lambda: R.ConvBnRelu(32, 64, 3, padding=1), 32, 147),
-    "Mixed3a": (R.Mixed3a, 64, 147),
-    "Mixed4a": (R.Mixed4a, 160, 73),
-    "Mixed5a": (R.Mixed5a, 192, 71),
-    "InceptionA": (R.InceptionA, 384, 35),
-    "ReductionA": (R.ReductionA, 384, 35),
-    "InceptionB": (R.InceptionB, 1024, 17),
-    "ReductionB": (R.ReductionB, 1024, 17),
-    "InceptionC": (R.InceptionC, 1536, 8),
-}
-LOW_PRECISION = (torch.float16, torch.bfloat16)
-ABS_SLACK = 1e-3  # relative-L2 slack on top of the 2x rule, for near-exact eager results
 
 
 @pytest.fixture(autouse=True)
@@ -46,32 +30,13 @@ def extension_available():
         pytest.fail(f"the CUDA extension must load on a GPU machine: {reason}")
 
 
-def _make_block(name, seed=0):
-    torch.manual_seed(seed)
-    factory, cin, size = BLOCKS[name]
-    return randomize_batchnorm(factory()).eval().cuda(), cin, size
-
-
-def _input(batch, cin, size, dtype=torch.float32, channels_last=False):
-    # ReLU'd inputs, like the activations every block after the stem sees
-    x = torch.randn(batch, cin, size, size, device="cuda").relu_() + 0.05
-    x = x.to(dtype)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
-
-
-def _two_x_rule(fused, eager, ref):
-    fused_err, eager_err = relative_l2(fused, ref), relative_l2(eager, ref)
-    assert fused_err <= 2 * eager_err + ABS_SLACK, (fused_err, eager_err)
-    return fused_err, eager_err
-
-
 @pytest.mark.parametrize("name", list(BLOCKS))
 @pytest.mark.parametrize("dtype", LOW_PRECISION, ids=["fp16", "bf16"])
 @pytest.mark.parametrize("batch", [1, 3, 32])
 @torch.no_grad()
 def test_block_matches_reference(name, dtype, batch):
-    block, cin, size = _make_block(name)
-    x = _input(batch, cin, size, channels_last=batch == 3)
+    block, cin, size = make_block(name)
+    x = block_input(batch, cin, size, channels_last=batch == 3)
     ref = block(x)
     eager = copy.deepcopy(block).to(dtype)(x.to(dtype))
     fused = fuse_block(block).to(dtype)
@@ -81,15 +46,15 @@ def test_block_matches_reference(name, dtype, batch):
     assert cuda_out.shape == ref.shape
     assert cuda_out.is_contiguous(memory_format=torch.channels_last)
     assert torch.isfinite(cuda_out).all(), "a channel slice was never written"
-    _two_x_rule(cuda_out, eager, ref)
-    _two_x_rule(cuda_out, torch_out, ref)
+    two_x_rule(cuda_out, eager, ref)
+    two_x_rule(cuda_out, torch_out, ref)
 
 
 @pytest.mark.parametrize("name", ["Stem0", "Mixed4a", "InceptionB", "InceptionC"])
 @torch.no_grad()
-def test_odd_sizes_and_a_strided_input(name):
-    block, cin, size = _make_block(name)
-    x = _input(5, cin, size + 2)[..., 1:, :-2]  # a non-contiguous view, H != W
+def test_odd_sizes_and_a_stridedblock_input(name):
+    block, cin, size = make_block(name)
+    x = block_input(5, cin, size + 2)[..., 1:, :-2]  # a non-contiguous view, H != W
     fused = fuse_block(block).half()
     expected = fused(x.half())
     fused.backend = "cuda"
@@ -101,8 +66,8 @@ def test_odd_sizes_and_a_strided_input(name):
 @torch.no_grad()
 def test_batch_2048_passes_int32_offsets():
     # features.2 reads 2048 x 32 x 147 x 147 and writes 2048 x 64 x 147 x 147 = 2.8e9 elements.
-    block, cin, size = _make_block("Stem2")
-    x = _input(2048, cin, size, torch.float16)
+    block, cin, size = make_block("Stem2")
+    x = block_input(2048, cin, size, torch.float16)
     fused = fuse_block(block).half()
     fused.backend = "cuda"
     out = fused(x)
@@ -121,7 +86,7 @@ def test_head_matches_reference(calibrated_model, dtype):
     eager = linear.to(dtype)(x.to(dtype).mean((2, 3)))
     head = FusedHead(linear.float()).to(dtype)
     head.backend = "cuda"
-    _two_x_rule(head(x.to(dtype)), eager, ref)
+    two_x_rule(head(x.to(dtype)), eager, ref)
 
 
 @pytest.mark.parametrize("dtype", LOW_PRECISION, ids=["fp16", "bf16"])
@@ -134,13 +99,13 @@ def test_whole_model(calibrated_model, dtype, batch, size):
     eager = copy.deepcopy(model).to(dtype)(x.to(dtype))
     fused = optimize(model, backend="cuda", dtype=dtype)
     out = fused(x.to(dtype))
-    _two_x_rule(out, eager, ref)
+    two_x_rule(out, eager, ref)
 
 
 @torch.no_grad()
 def test_fp32_runs_on_pytorch_ops():
-    block, cin, size = _make_block("InceptionA")
-    x = _input(2, cin, size)
+    block, cin, size = make_block("InceptionA")
+    x = block_input(2, cin, size)
     fused = fuse_block(block)
     expected = fused(x)
     fused.backend = "cuda"
