@@ -118,15 +118,16 @@ def test_op_checks_name_the_bad_argument():
     bias, dst = torch.zeros(64, device="cuda"), torch.arange(64, dtype=torch.int32, device="cuda")
     op = torch.ops.inception_fast.cuda_conv_stage
     maxpool = [2, 0, 0, 64, 64, 3, 3, 2, 0, 0, -1, 0]
-    none = x.new_empty(0)
+    # Distinct empty tensors: the mutable `work` must alias no other argument.
+    work, weights = x.new_empty(0), x.new_empty(0)
     with pytest.raises(RuntimeError, match="multiples of 8"):
-        op(x, none, out, [2, 0, 4, 56, 56, 3, 3, 2, 0, 0, -1, 0], none, bias, dst, dst)
+        op(x, work, out, [2, 0, 4, 56, 56, 3, 3, 2, 0, 0, -1, 0], weights, bias, dst, dst.clone())
     with pytest.raises(RuntimeError, match="dtype"):
-        op(x, none, out.float(), maxpool, none, bias, dst, dst)
+        op(x, work, out.float(), maxpool, weights, bias, dst, dst.clone())
     with pytest.raises(RuntimeError, match="col_dst must be Int"):
-        op(x, none, out, maxpool, none, bias, dst.long(), dst)
+        op(x, work, out, maxpool, weights, bias, dst.long(), dst.clone())
     with pytest.raises(RuntimeError, match="rows of 12"):
-        op(x, none, out, maxpool[:-1], none, bias, dst, dst)
+        op(x, work, out, maxpool[:-1], weights, bias, dst, dst.clone())
 
 
 def test_opcheck():
