@@ -83,6 +83,22 @@ def _epilogue_store(
 
 
 @triton.jit
+def _gather_tap(src_ptr, src_stride, img, ih0, iw0, tap, kw, H, W, m_mask, c, c_mask, other,
+                INDEX: tl.constexpr):
+    """The [BLOCK_M pixels, channels c] slice of one window tap: pixels whose tap falls in
+    the padding read `other`. Returns the values and which pixels were inside the image."""
+    ih = ih0 + tap // kw
+    iw = iw0 + tap % kw
+    valid = m_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+    pix = ((img * H + ih) * W + iw).to(INDEX)
+    v = tl.load(
+        src_ptr + pix[:, None] * src_stride + c[None, :],
+        mask=valid[:, None] & c_mask[None, :], other=other,
+    )
+    return v, valid
+
+
+@triton.jit
 def _conv_tile(
     src_ptr, src_stride, w_ptr, w_off, img, ih0, iw0, m_mask, col0, cols, cin, kh, kw, H, W,
     k_part, k_parts,
@@ -105,14 +121,7 @@ def _conv_tile(
         tap = step // k_blocks
         c = (step % k_blocks) * BLOCK_K + offs_k
         c_mask = c < cin
-        ih = ih0 + tap // kw
-        iw = iw0 + tap % kw
-        valid = m_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        pix = ((img * H + ih) * W + iw).to(INDEX)
-        a = tl.load(
-            src_ptr + pix[:, None] * src_stride + c[None, :],
-            mask=valid[:, None] & c_mask[None, :], other=0.0,
-        )
+        a = _gather_tap(src_ptr, src_stride, img, ih0, iw0, tap, kw, H, W, m_mask, c, c_mask, 0.0, INDEX)[0]
         b = tl.load(
             w_cols + (tap * cin + c)[:, None],
             mask=c_mask[:, None] & n_mask[None, :], other=0.0,
@@ -133,23 +142,17 @@ def _pool_tile(
     if kind == _MAX_POOL:
         acc = tl.full((BLOCK_M, BLOCK_N), float("-inf"), dtype=tl.float32)
         for tap in tl.range(0, kh * kw, loop_unroll_factor=4):  # loads in flight
-            ih = ih0 + tap // kw
-            iw = iw0 + tap % kw
-            valid = m_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            pix = ((img * H + ih) * W + iw).to(INDEX)
-            mask = valid[:, None] & c_mask[None, :]
-            v = tl.load(src_ptr + pix[:, None] * src_stride + c[None, :], mask=mask, other=float("-inf"))
+            v = _gather_tap(
+                src_ptr, src_stride, img, ih0, iw0, tap, kw, H, W, m_mask, c, c_mask, float("-inf"), INDEX
+            )[0]
             acc = tl.maximum(acc, v.to(tl.float32))
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         count = tl.zeros((BLOCK_M,), dtype=tl.float32)
         for tap in tl.range(0, kh * kw, loop_unroll_factor=4):  # loads in flight
-            ih = ih0 + tap // kw
-            iw = iw0 + tap % kw
-            valid = m_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            pix = ((img * H + ih) * W + iw).to(INDEX)
-            mask = valid[:, None] & c_mask[None, :]
-            v = tl.load(src_ptr + pix[:, None] * src_stride + c[None, :], mask=mask, other=0.0)
+            v, valid = _gather_tap(
+                src_ptr, src_stride, img, ih0, iw0, tap, kw, H, W, m_mask, c, c_mask, 0.0, INDEX
+            )
             acc += v.to(tl.float32)
             count += valid.to(tl.float32)
         acc = acc / tl.maximum(count, 1.0)[:, None]
