@@ -116,8 +116,9 @@ def _split_k_buffers(stage, n, h, w, config, x):
     buffers = stage.scratch.get(key)
     if buffers is None:
         scratch, counts = split_k_buffers(stage, n, h, w, config, x.device)
-        if scratch is None:
-            scratch = counts = _no_work(x)  # never touched without split-K
+        if scratch is None:  # never touched without split-K; two tensors: mutated args must not alias
+            scratch = torch.empty(1, dtype=torch.float32, device=x.device)
+            counts = torch.empty(1, dtype=torch.int32, device=x.device)
         buffers = stage.scratch[key] = (scratch, counts)
     return buffers
 
