@@ -25,6 +25,12 @@ def test_block_k_never_much_wider_than_the_channels():
     assert {c[2] for c in tuning.candidates(192, 256)} == {32, 64}
 
 
+def test_fp32_tiles_fit_shared_memory():
+    for config in tuning.candidates(192, 256, element_size=4) + tuning.candidates(384, 1, element_size=4):
+        bm, bn, bk, _warps, stages, _parts = config
+        assert (bm + bn) * bk * 4 * stages <= 160 * 1024, config
+
+
 def test_split_k_only_for_small_batches_with_convs():
     assert any(c[5] > 1 for c in tuning.candidates(384, 1))
     assert all(c[5] == 1 for c in tuning.candidates(384, 256))

@@ -99,7 +99,9 @@ def _run_stage(stage, x, work, out, key: str):
     config = stage.configs.get(shape)
     if config is None:
         convs = [row[pk.CIN] for row in stage.rows if row[pk.KIND] == pk.CONV]
-        configs = tuning.candidates(min(convs, default=64), tuning.batch_bucket(n), kinds[0])
+        configs = tuning.candidates(
+            min(convs, default=64), tuning.batch_bucket(n), kinds[0], x.element_size()
+        )
         fallback = tuning.default_config(configs, stage_tiles(stage, n, h, w, 128, 128))
         name = torch.cuda.get_device_name(x.device).replace(" ", "_")
         full_key = f"{key}/{h}x{w}/b{tuning.batch_bucket(n)}/{str(x.dtype)[6:]}/{name}"

@@ -33,18 +33,21 @@ _SPLITS = (2, 4, 8)
 SMALL_BATCH = 16  # at or below this batch, convs may split K: their tiles alone leave SMs idle
 
 
-def candidates(min_cin: int, batch: int, has_conv: bool = True) -> list[tuple]:
+def candidates(min_cin: int, batch: int, has_conv: bool = True, element_size: int = 2) -> list[tuple]:
     """Configs (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages, k_parts) worth timing for a
     stage whose narrowest conv reads `min_cin` channels: BLOCK_K never much wider than the
     channels a tap has (the stem's 8 or 32 channels would leave most of a 64-wide K step
-    empty); split-K variants for small batches."""
-    if min_cin >= 64:
+    empty); split-K variants for small batches. fp32 (`element_size` 4) doubles the shared
+    memory a tile needs: K steps of at most 32 and no 128x256 tile, which also keeps its
+    tuning short."""
+    if min_cin >= 64 and element_size <= 2:
         widths = (64, 32)
     elif min_cin >= 32:
         widths = (32,)
     else:
         widths = (16,)
-    configs = [(bm, bn, bk, warps, stages, 1) for bk in widths for bm, bn, warps, stages in _TILES]
+    tiles = _TILES if element_size <= 2 else _TILES[:4]
+    configs = [(bm, bn, bk, warps, stages, 1) for bk in widths for bm, bn, warps, stages in tiles]
     if has_conv and batch <= SMALL_BATCH:
         configs += [
             (bm, bn, widths[0], warps, stages, parts)
