@@ -49,6 +49,15 @@ class PackedStage:
     col_flags: torch.Tensor  # int32 [total columns]
     configs: dict = field(default_factory=dict)  # launch config chosen per input shape
     scratch: dict = field(default_factory=dict)  # split-K buffers per shape and config
+    tf32_weights: torch.Tensor | None = None  # fp32 weights rounded to TF32, made on first use
+
+    def weights_for(self, tf32: bool) -> torch.Tensor:
+        """The weights as a kernel with TF32 dots (True) or exact dots reads them."""
+        if not tf32:
+            return self.weights
+        if self.tf32_weights is None:
+            self.tf32_weights = round_to_tf32(self.weights)
+        return self.tf32_weights
 
     @property
     def num_problems(self) -> int:
@@ -59,6 +68,13 @@ class PackedStage:
         oh = (height + 2 * row[PAD_H] - row[KH]) // row[STRIDE] + 1
         ow = (width + 2 * row[PAD_W] - row[KW]) // row[STRIDE] + 1
         return oh, ow
+
+
+def round_to_tf32(t: torch.Tensor) -> torch.Tensor:
+    """fp32 values rounded to TF32 (10 mantissa bits), to nearest with ties away from zero:
+    adding half an ulp to the magnitude bits, then clearing the 13 dropped bits."""
+    bits = t.view(torch.int32)  # same element size: keeps any layout
+    return ((bits + 0x1000) & ~0x1FFF).view(torch.float32)
 
 
 def _columns(op) -> list[tuple[int, int]]:

@@ -45,20 +45,7 @@ def test_cuda_graph_mode(calibrated_model):
     assert len(fused.graph_cache) == 1
 
 
-@pytest.mark.parametrize(
-    "compiler",
-    [
-        "aot_eager",
-        pytest.param(
-            "inductor",
-            marks=pytest.mark.xfail(
-                reason="Inductor's scheduler fails (KeyError 'opN') on the mutating triton_ops "
-                "with torch 2.11; Dynamo traces the model with no graph break",
-                strict=False,
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("compiler", ["aot_eager", "inductor"])
 @torch.no_grad()
 def test_torch_compile_fullgraph(calibrated_model, compiler):
     model = copy.deepcopy(calibrated_model).cuda()

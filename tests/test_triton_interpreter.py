@@ -59,6 +59,43 @@ print(name, err_ref, err_spec)
 assert err_ref < 1e-5 and err_spec < 1e-5, (err_ref, err_spec)
 """
 
+# TF32: the kernel rounds activations to TF32 in registers and reads weights rounded on the host;
+# so a tf32 launch must equal an exact launch on inputs and weights rounded beforehand, and
+# differ from an exact launch on the raw values (else nothing was rounded).
+TF32_SCRIPT = r"""
+import dataclasses, os
+os.environ["TRITON_INTERPRET"] = "1"
+import torch
+from inception_fast import reference as R
+from inception_fast.kernels.triton.stage_kernel import _stage_kernel, launch_stage
+from inception_fast.modules import fuse_block
+from inception_fast.packing import pack_block, round_to_tf32
+from inception_fast.testing import randomize_batchnorm, relative_l2
+
+fused = fuse_block(randomize_batchnorm(R.ConvBnRelu(32, 32, 3)).eval())
+x = torch.randn(2, 32, 6, 6).contiguous(memory_format=torch.channels_last)
+(stage,) = pack_block(fused, "cpu", torch.float32)
+work = torch.empty(1, 8, 1, 1).contiguous(memory_format=torch.channels_last)
+
+def run(stage, x, precision):
+    out = torch.full((2, 32, 4, 4), float("nan")).contiguous(memory_format=torch.channels_last)
+    launch_stage(_stage_kernel, stage, x, work, out, (32, 32, 32, 4, 2, 1), precision)
+    return out
+
+tf32 = run(stage, x, "tf32")
+rounded = run(dataclasses.replace(stage, weights=round_to_tf32(stage.weights)), round_to_tf32(x), "ieee")
+exact = run(stage, x, "ieee")
+print(relative_l2(tf32, rounded), relative_l2(tf32, exact))
+assert relative_l2(tf32, rounded) < 1e-6 and relative_l2(tf32, exact) > 1e-5
+"""
+
+
+def test_tf32_rounds_inputs_and_weights_under_interpreter():
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    result = subprocess.run([sys.executable, "-c", TF32_SCRIPT], env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 CASES = [  # name, batch, input size, split-K parts
     ("Stem0", 2, 9, 1),
     ("Mixed3a", 1, 7, 1),

@@ -42,10 +42,18 @@ def _alloc(shape, like: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _no_work(x: torch.Tensor) -> torch.Tensor:
+def _no_work(module, x: torch.Tensor) -> torch.Tensor:
     """A stand-in work buffer for stages without intermediates: never read or written, but
-    distinct from the output, because two mutated op arguments must not alias."""
-    return torch.empty((1, ALIGN, 1, 1), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+    distinct from the output, because two mutated op arguments must not alias. Made once and
+    kept on the module: a fresh one per call would be a buffer that a traced graph creates,
+    mutates and never reads, which Inductor's scheduler drops and then fails on."""
+    key = ("no-work", x.device, x.dtype)
+    buffer = module.backend_cache.get(key)
+    if buffer is None:
+        buffer = module.backend_cache[key] = torch.empty(
+            (1, ALIGN, 1, 1), dtype=x.dtype, device=x.device, memory_format=torch.channels_last
+        )
+    return buffer
 
 
 def _check_dtype(x: torch.Tensor) -> None:
@@ -90,7 +98,7 @@ def _run_stage(stage, x, work, out, key: str):
         tiles = stage_tiles(stage, n, h, w, config[0], config[1], config[5])
         scratch, counts = _split_k_buffers(stage, n, h, w, config, x)
         ops.triton_stage(
-            x, work, out, stage.problems, stage.weights, stage.bias, stage.col_dst,
+            x, work, out, stage.problems, stage.weights_for(tf32), stage.bias, stage.col_dst,
             stage.col_flags, scratch, counts, tiles, *config, tf32, *kinds,
         )
 
@@ -133,7 +141,7 @@ def run_block(block, x: torch.Tensor) -> torch.Tensor:
     n, _, h, w = x.shape
     oh, ow = block.output_hw(h, w)
     out = _alloc((n, plan.out_channels, oh, ow), x)
-    work = _alloc((n, plan.work_channels, h, w), x) if plan.work_channels else _no_work(x)
+    work = _alloc((n, plan.work_channels, h, w), x) if plan.work_channels else _no_work(block, x)
     for s, stage in enumerate(stages):
         _run_stage(stage, x, work, out, f"{plan.name}{plan.in_channels}-{plan.out_channels}/s{s}")
     return out
@@ -155,7 +163,7 @@ def run_head(head, x: torch.Tensor) -> torch.Tensor:
     n, c, _h, _w = x.shape
     pooled = _alloc((n, c, 1, 1), x)
     key = f"Head{c}-{cols}"
-    _run_stage(pool, x, _no_work(x), pooled, f"{key}/s0")
+    _run_stage(pool, x, _no_work(head, x), pooled, f"{key}/s0")
     logits = _alloc((n, cols, 1, 1), x)
-    _run_stage(linear, pooled, _no_work(x), logits, f"{key}/s1")
+    _run_stage(linear, pooled, _no_work(head, x), logits, f"{key}/s1")
     return logits.view(n, cols)[:, : head.weight.shape[0]]

@@ -99,6 +99,15 @@ def _gather_tap(src_ptr, src_stride, img, ih0, iw0, tap, kw, H, W, m_mask, c, c_
 
 
 @triton.jit
+def _round_to_tf32(x):
+    """fp32 -> TF32 (10 mantissa bits) rounded to nearest, ties away from zero, as cuDNN rounds.
+    The tensor cores would otherwise drop the 13 low bits: a truncation bias that, over 149
+    layers, doubles the error at the logits."""
+    bits = x.to(tl.uint32, bitcast=True)
+    return ((bits + 0x1000) & 0xFFFFE000).to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def _conv_tile(
     src_ptr, src_stride, w_ptr, w_off, img, ih0, iw0, m_mask, col0, cols, cin, kh, kw, H, W,
     k_part, k_parts,
@@ -126,6 +135,8 @@ def _conv_tile(
             w_cols + (tap * cin + c)[:, None],
             mask=c_mask[:, None] & n_mask[None, :], other=0.0,
         )
+        if INPUT_PRECISION == "tf32":
+            a = _round_to_tf32(a)  # the weights arrive rounded (packing.round_to_tf32)
         acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
     return acc
 
@@ -368,6 +379,6 @@ def launch_stage(kernel, stage, x, work, out, config, precision="tf32"):
     tiles = stage_tiles(stage, n, h, w, config[0], config[1], config[5])
     scratch, counts = split_k_buffers(stage, n, h, w, config, x.device)
     launch_stage_tensors(
-        kernel, tiles, x, work, out, stage.problems, stage.weights, stage.bias, stage.col_dst,
+        kernel, tiles, x, work, out, stage.problems, stage.weights_for(precision == "tf32"), stage.bias, stage.col_dst,
         stage.col_flags, config, precision, *stage_kinds(stage), scratch, counts,
     )
