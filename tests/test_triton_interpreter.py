@@ -92,7 +92,9 @@ assert relative_l2(tf32, rounded) < 1e-6 and relative_l2(tf32, exact) > 1e-5
 
 def test_tf32_rounds_inputs_and_weights_under_interpreter():
     env = dict(os.environ, TRITON_INTERPRET="1")
-    result = subprocess.run([sys.executable, "-c", TF32_SCRIPT], env=env, capture_output=True, text=True, timeout=900)
+    result = subprocess.run(
+        [sys.executable, "-c", TF32_SCRIPT], env=env, capture_output=True, text=True, timeout=900
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -379,6 +379,6 @@ def launch_stage(kernel, stage, x, work, out, config, precision="tf32"):
     tiles = stage_tiles(stage, n, h, w, config[0], config[1], config[5])
     scratch, counts = split_k_buffers(stage, n, h, w, config, x.device)
     launch_stage_tensors(
-        kernel, tiles, x, work, out, stage.problems, stage.weights_for(precision == "tf32"), stage.bias, stage.col_dst,
-        stage.col_flags, config, precision, *stage_kinds(stage), scratch, counts,
+        kernel, tiles, x, work, out, stage.problems, stage.weights_for(precision == "tf32"), stage.bias,
+        stage.col_dst, stage.col_flags, config, precision, *stage_kinds(stage), scratch, counts,
     )
