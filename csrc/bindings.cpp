@@ -11,6 +11,7 @@
 #include <numeric>
 #include <vector>
 
+#include "check_text.h"
 #include "stage_args.h"
 
 namespace inception_fast {
@@ -26,28 +27,28 @@ constexpr const char* kBufferNames[3] = {"input", "work", "output"};
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 void check_buffer(const at::Tensor& t, const char* name, const at::Tensor& input, bool may_be_empty) {
-  TORCH_CHECK(t.is_cuda(), "cuda_conv_stage: ", name, " must be a CUDA tensor, got ", t.device());
-  TORCH_CHECK(t.device() == input.device(), "cuda_conv_stage: ", name, " is on ", t.device(),
+  OP_CHECK(t.is_cuda(), "cuda_conv_stage: ", name, " must be a CUDA tensor, got ", t.device());
+  OP_CHECK(t.device() == input.device(), "cuda_conv_stage: ", name, " is on ", t.device(),
               ", input on ", input.device());
-  TORCH_CHECK(t.scalar_type() == input.scalar_type(), "cuda_conv_stage: ", name, " has dtype ",
+  OP_CHECK(t.scalar_type() == input.scalar_type(), "cuda_conv_stage: ", name, " has dtype ",
               t.scalar_type(), ", input has ", input.scalar_type());
   if (may_be_empty && t.numel() == 0) return;
-  TORCH_CHECK(t.dim() == 4, "cuda_conv_stage: ", name, " must be NHWC [N, H, W, C], got shape ",
+  OP_CHECK(t.dim() == 4, "cuda_conv_stage: ", name, " must be NHWC [N, H, W, C], got shape ",
               t.sizes());
-  TORCH_CHECK(t.is_contiguous(), "cuda_conv_stage: ", name,
+  OP_CHECK(t.is_contiguous(), "cuda_conv_stage: ", name,
               " must be a contiguous NHWC tensor (a channels_last NCHW tensor permuted to NHWC)");
-  TORCH_CHECK(t.size(3) % 8 == 0, "cuda_conv_stage: ", name, " has ", t.size(3),
+  OP_CHECK(t.size(3) % 8 == 0, "cuda_conv_stage: ", name, " has ", t.size(3),
               " channels; the kernel needs a multiple of 8");
-  TORCH_CHECK(reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0, "cuda_conv_stage: ", name,
+  OP_CHECK(reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0, "cuda_conv_stage: ", name,
               " must be 16-byte aligned");
 }
 
 void check_column_tensor(const at::Tensor& t, const char* name, at::ScalarType dtype, const at::Tensor& input) {
-  TORCH_CHECK(t.device() == input.device(), "cuda_conv_stage: ", name, " is on ", t.device(),
+  OP_CHECK(t.device() == input.device(), "cuda_conv_stage: ", name, " is on ", t.device(),
               ", input on ", input.device());
-  TORCH_CHECK(t.scalar_type() == dtype, "cuda_conv_stage: ", name, " must be ", dtype, ", got ",
+  OP_CHECK(t.scalar_type() == dtype, "cuda_conv_stage: ", name, " must be ", dtype, ", got ",
               t.scalar_type());
-  TORCH_CHECK(t.dim() == 1 && t.is_contiguous(), "cuda_conv_stage: ", name,
+  OP_CHECK(t.dim() == 1 && t.is_contiguous(), "cuda_conv_stage: ", name,
               " must be a contiguous 1-D tensor, got shape ", t.sizes());
 }
 
@@ -71,34 +72,34 @@ std::vector<int> launch_order(const std::vector<ProblemDesc>& problems) {
 void cuda_conv_stage(const at::Tensor& input, const at::Tensor& work, const at::Tensor& output,
                      c10::IntArrayRef problems, const at::Tensor& weights, const at::Tensor& bias,
                      const at::Tensor& col_dst, const at::Tensor& col_flags) {
-  TORCH_CHECK(input.scalar_type() == at::kHalf || input.scalar_type() == at::kBFloat16,
+  OP_CHECK(input.scalar_type() == at::kHalf || input.scalar_type() == at::kBFloat16,
               "cuda_conv_stage: input must be float16 or bfloat16, got ", input.scalar_type());
   check_buffer(input, "input", input, false);
   check_buffer(work, "work", input, true);
   check_buffer(output, "output", input, false);
-  TORCH_CHECK(output.size(0) == input.size(0), "cuda_conv_stage: output batch ", output.size(0),
+  OP_CHECK(output.size(0) == input.size(0), "cuda_conv_stage: output batch ", output.size(0),
               " differs from input batch ", input.size(0));
   const bool has_work = work.numel() > 0;
   if (has_work) {
-    TORCH_CHECK(work.size(0) == input.size(0) && work.size(1) == input.size(1) && work.size(2) == input.size(2),
+    OP_CHECK(work.size(0) == input.size(0) && work.size(1) == input.size(1) && work.size(2) == input.size(2),
                 "cuda_conv_stage: work must be [N, H, W, C] at the input's batch and size, got ",
                 work.sizes(), " for input ", input.sizes());
   }
-  TORCH_CHECK(weights.numel() == 0 || weights.scalar_type() == input.scalar_type(),
+  OP_CHECK(weights.numel() == 0 || weights.scalar_type() == input.scalar_type(),
               "cuda_conv_stage: weights have dtype ", weights.scalar_type(), ", input has ", input.scalar_type());
-  TORCH_CHECK(weights.numel() == 0 || (weights.is_contiguous() && weights.device() == input.device()),
+  OP_CHECK(weights.numel() == 0 || (weights.is_contiguous() && weights.device() == input.device()),
               "cuda_conv_stage: weights must be contiguous and on ", input.device());
-  TORCH_CHECK(weights.numel() == 0 || reinterpret_cast<uintptr_t>(weights.data_ptr()) % 16 == 0,
+  OP_CHECK(weights.numel() == 0 || reinterpret_cast<uintptr_t>(weights.data_ptr()) % 16 == 0,
               "cuda_conv_stage: weights must be 16-byte aligned");
   check_column_tensor(bias, "bias", at::kFloat, input);
   check_column_tensor(col_dst, "col_dst", at::kInt, input);
   check_column_tensor(col_flags, "col_flags", at::kInt, input);
-  TORCH_CHECK(col_dst.numel() == bias.numel() && col_flags.numel() == bias.numel(),
+  OP_CHECK(col_dst.numel() == bias.numel() && col_flags.numel() == bias.numel(),
               "cuda_conv_stage: bias, col_dst and col_flags must have one entry per column, got ",
               bias.numel(), ", ", col_dst.numel(), ", ", col_flags.numel());
 
   const int64_t num_problems = static_cast<int64_t>(problems.size()) / kProblemFields;
-  TORCH_CHECK(static_cast<int64_t>(problems.size()) == num_problems * kProblemFields && num_problems >= 1 &&
+  OP_CHECK(static_cast<int64_t>(problems.size()) == num_problems * kProblemFields && num_problems >= 1 &&
                   num_problems <= kMaxProblems,
               "cuda_conv_stage: problems must hold 1 to ", kMaxProblems, " rows of ", kProblemFields,
               " fields, got ", problems.size(), " values");
@@ -121,13 +122,13 @@ void cuda_conv_stage(const at::Tensor& input, const at::Tensor& work, const at::
     ProblemDesc d{};
     d.kind = static_cast<int>(row[kKind]);
     d.src_buf = static_cast<int>(row[kSrcBuf]);
-    TORCH_CHECK(d.kind == kConv || d.kind == kAvgPool || d.kind == kMaxPool,
+    OP_CHECK(d.kind == kConv || d.kind == kAvgPool || d.kind == kMaxPool,
                 "cuda_conv_stage: problem ", p, " has unknown kind ", row[kKind]);
-    TORCH_CHECK(d.src_buf >= 0 && d.src_buf < 3 && args.buf[d.src_buf] != nullptr,
+    OP_CHECK(d.src_buf >= 0 && d.src_buf < 3 && args.buf[d.src_buf] != nullptr,
                 "cuda_conv_stage: problem ", p, " reads buffer ", row[kSrcBuf], " which was not given");
     const char* src_name = kBufferNames[d.src_buf];
     for (int f : {kSrcC0, kCin, kCols, kKh, kKw, kStride, kPadH, kPadW, kColOff}) {
-      TORCH_CHECK(row[f] >= 0 && row[f] < (int64_t{1} << 30), "cuda_conv_stage: problem ", p,
+      OP_CHECK(row[f] >= 0 && row[f] < (int64_t{1} << 30), "cuda_conv_stage: problem ", p,
                   " field ", f, " is out of range: ", row[f]);
     }
     d.src_c0 = static_cast<int>(row[kSrcC0]);
@@ -139,20 +140,20 @@ void cuda_conv_stage(const at::Tensor& input, const at::Tensor& work, const at::
     d.pad_h = static_cast<int>(row[kPadH]);
     d.pad_w = static_cast<int>(row[kPadW]);
     d.col_off = static_cast<int>(row[kColOff]);
-    TORCH_CHECK(d.cin > 0 && d.cols > 0 && d.kh > 0 && d.kw > 0 && d.stride > 0,
+    OP_CHECK(d.cin > 0 && d.cols > 0 && d.kh > 0 && d.kw > 0 && d.stride > 0,
                 "cuda_conv_stage: problem ", p, " has an empty window, channel count or stride");
-    TORCH_CHECK(d.src_c0 % 8 == 0 && d.cin % 8 == 0, "cuda_conv_stage: problem ", p, " reads channels [",
+    OP_CHECK(d.src_c0 % 8 == 0 && d.cin % 8 == 0, "cuda_conv_stage: problem ", p, " reads channels [",
                 d.src_c0, ", ", d.src_c0 + d.cin, ") of ", src_name,
                 "; the kernel needs offsets and counts that are multiples of 8 (pad the input)");
-    TORCH_CHECK(d.src_c0 + d.cin <= args.buf_c[d.src_buf], "cuda_conv_stage: problem ", p,
+    OP_CHECK(d.src_c0 + d.cin <= args.buf_c[d.src_buf], "cuda_conv_stage: problem ", p,
                 " reads channels up to ", d.src_c0 + d.cin, " of ", src_name, ", which has ",
                 args.buf_c[d.src_buf]);
-    TORCH_CHECK(d.col_off + static_cast<int64_t>(d.cols) <= bias.numel(), "cuda_conv_stage: problem ", p,
+    OP_CHECK(d.col_off + static_cast<int64_t>(d.cols) <= bias.numel(), "cuda_conv_stage: problem ", p,
                 " has columns up to ", d.col_off + d.cols, " but only ", bias.numel(), " are described");
     const int64_t in_h = args.buf_h[d.src_buf], in_w = args.buf_w[d.src_buf];
     const int64_t oh = out_size(in_h, d.kh, d.stride, d.pad_h);
     const int64_t ow = out_size(in_w, d.kw, d.stride, d.pad_w);
-    TORCH_CHECK(in_h + 2 * d.pad_h >= d.kh && in_w + 2 * d.pad_w >= d.kw && oh > 0 && ow > 0,
+    OP_CHECK(in_h + 2 * d.pad_h >= d.kh && in_w + 2 * d.pad_w >= d.kw && oh > 0 && ow > 0,
                 "cuda_conv_stage: problem ", p, "'s ", d.kh, "x", d.kw, " window does not fit its ", in_h, "x",
                 in_w, " input");
     d.oh = static_cast<int>(oh);
@@ -162,19 +163,19 @@ void cuda_conv_stage(const at::Tensor& input, const at::Tensor& work, const at::
     // channel each column writes lives in col_flags / col_dst on the device, so the Python packer
     // checks those once (cuda_backend._check_destinations / _check_sizes); here, at least one
     // buffer must hold the problem's pixels.
-    TORCH_CHECK(oh * ow <= static_cast<int64_t>(args.buf_h[kOutput]) * args.buf_w[kOutput] ||
+    OP_CHECK(oh * ow <= static_cast<int64_t>(args.buf_h[kOutput]) * args.buf_w[kOutput] ||
                     (has_work && oh * ow <= in_h * in_w),
                 "cuda_conv_stage: problem ", p, " produces ", oh, "x", ow, " pixels, more than any destination holds");
     if (d.kind == kConv) {
       d.k = d.kh * d.kw * d.cin;
       d.w_off = row[kWOff];
-      TORCH_CHECK(d.w_off >= 0 && d.w_off % 8 == 0 && d.w_off + static_cast<int64_t>(d.cols) * d.k <= weights.numel(),
+      OP_CHECK(d.w_off >= 0 && d.w_off % 8 == 0 && d.w_off + static_cast<int64_t>(d.cols) * d.k <= weights.numel(),
                   "cuda_conv_stage: problem ", p, "'s weight [", d.w_off, ", ",
                   d.w_off + static_cast<int64_t>(d.cols) * d.k, ") does not lie 16-byte aligned inside the ",
                   weights.numel(), " weights");
       d.n_tiles = static_cast<int>(ceil_div(d.cols, kConvTileN));
     } else {
-      TORCH_CHECK(d.cin == d.cols && d.cols % 8 == 0, "cuda_conv_stage: pool problem ", p,
+      OP_CHECK(d.cin == d.cols && d.cols % 8 == 0, "cuda_conv_stage: pool problem ", p,
                   " must map its ", d.cin, " channels one to one onto a multiple of 8 columns, got ", d.cols);
       d.k = 0;
       d.w_off = 0;
@@ -193,7 +194,7 @@ void cuda_conv_stage(const at::Tensor& input, const at::Tensor& work, const at::
   }
   args.num_problems = static_cast<int>(num_problems);
   args.num_tiles = tiles;
-  TORCH_CHECK(tiles <= 0x7fffffff, "cuda_conv_stage: ", tiles, " CTAs exceed the grid limit; split the batch");
+  OP_CHECK(tiles <= 0x7fffffff, "cuda_conv_stage: ", tiles, " CTAs exceed the grid limit; split the batch");
   args.weights = weights.numel() > 0 ? weights.data_ptr() : nullptr;
   args.bias = bias.data_ptr<float>();
   args.col_dst = col_dst.data_ptr<int32_t>();
@@ -203,7 +204,7 @@ void cuda_conv_stage(const at::Tensor& input, const at::Tensor& work, const at::
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const cudaError_t err = input.scalar_type() == at::kHalf ? launch_conv_stage_fp16(args, stream)
                                                            : launch_conv_stage_bf16(args, stream);
-  TORCH_CHECK(err == cudaSuccess, "cuda_conv_stage: kernel launch failed: ", cudaGetErrorString(err));
+  OP_CHECK(err == cudaSuccess, "cuda_conv_stage: kernel launch failed: ", cudaGetErrorString(err));
 }
 
 }  // namespace

@@ -26,7 +26,7 @@ from pathlib import Path
 PACKAGE_DIR = Path(__file__).resolve().parent
 CSRC_DIR = PACKAGE_DIR.parent / "csrc"
 SOURCES = ("bindings.cpp", "conv_stage_fp16.cu", "conv_stage_bf16.cu")
-HEADERS = ("stage_args.h", "conv_stage.cuh")
+HEADERS = ("stage_args.h", "conv_stage.cuh", "check_text.h")
 EXTENSION_NAME = "inception_fast_cuda"
 
 # Hopper SASS with the sm_90a feature set, plus PTX for every other card from Ampere on (the

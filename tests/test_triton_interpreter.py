@@ -59,33 +59,39 @@ print(name, err_ref, err_spec)
 assert err_ref < 1e-5 and err_spec < 1e-5, (err_ref, err_spec)
 """
 
-# TF32: the kernel rounds activations to TF32 in registers and reads weights rounded on the host;
-# so a tf32 launch must equal an exact launch on inputs and weights rounded beforehand, and
-# differ from an exact launch on the raw values (else nothing was rounded).
+# TF32: the kernels read weights rounded on the host and store activations rounded to TF32 (the
+# tensor cores truncate what they read, which is then exact). So a tf32 launch on a rounded
+# input equals an exact launch with rounded weights whose output is rounded afterwards, and
+# differs from an exact launch with the raw weights (else nothing was rounded).
 TF32_SCRIPT = r"""
 import dataclasses, os
 os.environ["TRITON_INTERPRET"] = "1"
 import torch
 from inception_fast import reference as R
+from inception_fast.kernels.triton.layout_kernel import _to_nhwc_padded_kernel, launch_to_nhwc_padded
 from inception_fast.kernels.triton.stage_kernel import _stage_kernel, launch_stage
 from inception_fast.modules import fuse_block
 from inception_fast.packing import pack_block, round_to_tf32
 from inception_fast.testing import randomize_batchnorm, relative_l2
 
-fused = fuse_block(randomize_batchnorm(R.ConvBnRelu(32, 32, 3)).eval())
-x = torch.randn(2, 32, 6, 6).contiguous(memory_format=torch.channels_last)
-(stage,) = pack_block(fused, "cpu", torch.float32)
+fused = fuse_block(randomize_batchnorm(R.ConvBnRelu(3, 32, 3)).eval())
+x = torch.randn(2, 3, 6, 6)
+xk = torch.empty(2, 8, 6, 6).contiguous(memory_format=torch.channels_last)
+launch_to_nhwc_padded(_to_nhwc_padded_kernel, x, xk, round_tf32=True)
+assert torch.equal(xk[:, :3], round_to_tf32(x)) and not torch.equal(xk[:, :3], x)
+(stage,) = pack_block(fused, "cpu", torch.float32, 8)
 work = torch.empty(1, 8, 1, 1).contiguous(memory_format=torch.channels_last)
 
-def run(stage, x, precision):
+def run(stage, precision):
     out = torch.full((2, 32, 4, 4), float("nan")).contiguous(memory_format=torch.channels_last)
-    launch_stage(_stage_kernel, stage, x, work, out, (32, 32, 32, 4, 2, 1), precision)
+    launch_stage(_stage_kernel, stage, xk, work, out, (32, 32, 16, 4, 2, 1), precision)
     return out
 
-tf32 = run(stage, x, "tf32")
-rounded = run(dataclasses.replace(stage, weights=round_to_tf32(stage.weights)), round_to_tf32(x), "ieee")
-exact = run(stage, x, "ieee")
+tf32 = run(stage, "tf32")
+rounded = round_to_tf32(run(dataclasses.replace(stage, weights=round_to_tf32(stage.weights)), "ieee"))
+exact = run(stage, "ieee")
 print(relative_l2(tf32, rounded), relative_l2(tf32, exact))
+assert torch.equal(round_to_tf32(tf32), tf32), "stored activations are not TF32 values"
 assert relative_l2(tf32, rounded) < 1e-6 and relative_l2(tf32, exact) > 1e-5
 """
 

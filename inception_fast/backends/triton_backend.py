@@ -3,7 +3,9 @@ kernel; activations stay NHWC (channels_last) from the input conversion to the l
 
 fp16 and bf16 run on the tensor cores with fp32 accumulation. fp32 follows
 `torch.backends.cudnn.allow_tf32` (PyTorch's own default for convolutions, True): TF32 dots
-when it is set, full-precision fp32 dots when it is not.
+when it is set, full-precision fp32 dots when it is not. TF32 rounds like cuDNN, to nearest:
+the weights once on the host, the network input in the layout kernel, and every activation as
+the kernels store it; the tensor cores alone would truncate.
 """
 
 from __future__ import annotations
@@ -61,15 +63,22 @@ def _check_dtype(x: torch.Tensor) -> None:
         raise TypeError(f"the triton backend runs fp16, bf16 and fp32, got {x.dtype}; use backend='torch'")
 
 
+def uses_tf32(x: torch.Tensor) -> bool:
+    """fp32 dots run on TF32 when PyTorch's convolutions would (cudnn.allow_tf32)."""
+    return x.dtype == torch.float32 and torch.backends.cudnn.allow_tf32
+
+
 def to_kernel_layout(x: torch.Tensor, channels: int) -> torch.Tensor:
-    """NCHW input in any memory format -> channels_last with `channels` (>= C) channels."""
+    """NCHW input in any memory format -> channels_last with `channels` (>= C) channels. The
+    padded copy (the network input) is also rounded to TF32 in TF32 mode; an aligned input
+    passes as it is, so a block called on its own truncates it in its first convs."""
     if x.shape[1] == channels:
         return x.contiguous(memory_format=torch.channels_last)
     out = torch.empty(
         (x.shape[0], channels, x.shape[2], x.shape[3]), dtype=x.dtype, device=x.device,
         memory_format=torch.channels_last,
     )
-    torch.ops.inception_fast.triton_to_nhwc_padded(x, out)
+    torch.ops.inception_fast.triton_to_nhwc_padded(x, out, uses_tf32(x))
     return out
 
 
@@ -90,7 +99,7 @@ def _aligned(channels: int) -> int:
 
 def _run_stage(stage, x, work, out, key: str):
     n, _, h, w = x.shape
-    tf32 = x.dtype == torch.float32 and torch.backends.cudnn.allow_tf32
+    tf32 = uses_tf32(x)
     ops = torch.ops.inception_fast
     kinds = stage_kinds(stage)
 

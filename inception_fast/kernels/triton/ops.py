@@ -44,6 +44,7 @@ def triton_stage(
 
 
 @triton_op("inception_fast::triton_to_nhwc_padded", mutates_args={"out"})
-def triton_to_nhwc_padded(x: torch.Tensor, out: torch.Tensor) -> None:
-    """x [N,C,H,W] (any strides) -> out [N,C_PAD,H,W] channels_last, extra channels zero."""
-    launch_to_nhwc_padded(wrap_triton(_to_nhwc_padded_kernel), x, out)
+def triton_to_nhwc_padded(x: torch.Tensor, out: torch.Tensor, round_tf32: bool = False) -> None:
+    """x [N,C,H,W] (any strides) -> out [N,C_PAD,H,W] channels_last, extra channels zero;
+    fp32 values rounded to TF32 when round_tf32."""
+    launch_to_nhwc_padded(wrap_triton(_to_nhwc_padded_kernel), x, out, round_tf32)

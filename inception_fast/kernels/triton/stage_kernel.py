@@ -14,6 +14,7 @@ import triton
 import triton.language as tl
 
 from ... import packing as pk
+from .tf32 import round_to_tf32
 
 # The table layout, as compile-time constants for the kernels.
 _NUM_FIELDS = tl.constexpr(pk.NUM_FIELDS)
@@ -60,10 +61,12 @@ def _problem_geometry(prob_ptr, p, H, W, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.c
 @triton.jit
 def _epilogue_store(
     acc, rows, m_mask, col0, cols, col_off, bias_ptr, col_dst_ptr, col_flags_ptr,
-    work_ptr, out_ptr, C_WORK, C_OUT, BLOCK_N: tl.constexpr,
+    work_ptr, out_ptr, C_WORK, C_OUT, BLOCK_N: tl.constexpr, INPUT_PRECISION: tl.constexpr,
 ):
     """acc[BLOCK_M, BLOCK_N] fp32 -> (+bias, ReLU per column) -> its destination slice.
-    `rows` are the destination pixel indices (already in the index type)."""
+    `rows` are the destination pixel indices (already in the index type). With TF32 dots the
+    values are stored rounded to TF32, as the next conv reads them: the tensor cores would
+    otherwise truncate them there."""
     offs_n = col0 + tl.arange(0, BLOCK_N)
     n_mask = offs_n < cols
     bias = tl.load(bias_ptr + col_off + offs_n, mask=n_mask, other=0.0)
@@ -75,6 +78,8 @@ def _epilogue_store(
     value = acc + bias[None, :]
     relu = (flags & _FLAG_RELU) != 0
     value = tl.where(relu[None, :], tl.maximum(value, 0.0), value)
+    if INPUT_PRECISION == "tf32":
+        value = round_to_tf32(value)
     value = value.to(out_ptr.dtype.element_ty)
     to_out = tl.max_constancy((flags & _FLAG_TO_OUTPUT) != 0, 8)
     mask = m_mask[:, None] & n_mask[None, :]
@@ -96,15 +101,6 @@ def _gather_tap(src_ptr, src_stride, img, ih0, iw0, tap, kw, H, W, m_mask, c, c_
         mask=valid[:, None] & c_mask[None, :], other=other,
     )
     return v, valid
-
-
-@triton.jit
-def _round_to_tf32(x):
-    """fp32 -> TF32 (10 mantissa bits) rounded to nearest, ties away from zero, as cuDNN rounds.
-    The tensor cores would otherwise drop the 13 low bits: a truncation bias that, over 149
-    layers, doubles the error at the logits."""
-    bits = x.to(tl.uint32, bitcast=True)
-    return ((bits + 0x1000) & 0xFFFFE000).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -135,8 +131,6 @@ def _conv_tile(
             w_cols + (tap * cin + c)[:, None],
             mask=c_mask[:, None] & n_mask[None, :], other=0.0,
         )
-        if INPUT_PRECISION == "tf32":
-            a = _round_to_tf32(a)  # the weights arrive rounded (packing.round_to_tf32)
         acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
     return acc
 
@@ -174,7 +168,7 @@ def _pool_tile(
 def _split_k_epilogue(
     acc, slot, k_part, k_parts, scratch_ptr, count_ptr, rows, m_mask, col0, cols, col_off,
     bias_ptr, col_dst_ptr, col_flags_ptr, work_ptr, out_ptr, C_WORK, C_OUT,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, INPUT_PRECISION: tl.constexpr,
 ):
     """Each part stores its fp32 partial tile in its own scratch slice; the part that arrives
     last (per-tile counter) sums the slices in part order, so results do not depend on
@@ -192,7 +186,7 @@ def _split_k_epilogue(
         tl.store(count_ptr + slot, 0)
         _epilogue_store(
             total, rows, m_mask, col0, cols, col_off, bias_ptr, col_dst_ptr, col_flags_ptr,
-            work_ptr, out_ptr, C_WORK, C_OUT, BLOCK_N,
+            work_ptr, out_ptr, C_WORK, C_OUT, BLOCK_N, INPUT_PRECISION,
         )
 
 
@@ -287,12 +281,12 @@ def _stage_kernel(
                 _split_k_epilogue(
                     acc, slot_base + local, k_part, parts, scratch_ptr, count_ptr, rows, m_mask, col0,
                     cols, col_off, bias_ptr, col_dst_ptr, col_flags_ptr, work_ptr, out_ptr,
-                    C_WORK, C_OUT, BLOCK_M, BLOCK_N,
+                    C_WORK, C_OUT, BLOCK_M, BLOCK_N, INPUT_PRECISION,
                 )
             else:
                 _epilogue_store(
                     acc, rows, m_mask, col0, cols, col_off, bias_ptr, col_dst_ptr, col_flags_ptr,
-                    work_ptr, out_ptr, C_WORK, C_OUT, BLOCK_N,
+                    work_ptr, out_ptr, C_WORK, C_OUT, BLOCK_N, INPUT_PRECISION,
                 )
     if HAS_POOL:
         if kind != _CONV:
@@ -302,7 +296,7 @@ def _stage_kernel(
             )
             _epilogue_store(
                 acc, rows, m_mask, col0, cols, col_off, bias_ptr, col_dst_ptr, col_flags_ptr,
-                work_ptr, out_ptr, C_WORK, C_OUT, BLOCK_N,
+                work_ptr, out_ptr, C_WORK, C_OUT, BLOCK_N, INPUT_PRECISION,
             )
 
 
