@@ -1,12 +1,13 @@
 """Run each distinct block once per backend inside an NVTX range, for Nsight Compute.
 
-    ncu --nvtx --nvtx-include "blocks/" --section SpeedOfLight --section MemoryWorkloadAnalysis \\
-        --section LaunchStats --section Occupancy --csv --page raw \\
+    ncu --profile-from-start off --nvtx --section SpeedOfLight --section Occupancy \\
+        --section LaunchStats --section WarpStateStats --csv --page raw \\
         python benchmarks/device/profile_blocks.py --batch 256 > ncu_blocks.csv
 
 Without ncu it prints the event-timed median of each (block, backend) so the run is useful on
 its own. Ranges are named "blocks/<Block>/<backend>"; warm-up (autotuning, first launches)
-happens before the profiled range.
+happens before the profiled range, which is also the only stretch with the CUDA profiler on
+(hence --profile-from-start off).
 """
 
 from __future__ import annotations
@@ -57,10 +58,12 @@ def main(argv=None) -> int:
                     for _ in range(3):
                         module(inp)
                     torch.cuda.synchronize()
+                    torch.cuda.cudart().cudaProfilerStart()
                     torch.cuda.nvtx.range_push(f"blocks/{plan.name}/{name}")
                     module(inp)
                     torch.cuda.synchronize()
                     torch.cuda.nvtx.range_pop()
+                    torch.cuda.cudart().cudaProfilerStop()
                     t = timing.time_callable(module, [inp], budget_ms=200)
                     print(f"{plan.name:<11} {name:<6} {t.median_ms:8.4f} ms", file=sys.stderr)
             x = block(x)  # the fp32 activations of the next block's input

@@ -112,7 +112,7 @@ def _run_stage(stage, x, work, out, key: str):
         )
 
     # The chosen config per shape is kept on the stage: no key building on the hot path.
-    shape = (n, h, w, x.dtype)
+    shape = (n, h, w, x.dtype, tf32)
     config = stage.configs.get(shape)
     if config is None:
         convs = [row[pk.CIN] for row in stage.rows if row[pk.KIND] == pk.CONV]
@@ -121,7 +121,9 @@ def _run_stage(stage, x, work, out, key: str):
         )
         fallback = tuning.default_config(configs, stage_tiles(stage, n, h, w, 128, 128))
         name = torch.cuda.get_device_name(x.device).replace(" ", "_")
-        full_key = f"{key}/{h}x{w}/b{tuning.batch_bucket(n)}/{str(x.dtype)[6:]}/{name}"
+        # Exact fp32 dots run on other units than TF32 ones: tuned apart.
+        dtype = str(x.dtype)[6:] + ("-ieee" if x.dtype == torch.float32 and not tf32 else "")
+        full_key = f"{key}/{h}x{w}/b{tuning.batch_bucket(n)}/{dtype}/{name}"
         config = tuning.choose(full_key, launch, configs, fallback, x.device)
         if not torch.compiler.is_compiling():
             stage.configs[shape] = config

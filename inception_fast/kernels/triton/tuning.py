@@ -5,9 +5,10 @@ the dtype and the card, so nearby batch sizes share one tuning run and a second 
 the choice from the cache instead of timing again.
 
 `tuned_configs.json` ships choices measured on Hopper cards (299x299; fp16 and bf16 on an H200
-for batch buckets 1 to 256, fp32-TF32 on an H100 for buckets 1, 64 and 256): on a card of the same compute capability and SM count a first run uses
-them and tunes nothing, which keeps the cold start short. The user cache overrides them;
-INCEPTION_FAST_AUTOTUNE=force ignores the shipped table and times every new key.
+for batch buckets 1 to 256, fp32-TF32 on an H100 for buckets 1, 64 and 256): on a card of
+the same compute capability and SM count a first run uses them and tunes nothing, which keeps
+the cold start short. The user cache overrides them; INCEPTION_FAST_AUTOTUNE=force ignores the
+shipped table and times every new key.
 """
 
 from __future__ import annotations
