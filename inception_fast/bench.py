@@ -70,7 +70,9 @@ def accuracy_bound(eager_error: float, dtype: torch.dtype) -> float:
 
 def git_commit(repo: Path | None = None) -> dict:
     """The commit of the source tree (and whether it has uncommitted changes), if it is a git
-    checkout; the INCEPTION_FAST_COMMIT variable stands in where .git was not copied."""
+    checkout. INCEPTION_FAST_COMMIT, when set, wins: a copied tree may carry a stale .git."""
+    if os.environ.get("INCEPTION_FAST_COMMIT"):
+        return {"commit": os.environ["INCEPTION_FAST_COMMIT"], "dirty": None}
     repo = repo or Path(__file__).resolve().parent.parent
     try:
         head = subprocess.run(
@@ -85,7 +87,7 @@ def git_commit(repo: Path | None = None) -> dict:
             return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
     except (OSError, subprocess.SubprocessError):
         pass
-    return {"commit": os.environ.get("INCEPTION_FAST_COMMIT", "unknown"), "dirty": None}
+    return {"commit": "unknown", "dirty": None}
 
 
 def _version(module_name: str) -> str | None:
