@@ -26,6 +26,21 @@ def test_batch_buckets_are_powers_of_two():
     assert [autoselect.batch_bucket(n) for n in batches] == [1, 2, 4, 8, 32, 64, 256, 2048]
 
 
+def test_exact_fp32_and_tf32_are_chosen_apart(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "card")
+    x = torch.empty(3, 8, 5, 5)
+    saved = torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32 = True
+        tf32 = autoselect._key("Block", x)
+        torch.backends.cudnn.allow_tf32 = False
+        exact = autoselect._key("Block", x)
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved
+    assert tf32 != exact and "|float32|" in tf32 and "|float32-ieee|" in exact
+    assert "|float16|" in autoselect._key("Block", x.half())
+
+
 def test_choices_merge_into_one_file_and_read_back_as_a_table(fresh_cache):
     a = "NVIDIA H100|torch2.11.0|float16|InceptionB1024-1024@17x17|b32"
     b = "NVIDIA H100|torch2.11.0|bfloat16|Head1536-1000@8x8|b1"
