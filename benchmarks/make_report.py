@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -236,7 +237,8 @@ def slug(text: str) -> str:
 
 
 def build_summary(documents: list[dict], out: Path, dtype: str, image_size: int, block_batch: int,
-                  peaks_file: Path | None) -> str:
+                  peaks_file: Path | None, image_dir: str = "") -> str:
+    """The Markdown summary; images are linked as `image_dir` + file name."""
     model = newest_rows(documents, "model")
     blocks = newest_rows(documents, "blocks")
     measured_peaks = json.loads(peaks_file.read_text()) if peaks_file and peaks_file.exists() else None
@@ -247,7 +249,7 @@ def build_summary(documents: list[dict], out: Path, dtype: str, image_size: int,
             lines += [*model_table(model, card, dtype, image_size), ""]
             png = out / f"images_per_s-{slug(card)}.png"
             if plot(model, card, dtype, image_size, png):
-                lines += [f"![images/s against batch size on {card}]({png.name})", ""]
+                lines += [f"![images/s against batch size on {card}]({image_dir}{png.name})", ""]
     ttfi = first_inference_table(documents)
     if ttfi:
         lines += ["### Time to first inference (fresh process)", "", *ttfi, ""]
@@ -291,8 +293,12 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.md").write_text(summary + "\n")
     print(summary)
-    if args.readme:
-        replace_between_markers(args.readme, summary)
+    if args.readme:  # the same summary, its images linked from where the README lies
+        image_dir = os.path.relpath(out.resolve(), args.readme.resolve().parent) + "/"
+        replace_between_markers(args.readme, build_summary(
+            documents, out, args.dtype, args.image_size, args.block_batch,
+            args.peaks or args.results_dir / "peaks.json", image_dir,
+        ))
     return 0
 
 
