@@ -20,4 +20,3 @@ def test_round_to_tf32_error_is_at_most_half_an_ulp_and_keeps_layout():
     half_ulp = x.abs() * 2.0**-11  # half a TF32 ulp, relative to the value
     assert ((rounded - x).abs() <= half_ulp * (1 + 2**-10)).all()
     assert not torch.equal(rounded, x)
-

@@ -45,22 +45,6 @@ def test_cuda_graph_mode(calibrated_model):
     assert len(fused.graph_cache) == 1
 
 
-@torch.no_grad()
-def test_dependent_launches_change_nothing(calibrated_model, monkeypatch):
-    """Programmatic dependent launch (Hopper) overlaps a stage's start with the previous
-    stage's tail; results must be bitwise those of plain launches, in a CUDA graph too."""
-    model = copy.deepcopy(calibrated_model).cuda()
-    x = torch.randn(3, 3, 299, 299, device="cuda", dtype=torch.float16)
-    outputs = []
-    for setting in ("1", "0"):
-        monkeypatch.setenv("INCEPTION_FAST_PDL", setting)
-        for graph in (False, True):
-            fused = optimize(model, backend="triton", dtype=torch.float16, cuda_graph=graph)
-            outputs += [fused(x), fused(x)]
-    for out in outputs[1:]:
-        torch.testing.assert_close(out, outputs[0], rtol=0, atol=0)
-
-
 @pytest.mark.parametrize("compiler", ["aot_eager", "inductor"])
 @torch.no_grad()
 def test_torch_compile_fullgraph(calibrated_model, compiler):

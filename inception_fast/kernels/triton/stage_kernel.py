@@ -14,8 +14,6 @@ import triton
 import triton.language as tl
 
 from ... import packing as pk
-from . import pdl
-from .pdl import gdc_launch_dependents, gdc_wait
 from .tf32 import round_to_tf32
 
 # The table layout, as compile-time constants for the kernels.
@@ -202,18 +200,14 @@ def _stage_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
     HAS_CONV: tl.constexpr, HAS_POOL: tl.constexpr, WIDE_INDEX: tl.constexpr,
-    SPLIT_K: tl.constexpr, PDL: tl.constexpr,
+    SPLIT_K: tl.constexpr,
 ):
     """HAS_CONV / HAS_POOL: which problem kinds the stage has (the other path is compiled
     out, which frees registers). WIDE_INDEX: int64 pixel offsets, needed once a buffer holds
     2^31 elements or more; int32 otherwise (fewer registers). SPLIT_K: each conv tile's K
     loop is shared by `k_parts` programs (small batches, where the tiles alone do not fill
-    the card); pools are never split. PDL: launched as a programmatic dependent launch (see
-    pdl.py): the next stage may start while this one drains, and this one reads nothing the
-    previous kernel wrote before `gdc_wait`."""
+    the card); pools are never split."""
     INDEX: tl.constexpr = tl.int64 if WIDE_INDEX else tl.int32
-    if PDL:
-        gdc_launch_dependents()  # the next launch may be scheduled now; it waits for us in full
     pid = tl.program_id(0)
     # Every pixel stride, channel offset and weight offset is a multiple of 8 elements (16
     # bytes). Writing them as (v // 8) * 8 proves it to the compiler's alignment analysis
@@ -277,8 +271,6 @@ def _stage_kernel(
     col0 = pid_n * BLOCK_N
     rows = offs_m.to(INDEX)
 
-    if PDL:  # the packed table above is never written by a kernel; what follows may be
-        gdc_wait()
     if HAS_CONV:
         if kind == _CONV:
             acc = _conv_tile(
@@ -347,14 +339,13 @@ def launch_stage_tensors(
     n, _, h, w = x.shape
     wide = max(x.numel(), work.numel(), out.numel()) >= 2**31
     split = k_parts > 1
-    dependent = pdl.enabled(x)
     kernel[(num_tiles,)](
         x, work, out, weights, bias, col_dst, col_flags, problems,
         scratch if split else bias, counts if split else col_dst,
         n, h, w, x.shape[1], work.shape[1], out.shape[1], problems.shape[0], k_parts,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, INPUT_PRECISION=precision,
-        HAS_CONV=has_conv, HAS_POOL=has_pool, WIDE_INDEX=wide, SPLIT_K=split, PDL=dependent,
-        num_warps=num_warps, num_stages=num_stages, **({"launch_pdl": True} if dependent else {}),
+        HAS_CONV=has_conv, HAS_POOL=has_pool, WIDE_INDEX=wide, SPLIT_K=split,
+        num_warps=num_warps, num_stages=num_stages,
     )
 
 
