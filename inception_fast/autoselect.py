@@ -102,10 +102,9 @@ def _median_ms(run, x: torch.Tensor) -> float:
 def _key(kind: str, x: torch.Tensor) -> str:
     n, _, h, w = x.shape
     card = torch.cuda.get_device_name(x.device)
-    dtype = str(x.dtype)[6:]
-    if x.dtype == torch.float32 and not torch.backends.cudnn.allow_tf32:
-        dtype += "-ieee"  # exact fp32 and TF32 are different races: chosen apart
-    return f"{card}|torch{torch.__version__}|{dtype}|{kind}@{h}x{w}|b{batch_bucket(n)}"
+    from .backends import precision_key
+
+    return f"{card}|torch{torch.__version__}|{precision_key(x)}|{kind}@{h}x{w}|b{batch_bucket(n)}"
 
 
 def choose(kind: str, x: torch.Tensor, runners: dict) -> str:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import importlib
 
+import torch
+
 BACKENDS = ("torch", "triton", "cuda", "auto")
 _MODULES = {
     "torch": ".torch_backend",
@@ -52,4 +54,13 @@ def resolve_backend(name: str, device) -> str:
     ok, reason = backend_status(name, device)
     if not ok:
         raise RuntimeError(f"backend {name!r} is not usable on {device}: {reason}")
+    return name
+
+
+def precision_key(x: torch.Tensor) -> str:
+    """The dtype as tuning and backend choices are keyed: exact fp32 ("float32-ieee") apart from
+    fp32 on TF32 ("float32"), since the two run on different units."""
+    name = str(x.dtype).removeprefix("torch.")
+    if x.dtype == torch.float32 and not torch.backends.cudnn.allow_tf32:
+        name += "-ieee"
     return name

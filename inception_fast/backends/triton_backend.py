@@ -18,6 +18,7 @@ from .. import packing as pk
 from ..kernels.triton import ops as _registered_ops  # noqa: F401 - registers torch.ops.inception_fast.triton_*
 from ..kernels.triton import tuning
 from ..kernels.triton.stage_kernel import split_k_buffers, stage_kinds, stage_tiles
+from . import precision_key
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 ALIGN = 8  # the kernels move 8 channels (16 bytes) at a time; the 3-channel input is padded
@@ -121,9 +122,7 @@ def _run_stage(stage, x, work, out, key: str):
         )
         fallback = tuning.default_config(configs, stage_tiles(stage, n, h, w, 128, 128))
         name = torch.cuda.get_device_name(x.device).replace(" ", "_")
-        # Exact fp32 dots run on other units than TF32 ones: tuned apart.
-        dtype = str(x.dtype)[6:] + ("-ieee" if x.dtype == torch.float32 and not tf32 else "")
-        full_key = f"{key}/{h}x{w}/b{tuning.batch_bucket(n)}/{dtype}/{name}"
+        full_key = f"{key}/{h}x{w}/b{tuning.batch_bucket(n)}/{precision_key(x)}/{name}"
         config = tuning.choose(full_key, launch, configs, fallback, x.device)
         if not torch.compiler.is_compiling():
             stage.configs[shape] = config
