@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from .backends import precision_key
+
 CANDIDATES = ("triton", "cuda")
 WARMUP, REPEATS = 2, 5
 logger = logging.getLogger("inception_fast")
@@ -102,8 +104,6 @@ def _median_ms(run, x: torch.Tensor) -> float:
 def _key(kind: str, x: torch.Tensor) -> str:
     n, _, h, w = x.shape
     card = torch.cuda.get_device_name(x.device)
-    from .backends import precision_key
-
     return f"{card}|torch{torch.__version__}|{precision_key(x)}|{kind}@{h}x{w}|b{batch_bucket(n)}"
 
 
