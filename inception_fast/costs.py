@@ -21,17 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .plan import (
-    FEATURE_PLANS,
-    AvgPoolBiasRelu,
-    BlockPlan,
-    Conv,
-    MaxPool,
-    block_output_hw,
-    op_output_hw,
-)
+from .plan import BlockPlan, Conv, Pool, block_output_hw, op_output_hw
 
-NUM_FEATURES, NUM_CLASSES = 1536, 1000
 BIAS_BYTES = 4  # every backend keeps the folded biases in fp32
 
 
@@ -57,7 +48,7 @@ def weight_elements(plan: BlockPlan) -> int:
 
 def bias_elements(plan: BlockPlan) -> int:
     return sum(op.out_channels for op in plan.convs) + sum(
-        op.dst.channels for op in plan.ops if isinstance(op, AvgPoolBiasRelu)
+        op.dst.channels for op in plan.ops if isinstance(op, Pool) and op.bias is not None
     )
 
 
@@ -82,14 +73,14 @@ def staged_bytes(plan: BlockPlan, height: int, width: int, dtype_bytes: int, bat
         elements += height * width * op.src.channels
         if isinstance(op, Conv):
             elements += oh * ow * op.out_channels
-        elif isinstance(op, (AvgPoolBiasRelu, MaxPool)):
+        else:
             elements += oh * ow * op.dst.channels
     return batch * elements * dtype_bytes + _parameter_bytes(plan, dtype_bytes)
 
 
 @dataclass(frozen=True)
 class BlockCost:
-    index: int  # position in InceptionV4.features
+    index: int  # position among the network's blocks
     name: str
     in_shape: tuple[int, int, int]  # C, H, W
     out_shape: tuple[int, int, int]
@@ -101,11 +92,10 @@ class BlockCost:
         return 2 * self.macs
 
 
-def feature_costs(image_size: int = 299) -> list[BlockCost]:
-    """One BlockCost per block of `features`, walking the spatial sizes from the input."""
-    height = width = image_size
+def block_costs(plans: list[BlockPlan], height: int, width: int) -> list[BlockCost]:
+    """One BlockCost per plan of a chain of blocks, walking the spatial sizes from the input."""
     costs = []
-    for index, plan in enumerate(FEATURE_PLANS):
+    for index, plan in enumerate(plans):
         oh, ow = block_output_hw(plan, height, width)
         costs.append(BlockCost(
             index, plan.name, (plan.in_channels, height, width), (plan.out_channels, oh, ow),
@@ -115,20 +105,16 @@ def feature_costs(image_size: int = 299) -> list[BlockCost]:
     return costs
 
 
-def model_macs(image_size: int = 299) -> int:
-    """Multiply-accumulates per image of the whole network, head included (12.25 G at 299)."""
-    return sum(c.macs for c in feature_costs(image_size)) + NUM_FEATURES * NUM_CLASSES
+def network_flops(plans: list[BlockPlan], height: int, width: int) -> int:
+    """Floating-point operations per image of a chain of blocks (classifier included)."""
+    return sum(c.flops for c in block_costs(plans, height, width))
 
 
-def model_flops(image_size: int = 299) -> int:
-    return 2 * model_macs(image_size)
-
-
-def model_min_bytes(image_size: int, dtype_bytes: int, batch: int = 1) -> int:
-    """Input image read once, logits written once, every parameter read once."""
-    params = sum(_parameter_bytes(plan, dtype_bytes) for plan in FEATURE_PLANS)
-    params += NUM_FEATURES * NUM_CLASSES * dtype_bytes + NUM_CLASSES * BIAS_BYTES
-    activations = batch * (3 * image_size * image_size + NUM_CLASSES)
+def network_min_bytes(plans: list[BlockPlan], height: int, width: int, dtype_bytes: int, batch: int = 1) -> int:
+    """Network input read once, output written once, every parameter read once."""
+    params = sum(_parameter_bytes(plan, dtype_bytes) for plan in plans)
+    out = block_costs(plans, height, width)[-1].out_shape
+    activations = batch * (plans[0].in_channels * height * width + out[0] * out[1] * out[2])
     return activations * dtype_bytes + params
 
 

@@ -9,7 +9,7 @@ import torch
 def run_graphed(model, x: torch.Tensor) -> torch.Tensor:
     """Replay a CUDA graph of `model.run_eager`, captured once per input shape and dtype after
     two eager warm-up runs (which tune kernels and fill every cache); the input is copied into
-    the graph's static channels_last buffer, and the logits are returned as a fresh tensor."""
+    the graph's static channels_last buffer, and the outputs are returned as fresh tensors."""
     key = (tuple(x.shape), x.dtype, x.device)
     entry = model.graph_cache.get(key)
     if entry is None:
@@ -27,4 +27,6 @@ def run_graphed(model, x: torch.Tensor) -> torch.Tensor:
     graph, static_x, static_out = entry
     static_x.copy_(x)
     graph.replay()
+    if isinstance(static_out, list):
+        return [out.clone() for out in static_out]
     return static_out.clone()

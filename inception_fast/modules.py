@@ -1,8 +1,13 @@
-"""Drop-in fused modules: one per Inception-v4 block type, built from a reference block.
+"""Drop-in fused modules: a `FusedBlock` runs one block plan; a `FusedNetwork` runs a whole
+compiled model (blocks, and the PyTorch steps of its input preprocessing) with the source
+model's call signature and outputs, and timm's model API.
 
 A fused block takes an NCHW tensor in any memory format and returns an NCHW tensor stored
 channels_last (NHWC in memory), which is what the kernels read and write, so a chain of fused
 blocks passes activations along without a single layout copy.
+
+Fused modules hold a snapshot of the source model's weights, folded at build time: editing or
+reloading the source model afterwards changes nothing until `refresh(model)`.
 """
 
 from __future__ import annotations
@@ -10,22 +15,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import plan as plans
 from .backends import get_backend
 from .checks import check_inference_input
-from .folding import fold_block
+from .compiler import CompiledBlock, CompiledNetwork, UnsupportedModel, compile_model
 from .graphs import run_graphed
-from .plan import AvgPoolBiasRelu, BlockPlan, Conv, block_output_hw
+from .plan import BlockPlan, Conv, Pool, block_output_hw
 
 
 class FusedBlock(nn.Module):
     """Executes a `BlockPlan` on folded weights with the chosen backend (inference only).
 
-    Buffers: `w{i}` / `b{i}` for Conv op i (the bias is zero on `raw` columns, which take it
-    later in their AvgPoolBiasRelu op), `b{i}` for AvgPoolBiasRelu op i.
-    """
-
-    plan: BlockPlan = None
+    Buffers: `w{i}` / `b{i}` for Conv op i (the bias is zero on columns whose bias a pool adds
+    later), `b{i}` for a Pool op i that adds a bias."""
 
     def __init__(self, plan: BlockPlan, params: list, backend: str = "torch"):
         super().__init__()
@@ -33,38 +34,31 @@ class FusedBlock(nn.Module):
         self.backend = backend
         for i, (op, param) in enumerate(zip(plan.ops, params)):
             if isinstance(op, Conv):
-                bias = param.bias.clone()
-                col = 0
-                for write in op.writes:
-                    if write.raw:
-                        bias[col : col + write.dst.channels] = 0
-                    col += write.dst.channels
-                self.register_buffer(f"w{i}", param.weight)
-                self.register_buffer(f"b{i}", bias)
-            elif isinstance(op, AvgPoolBiasRelu):
-                self.register_buffer(f"b{i}", param)
+                self.register_buffer(f"w{i}", param[0].clone())
+                self.register_buffer(f"b{i}", param[1].clone())
+            elif isinstance(op, Pool) and param is not None:
+                self.register_buffer(f"b{i}", param.clone())
         self.backend_cache = {}  # backend-specific packed weights, dropped on .to()/.half()
         self.eval()  # inference-only: usable as built, without a call to .eval()
 
     @classmethod
-    def from_reference(cls, block: nn.Module, backend: str = "torch", dtype=None):
-        """Fold a reference (or timm) block into its fused form."""
-        plan = cls.plan_for(block)
-        fused = cls(plan, fold_block(block, plan), backend)
-        param = next(block.parameters())
-        return fused.to(device=param.device, dtype=dtype or param.dtype)
-
-    @classmethod
-    def plan_for(cls, block: nn.Module) -> BlockPlan:
-        if cls.plan is None:
-            raise TypeError("use a block-specific class such as FusedInceptionA")
-        if type(block).__name__ != cls.plan.name:
-            raise TypeError(f"{cls.__name__} is built from a {cls.plan.name}, got {type(block).__name__}")
-        return cls.plan
+    def from_compiled(cls, compiled: CompiledBlock, backend: str = "torch") -> FusedBlock:
+        return cls(compiled.plan, compiled.params, backend)
 
     def _apply(self, fn, *args, **kwargs):
         self.backend_cache = {}
         return super()._apply(fn, *args, **kwargs)
+
+    def load_folded(self, compiled: CompiledBlock) -> None:
+        """Copy new folded weights of the same plan in place (CUDA graphs keep their buffers)."""
+        if compiled.plan != self.plan:
+            raise ValueError(f"{self.plan.label}: the refreshed model has another structure here")
+        for i, param in enumerate(compiled.params):
+            tensors = param if isinstance(param, tuple) else (None, param)
+            for prefix, tensor in zip(("w", "b"), tensors):
+                if tensor is not None:
+                    getattr(self, f"{prefix}{i}").copy_(tensor)
+        self.backend_cache = {}
 
     def op_params(self, i: int):
         return getattr(self, f"w{i}", None), getattr(self, f"b{i}", None)
@@ -85,183 +79,184 @@ class FusedBlock(nn.Module):
         return get_backend(self.backend).run_block(self, x)
 
     def extra_repr(self) -> str:
-        return f"{self.plan.name}, {len(self.plan.stages)} stages, backend={self.backend!r}"
+        return f"{self.plan.label}, {len(self.plan.stages)} stages, backend={self.backend!r}"
+
+    def __prepare_scriptable__(self):
+        raise TypeError(_NO_SCRIPT)
 
 
-class FusedConvBnRelu(FusedBlock):
-    """A lone Conv + BN + ReLU (the stem), as a one-stage plan."""
-
-    @classmethod
-    def plan_for(cls, block: nn.Module) -> BlockPlan:
-        conv = getattr(block, "conv", None)
-        if not isinstance(conv, nn.Conv2d):
-            raise TypeError(f"FusedConvBnRelu is built from a conv+bn module, got {type(block).__name__}")
-        if conv.kernel_size[0] != conv.kernel_size[1] or conv.stride[0] != conv.stride[1]:
-            raise TypeError("FusedConvBnRelu: only square kernels and strides are supported")
-        if conv.padding[0] != conv.padding[1] or not isinstance(conv.padding[0], int):
-            raise TypeError("FusedConvBnRelu: only symmetric integer padding is supported")
-        return plans.conv_bn_relu_plan(
-            "ConvBnRelu", conv.in_channels, conv.out_channels, conv.kernel_size[0],
-            conv.stride[0], conv.padding[0],
-        )
-
-
-class FusedMixed3a(FusedBlock):
-    plan = plans.MIXED_3A
-
-
-class FusedMixed4a(FusedBlock):
-    plan = plans.MIXED_4A
-
-
-class FusedMixed5a(FusedBlock):
-    plan = plans.MIXED_5A
-
-
-class FusedInceptionA(FusedBlock):
-    plan = plans.INCEPTION_A
-
-
-class FusedReductionA(FusedBlock):
-    plan = plans.REDUCTION_A
-
-
-class FusedInceptionB(FusedBlock):
-    plan = plans.INCEPTION_B
-
-
-class FusedReductionB(FusedBlock):
-    plan = plans.REDUCTION_B
-
-
-class FusedInceptionC(FusedBlock):
-    plan = plans.INCEPTION_C
-
-
-FUSED_BY_NAME = {
-    cls.plan.name: cls
-    for cls in (
-        FusedMixed3a, FusedMixed4a, FusedMixed5a, FusedInceptionA, FusedReductionA,
-        FusedInceptionB, FusedReductionB, FusedInceptionC,
-    )
-}
+_NO_SCRIPT = (
+    "inception_fast's fused modules do not support torch.jit.script; use torch.compile, or "
+    "torch.export, or call the module directly"
+)
 
 
 def fuse_block(block: nn.Module, backend: str = "torch") -> FusedBlock:
-    """The fused form of any Inception-v4 block or ConvBnRelu (reference or timm)."""
-    cls = FUSED_BY_NAME.get(type(block).__name__)
-    if cls is None:
-        if hasattr(block, "conv") and hasattr(block, "bn"):
-            cls = FusedConvBnRelu
-        else:
-            raise TypeError(f"no fused form for a {type(block).__name__}")
-    return cls.from_reference(block, backend)
+    """The fused form of one block (any module whose computation is a single block plan, e.g.
+    an Inception module, or a conv + BatchNorm + ReLU), on its device and in its dtype."""
+    compiled = compile_model(block)
+    blocks = [s for s in compiled.steps if isinstance(s, CompiledBlock)]
+    if len(compiled.steps) != 1 or len(blocks) != 1:
+        raise UnsupportedModel(
+            f"{type(block).__name__} computes {len(compiled.steps)} blocks in a row, not one; "
+            "use inception_fast.optimize() for it"
+        )
+    param = next(iter(block.parameters()), None)
+    fused = FusedBlock.from_compiled(blocks[0], backend)
+    if param is not None:
+        fused = fused.to(device=param.device, dtype=param.dtype)
+    return fused
 
 
-class FusedHead(nn.Module):
-    """Global average pool + Linear."""
+def _step_module(step, backend: str) -> nn.Module:
+    return FusedBlock.from_compiled(step, backend) if isinstance(step, CompiledBlock) else step.module
 
-    def __init__(self, linear: nn.Linear, backend: str = "torch"):
+
+class FusedNetwork(nn.Module):
+    """A whole compiled model: same call signature and outputs as its source model; timm's
+    `forward_features` / `forward_head(pre_logits=...)` / `num_features` / `num_classes` where
+    the model ends in global average pooling."""
+
+    def __init__(self, compiled: CompiledNetwork, default_cfg: dict | None = None, backend: str = "torch"):
         super().__init__()
-        self.backend = backend
-        self.register_buffer("weight", linear.weight.detach().clone())
-        bias = linear.bias if linear.bias is not None else torch.zeros(linear.out_features)
-        self.register_buffer("bias", bias.detach().clone())
-        self.backend_cache = {}
-        self.eval()  # inference-only: usable as built, without a call to .eval()
-
-    def _apply(self, fn, *args, **kwargs):
-        self.backend_cache = {}
-        return super()._apply(fn, *args, **kwargs)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_inference_input(self, x, self.weight.shape[1])
-        return self.run(x)
-
-    def run(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[0] == 0:
-            return x.new_empty((0, self.weight.shape[0]))
-        return get_backend(self.backend).run_head(self, x)
-
-
-class FusedInceptionV4(nn.Module):
-    """The whole network on fused blocks; same call signature and logits as the reference."""
-
-    def __init__(self, blocks: list, head: FusedHead, default_cfg: dict | None = None):
-        super().__init__()
-        self.features = nn.Sequential(*blocks)
-        self.head = head
+        self.steps = nn.ModuleList(_step_module(step, backend) for step in compiled.steps)
+        self.outputs = list(compiled.outputs)
+        self.single_output = compiled.single_output
+        self.in_channels = compiled.in_channels
+        self.global_pool_step = compiled.global_pool_step
         self.default_cfg = dict(default_cfg or {})
-        self.num_classes = head.weight.shape[0]
         self.cuda_graph = False  # whole-forward CUDA graphs (see optimize(cuda_graph=...))
         self.cuda_graph_max_batch = 64
         self.graph_cache = {}
+        self._checked_sizes: set = set()
+        last = self.steps[self.outputs[-1][0]]
+        self.num_classes = last.plan.out_channels if isinstance(last, FusedBlock) else None
+        pool = self.steps[self.global_pool_step] if self.global_pool_step is not None else None
+        self.num_features = pool.plan.in_channels if pool is not None else None
+        self.eval()
 
     def _apply(self, fn, *args, **kwargs):
         self.graph_cache = {}
         return super()._apply(fn, *args, **kwargs)
 
+    def __prepare_scriptable__(self):
+        raise TypeError(_NO_SCRIPT)
+
+    @property
+    def blocks(self) -> list[FusedBlock]:
+        return [s for s in self.steps if isinstance(s, FusedBlock)]
+
     @property
     def backend(self) -> str:
-        return self.head.backend
+        return self.blocks[0].backend
 
-    def set_backend(self, backend: str) -> FusedInceptionV4:
+    def set_backend(self, backend: str) -> FusedNetwork:
         get_backend(backend)  # raises when unknown
-        for module in self.modules():
-            if hasattr(module, "backend_cache"):
-                module.backend = backend
+        for block in self.blocks:
+            block.backend = backend
+        self.graph_cache = {}
         return self
 
-    def min_input_size(self) -> int:
-        size = 1
-        while True:
+    @torch.no_grad()
+    def refresh(self, model: nn.Module) -> FusedNetwork:
+        """Fold `model`'s current weights into this network in place (same structure): for a
+        source model edited or reloaded after `optimize()`. CUDA graphs stay valid."""
+        compiled = compile_model(model)
+        if len(compiled.steps) != len(self.steps):
+            raise ValueError("refresh() needs a model of the same structure as the one optimized")
+        for step, new in zip(self.steps, compiled.steps):
+            if isinstance(step, FusedBlock) != isinstance(new, CompiledBlock):
+                raise ValueError("refresh() needs a model of the same structure as the one optimized")
+            if isinstance(step, FusedBlock):
+                step.load_folded(new)
+        return self
+
+    # -- checks ------------------------------------------------------------------------------
+
+    def min_input_size(self) -> int | None:
+        """The smallest square input the blocks accept (None when a PyTorch step comes first,
+        whose output size the blocks see instead)."""
+        if not isinstance(self.steps[0], FusedBlock):
+            return None
+        for size in range(1, 4096):
             try:
-                self.feature_hw(size, size)
+                self._feature_hw(size, size)
                 return size
             except ValueError:
-                size += 1
+                continue
+        return None
 
-    def feature_hw(self, height: int, width: int) -> tuple[int, int]:
-        for block in self.features:
-            height, width = block.output_hw(height, width)
+    def _feature_hw(self, height: int, width: int) -> tuple[int, int]:
+        for step in self.steps:
+            height, width = step.output_hw(height, width)
         return height, width
 
     def check_input(self, x: torch.Tensor) -> None:
-        check_inference_input(self, x, self.features[0].plan.in_channels)
+        check_inference_input(self, x, self.in_channels)
+        size = (x.shape[2], x.shape[3])
+        if size in self._checked_sizes or not isinstance(self.steps[0], FusedBlock):
+            return
+        if any(not isinstance(s, FusedBlock) for s in self.steps):
+            return  # a PyTorch step may change the size: each block checks its own input
         try:
-            self.feature_hw(x.shape[2], x.shape[3])
+            self._feature_hw(*size)
         except ValueError as err:
+            least = self.min_input_size()
             raise ValueError(
-                f"FusedInceptionV4: input of {x.shape[2]}x{x.shape[3]} is too small; "
-                f"the network needs at least {self.min_input_size()}x{self.min_input_size()} "
-                f"({err})"
+                f"{type(self).__name__}: input of {size[0]}x{size[1]} is too small; the network needs "
+                f"at least {least}x{least} ({err})"
             ) from None
+        self._checked_sizes.add(size)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    # -- forward -----------------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor):
         self.check_input(x)
-        return self.run_features(x)
-
-    def run_features(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self.features:
-            x = block.run(x)
-        return x
-
-    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x)
-        if x.shape[0] == 0:
-            return x.new_empty((0, self.num_classes))
         if (
             self.cuda_graph
             and x.is_cuda
-            and x.shape[0] <= self.cuda_graph_max_batch
+            and 0 < x.shape[0] <= self.cuda_graph_max_batch
             and not torch.compiler.is_compiling()
             and not torch.cuda.is_current_stream_capturing()
         ):
             return run_graphed(self, x)
         return self.run_eager(x)
 
-    def run_eager(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head.run(self.run_features(x))
+    def run_eager(self, x: torch.Tensor):
+        return self._run(x, 0, len(self.steps), self.outputs)
+
+    def _run(self, x: torch.Tensor, first: int, stop: int, outputs: list):
+        wanted = {index for index, _ in outputs}
+        kept = {}
+        if first - 1 in wanted:
+            kept[first - 1] = x
+        for index in range(first, stop):
+            step = self.steps[index]
+            x = step.run(x) if isinstance(step, FusedBlock) else step(x)
+            if index in wanted:
+                kept[index] = x
+        results = [kept[index].flatten(1) if flat else kept[index] for index, flat in outputs]
+        return results[0] if self.single_output else results
+
+    def _head_checked(self) -> int:
+        if self.global_pool_step is None:
+            raise AttributeError(f"{type(self).__name__}: this model does not end in global average pooling, "
+                                 "so it has no forward_features / forward_head split")
+        return self.global_pool_step
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Everything before the global average pool, as timm's `forward_features`."""
+        start = self._head_checked()
+        self.check_input(x)
+        kept = self._run(x, 0, start, [(start - 1, False)])
+        return kept if self.single_output else kept[0]
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """The global average pool and the classifier, as timm's `forward_head`; with
+        `pre_logits=True` the pooled features [N, num_features]."""
+        start = self._head_checked()
+        check_inference_input(self, x, self.num_features)
+        stop = start + 1 if pre_logits else len(self.steps)
+        outputs = [(start, True)] if pre_logits else [self.outputs[-1]]
+        kept = self._run(x, start, stop, outputs)
+        return kept if self.single_output else kept[0]

@@ -1,14 +1,14 @@
-"""`optimize(model)`: a timm or reference Inception-v4 in, its fused form out."""
+"""`optimize(model)`: any model of the Inception family in, its fused form out."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from .architectures import default_cfg
 from .backends import resolve_backend
-from .modules import FusedHead, FusedInceptionV4, fuse_block
-from .plan import FEATURE_PLANS
-from .reference import DEFAULT_CFG
+from .compiler import compile_model
+from .modules import FusedNetwork
 
 _DTYPES = {
     "fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16,
@@ -19,34 +19,12 @@ _DTYPES = {
 
 def parse_dtype(dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
+        if dtype not in _DTYPES.values():
+            raise ValueError(f"unsupported dtype {dtype}; use one of float16, bfloat16, float32, float64")
         return dtype
     if dtype in _DTYPES:
         return _DTYPES[dtype]
     raise ValueError(f"unsupported dtype {dtype!r}; use one of {sorted(set(_DTYPES))}")
-
-
-def _check_model(model: nn.Module) -> None:
-    features = getattr(model, "features", None)
-    if not isinstance(features, nn.Sequential) or not hasattr(model, "last_linear"):
-        raise TypeError(
-            f"optimize() takes timm's inception_v4 or inception_fast.inception_v4, got "
-            f"{type(model).__name__}"
-        )
-    names = [type(b).__name__ for b in features]
-    expected = [p.name for p in FEATURE_PLANS]
-    stem_ok = all(hasattr(b, "conv") and hasattr(b, "bn") for b in features[:3])
-    if len(names) != len(expected) or names[3:] != expected[3:] or not stem_ok:
-        raise TypeError(f"model.features does not have Inception-v4's 22 blocks: {names}")
-    if model.training:
-        raise RuntimeError(
-            "optimize() folds BatchNorm statistics: put the model in eval mode first (model.eval())"
-        )
-    pool = getattr(model, "global_pool", None)
-    pool_type = getattr(pool, "pool_type", "avg")
-    if pool_type not in ("avg", "fast_avg") and not isinstance(pool, nn.AdaptiveAvgPool2d):
-        raise TypeError(f"only global average pooling fuses, got {pool_type!r}")
-    if not isinstance(model.last_linear, nn.Linear):
-        raise TypeError("optimize() needs a Linear classifier (last_linear); num_classes=0 is not supported")
 
 
 @torch.no_grad()
@@ -57,32 +35,44 @@ def optimize(
     device=None,
     cuda_graph: bool = False,
     cuda_graph_max_batch: int = 64,
-) -> FusedInceptionV4:
-    """Fold and fuse an Inception-v4 for inference.
+) -> FusedNetwork:
+    """Fold and fuse a model for inference.
+
+    The model's computation is read from the model itself (a torch.fx trace): its convs,
+    BatchNorms, pools (module or functional), concatenations, residual adds and activations,
+    with every attribute that changes the result. Tested on timm's ``inception_v4``,
+    ``inception_v3`` and ``inception_resnet_v2``, torchvision's ``googlenet`` and
+    ``inception_v3``, pytorch-fid's ``InceptionV3`` and ``inception_fast.inception_v4``; any
+    model built from the same layers works, and anything the kernels cannot compute exactly
+    is refused with an error naming the layer.
+
+    The result holds a snapshot of the weights, folded now: editing or reloading `model`
+    later changes nothing until ``fused.refresh(model)``.
 
     Args:
-        model: timm's ``inception_v4`` or ``inception_fast.inception_v4``, in eval mode.
-        backend: ``"auto"`` (on a GPU, per block and batch bucket the faster of Triton and the
-            CUDA extension, timed once and cached; PyTorch ops on the CPU), ``"torch"``,
-            ``"triton"`` or ``"cuda"``.
+        model: the source model, in eval mode.
+        backend: ``"auto"`` (on a GPU, per block and batch bucket the fastest of the Triton
+            kernels, the CUDA extension and PyTorch's cuDNN path, timed once and cached;
+            PyTorch ops on the CPU), ``"torch"``, ``"triton"`` or ``"cuda"``.
         dtype: weights and activations dtype of the result (default: the model's).
         device: where the result lives (default: the model's device).
         cuda_graph: replay the whole forward as one CUDA graph, captured per input shape after
             the kernels are tuned, for batches up to ``cuda_graph_max_batch`` (launch-bound
-            small batches gain most). GPU backends only. The returned logits are a fresh
-            tensor each call.
+            small batches gain most). GPU backends only. Outputs are fresh tensors each call.
 
     Returns:
-        A ``FusedInceptionV4`` that maps NCHW images (any memory format) to the same logits.
+        A ``FusedNetwork`` with the model's call signature and outputs (and timm's
+        ``forward_features`` / ``forward_head`` where the model ends in global average pooling).
     """
-    _check_model(model)
-    param = next(model.parameters())
-    dtype = parse_dtype(dtype) if dtype is not None else param.dtype
-    device = torch.device(device) if device is not None else param.device
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"optimize() takes a torch.nn.Module, got {type(model).__name__}")
+    param = next(iter(model.parameters()), None)
+    dtype = parse_dtype(dtype) if dtype is not None else (param.dtype if param is not None else torch.float32)
+    device = torch.device(device) if device is not None else (param.device if param is not None else
+                                                               torch.device("cpu"))
     backend = resolve_backend(backend, device)
-    blocks = [fuse_block(block) for block in model.features]
-    fused = FusedInceptionV4(blocks, FusedHead(model.last_linear), getattr(model, "default_cfg", DEFAULT_CFG))
-    fused = fused.to(device=device, dtype=dtype).eval()
+    compiled = compile_model(model)
+    fused = FusedNetwork(compiled, default_cfg(model)).to(device=device, dtype=dtype).eval()
     fused.set_backend(backend)
     if cuda_graph:
         if backend == "torch" or device.type != "cuda":

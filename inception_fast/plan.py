@@ -1,19 +1,26 @@
-"""The block plan: which convolutions and pools run in which dependency stage, and where each
-result lands. Written once, read by every backend.
+"""The plan vocabulary: what one fused block computes, as data that every backend executes.
 
+A *block plan* is a list of dependency stages; the ops of one stage read only what earlier
+stages (or the block input) hold, so a backend may run a whole stage as one grouped launch.
 Every block works on three NHWC buffers:
 
 - ``input``: the block input;
-- ``output``: the block output, whose channel slices replace the concat;
+- ``output``: the block output, whose channel slices replace the concatenation;
 - ``work``: one scratch buffer at the input's spatial size holding every intermediate as a
-  channel slice (all Inception-v4 intermediates live at the block input's resolution).
+  channel slice.
 
-A ``Conv`` may stack sibling convolutions that read the same input along the output channels
-(the stage-1 1x1 GEMM); its ``writes`` split those columns, in order, into destination slices.
-The AvgPool branches are rewritten: their 1x1 conv runs inside the stage-1 GEMM with a ``raw``
-write (no bias, no ReLU), and an ``AvgPoolBiasRelu`` op pools those few channels in a later
-stage and adds the bias. This is exact because average pooling is linear per channel and the
-1x1 conv is linear across channels: W @ avgpool(x) == avgpool(W @ x).
+A ``Conv`` may stack sibling convolutions that read the same slice with the same window along
+its output channels (the branches' 1x1 convs: one wider GEMM); its ``writes`` split those
+columns, in order, into destination slices, each with its epilogue (bias, residual, ReLU).
+
+The average-pool rewrite: an average pool followed by a 1x1 convolution is run as the 1x1
+convolution (inside the stacked GEMM, its columns written without bias or ReLU) followed by the
+pool over its few output channels, which then adds the conv's bias and applies the ReLU. This
+is exact because average pooling is linear per channel (with or without counting the padding:
+the divisor depends on the pixel only) and the 1x1 conv is linear across channels:
+W @ avgpool(x) == avgpool(W @ x), and the padding's zeros map to W @ 0 == 0.
+
+Plans are derived from a model by `inception_fast.compiler`; nothing here knows a network.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 INPUT, WORK, OUTPUT = "input", "work", "output"
+MAX, AVG, AVG_INCLUDE_PAD = "max", "avg", "avg_include_pad"  # Pool kinds
 
 
 @dataclass(frozen=True)
@@ -36,15 +44,21 @@ class Slice:
 
 @dataclass(frozen=True)
 class Write:
-    """A run of output columns of a Conv and where it goes. `raw` skips bias and ReLU."""
+    """A run of output columns of a Conv and where it goes.
+
+    bias: add the folded bias (False on the avg-pool rewrite's columns: the pool adds it);
+    residual: add the block input at the destination channels (a residual connection; the
+    destination is the block output at the input's size); relu: then clamp at zero."""
 
     dst: Slice
-    raw: bool = False
+    bias: bool = True
+    relu: bool = True
+    residual: bool = False
 
 
 @dataclass(frozen=True)
 class Conv:
-    sources: tuple[str, ...]  # ConvBnRelu paths inside the block, stacked along out-channels
+    sources: tuple[str, ...]  # the stacked layers' names in the source model, in column order
     src: Slice
     kernel: tuple[int, int]
     writes: tuple[Write, ...]
@@ -61,254 +75,96 @@ class Conv:
 
 
 @dataclass(frozen=True)
-class AvgPoolBiasRelu:
-    """relu(avgpool3x3(z) + b): AvgPool(3, stride 1, pad 1, count_include_pad=False) over the
-    raw 1x1 outputs z of the pool branch; b is the folded bias of conv `source`."""
+class Pool:
+    """A per-channel pooling window: MAX, AVG (padding not counted, PyTorch's
+    count_include_pad=False) or AVG_INCLUDE_PAD (divides by the window size). `ceil_mode`:
+    the output size rounds up (PyTorch's rule; the last window may be partial). `bias` names
+    the conv whose folded bias the pool adds (the avg-pool rewrite), then `relu` applies."""
 
-    source: str
+    kind: str
     src: Slice
     dst: Slice
-    kernel: int = 3
-    stride: int = 1
-    padding: int = 1
+    kernel: tuple[int, int]
+    stride: int
+    padding: tuple[int, int] = (0, 0)
+    ceil_mode: bool = False
+    bias: str | None = None
+    relu: bool = False
 
 
 @dataclass(frozen=True)
-class MaxPool:
-    """MaxPool(3, stride 2, no padding)."""
+class GlobalAvgPool:
+    """The mean over all pixels of each channel: a 1x1 output."""
 
     src: Slice
     dst: Slice
-    kernel: int = 3
-    stride: int = 2
-    padding: int = 0
 
 
 @dataclass(frozen=True)
 class BlockPlan:
-    name: str
+    name: str  # the source module's class, for messages and reports
     in_channels: int
     out_channels: int
     work_channels: int
     stages: tuple[tuple, ...] = field(default_factory=tuple)
+    path: str = field(default="", compare=False)  # where the block sits in the source model
 
     @property
-    def ops(self):
+    def ops(self) -> list:
         return [op for stage in self.stages for op in stage]
 
     @property
-    def convs(self):
+    def convs(self) -> list[Conv]:
         return [op for op in self.ops if isinstance(op, Conv)]
 
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.path})" if self.path else self.name
 
-def out_size(size: int, kernel: int, stride: int, padding: int) -> int:
-    return (size + 2 * padding - kernel) // stride + 1
+
+def out_size(size: int, kernel: int, stride: int, padding: int, ceil_mode: bool = False) -> int:
+    """PyTorch's output size of a window; with ceil_mode the last window may be partial but
+    must start inside the input or its left padding."""
+    if not ceil_mode:
+        return (size + 2 * padding - kernel) // stride + 1
+    out = (size + 2 * padding - kernel + stride - 1) // stride + 1
+    if (out - 1) * stride >= size + padding:
+        out -= 1
+    return out
+
+
+def op_kernel_hw(op) -> tuple[int, int]:
+    return op.kernel
 
 
 def op_output_hw(op, height: int, width: int) -> tuple[int, int]:
     """Spatial size an op produces from an input of `height` x `width`."""
-    if isinstance(op, Conv):
-        (kh, kw), (ph, pw) = op.kernel, op.padding
-        return out_size(height, kh, op.stride, ph), out_size(width, kw, op.stride, pw)
-    return (
-        out_size(height, op.kernel, op.stride, op.padding),
-        out_size(width, op.kernel, op.stride, op.padding),
-    )
+    if isinstance(op, GlobalAvgPool):
+        return 1, 1
+    ceil = getattr(op, "ceil_mode", False)
+    (kh, kw), (ph, pw) = op.kernel, op.padding
+    return out_size(height, kh, op.stride, ph, ceil), out_size(width, kw, op.stride, pw, ceil)
 
 
-def op_kernel_hw(op) -> tuple[int, int]:
-    return op.kernel if isinstance(op, Conv) else (op.kernel, op.kernel)
+def op_destinations(op) -> list[Slice]:
+    return [w.dst for w in op.writes] if isinstance(op, Conv) else [op.dst]
+
+
+def op_writes_output(op) -> bool:
+    return any(d.buffer == OUTPUT for d in op_destinations(op))
 
 
 def block_output_hw(plan: BlockPlan, height: int, width: int) -> tuple[int, int]:
     """Output size of a block, or ValueError naming the op whose window does not fit."""
+    out_hw = None
     for op in plan.ops:
-        kh, kw = op_kernel_hw(op)
-        pad = op.padding if isinstance(op, Conv) else (op.padding, op.padding)
-        if height + 2 * pad[0] < kh or width + 2 * pad[1] < kw:
-            raise ValueError(
-                f"{plan.name}: input of {height}x{width} is too small for its "
-                f"{kh}x{kw} window (padding {pad})"
-            )
+        if not isinstance(op, GlobalAvgPool):
+            (kh, kw), (ph, pw) = op.kernel, op.padding
+            if height + 2 * ph < kh or width + 2 * pw < kw:
+                raise ValueError(
+                    f"{plan.label}: input of {height}x{width} is too small for its "
+                    f"{kh}x{kw} window (padding {(ph, pw)})"
+                )
         if op_writes_output(op):
             out_hw = op_output_hw(op, height, width)
     return out_hw
-
-
-def op_writes_output(op) -> bool:
-    dsts = [w.dst for w in op.writes] if isinstance(op, Conv) else [op.dst]
-    return any(d.buffer == OUTPUT for d in dsts)
-
-
-# ---------------------------------------------------------------------------------------------
-# The plans. Slices are [start, stop) channels; work slices are laid out in order of first use.
-
-
-def _in(c):
-    return Slice(INPUT, 0, c)
-
-
-def _w(a, b):
-    return Slice(WORK, a, b)
-
-
-def _o(a, b):
-    return Slice(OUTPUT, a, b)
-
-
-def _to(*dsts):
-    return tuple(dst if isinstance(dst, Write) else Write(dst) for dst in dsts)
-
-
-def conv_bn_relu_plan(name, cin, cout, kernel, stride=1, padding=0) -> BlockPlan:
-    """A lone ConvBnRelu (the stem convs): one stage, one conv."""
-    conv = Conv(("",), _in(cin), (kernel, kernel), _to(_o(0, cout)), stride, (padding, padding))
-    return BlockPlan(name, cin, cout, 0, ((conv,),))
-
-
-MIXED_3A = BlockPlan(
-    "Mixed3a", 64, 160, 0,
-    (
-        (
-            MaxPool(_in(64), _o(0, 64)),
-            Conv(("conv",), _in(64), (3, 3), _to(_o(64, 160)), stride=2),
-        ),
-    ),
-)
-
-MIXED_4A = BlockPlan(
-    "Mixed4a", 160, 192, 256,
-    (
-        (Conv(("branch0.0", "branch1.0"), _in(160), (1, 1), _to(_w(0, 128))),),
-        (
-            Conv(("branch0.1",), _w(0, 64), (3, 3), _to(_o(0, 96))),
-            Conv(("branch1.1",), _w(64, 128), (1, 7), _to(_w(128, 192)), padding=(0, 3)),
-        ),
-        (Conv(("branch1.2",), _w(128, 192), (7, 1), _to(_w(192, 256)), padding=(3, 0)),),
-        (Conv(("branch1.3",), _w(192, 256), (3, 3), _to(_o(96, 192))),),
-    ),
-)
-
-MIXED_5A = BlockPlan(
-    "Mixed5a", 192, 384, 0,
-    (
-        (
-            Conv(("conv",), _in(192), (3, 3), _to(_o(0, 192)), stride=2),
-            MaxPool(_in(192), _o(192, 384)),
-        ),
-    ),
-)
-
-INCEPTION_A = BlockPlan(
-    "InceptionA", 384, 384, 320,
-    (
-        (
-            Conv(
-                ("branch0", "branch1.0", "branch2.0", "branch3.1"), _in(384), (1, 1),
-                _to(_o(0, 96), _w(0, 128), Write(_w(128, 224), raw=True)),
-            ),
-        ),
-        (
-            Conv(("branch1.1",), _w(0, 64), (3, 3), _to(_o(96, 192)), padding=(1, 1)),
-            Conv(("branch2.1",), _w(64, 128), (3, 3), _to(_w(224, 320)), padding=(1, 1)),
-            AvgPoolBiasRelu("branch3.1", _w(128, 224), _o(288, 384)),
-        ),
-        (Conv(("branch2.2",), _w(224, 320), (3, 3), _to(_o(192, 288)), padding=(1, 1)),),
-    ),
-)
-
-REDUCTION_A = BlockPlan(
-    "ReductionA", 384, 1024, 416,
-    (
-        (
-            Conv(("branch0",), _in(384), (3, 3), _to(_o(0, 384)), stride=2),
-            Conv(("branch1.0",), _in(384), (1, 1), _to(_w(0, 192))),
-            MaxPool(_in(384), _o(640, 1024)),
-        ),
-        (Conv(("branch1.1",), _w(0, 192), (3, 3), _to(_w(192, 416)), padding=(1, 1)),),
-        (Conv(("branch1.2",), _w(192, 416), (3, 3), _to(_o(384, 640)), stride=2),),
-    ),
-)
-
-INCEPTION_B = BlockPlan(
-    "InceptionB", 1024, 1024, 1376,
-    (
-        (
-            Conv(
-                ("branch0", "branch1.0", "branch2.0", "branch3.1"), _in(1024), (1, 1),
-                _to(_o(0, 384), _w(0, 384), Write(_w(384, 512), raw=True)),
-            ),
-        ),
-        (
-            Conv(("branch1.1",), _w(0, 192), (1, 7), _to(_w(512, 736)), padding=(0, 3)),
-            Conv(("branch2.1",), _w(192, 384), (7, 1), _to(_w(736, 928)), padding=(3, 0)),
-            AvgPoolBiasRelu("branch3.1", _w(384, 512), _o(896, 1024)),
-        ),
-        (
-            Conv(("branch1.2",), _w(512, 736), (7, 1), _to(_o(384, 640)), padding=(3, 0)),
-            Conv(("branch2.2",), _w(736, 928), (1, 7), _to(_w(928, 1152)), padding=(0, 3)),
-        ),
-        (Conv(("branch2.3",), _w(928, 1152), (7, 1), _to(_w(1152, 1376)), padding=(3, 0)),),
-        (Conv(("branch2.4",), _w(1152, 1376), (1, 7), _to(_o(640, 896)), padding=(0, 3)),),
-    ),
-)
-
-REDUCTION_B = BlockPlan(
-    "ReductionB", 1024, 1536, 1024,
-    (
-        (
-            Conv(("branch0.0", "branch1.0"), _in(1024), (1, 1), _to(_w(0, 448))),
-            MaxPool(_in(1024), _o(512, 1536)),
-        ),
-        (
-            Conv(("branch0.1",), _w(0, 192), (3, 3), _to(_o(0, 192)), stride=2),
-            Conv(("branch1.1",), _w(192, 448), (1, 7), _to(_w(448, 704)), padding=(0, 3)),
-        ),
-        (Conv(("branch1.2",), _w(448, 704), (7, 1), _to(_w(704, 1024)), padding=(3, 0)),),
-        (Conv(("branch1.3",), _w(704, 1024), (3, 3), _to(_o(192, 512)), stride=2),),
-    ),
-)
-
-INCEPTION_C = BlockPlan(
-    "InceptionC", 1536, 1536, 1984,
-    (
-        (
-            Conv(
-                ("branch0", "branch1_0", "branch2_0", "branch3.1"), _in(1536), (1, 1),
-                _to(_o(0, 256), _w(0, 768), Write(_w(768, 1024), raw=True)),
-            ),
-        ),
-        (
-            Conv(("branch1_1a",), _w(0, 384), (1, 3), _to(_o(256, 512)), padding=(0, 1)),
-            Conv(("branch1_1b",), _w(0, 384), (3, 1), _to(_o(512, 768)), padding=(1, 0)),
-            Conv(("branch2_1",), _w(384, 768), (3, 1), _to(_w(1024, 1472)), padding=(1, 0)),
-            AvgPoolBiasRelu("branch3.1", _w(768, 1024), _o(1280, 1536)),
-        ),
-        (Conv(("branch2_2",), _w(1024, 1472), (1, 3), _to(_w(1472, 1984)), padding=(0, 1)),),
-        (
-            Conv(("branch2_3a",), _w(1472, 1984), (1, 3), _to(_o(768, 1024)), padding=(0, 1)),
-            Conv(("branch2_3b",), _w(1472, 1984), (3, 1), _to(_o(1024, 1280)), padding=(1, 0)),
-        ),
-    ),
-)
-
-STEM = (
-    conv_bn_relu_plan("Stem0", 3, 32, 3, stride=2),
-    conv_bn_relu_plan("Stem1", 32, 32, 3),
-    conv_bn_relu_plan("Stem2", 32, 64, 3, padding=1),
-)
-
-# The plan of each block of `InceptionV4.features`, by index.
-FEATURE_PLANS = (
-    *STEM,
-    MIXED_3A,
-    MIXED_4A,
-    MIXED_5A,
-    *[INCEPTION_A] * 4,
-    REDUCTION_A,
-    *[INCEPTION_B] * 7,
-    REDUCTION_B,
-    *[INCEPTION_C] * 3,
-)
-
-PLANS_BY_NAME = {p.name: p for p in FEATURE_PLANS}

@@ -1,8 +1,9 @@
 """The `torch` backend: the block plan executed with PyTorch ops on folded weights.
 
 It is the CPU path and the executable specification of the kernels: same stages, same stacked
-stage-1 GEMM, same avg-pool rewrite, every result copied straight into its slice of one
-preallocated output (no torch.cat). Works in any dtype PyTorch supports on the device.
+GEMMs, same avg-pool rewrite, every result copied straight into its slice of one preallocated
+output (no torch.cat). Works in any dtype PyTorch supports on the device; on a GPU its convs
+are cuDNN's, which makes it the library path that `auto` weighs against the kernels.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..plan import INPUT, OUTPUT, WORK, AvgPoolBiasRelu, Conv, MaxPool
+from ..plan import AVG_INCLUDE_PAD, INPUT, MAX, OUTPUT, WORK, Conv, GlobalAvgPool, Pool
+
+name = "torch"
 
 
 def availability(device=None) -> tuple[bool, str]:
@@ -19,6 +22,13 @@ def availability(device=None) -> tuple[bool, str]:
 
 def _slice(buffers, s):
     return buffers[s.buffer][:, s.start : s.stop]
+
+
+def _pool(op: Pool, src: torch.Tensor) -> torch.Tensor:
+    if op.kind == MAX:
+        return F.max_pool2d(src, op.kernel, op.stride, op.padding, ceil_mode=op.ceil_mode)
+    return F.avg_pool2d(src, op.kernel, op.stride, op.padding, ceil_mode=op.ceil_mode,
+                        count_include_pad=op.kind == AVG_INCLUDE_PAD)
 
 
 def run_block(block, x: torch.Tensor) -> torch.Tensor:
@@ -38,17 +48,17 @@ def run_block(block, x: torch.Tensor) -> torch.Tensor:
             col = 0
             for write in op.writes:
                 part = y[:, col : col + write.dst.channels]
-                _slice(buffers, write.dst).copy_(part if write.raw else torch.relu(part))
+                if write.residual:
+                    part = part + x[:, write.dst.start : write.dst.stop]
+                _slice(buffers, write.dst).copy_(torch.relu(part) if write.relu else part)
                 col += write.dst.channels
-        elif isinstance(op, AvgPoolBiasRelu):
-            pooled = F.avg_pool2d(src, op.kernel, op.stride, op.padding, count_include_pad=False)
-            _slice(buffers, op.dst).copy_(torch.relu(pooled + bias[:, None, None]))
-        elif isinstance(op, MaxPool):
-            _slice(buffers, op.dst).copy_(F.max_pool2d(src, op.kernel, op.stride, op.padding))
+        elif isinstance(op, Pool):
+            y = _pool(op, src)
+            if bias is not None:
+                y = y + bias[:, None, None]
+            _slice(buffers, op.dst).copy_(torch.relu(y) if op.relu else y)
+        elif isinstance(op, GlobalAvgPool):
+            _slice(buffers, op.dst).copy_(src.mean((2, 3), keepdim=True))
         else:
             raise TypeError(f"unknown plan op {type(op).__name__}")
     return buffers[OUTPUT]
-
-
-def run_head(head, x: torch.Tensor) -> torch.Tensor:
-    return F.linear(x.mean((2, 3)), head.weight, head.bias)
