@@ -1,14 +1,15 @@
-"""backend="auto" on a GPU: for each block (and the head), batch-size bucket, dtype and card, the
+"""backend="auto" on a GPU: for each block, batch-size bucket, dtype and card, the
 faster of the `triton` and `cuda` backends, timed once on the first input of that kind and
 remembered in ``<cache>/autoselect.json`` (``$INCEPTION_FAST_CACHE_DIR`` or
 ``~/.cache/inception_fast``). `choice_table()` lists the choices for `inception-fast info`.
 
-This module is itself a backend (availability / run_block / run_head), so a model whose blocks
+This module is itself a backend (availability / run_block), so a model whose blocks
 are set to "auto" dispatches each call to the backend chosen for it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -136,8 +137,10 @@ def choose(kind: str, x: torch.Tensor, runners: dict) -> str:
 
 
 def block_kind(block) -> str:
+    """The block's name and a digest of its plan: blocks with the same plan share a choice."""
     plan = block.plan
-    return f"{plan.name}{plan.in_channels}-{plan.out_channels}"
+    digest = hashlib.sha1(repr(plan).encode()).hexdigest()[:10]
+    return f"{plan.name}{plan.in_channels}-{plan.out_channels}-{digest}"
 
 
 def _backends(device) -> dict:
@@ -149,11 +152,6 @@ def _backends(device) -> dict:
 def run_block(block, x: torch.Tensor) -> torch.Tensor:
     runners = {name: (lambda t, b=b: b.run_block(block, t)) for name, b in _backends(x.device).items()}
     return runners[choose(block_kind(block), x, runners)](x)
-
-
-def run_head(head, x: torch.Tensor) -> torch.Tensor:
-    runners = {name: (lambda t, b=b: b.run_head(head, t)) for name, b in _backends(x.device).items()}
-    return runners[choose(f"Head{x.shape[1]}-{head.weight.shape[0]}", x, runners)](x)
 
 
 def choice_table() -> list[dict]:

@@ -48,7 +48,7 @@ def weight_elements(plan: BlockPlan) -> int:
 
 def bias_elements(plan: BlockPlan) -> int:
     return sum(op.out_channels for op in plan.convs) + sum(
-        op.dst.channels for op in plan.ops if isinstance(op, Pool) and op.bias is not None
+        op.dst.channels for op in plan.ops if isinstance(op, Pool) and op.bias
     )
 
 

@@ -29,13 +29,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .plan import INPUT, OUTPUT, WORK, AvgPoolBiasRelu, BlockPlan, Conv, Slice
+from .plan import AVG, AVG_INCLUDE_PAD, INPUT, MAX, OUTPUT, WORK, BlockPlan, Conv, GlobalAvgPool, Pool, Slice
 
-CONV, AVG_POOL, MAX_POOL = 0, 1, 2
+CONV, AVG_POOL, MAX_POOL, AVG_POOL_INCLUDE_PAD = 0, 1, 2, 3
 BUF_INPUT, BUF_WORK, BUF_OUTPUT = 0, 1, 2
-FLAG_RELU, FLAG_TO_OUTPUT = 1, 2
+FLAG_RELU, FLAG_TO_OUTPUT, FLAG_RESIDUAL = 1, 2, 4
+_POOL_KINDS = {AVG: AVG_POOL, MAX: MAX_POOL, AVG_INCLUDE_PAD: AVG_POOL_INCLUDE_PAD}
 (KIND, SRC_BUF, SRC_C0, CIN, COLS, KH, KW, STRIDE, PAD_H, PAD_W, W_OFF, COL_OFF) = range(12)
 NUM_FIELDS = 12
+NUM_FIELDS_BASE = 12  # fields after these are optional window flags (ceil mode)
 _BUF = {INPUT: BUF_INPUT, WORK: BUF_WORK, OUTPUT: BUF_OUTPUT}
 
 
@@ -79,18 +81,35 @@ def round_to_tf32(t: torch.Tensor) -> torch.Tensor:
 
 def _columns(op) -> list[tuple[int, int]]:
     """(destination channel, flags) for each output column of an op."""
+    def flags(dst: Slice, relu: bool, residual: bool = False) -> int:
+        return ((FLAG_RELU if relu else 0) | (FLAG_TO_OUTPUT if dst.buffer == OUTPUT else 0)
+                | (FLAG_RESIDUAL if residual else 0))
+
     if isinstance(op, Conv):
         cols = []
         for write in op.writes:
-            flags = (0 if write.raw else FLAG_RELU) | (FLAG_TO_OUTPUT if write.dst.buffer == OUTPUT else 0)
-            cols += [(write.dst.start + i, flags) for i in range(write.dst.channels)]
+            f = flags(write.dst, write.relu, write.residual)
+            cols += [(write.dst.start + i, f) for i in range(write.dst.channels)]
         return cols
-    flags = (FLAG_RELU if isinstance(op, AvgPoolBiasRelu) else 0)
-    flags |= FLAG_TO_OUTPUT if op.dst.buffer == OUTPUT else 0
-    return [(op.dst.start + i, flags) for i in range(op.dst.channels)]
+    f = flags(op.dst, getattr(op, "relu", False))
+    return [(op.dst.start + i, f) for i in range(op.dst.channels)]
 
 
-def pack_stage(block, stage_index: int, device, dtype, padded_in_channels: int | None = None) -> PackedStage:
+def _pool_window(op, height: int | None, width: int | None) -> tuple:
+    """(kind, kh, kw, stride, pad_h, pad_w, ceil) of a pool op; a global pool is an average
+    over the whole input, so its window needs the input size."""
+    if isinstance(op, GlobalAvgPool):
+        if height is None:
+            raise ValueError("a global pool is packed for one input size: pass height and width")
+        return AVG_POOL, height, width, 1, 0, 0, 0
+    if op.ceil_mode and op.kind != MAX:
+        raise ValueError(f"average pooling with ceil_mode=True is not supported by the kernels ({op})")
+    (kh, kw), (ph, pw) = op.kernel, op.padding
+    return _POOL_KINDS[op.kind], kh, kw, op.stride, ph, pw, int(op.ceil_mode)
+
+
+def pack_stage(block, stage_index: int, device, dtype, padded_in_channels: int | None = None,
+               height: int | None = None, width: int | None = None) -> PackedStage:
     """Pack stage `stage_index` of a FusedBlock for one grouped launch on `device` in `dtype`.
 
     `padded_in_channels`: the block input carries this many channels, the real ones first and
@@ -116,9 +135,7 @@ def pack_stage(block, stage_index: int, device, dtype, padded_in_channels: int |
             weights.append(ohwi)
             this_w_off, w_off = w_off, w_off + ohwi.numel()
         else:
-            kind = AVG_POOL if isinstance(op, AvgPoolBiasRelu) else MAX_POOL
-            kh = kw = op.kernel
-            stride, ph, pw = op.stride, op.padding, op.padding
+            kind, kh, kw, stride, ph, pw, _ceil = _pool_window(op, height, width)
             this_w_off = -1
             cin = op.src.channels
             if bias is None:
@@ -153,30 +170,31 @@ def make_stage(rows, weights, biases, dsts, flags, device, dtype) -> PackedStage
     )
 
 
-def pack_block(block, device, dtype, padded_in_channels: int | None = None) -> list[PackedStage]:
+def pack_block(block, device, dtype, padded_in_channels: int | None = None,
+               height: int | None = None, width: int | None = None) -> list[PackedStage]:
+    """Every stage of a block; `height`/`width` (the input size) only where `sized(plan)`."""
     return [
-        pack_stage(block, s, device, dtype, padded_in_channels if s == 0 else None)
+        pack_stage(block, s, device, dtype, padded_in_channels if s == 0 else None, height, width)
         for s in range(len(block.plan.stages))
     ]
 
 
-def pack_head(head, channels: int, height: int, width: int, device, dtype) -> tuple:
-    """The head as two one-problem stages: a global average pool (a height x width window),
-    then the Linear as a 1x1 conv whose columns are padded to a multiple of 8.
-    Returns (pool stage, linear stage, padded columns)."""
-    classes = head.weight.shape[0]
-    cols = -(-classes // 8) * 8
-    weight = torch.zeros(cols, channels, dtype=head.weight.dtype, device=head.weight.device)
-    weight[:classes] = head.weight
-    bias = torch.zeros(cols)
-    bias[:classes] = head.bias.float().cpu()
-    pool = make_stage(
-        [[AVG_POOL, BUF_INPUT, 0, channels, channels, height, width, 1, 0, 0, -1, 0]],
-        [], [torch.zeros(channels)], list(range(channels)), [FLAG_TO_OUTPUT] * channels,
-        device, dtype,
-    )
-    linear = make_stage(
-        [[CONV, BUF_INPUT, 0, channels, cols, 1, 1, 1, 0, 0, 0, 0]],
-        [weight.reshape(-1)], [bias], list(range(cols)), [FLAG_TO_OUTPUT] * cols, device, dtype,
-    )
-    return pool, linear, cols
+_KIND_NAMES = {CONV: "conv", AVG_POOL: "avg", MAX_POOL: "max", AVG_POOL_INCLUDE_PAD: "avgpad"}
+
+
+def stage_signature(stage: PackedStage) -> str:
+    """The shape of a stage's work, e.g. ``conv1x1s1p0:384>320+avg3x3s1p1:96>96``: what tile
+    choices are keyed by, so a stage of the same shape in another block or network shares them."""
+    parts = []
+    for row in stage.rows:
+        ceil = "c" if len(row) > NUM_FIELDS_BASE and row[NUM_FIELDS_BASE] else ""
+        parts.append(
+            f"{_KIND_NAMES[row[KIND]]}{row[KH]}x{row[KW]}s{row[STRIDE]}p{row[PAD_H]}{row[PAD_W]}{ceil}:"
+            f"{row[CIN]}>{row[COLS]}"
+        )
+    return "+".join(parts)
+
+
+def sized(plan: BlockPlan) -> bool:
+    """Whether the packed form depends on the input size (a global pool's window does)."""
+    return any(isinstance(op, GlobalAvgPool) for op in plan.ops)

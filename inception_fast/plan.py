@@ -58,10 +58,12 @@ class Write:
 
 @dataclass(frozen=True)
 class Conv:
-    sources: tuple[str, ...]  # the stacked layers' names in the source model, in column order
-    src: Slice
-    kernel: tuple[int, int]
-    writes: tuple[Write, ...]
+    # The stacked layers' names in the source model, in column order: for messages only, so
+    # that equal blocks at different places have equal plans.
+    sources: tuple[str, ...] = field(compare=False, repr=False)
+    src: Slice = None
+    kernel: tuple[int, int] = (1, 1)
+    writes: tuple[Write, ...] = ()
     stride: int = 1
     padding: tuple[int, int] = (0, 0)
 
@@ -78,8 +80,9 @@ class Conv:
 class Pool:
     """A per-channel pooling window: MAX, AVG (padding not counted, PyTorch's
     count_include_pad=False) or AVG_INCLUDE_PAD (divides by the window size). `ceil_mode`:
-    the output size rounds up (PyTorch's rule; the last window may be partial). `bias` names
-    the conv whose folded bias the pool adds (the avg-pool rewrite), then `relu` applies."""
+    the output size rounds up (PyTorch's rule; the last window may be partial). `bias`: the pool
+    adds a per-channel bias (the avg-pool rewrite: the folded bias of the 1x1 conv it now
+    follows), then `relu` applies."""
 
     kind: str
     src: Slice
@@ -88,8 +91,9 @@ class Pool:
     stride: int
     padding: tuple[int, int] = (0, 0)
     ceil_mode: bool = False
-    bias: str | None = None
+    bias: bool = False
     relu: bool = False
+    bias_source: str = field(default="", compare=False, repr=False)  # that conv's name, for messages
 
 
 @dataclass(frozen=True)
@@ -107,7 +111,7 @@ class BlockPlan:
     out_channels: int
     work_channels: int
     stages: tuple[tuple, ...] = field(default_factory=tuple)
-    path: str = field(default="", compare=False)  # where the block sits in the source model
+    path: str = field(default="", compare=False, repr=False)  # where the block sits in the source model
 
     @property
     def ops(self) -> list:

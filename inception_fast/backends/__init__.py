@@ -1,5 +1,11 @@
-"""Backend registry. A backend runs fused blocks (`run_block`) and the head (`run_head`), and may
-run a whole model (`run_model`). Backends import lazily so that a machine without Triton or
+"""Backend registry. A backend is a module with two functions:
+
+    availability(device) -> (usable: bool, reason: str)
+    run_block(block: FusedBlock, x: NCHW tensor) -> NCHW tensor stored channels_last
+
+`run_block` executes `block.plan` on the block's folded weights (`block.op_params(i)`), and
+may keep what it prepares (packed weights) in `block.backend_cache`. A new backend is one new
+module listed in `_MODULES`. Backends import lazily so that a machine without Triton or
 without the CUDA extension still imports the package."""
 
 from __future__ import annotations

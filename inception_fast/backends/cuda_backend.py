@@ -5,7 +5,8 @@ Activations stay NHWC (channels_last) from block to block. The kernel reads chan
 groups of 8 (16-byte copies), so an input whose channel count is not a multiple of 8 (the
 3-channel image) is zero-padded to the next multiple, with the weights padded to match
 (`packing.pack_block(..., padded_in_channels)`).
-The head runs on the same kernel: a whole-image average pool, then the Linear as a 1x1 conv.
+The classifier head is two plans like any block: a whole-image average pool, then the Linear as
+a 1x1 conv.
 """
 
 from __future__ import annotations
@@ -84,24 +85,26 @@ def _check_destinations(plan, rows, col_dst: list, col_flags: list) -> list:
     return destinations
 
 
-def _pack(block, device, dtype) -> _PackedBlock:
+def _pack(block, device, dtype, size) -> _PackedBlock:
     plan = block.plan
     in_channels = _round_up(plan.in_channels, CHANNEL_GROUP)
     padded = in_channels if in_channels != plan.in_channels else None
     stages = []
-    for stage in pk.pack_block(block, device, dtype, padded):
+    for stage in pk.pack_block(block, device, dtype, padded, *(size or (None, None))):
         col_dst, col_flags = stage.col_dst.tolist(), stage.col_flags.tolist()
         problems = [int(v) for row in stage.rows for v in row]
         stages.append(_Stage(stage, problems, _check_destinations(plan, stage.rows, col_dst, col_flags)))
     return _PackedBlock(stages, in_channels)
 
 
-def packed_block(block, device, dtype) -> _PackedBlock:
-    """The block's stages packed for this backend, cached in `block.backend_cache`."""
-    key = ("cuda", torch.device(device), dtype)
+def packed_block(block, device, dtype, size=None) -> _PackedBlock:
+    """The block's stages packed for this backend, cached in `block.backend_cache` (per input
+    size where the plan has a global pool)."""
+    size = size if pk.sized(block.plan) else None
+    key = ("cuda", torch.device(device), dtype, size)
     packed = block.backend_cache.get(key)
     if packed is None:
-        packed = block.backend_cache[key] = _pack(block, device, dtype)
+        packed = block.backend_cache[key] = _pack(block, device, dtype, size)
     return packed
 
 
@@ -138,7 +141,7 @@ def run_block(block, x: torch.Tensor) -> torch.Tensor:
     plan = block.plan
     n, c, h, w = x.shape
     oh, ow = block.output_hw(h, w)
-    packed = packed_block(block, x.device, x.dtype)
+    packed = packed_block(block, x.device, x.dtype, (h, w))
     _check_sizes(block, packed, h, w, oh, ow)
     like = {"dtype": x.dtype, "device": x.device, "memory_format": torch.channels_last}
     if c != packed.in_channels:  # one pad kernel writes the zero-padded NHWC copy
@@ -157,36 +160,3 @@ def run_block(block, x: torch.Tensor) -> torch.Tensor:
         p = s.packed
         stage_op(inp_nhwc, work_nhwc, out_nhwc, s.problems, p.weights, p.bias, p.col_dst, p.col_flags)
     return out
-
-
-def _packed_head(head, c: int, h: int, w: int, device, dtype) -> tuple:
-    key = ("cuda", torch.device(device), dtype, h, w)
-    packed = head.backend_cache.get(key)
-    if packed is None:
-        pool, linear, cols = pk.pack_head(head, c, h, w, device, dtype)
-        packed = head.backend_cache[key] = ([int(v) for v in pool.rows[0]], pool,
-                                            [int(v) for v in linear.rows[0]], linear, cols)
-    return packed
-
-
-def run_head(head, x: torch.Tensor) -> torch.Tensor:
-    """Global average pool, then the Linear, as two launches of the stage kernel."""
-    if x.dtype not in SUPPORTED_DTYPES or x.shape[1] % CHANNEL_GROUP:
-        return torch_backend.run_head(head, x)
-    if not torch.compiler.is_compiling():
-        extension.load()
-    n, c, h, w = x.shape
-    if not x.is_contiguous(memory_format=torch.channels_last) or _misaligned(x):
-        x = x.clone(memory_format=torch.channels_last)
-    pool_rows, pool, linear_rows, linear, cols = _packed_head(head, c, h, w, x.device, x.dtype)
-    like = {"dtype": x.dtype, "device": x.device}
-    pooled = torch.empty((n, 1, 1, c), **like)
-    logits = torch.empty((n, 1, 1, cols), **like)
-    no_work, no_weights = x.new_empty(0), x.new_empty(0)  # distinct: a mutable arg must alias nothing
-    stage_op = torch.ops.inception_fast.cuda_conv_stage.default
-    for src, dst, rows, stage, weights in (
-        (x.permute(0, 2, 3, 1), pooled, pool_rows, pool, no_weights),
-        (pooled, logits, linear_rows, linear, linear.weights),
-    ):
-        stage_op(src, no_work, dst, rows, weights, stage.bias, stage.col_dst, stage.col_flags)
-    return logits.view(n, cols)[:, : head.weight.shape[0]]

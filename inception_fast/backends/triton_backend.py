@@ -84,13 +84,15 @@ def to_kernel_layout(x: torch.Tensor, channels: int) -> torch.Tensor:
 
 
 def _packed_block(block, x: torch.Tensor):
-    key = ("triton", x.device, x.dtype)
+    size = tuple(x.shape[2:]) if pk.sized(block.plan) else None
+    key = ("triton", x.device, x.dtype, size)
     stages = block.backend_cache.get(key)
     if stages is None:
         channels = _aligned(block.plan.in_channels)
         padded = channels if channels != block.plan.in_channels else None
-        stages = pk.pack_block(block, x.device, x.dtype, padded)
-        block.backend_cache[key] = stages
+        stages = pk.pack_block(block, x.device, x.dtype, padded, *(size or (None, None)))
+        block.backend_cache[key] = [(stage, pk.stage_signature(stage)) for stage in stages]
+        stages = block.backend_cache[key]
     return stages
 
 
@@ -152,28 +154,6 @@ def run_block(block, x: torch.Tensor) -> torch.Tensor:
     oh, ow = block.output_hw(h, w)
     out = _alloc((n, plan.out_channels, oh, ow), x)
     work = _alloc((n, plan.work_channels, h, w), x) if plan.work_channels else _no_work(block, x)
-    for s, stage in enumerate(stages):
-        _run_stage(stage, x, work, out, f"{plan.name}{plan.in_channels}-{plan.out_channels}/s{s}")
+    for stage, signature in stages:
+        _run_stage(stage, x, work, out, signature)
     return out
-
-
-def _packed_head(head, x: torch.Tensor):
-    _n, c, h, w = x.shape
-    key = ("triton", x.device, x.dtype, h, w)
-    stages = head.backend_cache.get(key)
-    if stages is None:
-        stages = head.backend_cache[key] = pk.pack_head(head, c, h, w, x.device, x.dtype)
-    return stages
-
-
-def run_head(head, x: torch.Tensor) -> torch.Tensor:
-    _check_dtype(x)
-    x = x.contiguous(memory_format=torch.channels_last)
-    pool, linear, cols = _packed_head(head, x)
-    n, c, _h, _w = x.shape
-    pooled = _alloc((n, c, 1, 1), x)
-    key = f"Head{c}-{cols}"
-    _run_stage(pool, x, _no_work(head, x), pooled, f"{key}/s0")
-    logits = _alloc((n, cols, 1, 1), x)
-    _run_stage(linear, pooled, _no_work(head, x), logits, f"{key}/s1")
-    return logits.view(n, cols)[:, : head.weight.shape[0]]

@@ -18,10 +18,20 @@ import torch.fx as fx
 from torch import nn
 
 from ..plan import BlockPlan
-from .layers import AliasLayer, CatLayer, GlobalPoolLayer, InputLayer, Layer, PoolLayer, TorchLayer, resolve
+from .layers import (
+    AliasLayer,
+    CatLayer,
+    GlobalPoolLayer,
+    InputLayer,
+    Layer,
+    PoolLayer,
+    TorchLayer,
+    infer_channels,
+    resolve,
+)
 from .lower import lower_segment
 from .partition import Segment, partition
-from .trace import UnsupportedModel, read_layers, trace
+from .tracing import UnsupportedModel, read_layers, trace
 
 __all__ = ["CompiledBlock", "CompiledNetwork", "TorchStep", "UnsupportedModel", "compile_model"]
 
@@ -99,6 +109,7 @@ def compile_model(model: nn.Module) -> CompiledNetwork:
     if not isinstance(layers[0], InputLayer):
         raise UnsupportedModel(f"{type(model).__name__} takes no tensor input")
     segments = partition(layers, [resolve(o) for o in outputs] + [o for o in outputs])
+    channels = infer_channels(layers)
     steps, step_of = [], {id(layers[0]): -1}
     global_pool_step = None
     for segment in segments:
@@ -112,7 +123,7 @@ def compile_model(model: nn.Module) -> CompiledNetwork:
         if TorchLayer in kinds and kinds <= {AliasLayer, TorchLayer, CatLayer, PoolLayer, GlobalPoolLayer}:
             steps.append(_torch_step(model, segment, name))
         else:
-            plan, params = lower_segment(segment, name, path)
+            plan, params = lower_segment(segment, name, path, channels)
             steps.append(CompiledBlock(plan, params))
             if isinstance(resolve(segment.output), GlobalPoolLayer):
                 global_pool_step = len(steps) - 1

@@ -158,3 +158,31 @@ def resolve(layer: Layer) -> Layer:
     while isinstance(layer, AliasLayer):
         layer = layer.inputs[0]
     return layer
+
+
+def infer_channels(layers: list[Layer]) -> dict:
+    """Channels of every layer's tensor (by id) where the graph tells: forward from the convs'
+    output channels, backward from their input channels; pools and aliases keep the count."""
+    known: dict = {}
+    for _ in range(len(layers) + 1):
+        changed = False
+
+        def learn(layer: Layer, count: int | None) -> None:
+            nonlocal changed
+            if count is not None and known.get(id(layer)) is None:
+                known[id(layer)] = count
+                changed = True
+
+        for layer in layers:
+            if isinstance(layer, ConvLayer):
+                learn(layer, layer.channels)
+                learn(layer.inputs[0], layer.in_channels)
+            elif isinstance(layer, (PoolLayer, GlobalPoolLayer, AliasLayer)):
+                learn(layer, known.get(id(layer.inputs[0])))
+                learn(layer.inputs[0], known.get(id(layer)))
+            elif isinstance(layer, CatLayer):
+                counts = [known.get(id(i)) for i in layer.inputs]
+                learn(layer, None if None in counts else sum(counts))
+        if not changed:
+            break
+    return known

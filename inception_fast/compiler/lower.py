@@ -17,7 +17,7 @@ import torch
 from ..folding import fold_conv
 from ..plan import INPUT, OUTPUT, WORK, BlockPlan, Conv, GlobalAvgPool, Pool, Slice, Write
 from .layers import AliasLayer, CatLayer, ConvLayer, GlobalPoolLayer, Layer, PoolLayer, TorchLayer, resolve
-from .trace import UnsupportedModel
+from .tracing import UnsupportedModel
 
 
 @dataclass(eq=False)
@@ -58,8 +58,8 @@ def _preserves_size(op: _Op) -> bool:
 
 
 class _Lowering:
-    def __init__(self, segment, name: str, path: str):
-        self.segment, self.name, self.path = segment, name, path
+    def __init__(self, segment, name: str, path: str, channels: dict):
+        self.segment, self.name, self.path, self.known_channels = segment, name, path, channels
         self.block_input = resolve(segment.input)
         self.layers = [layer for layer in segment.layers if not isinstance(layer, AliasLayer)]
         self.output = resolve(segment.output)
@@ -141,8 +141,8 @@ class _Lowering:
     def place(self, ops: list[_Op]) -> dict:
         """Slice of every value (by id), work slices allocated in stage order."""
         where: dict = {}
-        channels = {id(layer): layer.channels for op in ops for layer in self.produced(op)}
         in_channels = self.in_channels(ops)
+        channels = {id(layer): self.channels_of(layer, in_channels) for op in ops for layer in self.produced(op)}
         where[id(self.block_input)] = Slice(INPUT, 0, in_channels)
         owner: dict = {}  # leaf id -> the concatenation it belongs to
 
@@ -185,10 +185,20 @@ class _Lowering:
         self.work_channels = top
         return where
 
+    def channels_of(self, layer: Layer, in_channels: int) -> int:
+        if layer is self.block_input:
+            return in_channels
+        if isinstance(layer, _Raw):
+            return layer.count
+        count = self.known_channels.get(id(layer))
+        if count is None:
+            self.fail(f"cannot tell how many channels {layer.name} has")
+        return count
+
     def in_channels(self, ops: list[_Op]) -> int:
         counts = {layer.in_channels for op in ops if op.kind == "conv" and op.src is self.block_input
                   for layer in op.layers}
-        known = self.block_input.channels
+        known = self.known_channels.get(id(self.block_input))
         if known is not None:
             counts.add(known)
         if len(counts) != 1:
@@ -267,7 +277,8 @@ class _Lowering:
         if op.kind == "pool":
             layer, conv = op.layers[0], op.bias_from
             pool = Pool(layer.kind, src, where[id(op.output)], layer.kernel, layer.stride, layer.padding,
-                        layer.ceil_mode, bias=conv.name if conv else None, relu=bool(conv and conv.relu))
+                        layer.ceil_mode, bias=conv is not None, relu=bool(conv and conv.relu),
+                        bias_source=conv.name if conv else "")
             return pool, (fold_conv(conv)[1] if conv else None)
         writes, weights, biases = [], [], []
         for layer, value in zip(op.layers, op.values):
@@ -293,7 +304,7 @@ class _Lowering:
         return conv, (torch.cat(weights), torch.cat(biases))
 
 
-def lower_segment(segment, name: str, path: str = "") -> tuple[BlockPlan, list]:
+def lower_segment(segment, name: str, path: str, channels: dict) -> tuple[BlockPlan, list]:
     """(plan, params): params[i] belongs to plan.ops[i]: (weight, bias) in float64 for a Conv,
-    the bias for a Pool that adds one, else None."""
-    return _Lowering(segment, name, path).lower()
+    the bias for a Pool that adds one, else None. `channels`: `layers.infer_channels`."""
+    return _Lowering(segment, name, path, channels).lower()

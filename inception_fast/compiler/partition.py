@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .layers import Layer
+from .layers import ConvLayer, Layer, PoolLayer
 
 
 @dataclass
@@ -63,4 +63,29 @@ def partition(layers: list[Layer], outputs: list[Layer]) -> list[Segment]:
             current, start = [], layer
     if current:
         segments.append(Segment(start, current))
-    return segments
+    return _merge_pool_into_its_conv(segments)
+
+
+def _merge_pool_into_its_conv(segments: list[Segment]) -> list[Segment]:
+    """A lone average pool whose one reader is a 1x1 conv joins the next segment, where the
+    avg-pool rewrite runs the conv first (over the pool's channel count) in one block."""
+    merged: list[Segment] = []
+    for segment in segments:
+        previous = merged[-1] if merged else None
+        if previous is not None and len(previous.layers) == 1 and _rewritable(previous.output, segment):
+            merged[-1] = Segment(previous.input, previous.layers + segment.layers)
+        else:
+            merged.append(segment)
+    return merged
+
+
+def _rewritable(pool: Layer, segment: Segment) -> bool:
+    if not (isinstance(pool, PoolLayer) and pool.kind != "max" and pool.stride == 1):
+        return False
+    (kh, kw), (ph, pw) = pool.kernel, pool.padding
+    readers = [layer for layer in segment.layers if any(i is pool for i in _reads(layer))]
+    conv = readers[0] if len(readers) == 1 else None
+    return (
+        2 * ph == kh - 1 and 2 * pw == kw - 1 and isinstance(conv, ConvLayer) and not conv.is_linear
+        and conv.kernel == (1, 1) and conv.stride == 1 and conv.padding == (0, 0) and conv.residual is None
+    )

@@ -34,15 +34,18 @@ class UnsupportedModel(TypeError):
     """The model computes something the fused kernels cannot compute exactly."""
 
 
-def _batchnorm_forwards() -> dict:
-    """BatchNorm classes whose forward we know, and how to read their activation."""
-    known = {nn.BatchNorm2d.forward: "plain"}
-    try:
+def _batchnorm_kind(bn: nn.BatchNorm2d) -> str | None:
+    """How to read a BatchNorm class whose forward we know: "plain", or "with-act" (timm's
+    BatchNormAct2d, which applies its `drop` and `act` after normalising); None if unknown."""
+    forward = type(bn).forward
+    if forward is nn.BatchNorm2d.forward:
+        return "plain"
+    if type(bn).__module__.startswith("timm."):  # import timm (slow) only for its own layers
         from timm.layers import BatchNormAct2d
-    except ImportError:  # timm is optional
-        return known
-    known[BatchNormAct2d.forward] = "with-act"
-    return known
+
+        if forward is BatchNormAct2d.forward:
+            return "with-act"
+    return None
 
 
 class _Tracer(fx.Tracer):
@@ -139,7 +142,6 @@ class _Reader:
         self.env: dict = {}
         self.layers: list[Layer] = []
         self.outputs = None
-        self.bn_kinds = _batchnorm_forwards()
 
     def add(self, node: fx.Node, layer: Layer) -> None:
         layer.node = node
@@ -204,7 +206,7 @@ class _Reader:
         elif type(module) is nn.AdaptiveAvgPool2d:
             self.global_pool(node, module.output_size)
         elif type(module) in (nn.Dropout, nn.Dropout2d, nn.Identity):
-            if module.training:
+            if module.training and type(module) is not nn.Identity:
                 raise UnsupportedModel(f"{name} is in training mode: call model.eval() first")
             self.add(node, AliasLayer(name, [self.arg(node)]))
         elif type(module) is nn.Flatten:
@@ -245,7 +247,7 @@ class _Reader:
 
     def batchnorm(self, node: fx.Node, bn: nn.BatchNorm2d) -> None:
         name = node.target
-        kind = self.bn_kinds.get(type(bn).forward)
+        kind = _batchnorm_kind(bn)
         if kind is None:
             raise UnsupportedModel(f"{name}: {type(bn).__name__} has a forward optimize() does not know")
         if bn.training:
