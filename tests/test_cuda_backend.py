@@ -70,16 +70,16 @@ def test_op_checks_name_the_bad_argument():
     x, out = torch.empty(1, 9, 9, 64, **kw), torch.empty(1, 4, 4, 64, **kw)
     bias, dst = torch.zeros(64, device="cuda"), torch.arange(64, dtype=torch.int32, device="cuda")
     op = torch.ops.inception_fast.cuda_conv_stage
-    maxpool = [2, 0, 0, 64, 64, 3, 3, 2, 0, 0, -1, 0]
+    maxpool = [2, 0, 0, 64, 64, 3, 3, 2, 0, 0, -1, 0, 0]
     # Distinct empty tensors: the mutable `work` must alias no other argument.
     work, weights = x.new_empty(0), x.new_empty(0)
     with pytest.raises(RuntimeError, match="multiples of 8"):
-        op(x, work, out, [2, 0, 4, 56, 56, 3, 3, 2, 0, 0, -1, 0], weights, bias, dst, dst.clone())
+        op(x, work, out, [2, 0, 4, 56, 56, 3, 3, 2, 0, 0, -1, 0, 0], weights, bias, dst, dst.clone())
     with pytest.raises(RuntimeError, match="dtype"):
         op(x, work, out.float(), maxpool, weights, bias, dst, dst.clone())
     with pytest.raises(RuntimeError, match="col_dst must be Int"):
         op(x, work, out, maxpool, weights, bias, dst.long(), dst.clone())
-    with pytest.raises(RuntimeError, match="rows of 12"):
+    with pytest.raises(RuntimeError, match="rows of 13"):
         op(x, work, out, maxpool[:-1], weights, bias, dst, dst.clone())
 
 
@@ -88,7 +88,7 @@ def test_opcheck():
     x, out = torch.randn(2, 9, 9, 64, **kw), torch.empty(2, 4, 4, 64, **kw)
     bias, dst = torch.zeros(64, device="cuda"), torch.arange(64, dtype=torch.int32, device="cuda")
     flags = torch.full((64,), 2, dtype=torch.int32, device="cuda")
-    maxpool = [2, 0, 0, 64, 64, 3, 3, 2, 0, 0, -1, 0]
+    maxpool = [2, 0, 0, 64, 64, 3, 3, 2, 0, 0, -1, 0, 0]
     args = (x, x.new_empty(0), out, maxpool, x.new_empty(0), bias, dst, flags)
     op = torch.ops.inception_fast.cuda_conv_stage.default
     op(*args)

@@ -12,19 +12,24 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from stage_cases import CASES as STAGE_CASES
+from stage_cases import make_case
 
 from inception_fast.backends import cuda_backend, torch_backend
 from inception_fast.modules import fuse_block
 from inception_fast.packing import (
     AVG_POOL,
+    AVG_POOL_INCLUDE_PAD,
     BUF_INPUT,
     BUF_OUTPUT,
     BUF_WORK,
+    CEIL,
     CIN,
     COL_OFF,
     COLS,
     CONV,
     FLAG_RELU,
+    FLAG_RESIDUAL,
     FLAG_TO_OUTPUT,
     KH,
     KIND,
@@ -39,6 +44,7 @@ from inception_fast.packing import (
 )
 from inception_fast.reference import InceptionV4
 from inception_fast.testing import randomize_batchnorm, relative_l2
+from inception_fast.windows import out_size
 
 # Must equal the constants of csrc/conv_stage.cuh and csrc/stage_args.h.
 TILE_M, TILE_N, TILE_K, PIPELINE, THREADS, POOL_ITEMS = 128, 128, 32, 4, 256, 256
@@ -54,10 +60,11 @@ def schedule(rows, dims, batch):
     descs = []
     for row in rows:
         _, h, w = dims[row[SRC_BUF]]
-        oh = (h + 2 * row[PAD_H] - row[KH]) // row[STRIDE] + 1
-        ow = (w + 2 * row[PAD_W] - row[KW]) // row[STRIDE] + 1
+        oh = out_size(h, row[KH], row[STRIDE], row[PAD_H], bool(row[CEIL]))
+        ow = out_size(w, row[KW], row[STRIDE], row[PAD_W], bool(row[CEIL]))
         conv = row[KIND] == CONV
         d = dict(row=row, oh=oh, ow=ow, m=batch * oh * ow, k=row[KH] * row[KW] * row[CIN] if conv else 0)
+        d["keeps_size"] = (oh, ow) == dims[BUF_INPUT][1:]
         d["n_tiles"] = -(-row[COLS] // TILE_N) if conv else 1
         descs.append(d)
     order = sorted(range(len(descs)), key=lambda i: (descs[i]["row"][KIND] != CONV, -descs[i]["k"]))
@@ -111,9 +118,13 @@ class Emulator:
         self.bufs, self.dims, self.batch = bufs, dims, batch  # flat NHWC arrays, (C, H, W)
         self.weights, self.bias, self.col_dst, self.col_flags = weights, bias, col_dst, col_flags
 
-    def store(self, j, m, value):
+    def store(self, d, j, m, value):
         flags = self.col_flags[j]
         buf = BUF_OUTPUT if flags & FLAG_TO_OUTPUT else BUF_WORK
+        if flags & FLAG_RESIDUAL:
+            in_c = self.dims[BUF_INPUT][0]
+            readable = d["keeps_size"] and self.col_dst[j] < in_c
+            value = value + self.bufs[BUF_INPUT][m * in_c + self.col_dst[j]] if readable else np.nan
         if flags & FLAG_RELU:
             value = np.maximum(value, 0.0)
         self.bufs[buf][m * self.dims[buf][0] + self.col_dst[j]] = value
@@ -206,7 +217,7 @@ class Emulator:
                         for w_, l_ in zip(*np.nonzero(ok)):
                             j = row[COL_OFF] + col[w_, l_]
                             value = acc[mi, ni, w_, l_, 2 * half + e] + self.bias[j]
-                            self.store(j, m[w_, l_], value)
+                            self.store(d, j, m[w_, l_], value)
 
     def pool_tile(self, d, tile):
         row = d["row"]
@@ -233,10 +244,11 @@ class Emulator:
                     v = src[pixel0 + (ih * in_w + iw) * src_c + np.arange(8)]
                     count += 1
                     acc = np.maximum(acc, v) if is_max else acc + v
-            scale = 1.0 if is_max else 1.0 / max(count, 1)
+            divisor = row[KH] * row[KW] if row[KIND] == AVG_POOL_INCLUDE_PAD else max(count, 1)
+            scale = 1.0 if is_max else 1.0 / divisor
             for i in range(8):
                 j = row[COL_OFF] + group * 8 + i
-                self.store(j, m, acc[i] * scale + self.bias[j])
+                self.store(d, j, m, acc[i] * scale + self.bias[j])
 
 
 def emulate_block(block, x: torch.Tensor) -> torch.Tensor:
@@ -286,6 +298,28 @@ def test_emulated_kernel_matches_torch_backend(model, index, batch, height, widt
     assert relative_l2(got, ref) < 1e-12
 
 
+@pytest.mark.parametrize("name", list(STAGE_CASES))
+def test_emulated_kernel_runs_the_shared_stage_ops(name):
+    """The hand-built stages of `stage_cases` (ceil-mode and include-pad pools, residual
+    columns, 1x1 to 7x7 windows) through the emulated kernel, in float64."""
+    case = make_case(name)
+    n, c, h, w = case.x.shape
+    oh, ow = case.out_hw
+    bufs = {
+        BUF_INPUT: case.x.permute(0, 2, 3, 1).contiguous().numpy().reshape(-1),
+        BUF_WORK: np.full(n * h * w * case.work_channels, np.nan),
+        BUF_OUTPUT: np.full(n * oh * ow * case.out_channels, np.nan),
+    }
+    dims = {BUF_INPUT: (c, h, w), BUF_WORK: (case.work_channels, h, w),
+            BUF_OUTPUT: (case.out_channels, oh, ow)}
+    for p in case.packed("cpu", torch.float64):
+        Emulator(bufs, dims, p.weights.numpy(), p.bias.double().numpy(), p.col_dst.numpy(),
+                 p.col_flags.numpy(), n).run(p.rows)
+    got = torch.from_numpy(bufs[BUF_OUTPUT]).view(n, oh, ow, case.out_channels).permute(0, 3, 1, 2)
+    assert not torch.isnan(got).any(), "an output channel was never written"
+    assert relative_l2(got, case.expected()) < 1e-12
+
+
 def test_swizzle_is_a_bank_conflict_free_permutation():
     rows, chunks = np.meshgrid(np.arange(TILE_M), np.arange(TILE_K // 8), indexing="ij")
     offsets = swizzled(rows, chunks).reshape(-1)
@@ -298,10 +332,10 @@ def test_swizzle_is_a_bank_conflict_free_permutation():
 
 def test_schedule_puts_deep_convs_first_and_covers_every_tile():
     rows = [
-        [MAX_POOL, BUF_INPUT, 0, 64, 64, 3, 3, 2, 0, 0, -1, 0],
-        [CONV, BUF_INPUT, 0, 64, 96, 3, 3, 2, 0, 0, 0, 64],
-        [AVG_POOL, BUF_WORK, 0, 96, 96, 3, 3, 1, 1, 1, -1, 160],
-        [CONV, BUF_INPUT, 0, 64, 200, 1, 1, 1, 0, 0, 0, 256],
+        [MAX_POOL, BUF_INPUT, 0, 64, 64, 3, 3, 2, 0, 0, -1, 0, 0],
+        [CONV, BUF_INPUT, 0, 64, 96, 3, 3, 2, 0, 0, 0, 64, 0],
+        [AVG_POOL, BUF_WORK, 0, 96, 96, 3, 3, 1, 1, 1, -1, 160, 0],
+        [CONV, BUF_INPUT, 0, 64, 200, 1, 1, 1, 0, 0, 0, 256, 0],
     ]
     dims = {BUF_INPUT: (64, 9, 9), BUF_WORK: (96, 9, 9), BUF_OUTPUT: (160, 4, 4)}
     descs, tiles = schedule(rows, dims, 3)
