@@ -117,8 +117,10 @@ __device__ __forceinline__ T* column_base(const StageArgs& args, const Column& c
   return base + pixel * stride + col.channel;
 }
 
+// ReLU that keeps NaN, as torch.relu does (fmaxf would turn a NaN into 0, and a NaN from
+// `residual` below must show).
 __device__ __forceinline__ float activate(float v, const Column& col) {
-  return (col.flags & kFlagRelu) ? fmaxf(v, 0.0f) : v;
+  return (col.flags & kFlagRelu) && v < 0.0f ? 0.0f : v;
 }
 
 // What a column adds after its bias: 0, or with kFlagResidual the block input at the output

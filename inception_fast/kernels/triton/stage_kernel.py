@@ -100,7 +100,8 @@ def _epilogue_store(
         value += skip.to(tl.float32)
         value = tl.where((residual & ~readable)[None, :], float("nan"), value)
     relu = (flags & _FLAG_RELU) != 0
-    value = tl.where(relu[None, :], tl.maximum(value, 0.0), value)
+    # ReLU keeps NaN, as torch.relu does (a NaN from a refused residual must not turn into 0)
+    value = tl.where(relu[None, :], tl.maximum(value, 0.0, propagate_nan=tl.PropagateNan.ALL), value)
     if INPUT_PRECISION == "tf32":
         value = round_to_tf32(value)
     value = value.to(out_ptr.dtype.element_ty)
