@@ -14,7 +14,6 @@ enum ProblemKind : int { kConv = 0, kAvgPool = 1, kMaxPool = 2, kAvgPoolIncludeP
 enum BufferId : int { kInput = 0, kWork = 1, kOutput = 2 };
 // kFlagResidual: the epilogue adds the block input at the output pixel, channel col_dst.
 enum ColumnFlag : int { kFlagRelu = 1, kFlagToOutput = 2, kFlagResidual = 4 };
-constexpr int kAllColumnFlags = kFlagRelu | kFlagToOutput | kFlagResidual;
 constexpr int kProblemFields = 13;
 constexpr int kMaxProblems = 8;
 
