@@ -135,7 +135,7 @@ def test_residual_of_a_resizing_problem_stores_nan(backend):
 def test_cuda_op_checks_the_new_fields():
     _require("cuda")
     kw = {"dtype": torch.float16, "device": "cuda"}
-    x, out = torch.empty(1, 8, 10, 64, **kw), torch.empty(1, 4, 5, 64, **kw)
+    x, out = torch.randn(1, 8, 10, 64, **kw), torch.empty(1, 4, 5, 64, **kw)
     bias, dst = torch.zeros(64, device="cuda"), torch.arange(64, dtype=torch.int32, device="cuda")
     flags = torch.full((64,), pk.FLAG_TO_OUTPUT, dtype=torch.int32, device="cuda")
     op = torch.ops.inception_fast.cuda_conv_stage
