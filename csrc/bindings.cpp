@@ -19,7 +19,7 @@ namespace {
 
 // Field order of a packed problem row.
 enum Field : int {
-  kKind, kSrcBuf, kSrcC0, kCin, kCols, kKh, kKw, kStride, kPadH, kPadW, kWOff, kColOff
+  kKind, kSrcBuf, kSrcC0, kCin, kCols, kKh, kKw, kStride, kPadH, kPadW, kWOff, kColOff, kCeil
 };
 
 constexpr const char* kBufferNames[3] = {"input", "work", "output"};
@@ -52,8 +52,13 @@ void check_column_tensor(const at::Tensor& t, const char* name, at::ScalarType d
               " must be a contiguous 1-D tensor, got shape ", t.sizes());
 }
 
-int64_t out_size(int64_t size, int64_t kernel, int64_t stride, int64_t pad) {
-  return (size + 2 * pad - kernel) / stride + 1;
+// Output positions of a window along one dimension: PyTorch's pooling rule, the same as
+// inception_fast/windows.py. With ceil, the last window may run past the input but must start
+// inside it or its left padding. Needs size + 2 * pad >= kernel (the numerator is then >= 0).
+int64_t out_size(int64_t size, int64_t kernel, int64_t stride, int64_t pad, bool ceil) {
+  int64_t out = (size + 2 * pad - kernel + (ceil ? stride - 1 : 0)) / stride + 1;
+  if (ceil && (out - 1) * stride >= size + pad) --out;
+  return out;
 }
 
 // Conv problems first, deepest GEMM first, so the longest CTAs start early and the short pool
@@ -122,12 +127,12 @@ void cuda_conv_stage(const at::Tensor& input, const at::Tensor& work, const at::
     ProblemDesc d{};
     d.kind = static_cast<int>(row[kKind]);
     d.src_buf = static_cast<int>(row[kSrcBuf]);
-    OP_CHECK(d.kind == kConv || d.kind == kAvgPool || d.kind == kMaxPool,
+    OP_CHECK(d.kind == kConv || d.kind == kAvgPool || d.kind == kMaxPool || d.kind == kAvgPoolIncludePad,
                 "cuda_conv_stage: problem ", p, " has unknown kind ", row[kKind]);
     OP_CHECK(d.src_buf >= 0 && d.src_buf < 3 && args.buf[d.src_buf] != nullptr,
                 "cuda_conv_stage: problem ", p, " reads buffer ", row[kSrcBuf], " which was not given");
     const char* src_name = kBufferNames[d.src_buf];
-    for (int f : {kSrcC0, kCin, kCols, kKh, kKw, kStride, kPadH, kPadW, kColOff}) {
+    for (int f : {kSrcC0, kCin, kCols, kKh, kKw, kStride, kPadH, kPadW, kColOff, kCeil}) {
       OP_CHECK(row[f] >= 0 && row[f] < (int64_t{1} << 30), "cuda_conv_stage: problem ", p,
                   " field ", f, " is out of range: ", row[f]);
     }
@@ -140,6 +145,14 @@ void cuda_conv_stage(const at::Tensor& input, const at::Tensor& work, const at::
     d.pad_h = static_cast<int>(row[kPadH]);
     d.pad_w = static_cast<int>(row[kPadW]);
     d.col_off = static_cast<int>(row[kColOff]);
+    d.ceil = static_cast<int>(row[kCeil]);
+    OP_CHECK(d.ceil == 0 || d.ceil == 1, "cuda_conv_stage: problem ", p, " has CEIL ", d.ceil,
+                "; it must be 0 (floor) or 1 (ceil_mode)");
+    OP_CHECK(!d.ceil || d.kind == kMaxPool || d.kind == kAvgPool, "cuda_conv_stage: problem ", p,
+                " has kind ", d.kind, " with CEIL 1; ceil_mode is for max and count_include_pad=False average pools");
+    OP_CHECK(d.kind == kConv || (2 * d.pad_h <= d.kh && 2 * d.pad_w <= d.kw), "cuda_conv_stage: pool problem ", p,
+                " pads (", d.pad_h, ", ", d.pad_w, ") beyond half its ", d.kh, "x", d.kw,
+                " window (PyTorch's rule: every window must see an input pixel)");
     OP_CHECK(d.cin > 0 && d.cols > 0 && d.kh > 0 && d.kw > 0 && d.stride > 0,
                 "cuda_conv_stage: problem ", p, " has an empty window, channel count or stride");
     OP_CHECK(d.src_c0 % 8 == 0 && d.cin % 8 == 0, "cuda_conv_stage: problem ", p, " reads channels [",
@@ -151,13 +164,17 @@ void cuda_conv_stage(const at::Tensor& input, const at::Tensor& work, const at::
     OP_CHECK(d.col_off + static_cast<int64_t>(d.cols) <= bias.numel(), "cuda_conv_stage: problem ", p,
                 " has columns up to ", d.col_off + d.cols, " but only ", bias.numel(), " are described");
     const int64_t in_h = args.buf_h[d.src_buf], in_w = args.buf_w[d.src_buf];
-    const int64_t oh = out_size(in_h, d.kh, d.stride, d.pad_h);
-    const int64_t ow = out_size(in_w, d.kw, d.stride, d.pad_w);
-    OP_CHECK(in_h + 2 * d.pad_h >= d.kh && in_w + 2 * d.pad_w >= d.kw && oh > 0 && ow > 0,
+    OP_CHECK(in_h + 2 * d.pad_h >= d.kh && in_w + 2 * d.pad_w >= d.kw,
                 "cuda_conv_stage: problem ", p, "'s ", d.kh, "x", d.kw, " window does not fit its ", in_h, "x",
                 in_w, " input");
+    const int64_t oh = out_size(in_h, d.kh, d.stride, d.pad_h, d.ceil);
+    const int64_t ow = out_size(in_w, d.kw, d.stride, d.pad_w, d.ceil);
     d.oh = static_cast<int>(oh);
     d.ow = static_cast<int>(ow);
+    // Residual columns read the input at their own output pixel. Which columns have the flag
+    // lives on the device, so the Python packer checks the rule (packing.check_stage); the kernel
+    // stores NaN for residual columns of a problem that does not keep the input's size.
+    d.keeps_size = oh == args.buf_h[kInput] && ow == args.buf_w[kInput];
     d.m = batch * oh * ow;
     // Every destination of a problem has the problem's output size (packing.py). Which buffer and
     // channel each column writes lives in col_flags / col_dst on the device, so the Python packer

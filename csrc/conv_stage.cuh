@@ -1,8 +1,8 @@
 // One launch executes every problem of a block stage: tensor-core implicit-GEMM convolutions
 // (mma.sync m16n8k16, fp32 accumulation, cp.async multi-stage pipeline) and the pooling
-// branches. Each CTA owns one tile of one problem; the epilogue adds the folded bias, applies
-// ReLU per column and stores every column straight into its channel of the NHWC output or work
-// buffer, so the concat of the branches never happens.
+// branches. Each CTA owns one tile of one problem; the epilogue adds the folded bias (and, on
+// residual columns, the block input), applies ReLU per column and stores every column straight
+// into its channel of the NHWC output or work buffer, so the concat of the branches never happens.
 //
 // Requirements checked by the host: channel offsets, channel counts and pixel strides are
 // multiples of 8 (16-byte cp.async chunks), buffers are 16-byte aligned.
@@ -117,8 +117,24 @@ __device__ __forceinline__ T* column_base(const StageArgs& args, const Column& c
   return base + pixel * stride + col.channel;
 }
 
+// ReLU that keeps NaN, as torch.relu does (fmaxf would turn a NaN into 0, and a NaN from
+// `residual` below must show).
 __device__ __forceinline__ float activate(float v, const Column& col) {
-  return (col.flags & kFlagRelu) ? fmaxf(v, 0.0f) : v;
+  return (col.flags & kFlagRelu) && v < 0.0f ? 0.0f : v;
+}
+
+// What a column adds after its bias: 0, or with kFlagResidual the block input at the output
+// pixel, which is an input pixel because the problem keeps the input size. The host cannot see
+// the device-side flags, so a problem that does not keep the size (or a channel past the input)
+// gives NaN rather than a wrong value. The branch is uniform over a column, so stages without
+// residual columns pay one flag test per column.
+template <typename T>
+__device__ __forceinline__ float residual(const StageArgs& args, const ProblemDesc& p, const Column& col,
+                                          int64_t pixel) {
+  if (!(col.flags & kFlagResidual)) return 0.0f;
+  if (!p.keeps_size || col.channel >= args.buf_c[0]) return __int_as_float(0x7fc00000);  // NaN
+  const T* input = static_cast<const T*>(args.buf[0]);
+  return Element<T>::to_float(input[pixel * args.buf_c[0] + col.channel]);
 }
 
 template <typename T>
@@ -267,8 +283,8 @@ __device__ void conv_tile(const StageArgs& args, const ProblemDesc& p, int64_t t
       for (int half = 0; half < 2; ++half) {
         const int64_t m = m0 + warp_m + mi * 16 + (lane >> 2) + half * 8;
         if (m >= p.m) continue;
-        const float v0 = activate(acc[mi][ni][half * 2] + c0.bias, c0);
-        const float v1 = activate(acc[mi][ni][half * 2 + 1] + c1.bias, c1);
+        const float v0 = activate(acc[mi][ni][half * 2] + c0.bias + residual<T>(args, p, c0, m), c0);
+        const float v1 = activate(acc[mi][ni][half * 2 + 1] + c1.bias + residual<T>(args, p, c1, m), c1);
         T* d0 = column_base<T>(args, c0, m);
         if (paired) {
           *reinterpret_cast<typename E::Pair*>(d0) = E::pair(v0, v1);
@@ -281,8 +297,9 @@ __device__ void conv_tile(const StageArgs& args, const ProblemDesc& p, int64_t t
   }
 }
 
-// Max pool, or relu(avgpool(z) + bias) with count_include_pad=False: one thread per output
-// pixel and group of 8 channels, accumulated in fp32.
+// Max pool, or relu(avgpool(z) + bias) with count_include_pad False (kAvgPool) or True
+// (kAvgPoolIncludePad): one thread per output pixel and group of 8 channels, accumulated in
+// fp32. Taps outside the input (padding, or past the end in ceil mode) read nothing.
 template <typename T>
 __device__ void pool_tile(const StageArgs& args, const ProblemDesc& p, int64_t tile) {
   using E = Element<T>;
@@ -324,7 +341,9 @@ __device__ void pool_tile(const StageArgs& args, const ProblemDesc& p, int64_t t
       }
     }
   }
-  const float scale = is_max ? 1.0f : 1.0f / static_cast<float>(count > 0 ? count : 1);
+  // count_include_pad: the padding taps count as zeros, so every window divides by kh * kw
+  const int divisor = p.kind == kAvgPoolIncludePad ? p.kh * p.kw : (count > 0 ? count : 1);
+  const float scale = is_max ? 1.0f : 1.0f / static_cast<float>(divisor);
 
   const int j0 = p.col_off + group * 8;
   const Column first = load_column(args, j0);
@@ -334,7 +353,7 @@ __device__ void pool_tile(const StageArgs& args, const ProblemDesc& p, int64_t t
   for (int i = 0; i < 8; ++i) {
     const Column col = load_column(args, j0 + i);
     contiguous = contiguous && col.flags == first.flags && col.channel == first.channel + i;
-    out[i] = E::from_float(activate(acc[i] * scale + col.bias, col));
+    out[i] = E::from_float(activate(acc[i] * scale + col.bias + residual<T>(args, p, col, m), col));
   }
   if (contiguous) {
     *reinterpret_cast<uint4*>(column_base<T>(args, first, m)) = *reinterpret_cast<const uint4*>(out);

@@ -9,16 +9,20 @@
 namespace inception_fast {
 
 // Values of the packed problem table (inception_fast/packing.py).
-enum ProblemKind : int { kConv = 0, kAvgPool = 1, kMaxPool = 2 };
+// kAvgPool divides by the in-image taps (count_include_pad=False), kAvgPoolIncludePad by KH*KW.
+enum ProblemKind : int { kConv = 0, kAvgPool = 1, kMaxPool = 2, kAvgPoolIncludePad = 3 };
 enum BufferId : int { kInput = 0, kWork = 1, kOutput = 2 };
-enum ColumnFlag : int { kFlagRelu = 1, kFlagToOutput = 2 };
-constexpr int kProblemFields = 12;
+// kFlagResidual: the epilogue adds the block input at the output pixel, channel col_dst.
+enum ColumnFlag : int { kFlagRelu = 1, kFlagToOutput = 2, kFlagResidual = 4 };
+constexpr int kProblemFields = 13;
 constexpr int kMaxProblems = 8;
 
 struct ProblemDesc {
   int kind, src_buf, src_c0, cin, cols, kh, kw, stride, pad_h, pad_w;
   int col_off;
+  int ceil;             // ceil_mode output size (pools); windows past the input read nothing
   int oh, ow;           // output size of this problem (= size of its destination buffers)
+  int keeps_size;       // oh x ow is the input's size: residual columns may read the input
   int k;                // GEMM depth kh * kw * cin (conv only)
   int n_tiles;          // column tiles (conv only)
   int64_t w_off;        // element offset of the OHWI weight (conv only)

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .windows import out_size
+
 INPUT, WORK, OUTPUT = "input", "work", "output"
 MAX, AVG, AVG_INCLUDE_PAD = "max", "avg", "avg_include_pad"  # Pool kinds
 
@@ -124,17 +126,6 @@ class BlockPlan:
     @property
     def label(self) -> str:
         return f"{self.name} ({self.path})" if self.path else self.name
-
-
-def out_size(size: int, kernel: int, stride: int, padding: int, ceil_mode: bool = False) -> int:
-    """PyTorch's output size of a window; with ceil_mode the last window may be partial but
-    must start inside the input or its left padding."""
-    if not ceil_mode:
-        return (size + 2 * padding - kernel) // stride + 1
-    out = (size + 2 * padding - kernel + stride - 1) // stride + 1
-    if (out - 1) * stride >= size + padding:
-        out -= 1
-    return out
 
 
 def op_kernel_hw(op) -> tuple[int, int]:

@@ -47,18 +47,34 @@ def calibrate_batchnorm(model: nn.Module, images: torch.Tensor) -> nn.Module:
     return model
 
 
-def calibrated_inception_v4(seed: int = 0, image_size: int = 299, batch: int = 2) -> InceptionV4:
-    """A random reference Inception-v4 with BatchNorm calibrated on random images (eval mode)."""
+def calibrated(model: nn.Module, seed: int = 0, image_size: int = 299, batch: int = 2) -> nn.Module:
+    """`model` with random BatchNorm affine parameters and statistics calibrated on random
+    images (eval mode), so activations stay O(1) through every layer."""
     gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    model = InceptionV4().eval()
     with torch.no_grad():
         for bn in model.modules():
-            if isinstance(bn, nn.BatchNorm2d):
+            if isinstance(bn, nn.BatchNorm2d) and bn.affine:
                 bn.weight.copy_(torch.rand(bn.num_features, generator=gen) * 0.8 + 0.6)
                 bn.bias.copy_(torch.randn(bn.num_features, generator=gen) * 0.2 + 0.1)
     images = torch.randn(batch, 3, image_size, image_size, generator=gen)
-    return calibrate_batchnorm(model, images).eval()
+    return calibrate_batchnorm(model.eval(), images).eval()
+
+
+def calibrated_inception_v4(seed: int = 0, image_size: int = 299, batch: int = 2) -> InceptionV4:
+    """A random reference Inception-v4 with BatchNorm calibrated on random images (eval mode)."""
+    torch.manual_seed(seed)
+    return calibrated(InceptionV4(), seed, image_size, batch)
+
+
+def calibrated_model(name: str, seed: int = 0, image_size: int | None = None, batch: int = 2, **kwargs):
+    """A network of the family by name (`inception_fast.architectures`), random weights,
+    BatchNorm calibrated at its default input size (eval mode)."""
+    from .architectures import create, default_cfg
+
+    torch.manual_seed(seed)
+    model = create(name, **kwargs)
+    size = image_size or default_cfg(model).get("input_size", (3, 299, 299))[-1]
+    return calibrated(model, seed, size, batch)
 
 
 def random_images(batch: int, size: int = 299, *, seed: int | None = None, **kw) -> torch.Tensor:

@@ -17,7 +17,7 @@ from gpu_blocks import (
 
 from inception_fast import optimize
 from inception_fast.backends import cuda_backend
-from inception_fast.modules import FusedHead, fuse_block
+from inception_fast.modules import fuse_block
 from inception_fast.testing import relative_l2
 
 pytestmark = pytest.mark.cuda
@@ -46,13 +46,13 @@ def test_odd_sizes_and_a_stridedblock_input(name):
 @pytest.mark.parametrize("dtype", LOW_PRECISION, ids=["fp16", "bf16"])
 @torch.no_grad()
 def test_head_matches_reference(calibrated_model, dtype):
+    """The head's two plans (global average pool, classifier) on the CUDA kernel."""
     linear = copy.deepcopy(calibrated_model.last_linear).cuda()
     x = torch.randn(7, 1536, 8, 8, device="cuda").relu_()
     ref = linear(x.mean((2, 3)))
     eager = linear.to(dtype)(x.to(dtype).mean((2, 3)))
-    head = FusedHead(linear.float()).to(dtype)
-    head.backend = "cuda"
-    two_x_rule(head(x.to(dtype)), eager, ref)
+    network = optimize(calibrated_model, backend="cuda", dtype=dtype, device="cuda")
+    two_x_rule(network.forward_head(x.to(dtype)), eager, ref)
 
 
 @torch.no_grad()
@@ -70,16 +70,16 @@ def test_op_checks_name_the_bad_argument():
     x, out = torch.empty(1, 9, 9, 64, **kw), torch.empty(1, 4, 4, 64, **kw)
     bias, dst = torch.zeros(64, device="cuda"), torch.arange(64, dtype=torch.int32, device="cuda")
     op = torch.ops.inception_fast.cuda_conv_stage
-    maxpool = [2, 0, 0, 64, 64, 3, 3, 2, 0, 0, -1, 0]
+    maxpool = [2, 0, 0, 64, 64, 3, 3, 2, 0, 0, -1, 0, 0]
     # Distinct empty tensors: the mutable `work` must alias no other argument.
     work, weights = x.new_empty(0), x.new_empty(0)
     with pytest.raises(RuntimeError, match="multiples of 8"):
-        op(x, work, out, [2, 0, 4, 56, 56, 3, 3, 2, 0, 0, -1, 0], weights, bias, dst, dst.clone())
+        op(x, work, out, [2, 0, 4, 56, 56, 3, 3, 2, 0, 0, -1, 0, 0], weights, bias, dst, dst.clone())
     with pytest.raises(RuntimeError, match="dtype"):
         op(x, work, out.float(), maxpool, weights, bias, dst, dst.clone())
     with pytest.raises(RuntimeError, match="col_dst must be Int"):
         op(x, work, out, maxpool, weights, bias, dst.long(), dst.clone())
-    with pytest.raises(RuntimeError, match="rows of 12"):
+    with pytest.raises(RuntimeError, match="rows of 13"):
         op(x, work, out, maxpool[:-1], weights, bias, dst, dst.clone())
 
 
@@ -88,7 +88,7 @@ def test_opcheck():
     x, out = torch.randn(2, 9, 9, 64, **kw), torch.empty(2, 4, 4, 64, **kw)
     bias, dst = torch.zeros(64, device="cuda"), torch.arange(64, dtype=torch.int32, device="cuda")
     flags = torch.full((64,), 2, dtype=torch.int32, device="cuda")
-    maxpool = [2, 0, 0, 64, 64, 3, 3, 2, 0, 0, -1, 0]
+    maxpool = [2, 0, 0, 64, 64, 3, 3, 2, 0, 0, -1, 0, 0]
     args = (x, x.new_empty(0), out, maxpool, x.new_empty(0), bias, dst, flags)
     op = torch.ops.inception_fast.cuda_conv_stage.default
     op(*args)

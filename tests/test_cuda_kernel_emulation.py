@@ -12,19 +12,25 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from stage_cases import CASES as STAGE_CASES
+from stage_cases import make_case
 
+import inception_fast
 from inception_fast.backends import cuda_backend, torch_backend
 from inception_fast.modules import fuse_block
 from inception_fast.packing import (
     AVG_POOL,
+    AVG_POOL_INCLUDE_PAD,
     BUF_INPUT,
     BUF_OUTPUT,
     BUF_WORK,
+    CEIL,
     CIN,
     COL_OFF,
     COLS,
     CONV,
     FLAG_RELU,
+    FLAG_RESIDUAL,
     FLAG_TO_OUTPUT,
     KH,
     KIND,
@@ -39,6 +45,7 @@ from inception_fast.packing import (
 )
 from inception_fast.reference import InceptionV4
 from inception_fast.testing import randomize_batchnorm, relative_l2
+from inception_fast.windows import out_size
 
 # Must equal the constants of csrc/conv_stage.cuh and csrc/stage_args.h.
 TILE_M, TILE_N, TILE_K, PIPELINE, THREADS, POOL_ITEMS = 128, 128, 32, 4, 256, 256
@@ -54,10 +61,11 @@ def schedule(rows, dims, batch):
     descs = []
     for row in rows:
         _, h, w = dims[row[SRC_BUF]]
-        oh = (h + 2 * row[PAD_H] - row[KH]) // row[STRIDE] + 1
-        ow = (w + 2 * row[PAD_W] - row[KW]) // row[STRIDE] + 1
+        oh = out_size(h, row[KH], row[STRIDE], row[PAD_H], bool(row[CEIL]))
+        ow = out_size(w, row[KW], row[STRIDE], row[PAD_W], bool(row[CEIL]))
         conv = row[KIND] == CONV
         d = dict(row=row, oh=oh, ow=ow, m=batch * oh * ow, k=row[KH] * row[KW] * row[CIN] if conv else 0)
+        d["keeps_size"] = (oh, ow) == dims[BUF_INPUT][1:]
         d["n_tiles"] = -(-row[COLS] // TILE_N) if conv else 1
         descs.append(d)
     order = sorted(range(len(descs)), key=lambda i: (descs[i]["row"][KIND] != CONV, -descs[i]["k"]))
@@ -111,9 +119,13 @@ class Emulator:
         self.bufs, self.dims, self.batch = bufs, dims, batch  # flat NHWC arrays, (C, H, W)
         self.weights, self.bias, self.col_dst, self.col_flags = weights, bias, col_dst, col_flags
 
-    def store(self, j, m, value):
+    def store(self, d, j, m, value):
         flags = self.col_flags[j]
         buf = BUF_OUTPUT if flags & FLAG_TO_OUTPUT else BUF_WORK
+        if flags & FLAG_RESIDUAL:
+            in_c = self.dims[BUF_INPUT][0]
+            readable = d["keeps_size"] and self.col_dst[j] < in_c
+            value = value + self.bufs[BUF_INPUT][m * in_c + self.col_dst[j]] if readable else np.nan
         if flags & FLAG_RELU:
             value = np.maximum(value, 0.0)
         self.bufs[buf][m * self.dims[buf][0] + self.col_dst[j]] = value
@@ -206,7 +218,7 @@ class Emulator:
                         for w_, l_ in zip(*np.nonzero(ok)):
                             j = row[COL_OFF] + col[w_, l_]
                             value = acc[mi, ni, w_, l_, 2 * half + e] + self.bias[j]
-                            self.store(j, m[w_, l_], value)
+                            self.store(d, j, m[w_, l_], value)
 
     def pool_tile(self, d, tile):
         row = d["row"]
@@ -233,17 +245,18 @@ class Emulator:
                     v = src[pixel0 + (ih * in_w + iw) * src_c + np.arange(8)]
                     count += 1
                     acc = np.maximum(acc, v) if is_max else acc + v
-            scale = 1.0 if is_max else 1.0 / max(count, 1)
+            divisor = row[KH] * row[KW] if row[KIND] == AVG_POOL_INCLUDE_PAD else max(count, 1)
+            scale = 1.0 if is_max else 1.0 / divisor
             for i in range(8):
                 j = row[COL_OFF] + group * 8 + i
-                self.store(j, m, acc[i] * scale + self.bias[j])
+                self.store(d, j, m, acc[i] * scale + self.bias[j])
 
 
 def emulate_block(block, x: torch.Tensor) -> torch.Tensor:
     """The cuda backend's run_block with the kernel replaced by the emulator (float64, CPU)."""
     plan = block.plan
-    packed = cuda_backend.packed_block(block, x.device, x.dtype)
     n, c, h, w = x.shape
+    packed = cuda_backend.packed_block(block, x.device, x.dtype, (h, w))
     oh, ow = block.output_hw(h, w)
     cuda_backend._check_sizes(block, packed, h, w, oh, ow)
     x_nhwc = torch.zeros((n, h, w, packed.in_channels), dtype=torch.float64)
@@ -286,6 +299,28 @@ def test_emulated_kernel_matches_torch_backend(model, index, batch, height, widt
     assert relative_l2(got, ref) < 1e-12
 
 
+@pytest.mark.parametrize("name", list(STAGE_CASES))
+def test_emulated_kernel_runs_the_shared_stage_ops(name):
+    """The hand-built stages of `stage_cases` (ceil-mode and include-pad pools, residual
+    columns, 1x1 to 7x7 windows) through the emulated kernel, in float64."""
+    case = make_case(name)
+    n, c, h, w = case.x.shape
+    oh, ow = case.out_hw
+    bufs = {
+        BUF_INPUT: case.x.permute(0, 2, 3, 1).contiguous().numpy().reshape(-1),
+        BUF_WORK: np.full(n * h * w * case.work_channels, np.nan),
+        BUF_OUTPUT: np.full(n * oh * ow * case.out_channels, np.nan),
+    }
+    dims = {BUF_INPUT: (c, h, w), BUF_WORK: (case.work_channels, h, w),
+            BUF_OUTPUT: (case.out_channels, oh, ow)}
+    for p in case.packed("cpu", torch.float64):
+        Emulator(bufs, dims, p.weights.numpy(), p.bias.double().numpy(), p.col_dst.numpy(),
+                 p.col_flags.numpy(), n).run(p.rows)
+    got = torch.from_numpy(bufs[BUF_OUTPUT]).view(n, oh, ow, case.out_channels).permute(0, 3, 1, 2)
+    assert not torch.isnan(got).any(), "an output channel was never written"
+    assert relative_l2(got, case.expected()) < 1e-12
+
+
 def test_swizzle_is_a_bank_conflict_free_permutation():
     rows, chunks = np.meshgrid(np.arange(TILE_M), np.arange(TILE_K // 8), indexing="ij")
     offsets = swizzled(rows, chunks).reshape(-1)
@@ -298,10 +333,10 @@ def test_swizzle_is_a_bank_conflict_free_permutation():
 
 def test_schedule_puts_deep_convs_first_and_covers_every_tile():
     rows = [
-        [MAX_POOL, BUF_INPUT, 0, 64, 64, 3, 3, 2, 0, 0, -1, 0],
-        [CONV, BUF_INPUT, 0, 64, 96, 3, 3, 2, 0, 0, 0, 64],
-        [AVG_POOL, BUF_WORK, 0, 96, 96, 3, 3, 1, 1, 1, -1, 160],
-        [CONV, BUF_INPUT, 0, 64, 200, 1, 1, 1, 0, 0, 0, 256],
+        [MAX_POOL, BUF_INPUT, 0, 64, 64, 3, 3, 2, 0, 0, -1, 0, 0],
+        [CONV, BUF_INPUT, 0, 64, 96, 3, 3, 2, 0, 0, 0, 64, 0],
+        [AVG_POOL, BUF_WORK, 0, 96, 96, 3, 3, 1, 1, 1, -1, 160, 0],
+        [CONV, BUF_INPUT, 0, 64, 200, 1, 1, 1, 0, 0, 0, 256, 0],
     ]
     dims = {BUF_INPUT: (64, 9, 9), BUF_WORK: (96, 9, 9), BUF_OUTPUT: (160, 4, 4)}
     descs, tiles = schedule(rows, dims, 3)
@@ -311,26 +346,48 @@ def test_schedule_puts_deep_convs_first_and_covers_every_tile():
     assert tiles == 1 + 2 * 2 + 2 + 12
 
 
-def test_emulated_head_matches_torch_backend(model):
-    """The head as two stage launches: a whole-image average pool, then the Linear as a 1x1
-    conv (1000 columns: 7 full column tiles and a tail of 104)."""
-    from inception_fast.modules import FusedHead
+@pytest.mark.parametrize("step", [-2, -1], ids=["global-pool", "classifier"])
+def test_emulated_head_matches_torch_backend(model, step):
+    """The head is two plans like any block: a whole-image average pool, then the Linear as a
+    1x1 conv (1000 columns: 7 full column tiles and a tail of 104)."""
+    network = inception_fast.optimize(model, backend="torch").double()
+    block = network.blocks[step]
+    x = torch.randn(3, 1536, 3, 2, dtype=torch.float64) if step == -2 else torch.randn(3, 1536, 1, 1).double()
+    got = emulate_block(block, x)
+    assert not torch.isnan(got).any()
+    assert relative_l2(got, torch_backend.run_block(block, x)) < 1e-12
 
-    head = FusedHead(model.last_linear).to(torch.float64)
-    x = torch.randn(3, 1536, 3, 2, dtype=torch.float64)
-    packed = cuda_backend._packed_head(head, 1536, 3, 2, "cpu", torch.float64)
-    pool_rows, pool, linear_rows, linear, cols = packed
-    n = x.shape[0]
-    pooled = np.full(n * 1536, np.nan)
-    x_nhwc = x.permute(0, 2, 3, 1).contiguous().numpy().reshape(-1)
-    bufs = {BUF_INPUT: x_nhwc, BUF_WORK: None, BUF_OUTPUT: pooled}
-    dims = {BUF_INPUT: (1536, 3, 2), BUF_WORK: (0, 3, 2), BUF_OUTPUT: (1536, 1, 1)}
-    Emulator(bufs, dims, np.zeros(0), pool.bias.double().numpy(), pool.col_dst.numpy(),
-             pool.col_flags.numpy(), n).run([pool_rows])
-    logits = np.full(n * cols, np.nan)
-    bufs = {BUF_INPUT: pooled, BUF_WORK: None, BUF_OUTPUT: logits}
-    dims = {BUF_INPUT: (1536, 1, 1), BUF_WORK: (0, 1, 1), BUF_OUTPUT: (cols, 1, 1)}
-    Emulator(bufs, dims, linear.weights.numpy(), linear.bias.double().numpy(), linear.col_dst.numpy(),
-             linear.col_flags.numpy(), n).run([linear_rows])
-    got = torch.from_numpy(logits).view(n, cols)[:, :1000]
-    assert relative_l2(got, torch_backend.run_head(head, x)) < 1e-12
+
+def _family_block(name: str, path: str):
+    """A block of a family network in float64, its biases rounded to fp32 as the packed format
+    keeps them (torchvision's small initial weights make the bias dominate the outputs)."""
+    from inception_fast import architectures
+
+    torch.manual_seed(2)
+    model = randomize_batchnorm(architectures.create(name)).double().eval()
+    network = inception_fast.optimize(model, backend="torch")
+    block = next(b for b in network.blocks if b.plan.path == path)
+    for key, buffer in block.named_buffers():
+        if key.startswith("b"):
+            buffer.copy_(buffer.float().double())
+    return block
+
+
+@pytest.mark.parametrize(
+    ("name", "path", "hw"),
+    [
+        ("googlenet", "inception3a", (9, 7)),  # max-pool branch, 3x3 "5x5" branch
+        ("googlenet", "maxpool1", (14, 11)),  # ceil_mode stride 2
+        ("inception_v3", "Mixed_5b", (7, 8)),  # 5x5, include-pad average pool
+        ("inception_v3", "Mixed_7c", (5, 6)),  # split 1x3 / 3x1 branches
+        ("inception_resnet_v2", "repeat.0", (6, 5)),  # residual with ReLU
+        ("inception_resnet_v2", "block8", (4, 5)),  # residual without ReLU
+    ],
+    ids=lambda v: v if isinstance(v, str) else "x".join(map(str, v)),
+)
+def test_emulated_kernel_runs_family_blocks(name, path, hw):
+    block = _family_block(name, path)
+    x = torch.randn(2, block.plan.in_channels, *hw, dtype=torch.float64)
+    got = emulate_block(block, x)
+    assert not torch.isnan(got).any(), "an output channel was never written"
+    assert relative_l2(got, torch_backend.run_block(block, x)) < 1e-12

@@ -17,12 +17,12 @@ def fused_model(calibrated_model):
 
 @pytest.fixture
 def fused_block():
-    block = randomize_batchnorm(inception_fast.reference.InceptionA())
-    return inception_fast.FusedInceptionA.from_reference(block)
+    block = randomize_batchnorm(inception_fast.reference.InceptionA()).eval()
+    return inception_fast.fuse_block(block)
 
 
 def _block_and_model(fused_block, fused_model):
-    return [(fused_block, "FusedInceptionA", 384), (fused_model, "FusedInceptionV4", 3)]
+    return [(fused_block, "FusedBlock", 384), (fused_model, "FusedNetwork", 3)]
 
 
 @pytest.mark.parametrize("shape", [(384, 9, 9), (1, 1, 384, 9, 9), (384,)], ids=["3d", "5d", "1d"])
@@ -56,7 +56,7 @@ def test_spatial_size_too_small_for_the_network(fused_model, hw):
 
 
 def test_spatial_size_too_small_for_a_block():
-    block = inception_fast.fuse_block(randomize_batchnorm(inception_fast.reference.ReductionB()))
+    block = inception_fast.fuse_block(randomize_batchnorm(inception_fast.reference.ReductionB()).eval())
     with pytest.raises(ValueError, match=r"ReductionB: input of 2x5 is too small for its 3x3 window"):
         block(torch.randn(1, 1024, 2, 5))
     # The check comes before the empty-batch shortcut.
@@ -141,9 +141,12 @@ def test_optimize_refuses_a_model_in_train_mode(calibrated_model):
         calibrated_model.eval()
 
 
-def test_optimize_refuses_other_models():
-    with pytest.raises(TypeError, match=r"takes timm's inception_v4 .* got Sequential"):
-        inception_fast.optimize(nn.Sequential(nn.Conv2d(3, 8, 3)).eval())
+def test_optimize_refuses_layers_without_a_kernel_naming_them():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.GroupNorm(2, 8)).eval()
+    with pytest.raises(inception_fast.UnsupportedModel, match=r"^1: a GroupNorm layer is not supported"):
+        inception_fast.optimize(model)
+    with pytest.raises(TypeError, match="takes a torch.nn.Module, got function"):
+        inception_fast.optimize(lambda x: x)
 
 
 def test_optimize_refuses_unknown_backend_and_dtype(calibrated_model):

@@ -62,7 +62,7 @@ def test_load_registers_the_stage_op_with_a_fake_kernel():
         kw = {"dtype": torch.float16, "device": "cuda"}
         x, out = torch.empty(2, 9, 9, 64, **kw), torch.empty(2, 4, 4, 64, **kw)
         bias, dst = torch.empty(64, device="cuda"), torch.empty(64, dtype=torch.int32, device="cuda")
-        maxpool = [2, 0, 0, 64, 64, 3, 3, 2, 0, 0, -1, 0]
+        maxpool = [2, 0, 0, 64, 64, 3, 3, 2, 0, 0, -1, 0, 0]
         assert op(x, x.new_empty(0), out, maxpool, x.new_empty(0), bias, dst, dst) is None
 
 

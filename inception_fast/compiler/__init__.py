@@ -101,7 +101,10 @@ def _first_conv_channels(layers: list[Layer]) -> int | None:
 def compile_model(model: nn.Module) -> CompiledNetwork:
     """Block plans and PyTorch steps that compute exactly what `model` (in eval mode) computes."""
     if model.training:
-        raise RuntimeError("optimize() folds BatchNorm statistics: put the model in eval mode first (model.eval())")
+        raise RuntimeError(
+            f"{type(model).__name__} is in training mode; fusing folds its BatchNorm statistics: "
+            "put the model in eval mode first (model.eval())"
+        )
     graph = trace(model)
     layers, outputs = read_layers(model, graph)
     single = not isinstance(outputs, list)

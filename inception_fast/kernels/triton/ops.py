@@ -32,6 +32,7 @@ def triton_stage(
     tf32: bool,
     has_conv: bool,
     has_pool: bool,
+    has_residual: bool = False,
 ) -> None:
     """One stage of a block: x [N,Cin,H,W], work [N,Cw,H,W], out [N,Cout,OH,OW], all stored
     channels_last; the rest is a `packing.PackedStage`; num_tiles from `stage_tiles`;
@@ -39,7 +40,7 @@ def triton_stage(
     launch_stage_tensors(
         wrap_triton(_stage_kernel), num_tiles, x, work, out, problems, weights, bias, col_dst,
         col_flags, (block_m, block_n, block_k, num_warps, num_stages, k_parts),
-        "tf32" if tf32 else "ieee", has_conv, has_pool, scratch, counts,
+        "tf32" if tf32 else "ieee", has_conv, has_pool, has_residual, scratch, counts,
     )
 
 

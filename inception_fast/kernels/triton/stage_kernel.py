@@ -26,6 +26,8 @@ _PAD_W = tl.constexpr(pk.PAD_W)
 _COLS = tl.constexpr(pk.COLS)
 _FLAG_RELU = tl.constexpr(pk.FLAG_RELU)
 _FLAG_TO_OUTPUT = tl.constexpr(pk.FLAG_TO_OUTPUT)
+_FLAG_RESIDUAL = tl.constexpr(pk.FLAG_RESIDUAL)
+_CEIL = tl.constexpr(pk.CEIL)
 _KIND = tl.constexpr(pk.KIND)
 _SRC_BUF = tl.constexpr(pk.SRC_BUF)
 _SRC_C0 = tl.constexpr(pk.SRC_C0)
@@ -36,11 +38,19 @@ _BUF_WORK = tl.constexpr(pk.BUF_WORK)
 _BUF_OUTPUT = tl.constexpr(pk.BUF_OUTPUT)
 _CONV = tl.constexpr(pk.CONV)
 _MAX_POOL = tl.constexpr(pk.MAX_POOL)
+_AVG_POOL_INCLUDE_PAD = tl.constexpr(pk.AVG_POOL_INCLUDE_PAD)
 
 
 @triton.jit
 def _times8(value):
     return (value // 8) * 8
+
+
+@triton.jit
+def _out_size(size, kernel, stride, pad, ceil):
+    """`windows.out_size` (PyTorch's pooling rule); every operand is non-negative here."""
+    out = (size + 2 * pad - kernel + tl.where(ceil, stride - 1, 0)) // stride + 1
+    return tl.where(ceil & ((out - 1) * stride >= size + pad), out - 1, out)
 
 
 @triton.jit
@@ -51,9 +61,10 @@ def _problem_geometry(prob_ptr, p, H, W, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.c
     stride = tl.load(row + _STRIDE).to(tl.int32)
     ph = tl.load(row + _PAD_H).to(tl.int32)
     pw = tl.load(row + _PAD_W).to(tl.int32)
+    ceil = tl.load(row + _CEIL) != 0
     cols = _times8(tl.load(row + _COLS).to(tl.int32))
-    oh = (H + 2 * ph - kh) // stride + 1
-    ow = (W + 2 * pw - kw) // stride + 1
+    oh = _out_size(H, kh, stride, ph, ceil)
+    ow = _out_size(W, kw, stride, pw, ceil)
     tiles = tl.cdiv(N * oh * ow, BLOCK_M) * tl.cdiv(cols, BLOCK_N)
     return kh, kw, stride, ph, pw, cols, oh, ow, tiles
 
@@ -61,12 +72,17 @@ def _problem_geometry(prob_ptr, p, H, W, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.c
 @triton.jit
 def _epilogue_store(
     acc, rows, m_mask, col0, cols, col_off, bias_ptr, col_dst_ptr, col_flags_ptr,
-    work_ptr, out_ptr, C_WORK, C_OUT, BLOCK_N: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    work_ptr, out_ptr, C_WORK, C_OUT, x_ptr, C_IN, keeps_size,
+    BLOCK_N: tl.constexpr, INPUT_PRECISION: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
 ):
-    """acc[BLOCK_M, BLOCK_N] fp32 -> (+bias, ReLU per column) -> its destination slice.
-    `rows` are the destination pixel indices (already in the index type). With TF32 dots the
-    values are stored rounded to TF32, as the next conv reads them: the tensor cores would
-    otherwise truncate them there."""
+    """acc[BLOCK_M, BLOCK_N] fp32 -> (+bias, +block input on residual columns, ReLU per
+    column) -> its destination slice. `rows` are the destination pixel indices (already in the
+    index type). With TF32 dots the values are stored rounded to TF32, as the next conv reads
+    them: the tensor cores would otherwise truncate them there.
+    HAS_RESIDUAL: the stage has residual columns (the load is compiled out otherwise).
+    `keeps_size`: the problem's output size is the input's, so output pixel = input pixel;
+    residual columns of a problem where it is not (or that name a channel past the input)
+    store NaN, never a wrong value (the packer refuses such stages before they get here)."""
     offs_n = col0 + tl.arange(0, BLOCK_N)
     n_mask = offs_n < cols
     bias = tl.load(bias_ptr + col_off + offs_n, mask=n_mask, other=0.0)
@@ -76,13 +92,20 @@ def _epilogue_store(
     dst = tl.load(col_dst_ptr + col_off + offs_n, mask=n_mask, other=0)
     dst = tl.max_contiguous(tl.multiple_of(dst, 8), 8)
     value = acc + bias[None, :]
+    mask = m_mask[:, None] & n_mask[None, :]
+    if HAS_RESIDUAL:
+        residual = tl.max_constancy((flags & _FLAG_RESIDUAL) != 0, 8)
+        readable = residual & keeps_size & (dst < C_IN)
+        skip = tl.load(x_ptr + rows[:, None] * C_IN + dst[None, :], mask=mask & readable[None, :], other=0.0)
+        value += skip.to(tl.float32)
+        value = tl.where((residual & ~readable)[None, :], float("nan"), value)
     relu = (flags & _FLAG_RELU) != 0
-    value = tl.where(relu[None, :], tl.maximum(value, 0.0), value)
+    # ReLU keeps NaN, as torch.relu does (a NaN from a refused residual must not turn into 0)
+    value = tl.where(relu[None, :], tl.maximum(value, 0.0, propagate_nan=tl.PropagateNan.ALL), value)
     if INPUT_PRECISION == "tf32":
         value = round_to_tf32(value)
     value = value.to(out_ptr.dtype.element_ty)
     to_out = tl.max_constancy((flags & _FLAG_TO_OUTPUT) != 0, 8)
-    mask = m_mask[:, None] & n_mask[None, :]
     tl.store(out_ptr + rows[:, None] * C_OUT + dst[None, :], value, mask=mask & to_out[None, :])
     tl.store(work_ptr + rows[:, None] * C_WORK + dst[None, :], value, mask=mask & ~to_out[None, :])
 
@@ -140,8 +163,9 @@ def _pool_tile(
     src_ptr, src_stride, kind, img, ih0, iw0, m_mask, col0, cols, kh, kw, H, W,
     INDEX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """AVG_POOL (count_include_pad=False) or MAX_POOL over a kh x kw window, per channel;
-    one accumulator live at a time keeps the registers for the conv path."""
+    """AVG_POOL (count_include_pad=False), AVG_POOL_INCLUDE_PAD or MAX_POOL over a kh x kw
+    window, per channel; one accumulator live at a time keeps the registers for the conv path.
+    Taps outside the input (padding, or past the end in ceil mode) read nothing."""
     c = col0 + tl.arange(0, BLOCK_N)
     c_mask = c < cols
     if kind == _MAX_POOL:
@@ -160,6 +184,8 @@ def _pool_tile(
             )
             acc += v.to(tl.float32)
             count += valid.to(tl.float32)
+        # count_include_pad: padding taps count as zeros, every window divides by kh * kw
+        count = tl.where(kind == _AVG_POOL_INCLUDE_PAD, (kh * kw).to(tl.float32), count)
         acc = acc / tl.maximum(count, 1.0)[:, None]
     return acc
 
@@ -167,8 +193,9 @@ def _pool_tile(
 @triton.jit
 def _split_k_epilogue(
     acc, slot, k_part, k_parts, scratch_ptr, count_ptr, rows, m_mask, col0, cols, col_off,
-    bias_ptr, col_dst_ptr, col_flags_ptr, work_ptr, out_ptr, C_WORK, C_OUT,
+    bias_ptr, col_dst_ptr, col_flags_ptr, work_ptr, out_ptr, C_WORK, C_OUT, x_ptr, C_IN, keeps_size,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
 ):
     """Each part stores its fp32 partial tile in its own scratch slice; the part that arrives
     last (per-tile counter) sums the slices in part order, so results do not depend on
@@ -186,7 +213,8 @@ def _split_k_epilogue(
         tl.store(count_ptr + slot, 0)
         _epilogue_store(
             total, rows, m_mask, col0, cols, col_off, bias_ptr, col_dst_ptr, col_flags_ptr,
-            work_ptr, out_ptr, C_WORK, C_OUT, BLOCK_N, INPUT_PRECISION,
+            work_ptr, out_ptr, C_WORK, C_OUT, x_ptr, C_IN, keeps_size, BLOCK_N, INPUT_PRECISION,
+            HAS_RESIDUAL,
         )
 
 
@@ -199,11 +227,12 @@ def _stage_kernel(
     N, H, W, C_IN, C_WORK, C_OUT, num_problems, k_parts,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
-    HAS_CONV: tl.constexpr, HAS_POOL: tl.constexpr, WIDE_INDEX: tl.constexpr,
-    SPLIT_K: tl.constexpr,
+    HAS_CONV: tl.constexpr, HAS_POOL: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+    WIDE_INDEX: tl.constexpr, SPLIT_K: tl.constexpr,
 ):
     """HAS_CONV / HAS_POOL: which problem kinds the stage has (the other path is compiled
-    out, which frees registers). WIDE_INDEX: int64 pixel offsets, needed once a buffer holds
+    out, which frees registers). HAS_RESIDUAL: some column adds the block input (its load is
+    compiled out otherwise). WIDE_INDEX: int64 pixel offsets, needed once a buffer holds
     2^31 elements or more; int32 otherwise (fewer registers). SPLIT_K: each conv tile's K
     loop is shared by `k_parts` programs (small batches, where the tiles alone do not fill
     the card); pools are never split."""
@@ -270,6 +299,7 @@ def _stage_kernel(
     src_ptr = src_ptr + src_c0
     col0 = pid_n * BLOCK_N
     rows = offs_m.to(INDEX)
+    keeps_size = (oh == H) & (ow == W)  # residual columns read the input at their own pixel
 
     if HAS_CONV:
         if kind == _CONV:
@@ -281,12 +311,14 @@ def _stage_kernel(
                 _split_k_epilogue(
                     acc, slot_base + local, k_part, parts, scratch_ptr, count_ptr, rows, m_mask, col0,
                     cols, col_off, bias_ptr, col_dst_ptr, col_flags_ptr, work_ptr, out_ptr,
-                    C_WORK, C_OUT, BLOCK_M, BLOCK_N, INPUT_PRECISION,
+                    C_WORK, C_OUT, x_ptr, C_IN, keeps_size, BLOCK_M, BLOCK_N, INPUT_PRECISION,
+                    HAS_RESIDUAL,
                 )
             else:
                 _epilogue_store(
                     acc, rows, m_mask, col0, cols, col_off, bias_ptr, col_dst_ptr, col_flags_ptr,
-                    work_ptr, out_ptr, C_WORK, C_OUT, BLOCK_N, INPUT_PRECISION,
+                    work_ptr, out_ptr, C_WORK, C_OUT, x_ptr, C_IN, keeps_size, BLOCK_N, INPUT_PRECISION,
+                    HAS_RESIDUAL,
                 )
     if HAS_POOL:
         if kind != _CONV:
@@ -296,7 +328,8 @@ def _stage_kernel(
             )
             _epilogue_store(
                 acc, rows, m_mask, col0, cols, col_off, bias_ptr, col_dst_ptr, col_flags_ptr,
-                work_ptr, out_ptr, C_WORK, C_OUT, BLOCK_N, INPUT_PRECISION,
+                work_ptr, out_ptr, C_WORK, C_OUT, x_ptr, C_IN, keeps_size, BLOCK_N, INPUT_PRECISION,
+                HAS_RESIDUAL,
             )
 
 
@@ -324,14 +357,15 @@ def split_k_slots(stage: pk.PackedStage, n: int, h: int, w: int, block_m: int, b
 
 def launch_stage_tensors(
     kernel, num_tiles, x, work, out, problems, weights, bias, col_dst, col_flags, config, precision,
-    has_conv=True, has_pool=True, scratch=None, counts=None,
+    has_conv=True, has_pool=True, has_residual=False, scratch=None, counts=None,
 ):
     """Launch `kernel` (the raw kernel, or wrap_triton(kernel) inside a triton_op).
 
     x, work, out: NCHW-shaped tensors stored channels_last (NHWC in memory); `work` may be a
     small dummy when the block has no intermediates. config: (BLOCK_M, BLOCK_N, BLOCK_K,
     num_warps, num_stages, k_parts). precision: "tf32" or "ieee" for fp32 dots. has_conv /
-    has_pool: which problem kinds the stage holds. With k_parts > 1, `scratch` (fp32,
+    has_pool / has_residual: which problem kinds and epilogue columns the stage holds
+    (`stage_kinds`). With k_parts > 1, `scratch` (fp32,
     k_parts BLOCK_M x BLOCK_N tiles per conv output tile) and `counts` (int32, one per tile,
     zero on the first launch; the kernel leaves them zero) hold the partial sums.
     """
@@ -344,15 +378,16 @@ def launch_stage_tensors(
         scratch if split else bias, counts if split else col_dst,
         n, h, w, x.shape[1], work.shape[1], out.shape[1], problems.shape[0], k_parts,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, INPUT_PRECISION=precision,
-        HAS_CONV=has_conv, HAS_POOL=has_pool, WIDE_INDEX=wide, SPLIT_K=split,
+        HAS_CONV=has_conv, HAS_POOL=has_pool, HAS_RESIDUAL=has_residual, WIDE_INDEX=wide, SPLIT_K=split,
         num_warps=num_warps, num_stages=num_stages,
     )
 
 
-def stage_kinds(stage: pk.PackedStage) -> tuple[bool, bool]:
-    """(has a conv problem, has a pool problem)."""
+def stage_kinds(stage: pk.PackedStage) -> tuple[bool, bool, bool]:
+    """(has a conv problem, has a pool problem, has a residual column): the kernel's
+    HAS_CONV, HAS_POOL and HAS_RESIDUAL."""
     kinds = {row[pk.KIND] for row in stage.rows}
-    return pk.CONV in kinds, bool(kinds - {pk.CONV})
+    return pk.CONV in kinds, bool(kinds - {pk.CONV}), stage.residual
 
 
 def split_k_buffers(stage, n, h, w, config, device):
