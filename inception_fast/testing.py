@@ -3,6 +3,8 @@ the CLI (one copy of the setup, so every number is about the same network)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -33,7 +35,8 @@ def randomize_batchnorm(module: nn.Module, generator: torch.Generator | None = N
 @torch.no_grad()
 def calibrate_batchnorm(model: nn.Module, images: torch.Tensor) -> nn.Module:
     """Set each BatchNorm's running statistics to those of its input on `images`, so that
-    activations stay O(1) through all 149 layers (no fp16 overflow, no flush to zero)."""
+    activations stay O(1) through every layer (no fp16 overflow, no flush to zero). Only the
+    BatchNorms switch to train mode: dropout and auxiliary heads stay as in eval."""
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     saved = [(bn.momentum, bn.training) for bn in bns]
     for bn in bns:
@@ -47,11 +50,15 @@ def calibrate_batchnorm(model: nn.Module, images: torch.Tensor) -> nn.Module:
     return model
 
 
-def calibrated_inception_v4(seed: int = 0, image_size: int = 299, batch: int = 2) -> InceptionV4:
-    """A random reference Inception-v4 with BatchNorm calibrated on random images (eval mode)."""
+def calibrated_model(
+    build: Callable[[], nn.Module], seed: int = 0, image_size: int = 299, batch: int = 2
+) -> nn.Module:
+    """`build()` (any network with BatchNorm2d layers, random weights) with random BatchNorm
+    affine parameters and running statistics calibrated on random images, in eval mode: the
+    realistically scaled random model of BENCHMARKING.md, for any network."""
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = InceptionV4().eval()
+    model = build().eval()
     with torch.no_grad():
         for bn in model.modules():
             if isinstance(bn, nn.BatchNorm2d):
@@ -59,6 +66,11 @@ def calibrated_inception_v4(seed: int = 0, image_size: int = 299, batch: int = 2
                 bn.bias.copy_(torch.randn(bn.num_features, generator=gen) * 0.2 + 0.1)
     images = torch.randn(batch, 3, image_size, image_size, generator=gen)
     return calibrate_batchnorm(model, images).eval()
+
+
+def calibrated_inception_v4(seed: int = 0, image_size: int = 299, batch: int = 2) -> InceptionV4:
+    """A random reference Inception-v4 with BatchNorm calibrated on random images (eval mode)."""
+    return calibrated_model(InceptionV4, seed, image_size, batch)
 
 
 def random_images(batch: int, size: int = 299, *, seed: int | None = None, **kw) -> torch.Tensor:
