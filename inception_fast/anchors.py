@@ -68,6 +68,19 @@ DEFAULT_COMPILE_ANCHORS = tuple(name for name, anchor in COMPILE_ANCHORS.items()
 GPU_ONLY = ("eager-graph", "eager-nchw", *COMPILE_ANCHORS)
 
 
+def parse_compile_anchors(text: str | None) -> tuple[str, ...]:
+    """'compile-freezing,compile-ro-freezing' -> the names; None or '' -> the default ones."""
+    if not text:
+        return DEFAULT_COMPILE_ANCHORS
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in COMPILE_ANCHORS]
+    if unknown:
+        raise ValueError(
+            f"unknown torch.compile anchor {', '.join(unknown)}; choose from {', '.join(COMPILE_ANCHORS)}"
+        )
+    return names
+
+
 def compile_options(anchor: CompileAnchor) -> dict:
     """Inductor options equal to `mode=anchor.mode`, plus freezing (torch.compile takes a mode
     or options, not both)."""

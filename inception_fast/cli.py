@@ -269,8 +269,8 @@ def format_table(rows: list[dict]) -> str:
         if r.get("suite", "model") != "model":
             continue
         if "median_ms" not in r:
-            what = r.get("error", "?")
-            what = what if r.get("status") == "not supported" else "failed: " + what
+            what = "not supported by this version (above)" if r.get("status") == "not supported" \
+                else "failed: " + r.get("error", "?")
             lines.append([r["config"], str(r["batch"] or "-"), what[:100]] + [""] * 8)
             continue
         check = r.get("check", "-")
@@ -359,13 +359,10 @@ def bench_options(args, parser):
         batches = _batches(args.batch) or (GPU_BATCHES if on_gpu else CPU_BATCHES)
     except (ValueError, argparse.ArgumentTypeError) as err:
         parser.error(str(err))
-    compile_anchors = anchors.DEFAULT_COMPILE_ANCHORS
-    if args.compile_anchors:
-        compile_anchors = tuple(name.strip() for name in args.compile_anchors.split(",") if name.strip())
-        unknown = [name for name in compile_anchors if name not in anchors.COMPILE_ANCHORS]
-        if unknown:
-            parser.error(f"--compile-anchors: unknown {', '.join(unknown)}; "
-                         f"choose from {', '.join(anchors.COMPILE_ANCHORS)}")
+    try:
+        compile_anchors = anchors.parse_compile_anchors(args.compile_anchors)
+    except ValueError as err:
+        parser.error(f"--compile-anchors: {err}")
     if args.ttfi and args.model != "inception_v4":
         parser.error("--ttfi times Inception-v4 only; run it without --model or with --model inception_v4")
     model_dtype = get(args.model).dtype
@@ -416,13 +413,15 @@ def cmd_bench(args, parser) -> int:
           f"GFLOP/image (counted); accuracy: relative L2 of the output vs "
           f"{document['settings']['reference_dtype'].replace('torch.', '')} reference, bound = 2 x eager "
           f"{options.dtype} + slack")
+    timed = info["supported"] or options.anchors_if_unsupported
     if not info["supported"]:
         print(f"{info['name']}: {info['unsupported_reason']}")
-        if not options.anchors_if_unsupported:
+        if not timed:
             print("nothing timed (--anchors-if-unsupported times the anchors and the floor anyway)")
-    print(format_table(document["results"]))
-    print("* = CUDA-graph replay; timings are medians of CUDA events (GPU) or perf_counter (CPU); "
-          "x anchor = speed-up over the fastest anchor at that batch")
+    if timed:
+        print(format_table(document["results"]))
+        print("* = CUDA-graph replay; timings are medians of CUDA events (GPU) or perf_counter (CPU); "
+              "x anchor = speed-up over the fastest anchor at that batch")
     if format_anchors(document["results"]):
         print(format_anchors(document["results"]))
     rules = document["settings"]["compile_batch_rules"]
