@@ -292,12 +292,16 @@ def model_table() -> list[dict]:
     """The table of bench_models, each row with its counted GFLOP per image and whether this
     version's optimize() accepts the network (tried on the CPU, torch backend, random weights)."""
     rows = []
-    for name in bench_models.MODELS:
-        row = bench_models.describe(name)
-        if "error" not in row:
-            fused, why = try_optimize(bench_models.get(name).build().eval(), backend="torch", device="cpu")
-            row["optimize"] = why or ("accepted" if isinstance(fused, torch.nn.Module) else
-                                      f"failed: {type(fused).__name__}: {fused}")
+    for name, spec in bench_models.MODELS.items():
+        try:
+            model = spec.build().eval()
+        except ImportError:
+            rows.append(bench_models.describe(name))  # says which package is missing
+            continue
+        row = bench_models.describe(name, model)
+        fused, why = try_optimize(model, backend="torch", device="cpu")
+        row["optimize"] = why or ("accepted" if isinstance(fused, torch.nn.Module) else
+                                  f"failed: {type(fused).__name__}: {fused}")
         rows.append(row)
     return rows
 

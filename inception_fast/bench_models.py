@@ -125,14 +125,15 @@ def gflops_per_image(model: nn.Module, image_size: int) -> float:
     return 2 * layer_census.macs_per_image(layer_census.census(model, image_size)) / 1e9
 
 
-def describe(name: str) -> dict:
-    """One row of the table, the work counted from the network at its input size."""
+def describe(name: str, model: nn.Module | None = None) -> dict:
+    """One row of the table, the work counted from the network (`model`, or one built now) at
+    its input size."""
     spec = get(name)
     row = {"model": spec.name, "source": spec.source, "image_size": spec.image_size, "dtype": spec.dtype,
            "anchors": list(spec.anchors), "note": spec.note}
     try:
-        row["gflops_per_image"] = round(gflops_per_image(spec.build(), spec.image_size), 3)
+        model = model if model is not None else spec.build()
     except ImportError as err:
-        row["gflops_per_image"] = None
-        row["error"] = f"cannot build: {err}"
+        return {**row, "gflops_per_image": None, "error": f"cannot build: {err}"}
+    row["gflops_per_image"] = round(gflops_per_image(model, spec.image_size), 3)
     return row

@@ -44,19 +44,24 @@ class LayerCall:
     conv: ConvShape | None = None
 
 
+def _has_children(module: nn.Module) -> bool:
+    return next(module.children(), None) is not None
+
+
 def blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The network's top-level blocks, in order: its children, where a container (Sequential,
-    ModuleList, ModuleDict) or an only child stands for the blocks inside it. timm's
+    ModuleList, ModuleDict) of blocks, or an only child, stands for the blocks inside it. timm's
     inception_v4 gives features.0 .. features.21 and last_linear; Inception-ResNet-v2 gives its
-    repeats one by one (repeat.0 .. repeat.9); pytorch-fid's InceptionV3 gives blocks.0.0 .."""
+    repeats one by one (repeat.0 .. repeat.9); pytorch-fid's InceptionV3 gives blocks.0.0 ..;
+    a Sequential of plain layers (conv, BatchNorm, ReLU) stays one block."""
     found = []
 
     def visit(prefix: str, module: nn.Module) -> None:
         children = list(module.named_children())
         for name, child in children:
             path = f"{prefix}.{name}" if prefix else name
-            has_children = next(child.children(), None) is not None
-            if has_children and (isinstance(child, CONTAINERS) or len(children) == 1):
+            of_blocks = isinstance(child, CONTAINERS) and any(_has_children(c) for c in child.children())
+            if of_blocks or (len(children) == 1 and _has_children(child)):
                 visit(path, child)
             else:
                 found.append((path, child))
@@ -81,12 +86,20 @@ def _pair(value) -> tuple[int, int]:
 def census(model: nn.Module, image_size: int | tuple[int, int], *, on_meta: bool = True) -> list[LayerCall]:
     """The Conv2d and Linear calls of one forward pass of a 3-channel image, in call order.
 
-    `model` is left untouched: the pass runs on a copy, on the meta device unless `on_meta` is
-    False (then on the CPU, in float32). A module called twice is listed twice. Raises the
-    network's own error when the image is too small for it."""
+    The pass runs in eval mode with every parameter and buffer swapped for a meta tensor of its
+    shape (`torch.func.functional_call`: nothing is copied and `model` keeps its weights, mode
+    and device), or, with `on_meta=False`, on a float32 CPU copy. A module called twice is
+    listed twice. Raises the network's own error when the image is too small for it."""
     height, width = _pair(image_size)
-    device = torch.device("meta") if on_meta else torch.device("cpu")
-    probe = copy.deepcopy(model).to(device=device, dtype=torch.float32).eval()
+    if on_meta:
+        probe = model
+        tensors = {name: torch.empty_like(t, device="meta")
+                   for name, t in [*model.named_parameters(), *model.named_buffers()]}
+        dtype = next(iter(tensors.values())).dtype if tensors else torch.float32
+        image = torch.zeros(1, 3, height, width, device="meta", dtype=dtype)
+    else:
+        probe = copy.deepcopy(model).to(device="cpu", dtype=torch.float32)
+        image = torch.zeros(1, 3, height, width)
     block_paths = [path for path, _ in blocks(probe)]
     calls: list[LayerCall] = []
 
@@ -109,17 +122,24 @@ def census(model: nn.Module, image_size: int | tuple[int, int], *, on_meta: bool
 
         return hook
 
+    modes = {module: module.training for module in probe.modules()}
     handles = [
         module.register_forward_hook(record(path))
         for path, module in probe.named_modules()
         if isinstance(module, (nn.Conv2d, nn.Linear))
     ]
     try:
+        probe.eval()
         with torch.no_grad():
-            probe(torch.zeros(1, 3, height, width, device=device))
+            if on_meta:
+                torch.func.functional_call(probe, tensors, (image,), strict=False)
+            else:
+                probe(image)
     finally:
         for handle in handles:
             handle.remove()
+        for module, training in modes.items():
+            module.training = training
     return calls
 
 
