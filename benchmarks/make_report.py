@@ -31,6 +31,7 @@ from floors import block_floors, peaks_for
 from inception_fast.bench_models import MODELS
 
 RESULTS_DIR = Path(__file__).parent / "results"
+NO_PLOTS = False  # --no-plot
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 # Issue #5: Inception-v4 on the H100, fp16, 299x299, side by side with the anchors in one run.
 TARGET_MODEL = "inception_v4"
@@ -255,6 +256,8 @@ def block_table(rows: dict, card: str, dtype: str, batch: int, image_size: int, 
 
 
 def plot(rows: dict, card: str, model: str, dtype: str, image_size: int, path: Path) -> bool:
+    if NO_PLOTS:
+        return False
     try:
         import matplotlib
 
@@ -360,6 +363,31 @@ def replace_between_markers(readme: Path, text: str) -> None:
     readme.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
 
 
+def short_table(documents: list[dict]) -> str:
+    """One line per model and batch: the best fused configuration, the anchor (the fastest
+    anchor), their ratio and the cuDNN conv floor, from the newest rows on each card."""
+    groups: dict = {}
+    for key, row in newest_rows(documents, "model").items():
+        card, model, _, dtype, batch, size = key
+        groups.setdefault((card, model, dtype, batch, size), []).append(row)
+    lines = ["| card | model | dtype | batch | best fused | ms | the anchor | ms | fused x anchor "
+             "| convs alone ms |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for (card, model, dtype, batch, _), here in sorted(groups.items()):
+        fused = min((r for r in here if r["kind"] == "fused" and r.get("check") == "pass"),
+                    key=lambda r: r["median_ms"], default=None)
+        anchor = min((r for r in here if r["kind"] == "anchor"), key=lambda r: r["median_ms"], default=None)
+        floor = next((r for r in here if r["kind"] == "floor"), None)
+        cells = [card, model, dtype, str(batch)]
+        cells += [fused["name"], f"{fused['median_ms']:.3f}"] if fused else ["-", "-"]
+        cells += [anchor["name"], f"{anchor['median_ms']:.3f}"] if anchor else ["-", "-"]
+        cells.append(f"{anchor['median_ms'] / fused['median_ms']:.2f}" if fused and anchor else "-")
+        cells.append(f"{floor['median_ms']:.3f}" if floor else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    for (card, model), reason in sorted(unsupported(documents).items()):
+        lines.append(f"| {card} | {model} | | | {reason} | | | | | |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
@@ -370,7 +398,12 @@ def main(argv=None) -> int:
     parser.add_argument("--block-batch", type=int, default=256, help="batch of the blocks-vs-floors table")
     parser.add_argument("--peaks", type=Path, help="peaks JSON from floors.py --measure "
                         "(default: <results-dir>/peaks.json)")
+    parser.add_argument("--no-plot", action="store_true", help="no PNG (only summary.md is written)")
+    parser.add_argument("--short", action="store_true",
+                        help="print only one line per model and batch (best fused, the anchor, the floor)")
     args = parser.parse_args(argv)
+    global NO_PLOTS
+    NO_PLOTS = args.no_plot
     out = args.out or args.results_dir
     documents = load(list(args.results_dir.glob("*.json")))
     if not documents:
@@ -380,7 +413,7 @@ def main(argv=None) -> int:
                             args.peaks or args.results_dir / "peaks.json")
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.md").write_text(summary + "\n")
-    print(summary)
+    print(short_table(documents) if args.short else summary)
     if args.readme:  # the same summary, its images linked from where the README lies
         image_dir = os.path.relpath(out.resolve(), args.readme.resolve().parent) + "/"
         replace_between_markers(args.readme, build_summary(
