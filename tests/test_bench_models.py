@@ -29,15 +29,24 @@ def test_the_table_lists_every_network_with_its_input_and_anchors(table):
     assert all("compile-ro-freezing" in row["anchors"] for row in table.values())
 
 
+def built(table: dict) -> dict:
+    """The rows of networks whose library is installed (pytorch-fid is optional here)."""
+    missing = {name: row["error"] for name, row in table.items() if "error" in row}
+    assert all("cannot build" in why for why in missing.values()), missing
+    return {name: row for name, row in table.items() if name not in missing}
+
+
 def test_work_per_image_is_counted_from_the_network(table):
     assert table["inception_v4"]["gflops_per_image"] == round(costs.model_flops(299) / 1e9, 3)
+    rows = built(table)
     for name, gmacs in PUBLISHED_GMACS.items():
-        assert table[name]["gflops_per_image"] / 2 == pytest.approx(gmacs, rel=0.01), name
+        if name in rows:
+            assert rows[name]["gflops_per_image"] / 2 == pytest.approx(gmacs, rel=0.01), name
 
 
 def test_optimize_is_asked_whether_it_accepts_each_network(table):
     assert table["inception_v4"]["optimize"] == "accepted"
-    for row in table.values():
+    for row in built(table).values():
         assert row["optimize"] == "accepted" or row["optimize"].startswith("not supported by this version: ")
 
 
