@@ -393,9 +393,13 @@ def cmd_bench(args, parser) -> int:
         return 2
 
     def write_json(document: dict) -> None:
+        """Rewritten after each batch size; written aside and renamed, so a run stopped by a time
+        limit leaves the last complete document, never half of one."""
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(document, indent=1, default=str) + "\n")
+        partial = path.with_name(path.name + ".partial")
+        partial.write_text(json.dumps(document, indent=1, default=str) + "\n")
+        partial.replace(path)
 
     try:
         document = bench.run_bench(options, checkpoint=write_json if args.json else None)
