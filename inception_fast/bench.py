@@ -523,9 +523,9 @@ class ModelBench:
         row and one row per block). A configuration that fails to build or run gives a row
         with its error instead."""
         config = self.config(config_id)
-        if config.kind == "floor":
-            return self.floor_rows(config, batch)
         try:
+            if config.kind == "floor":
+                return self.floor_rows(config, batch)
             model, graph, out, setup_s = self.prepare(config, batch, inputs[0])
             errors = output_errors(out, expected)
             del out
