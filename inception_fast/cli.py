@@ -36,81 +36,6 @@ def _batches(values: list[str] | None) -> tuple[int, ...] | None:
     return tuple(batches)
 
 
-BENCH_DESCRIPTION = """\
-Validate and time one network: the fused model (inception_fast.optimize) against the anchors,
-in one process on the same inputs. Rows: "fused default" = optimize(model, dtype=...) called as
-a user would; "fused BACKEND, CUDA graph" = optimize(..., cuda_graph=True); the anchors (eager,
-eager under a CUDA graph, torch.compile with and without freezing; "x anchor" is the ratio to
-the fastest of them at that batch); and "cuDNN convs alone", every conv of the network timed
-alone in cuDNN, also per block. Every row's output is checked against the reference; exit
-status 1 when a fused row fails the check (a NaN or inf never passes), 2 on a usage error. A
-network that optimize() does not accept yet is reported as not supported (exit status 0)."""
-
-
-def add_bench_parser(sub) -> argparse.ArgumentParser:
-    from .anchors import COMPILE_ANCHORS, DEFAULT_COMPILE_ANCHORS
-    from .bench_models import MODELS
-
-    bench = sub.add_parser(
-        "bench", help="validate and time the fused model against the anchors", description=BENCH_DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    bench.add_argument("--model", default="inception_v4", choices=list(MODELS), metavar="NAME",
-                       help=f"network to time: {', '.join(MODELS)} (default inception_v4; see --list-models)")
-    bench.add_argument("--list-models", action="store_true",
-                       help="print the networks (source, input size, counted GFLOP/image, anchors, whether "
-                            "this version's optimize() accepts it) and exit")
-    bench.add_argument("--device", help="cuda or cpu (default: cuda when available)")
-    bench.add_argument("--dtype", choices=["fp16", "bf16", "fp32", "fp32-tf32"],
-                       help="default on a GPU: the model's (fp16; fp32-tf32 for fid_inception_v3); "
-                            "fp32 on the CPU")
-    bench.add_argument("--batch", action="append", metavar="N[,N...]",
-                       help="batch sizes, repeatable or comma-separated, e.g. 1,8,32,256 "
-                            "(GPU default 1,32,256; CPU 1,2)")
-    bench.add_argument("--backend", default="auto",
-                       help="auto, torch, triton or cuda: the backend of the 'fused BACKEND' rows; the "
-                            "'fused default' row always calls optimize(model, dtype=...) (default auto)")
-    bench.add_argument("--image-size", type=int,
-                       help="square input size (default: the model's own, e.g. 299; Inception-v4 "
-                            "needs >= 75)")
-    bench.add_argument("--no-anchors", action="store_true",
-                       help="time the fused model (and the floor) only, no eager or torch.compile anchors")
-    bench.add_argument("--no-compile", action="store_true",
-                       help="skip every torch.compile anchor (each compiles for about 40 s per batch size)")
-    bench.add_argument("--compile-anchors", metavar="NAME[,NAME...]",
-                       help=f"torch.compile anchors to time, from {', '.join(COMPILE_ANCHORS)} (ro = "
-                            f"reduce-overhead; default {','.join(DEFAULT_COMPILE_ANCHORS)})")
-    bench.add_argument("--compile-every-batch", action="store_true",
-                       help="time each torch.compile anchor at every batch size (default: default + freezing "
-                            "from batch 32 up, reduce-overhead + freezing up to batch 32, where each is "
-                            "the one to beat)")
-    bench.add_argument("--max-autotune", action="store_true",
-                       help="add torch.compile max-autotune without and with freezing (5-7 minutes of "
-                            "compiling per batch size each)")
-    bench.add_argument("--no-fused-graph", action="store_true",
-                       help="skip the fused model under a CUDA graph (optimize(..., cuda_graph=True))")
-    bench.add_argument("--no-floor", action="store_true",
-                       help="skip the library floor (every conv alone in cuDNN, per block and in total)")
-    bench.add_argument("--anchors-if-unsupported", action="store_true",
-                       help="time the anchors and the floor even when optimize() does not accept the model "
-                            "(default: report it as not supported and time nothing)")
-    bench.add_argument("--budget-ms", type=float,
-                       help="time spent on the timed repetitions of each configuration, in ms of work "
-                            "(default 1000 on a GPU, 2000 on the CPU)")
-    bench.add_argument("--floor-budget-ms", type=float, default=50.0,
-                       help="the same for each conv of the floor (default 50)")
-    bench.add_argument("--seed", type=int, default=0,
-                       help="seed of the random weights and inputs (default 0)")
-    bench.add_argument("--json", metavar="PATH",
-                       help="also write the results as JSON (rewritten after each batch size)")
-    bench.add_argument("--ttfi", action="store_true",
-                       help="also time to first inference in fresh processes, cold and warm caches "
-                            "(Inception-v4 only)")
-    bench.add_argument("--ttfi-batch", type=int, default=1,
-                       help="batch size of the time-to-first-inference runs (default 1)")
-    return bench
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="inception-fast", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command")
@@ -245,6 +170,81 @@ def cmd_info() -> int:
 
 # ---------------------------------------------------------------------------------------------
 # bench
+
+
+BENCH_DESCRIPTION = """\
+Validate and time one network: the fused model (inception_fast.optimize) against the anchors,
+in one process on the same inputs. Rows: "fused default" = optimize(model, dtype=...) called as
+a user would; "fused BACKEND, CUDA graph" = optimize(..., cuda_graph=True); the anchors (eager,
+eager under a CUDA graph, torch.compile with and without freezing; "x anchor" is the ratio to
+the fastest of them at that batch); and "cuDNN convs alone", every conv of the network timed
+alone in cuDNN, also per block. Every row's output is checked against the reference; exit
+status 1 when a fused row fails the check (a NaN or inf never passes), 2 on a usage error. A
+network that optimize() does not accept yet is reported as not supported (exit status 0)."""
+
+
+def add_bench_parser(sub) -> argparse.ArgumentParser:
+    from .anchors import COMPILE_ANCHORS, DEFAULT_COMPILE_ANCHORS
+    from .bench_models import MODELS
+
+    bench = sub.add_parser(
+        "bench", help="validate and time the fused model against the anchors", description=BENCH_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    bench.add_argument("--model", default="inception_v4", choices=list(MODELS), metavar="NAME",
+                       help=f"network to time: {', '.join(MODELS)} (default inception_v4; see --list-models)")
+    bench.add_argument("--list-models", action="store_true",
+                       help="print the networks (source, input size, counted GFLOP/image, anchors, whether "
+                            "this version's optimize() accepts it) and exit")
+    bench.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    bench.add_argument("--dtype", choices=["fp16", "bf16", "fp32", "fp32-tf32"],
+                       help="default on a GPU: the model's (fp16; fp32-tf32 for fid_inception_v3); "
+                            "fp32 on the CPU")
+    bench.add_argument("--batch", action="append", metavar="N[,N...]",
+                       help="batch sizes, repeatable or comma-separated, e.g. 1,8,32,256 "
+                            "(GPU default 1,32,256; CPU 1,2)")
+    bench.add_argument("--backend", default="auto",
+                       help="auto, torch, triton or cuda: the backend of the 'fused BACKEND' rows; the "
+                            "'fused default' row always calls optimize(model, dtype=...) (default auto)")
+    bench.add_argument("--image-size", type=int,
+                       help="square input size (default: the model's own, e.g. 299; Inception-v4 "
+                            "needs >= 75)")
+    bench.add_argument("--no-anchors", action="store_true",
+                       help="time the fused model (and the floor) only, no eager or torch.compile anchors")
+    bench.add_argument("--no-compile", action="store_true",
+                       help="skip every torch.compile anchor (each compiles for about 40 s per batch size)")
+    bench.add_argument("--compile-anchors", metavar="NAME[,NAME...]",
+                       help=f"torch.compile anchors to time, from {', '.join(COMPILE_ANCHORS)} (ro = "
+                            f"reduce-overhead; default {','.join(DEFAULT_COMPILE_ANCHORS)})")
+    bench.add_argument("--compile-every-batch", action="store_true",
+                       help="time each torch.compile anchor at every batch size (default: default + freezing "
+                            "from batch 32 up, reduce-overhead + freezing up to batch 32, where each is "
+                            "the one to beat)")
+    bench.add_argument("--max-autotune", action="store_true",
+                       help="add torch.compile max-autotune without and with freezing (5-7 minutes of "
+                            "compiling per batch size each)")
+    bench.add_argument("--no-fused-graph", action="store_true",
+                       help="skip the fused model under a CUDA graph (optimize(..., cuda_graph=True))")
+    bench.add_argument("--no-floor", action="store_true",
+                       help="skip the library floor (every conv alone in cuDNN, per block and in total)")
+    bench.add_argument("--anchors-if-unsupported", action="store_true",
+                       help="time the anchors and the floor even when optimize() does not accept the model "
+                            "(default: report it as not supported and time nothing)")
+    bench.add_argument("--budget-ms", type=float,
+                       help="time spent on the timed repetitions of each configuration, in ms of work "
+                            "(default 1000 on a GPU, 2000 on the CPU)")
+    bench.add_argument("--floor-budget-ms", type=float, default=50.0,
+                       help="the same for each conv of the floor (default 50)")
+    bench.add_argument("--seed", type=int, default=0,
+                       help="seed of the random weights and inputs (default 0)")
+    bench.add_argument("--json", metavar="PATH",
+                       help="also write the results as JSON (rewritten after each batch size)")
+    bench.add_argument("--ttfi", action="store_true",
+                       help="also time to first inference in fresh processes, cold and warm caches "
+                            "(Inception-v4 only)")
+    bench.add_argument("--ttfi-batch", type=int, default=1,
+                       help="batch size of the time-to-first-inference runs (default 1)")
+    return bench
 
 
 def _fmt(value, spec: str, missing: str = "-") -> str:
