@@ -1,14 +1,16 @@
-"""The README's results from the JSON under benchmarks/results/: tables and a plot.
+"""The README's results from the JSON under benchmarks/results/: tables and a plot per model.
 
     python benchmarks/make_report.py                       # reads benchmarks/results/*.json
     python benchmarks/make_report.py --results-dir OUT --out OUT --readme benchmarks/README.md
 
-Writes `<out>/summary.md` (whole-model table with the targets, time to first inference, blocks
-against their floors) and `<out>/images_per_s-<card>.png` (images/s against batch size, fused
-and anchors). With --readme, the summary replaces the text between the
+Writes `<out>/summary.md` (per model: the whole-model table with the anchor named, Inception-v4's
+targets, the cuDNN conv floor per block; time to first inference; Inception-v4's blocks against
+their compute and memory floors) and `<out>/images_per_s-<card>[-<model>].png` (images/s against
+batch size, fused and anchors). With --readme, the summary replaces the text between the
 `<!-- results:begin -->` and `<!-- results:end -->` markers of that file.
-Both sources are read: `inception-fast bench --json` and `pytest benchmarks/`; where the same
-configuration was measured more than once on a card, the newest measurement is shown.
+Both sources are read: `inception-fast bench --json` and `pytest benchmarks/` (schemas
+`inception_fast.bench/1`, Inception-v4 only, and `/2`, any model); where the same configuration
+was measured more than once on a card, the newest measurement is shown.
 """
 
 from __future__ import annotations
@@ -26,9 +28,13 @@ if __package__ in (None, "") and __name__ == "__main__":  # run as a script from
 
 from floors import block_floors, peaks_for
 
+from inception_fast.bench_models import MODELS
+
 RESULTS_DIR = Path(__file__).parent / "results"
+NO_PLOTS = False  # --no-plot
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
-# Issue #5: H100, fp16, 299x299, side by side with the anchors in one run.
+# Issue #5: Inception-v4 on the H100, fp16, 299x299, side by side with the anchors in one run.
+TARGET_MODEL = "inception_v4"
 TARGET_MS = {1: 0.6, 32: 2.6, 256: 14.0}
 TARGET_FIRST_INFERENCE_S = {"cold": 30.0, "warm": 5.0}
 
@@ -68,18 +74,39 @@ def load(paths: list[Path]) -> list[dict]:
     return documents
 
 
+def model_of(row: dict, document: dict) -> str:
+    """The network a row measured; schema /1 documents measured Inception-v4 only."""
+    settings = document.get("settings", {})
+    return row.get("model") or document.get("model") or settings.get("model") or TARGET_MODEL
+
+
 def newest_rows(documents: list[dict], suite: str) -> dict:
-    """{(card, config, dtype, batch, image_size): row}, later documents overwriting earlier ones."""
+    """{(card, model, config, dtype, batch, image_size): row}, later documents overwriting
+    earlier ones."""
     rows = {}
     for document in documents:
         env = document["environment"]
         for row in document.get("results", []):
             if row.get("suite") != suite or "median_ms" not in row:
                 continue
-            name = readable_config(row) if suite == "model" else row["config"]
-            key = (env["card"], name, row["dtype"], row["batch"], row["image_size"])
-            rows[key] = {**row, "name": name, "card": env["card"], "environment": env}
+            name = readable_config(row) if suite == "model" else row.get("label", row["config"])
+            model = model_of(row, document)
+            key = (env["card"], model, name, row["dtype"], row["batch"], row["image_size"])
+            rows[key] = {**row, "name": name, "card": env["card"], "model": model, "environment": env}
     return rows
+
+
+def unsupported(documents: list[dict]) -> dict:
+    """{(card, model): reason} of the newest documents that found a network not supported."""
+    found = {}
+    for document in documents:
+        for row in document.get("results", []):
+            key = (document["environment"]["card"], model_of(row, document))
+            if row.get("status") == "not supported":
+                found[key] = row.get("error", "not supported by this version")
+            elif "median_ms" in row and row.get("kind") == "fused":
+                found.pop(key, None)
+    return found
 
 
 def _cell(row: dict | None) -> str:
@@ -89,15 +116,20 @@ def _cell(row: dict | None) -> str:
     return f"{row['median_ms']:.3f}{mark}"
 
 
-def model_table(rows: dict, card: str, dtype: str, image_size: int) -> list[str]:
-    mine = {k: v for k, v in rows.items() if k[0] == card and k[2] == dtype and k[4] == image_size}
-    batches = sorted({k[3] for k in mine})
-    names = sorted({k[1] for k in mine}, key=lambda n: (not n.startswith("fused"), n))
+def _order(name: str) -> tuple:
+    """Fused rows first, the floor last, anchors between."""
+    return (0 if name.startswith("fused") else 2 if "convs alone" in name else 1, name)
+
+
+def model_table(rows: dict, card: str, model: str, dtype: str, image_size: int) -> list[str]:
+    mine = {k: v for k, v in rows.items() if k[:2] == (card, model) and k[3] == dtype and k[5] == image_size}
+    batches = sorted({k[4] for k in mine})
+    names = sorted({k[2] for k in mine}, key=_order)
     env = next(iter(mine.values()))["environment"]
     on_gpu = env.get("device", "").startswith("cuda")
     timer = "CUDA events; L2 flushed; inputs rotated" if on_gpu else "perf_counter on the CPU"
     lines = [
-        f"**{card}**, {dtype}, {image_size}x{image_size}: median ms ({timer}). "
+        f"**{model}** on **{card}**, {dtype}, {image_size}x{image_size}: median ms ({timer}). "
         f"torch {env['torch']}, triton {env['triton']}, cuDNN {env['cudnn']}, "
         f"commit {str(env['commit'])[:10]}.",
         "",
@@ -106,39 +138,67 @@ def model_table(rows: dict, card: str, dtype: str, image_size: int) -> list[str]
         "|---|" + "---|" * (2 * len(batches)),
     ]
     for name in names:
-        cells = [_cell(mine.get((card, name, dtype, b, image_size))) for b in batches]
-        rates = [mine.get((card, name, dtype, b, image_size)) for b in batches]
+        cells = [_cell(mine.get((card, model, name, dtype, b, image_size))) for b in batches]
+        rates = [mine.get((card, model, name, dtype, b, image_size)) for b in batches]
         rates = [f"{r['images_per_s']:,.0f}" if r else "-" for r in rates]
         lines.append(f"| {name} | " + " | ".join(cells) + " | " + " | ".join(rates) + " |")
-    if image_size == 299 and dtype == "fp16":
+    targeted = model == TARGET_MODEL and image_size == 299 and dtype == "fp16"
+    if targeted:
         lines.append("| **target** | " + " | ".join(
             f"<= {TARGET_MS[b]}" if b in TARGET_MS else "-" for b in batches) + " |" + " |" * len(batches))
-        lines += ["", *target_verdicts(mine, card, dtype, batches)]
+    lines += ["", *anchor_lines(mine, batches, TARGET_MS if targeted else {})]
     return lines
 
 
-def target_verdicts(mine: dict, card: str, dtype: str, batches: list[int]) -> list[str]:
+def anchor_lines(mine: dict, batches: list[int], targets: dict) -> list[str]:
+    """Per batch: the best fused configuration, the anchor (the fastest anchor) and the ratio;
+    against the target where there is one."""
     lines = []
     for batch in batches:
-        if batch not in TARGET_MS:
-            continue
-        here = [r for k, r in mine.items() if k[3] == batch]
+        here = [r for k, r in mine.items() if k[4] == batch]
         fused = [r for r in here if r["kind"] == "fused" and r.get("check") == "pass"]
         anchors = [r for r in here if r["kind"] == "anchor"]
+        anchor = min(anchors, key=lambda r: r["median_ms"]) if anchors else None
         if not fused:
-            lines.append(f"- batch {batch}: no accurate fused measurement")
+            if anchor:
+                lines.append(f"- batch {batch}: the anchor: {anchor['name']}, {anchor['median_ms']:.3f} ms; "
+                             "no accurate fused measurement")
             continue
         best = min(fused, key=lambda r: r["median_ms"])
-        target = TARGET_MS[batch]
-        verdict = "met" if best["median_ms"] <= target else (
-            f"MISSED by {best['median_ms'] - target:.3f} ms ({best['median_ms'] / target - 1:+.0%})")
         against = ""
-        if anchors:
-            anchor = min(anchors, key=lambda r: r["median_ms"])
-            against = f"; best anchor {anchor['name']} {anchor['median_ms']:.3f} ms " \
-                      f"({anchor['median_ms'] / best['median_ms']:.2f}x slower than fused)"
-        lines.append(f"- batch {batch}: target {target} ms; best fused: {best['name']}, "
-                     f"{best['median_ms']:.3f} ms: {verdict}{against}")
+        if anchor:
+            against = f"; the anchor: {anchor['name']} {anchor['median_ms']:.3f} ms " \
+                      f"(fused at {anchor['median_ms'] / best['median_ms']:.2f}x its speed)"
+        verdict = ""
+        if batch in targets:
+            target = targets[batch]
+            verdict = f"; target {target} ms: " + ("met" if best["median_ms"] <= target else (
+                f"MISSED by {best['median_ms'] - target:.3f} ms ({best['median_ms'] / target - 1:+.0%})"))
+        fastest = f"best fused: {best['name']}, {best['median_ms']:.3f} ms"
+        lines.append(f"- batch {batch}: {fastest}{verdict}{against}")
+    return lines
+
+
+def floor_table(rows: dict, card: str, model: str, dtype: str, image_size: int) -> list[str]:
+    """The cuDNN conv floor per block (suite conv-floor), one column per batch size."""
+    mine = {k: r for k, r in rows.items() if k[:2] == (card, model) and k[3] == dtype and k[5] == image_size}
+    if not mine:
+        return []
+    batches = sorted({k[4] for k in mine})
+    labels = list(dict.fromkeys(r["name"] for r in mine.values()))
+    lines = [
+        f"{next(iter(mine.values()))['config']} per block (ms; every conv timed alone, summed):",
+        "",
+        "| block | convs | GFLOP/img | " + " | ".join(f"b={b} ms" for b in batches) + " |",
+        "|---|---|---|" + "---|" * len(batches),
+    ]
+    for label in labels:
+        cells = [mine.get((card, model, label, dtype, b, image_size)) for b in batches]
+        first = next(c for c in cells if c)
+        lines.append(f"| {label} | {first['convs']} | {first['gflop_per_image']:.3f} | "
+                     + " | ".join(f"{c['median_ms']:.4f}" if c else "-" for c in cells) + " |")
+    totals = [sum(r["median_ms"] for k, r in mine.items() if k[4] == b) for b in batches]
+    lines.append("| **total** | | | " + " | ".join(f"**{t:.3f}**" for t in totals) + " |")
     return lines
 
 
@@ -171,8 +231,9 @@ def first_inference_table(documents: list[dict]) -> list[str]:
 
 
 def block_table(rows: dict, card: str, dtype: str, batch: int, image_size: int, peaks: dict) -> list[str]:
-    mine = {k: r for k, r in rows.items() if k[0] == card and k[2] == dtype and k[3] == batch
-            and k[4] == image_size}
+    """Inception-v4's blocks (benchmarks/test_blocks.py) against their compute and memory floors."""
+    mine = {k: r for k, r in rows.items() if k[:2] == (card, TARGET_MODEL) and k[3] == dtype and k[4] == batch
+            and k[5] == image_size}
     if not mine:
         return []
     floors = {f["block"]: f for f in block_floors(image_size, batch, dtype, peaks)}
@@ -194,7 +255,9 @@ def block_table(rows: dict, card: str, dtype: str, batch: int, image_size: int, 
     return lines
 
 
-def plot(rows: dict, card: str, dtype: str, image_size: int, path: Path) -> bool:
+def plot(rows: dict, card: str, model: str, dtype: str, image_size: int, path: Path) -> bool:
+    if NO_PLOTS:
+        return False
     try:
         import matplotlib
 
@@ -203,16 +266,16 @@ def plot(rows: dict, card: str, dtype: str, image_size: int, path: Path) -> bool
     except ImportError:
         print("matplotlib is not installed: no plot", file=sys.stderr)
         return False
-    mine = [r for k, r in rows.items() if k[0] == card and k[2] == dtype and k[4] == image_size]
+    mine = [r for k, r in rows.items() if k[:2] == (card, model) and k[3] == dtype and k[5] == image_size]
     if not mine:
         return False
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    for name in sorted({r["name"] for r in mine}, key=lambda n: (not n.startswith("fused"), n)):
+    for name in sorted({r["name"] for r in mine}, key=_order):
         points = sorted((r["batch"], r["images_per_s"]) for r in mine if r["name"] == name)
         fused = name.startswith("fused")
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o" if fused else "s",
                 linestyle="-" if fused else "--", linewidth=2 if fused else 1.2, label=name)
-    if dtype == "fp16" and image_size == 299:
+    if model == TARGET_MODEL and dtype == "fp16" and image_size == 299:
         for batch, ms in TARGET_MS.items():
             ax.plot([batch], [batch / (ms / 1e3)], marker="*", color="black", markersize=11, linestyle="none",
                     label="target" if batch == 1 else None)
@@ -222,7 +285,7 @@ def plot(rows: dict, card: str, dtype: str, image_size: int, path: Path) -> bool
     ax.set_yscale("log")
     ax.set_xlabel("batch size")
     ax.set_ylabel("images / s")
-    ax.set_title(f"Inception-v4 {image_size}x{image_size} {dtype} on {card}")
+    ax.set_title(f"{model} {image_size}x{image_size} {dtype} on {card}")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
@@ -236,28 +299,56 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
 
 
-def build_summary(documents: list[dict], out: Path, dtype: str, image_size: int, block_batch: int,
-                  peaks_file: Path | None, image_dir: str = "") -> str:
+def table_settings(rows: dict, model: str, dtype: str | None, image_size: int | None) -> list[tuple]:
+    """The (dtype, input size) pairs to make a model's tables for: the ones asked for; else the
+    model's own where measured, else every one measured."""
+    spec = MODELS.get(model)
+    measured = sorted({(k[3], k[5]) for k in rows if k[1] == model})
+    chosen = [(d, i) for d, i in measured if d == (dtype or d) and i == (image_size or i)]
+    if dtype is None and spec and any(d == spec.dtype for d, _ in chosen):
+        chosen = [(d, i) for d, i in chosen if d == spec.dtype]
+    if image_size is None and spec and any(i == spec.image_size for _, i in chosen):
+        chosen = [(d, i) for d, i in chosen if i == spec.image_size]
+    return chosen
+
+
+def build_summary(documents: list[dict], out: Path, dtype: str | None, image_size: int | None,
+                  block_batch: int, peaks_file: Path | None, image_dir: str = "") -> str:
     """The Markdown summary; images are linked as `image_dir` + file name."""
     model = newest_rows(documents, "model")
+    floors = newest_rows(documents, "conv-floor")
     blocks = newest_rows(documents, "blocks")
     measured_peaks = json.loads(peaks_file.read_text()) if peaks_file and peaks_file.exists() else None
     cards = sorted({k[0] for k in model} | {k[0] for k in blocks})
-    lines = ["### Whole model", ""]
-    for card in cards:
-        if any(k[0] == card and k[2] == dtype and k[4] == image_size for k in model):
-            lines += [*model_table(model, card, dtype, image_size), ""]
-            png = out / f"images_per_s-{slug(card)}.png"
-            if plot(model, card, dtype, image_size, png):
-                lines += [f"![images/s against batch size on {card}]({image_dir}{png.name})", ""]
+    names = sorted({k[1] for k in model}, key=lambda m: (m != TARGET_MODEL, m))
+    lines = []
+    for name, card in [(name, card) for name in names for card in cards]:
+        for table_dtype, size in table_settings(model, name, dtype, image_size):
+            if not any(k[:2] == (card, name) and k[3] == table_dtype and k[5] == size for k in model):
+                continue
+            lines += [f"### Whole model: {name}", "", *model_table(model, card, name, table_dtype, size), ""]
+            suffix = "" if name == TARGET_MODEL else f"-{slug(name)}"
+            suffix += "" if (table_dtype, size) == (MODELS[name].dtype, MODELS[name].image_size) \
+                else f"-{table_dtype}-{size}"
+            png = out / f"images_per_s-{slug(card)}{suffix}.png"
+            if plot(model, card, name, table_dtype, size, png):
+                lines += [f"![images/s against batch size, {name} on {card}]({image_dir}{png.name})", ""]
+            floor = floor_table(floors, card, name, table_dtype, size)
+            if floor:
+                lines += [*floor, ""]
+    missing = unsupported(documents)
+    if missing:
+        lines += ["### Not supported by this version", ""]
+        lines += [f"- {name} ({card}): {reason}" for (card, name), reason in sorted(missing.items())] + [""]
     ttfi = first_inference_table(documents)
     if ttfi:
         lines += ["### Time to first inference (fresh process)", "", *ttfi, ""]
     for card in cards:
         same_card = measured_peaks if measured_peaks and measured_peaks.get("card") == card else None
-        table = block_table(blocks, card, dtype, block_batch, image_size, peaks_for(card, same_card))
-        if table:
-            lines += ["### Blocks against their floors", "", *table, ""]
+        for block_dtype, size in table_settings(blocks, TARGET_MODEL, dtype, image_size):
+            table = block_table(blocks, card, block_dtype, block_batch, size, peaks_for(card, same_card))
+            if table:
+                lines += ["### Inception-v4's blocks against their floors", "", *table, ""]
     sources = ", ".join(Path(d["path"]).name for d in documents)
     lines.append(f"<sub>made by benchmarks/make_report.py from {sources}</sub>")
     return "\n".join(lines)
@@ -272,17 +363,47 @@ def replace_between_markers(readme: Path, text: str) -> None:
     readme.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
 
 
+def short_table(documents: list[dict]) -> str:
+    """One line per model and batch: the best fused configuration, the anchor (the fastest
+    anchor), their ratio and the cuDNN conv floor, from the newest rows on each card."""
+    groups: dict = {}
+    for key, row in newest_rows(documents, "model").items():
+        card, model, _, dtype, batch, size = key
+        groups.setdefault((card, model, dtype, batch, size), []).append(row)
+    lines = ["| card | model | dtype | batch | best fused | ms | the anchor | ms | fused x anchor "
+             "| convs alone ms |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for (card, model, dtype, batch, _), here in sorted(groups.items()):
+        fused = min((r for r in here if r["kind"] == "fused" and r.get("check") == "pass"),
+                    key=lambda r: r["median_ms"], default=None)
+        anchor = min((r for r in here if r["kind"] == "anchor"), key=lambda r: r["median_ms"], default=None)
+        floor = next((r for r in here if r["kind"] == "floor"), None)
+        cells = [card, model, dtype, str(batch)]
+        cells += [fused["name"], f"{fused['median_ms']:.3f}"] if fused else ["-", "-"]
+        cells += [anchor["name"], f"{anchor['median_ms']:.3f}"] if anchor else ["-", "-"]
+        cells.append(f"{anchor['median_ms'] / fused['median_ms']:.2f}" if fused and anchor else "-")
+        cells.append(f"{floor['median_ms']:.3f}" if floor else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    for (card, model), reason in sorted(unsupported(documents).items()):
+        lines.append(f"| {card} | {model} | | | {reason} | | | | | |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--out", type=Path, help="where summary.md and the PNGs go (default: results dir)")
     parser.add_argument("--readme", type=Path, help="replace the marked results section of this file")
-    parser.add_argument("--dtype", default="fp16")
-    parser.add_argument("--image-size", type=int, default=299)
+    parser.add_argument("--dtype", help="dtype of the tables (default: each model's own, e.g. fp16)")
+    parser.add_argument("--image-size", type=int, help="input size of the tables (default: each model's own)")
     parser.add_argument("--block-batch", type=int, default=256, help="batch of the blocks-vs-floors table")
     parser.add_argument("--peaks", type=Path, help="peaks JSON from floors.py --measure "
                         "(default: <results-dir>/peaks.json)")
+    parser.add_argument("--no-plot", action="store_true", help="no PNG (only summary.md is written)")
+    parser.add_argument("--short", action="store_true",
+                        help="print only one line per model and batch (best fused, the anchor, the floor)")
     args = parser.parse_args(argv)
+    global NO_PLOTS
+    NO_PLOTS = args.no_plot
     out = args.out or args.results_dir
     documents = load(list(args.results_dir.glob("*.json")))
     if not documents:
@@ -292,7 +413,7 @@ def main(argv=None) -> int:
                             args.peaks or args.results_dir / "peaks.json")
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.md").write_text(summary + "\n")
-    print(summary)
+    print(short_table(documents) if args.short else summary)
     if args.readme:  # the same summary, its images linked from where the README lies
         image_dir = os.path.relpath(out.resolve(), args.readme.resolve().parent) + "/"
         replace_between_markers(args.readme, build_summary(

@@ -64,7 +64,11 @@ _activations = _Activations()
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 @pytest.mark.parametrize("index, block_name", BLOCKS, ids=[name for _, name in BLOCKS])
 def test_block(benchmark, results, reference, device, image_size, budget_ms, block_name, index, impl, batch,
-               dtype_name):
+               dtype_name, pytestconfig):
+    models = pytestconfig.getoption("--bench-models")
+    if models and "inception_v4" not in models.split(","):
+        pytest.skip("Inception-v4's blocks: inception_v4 is not among --bench-models")
+    image_size = image_size or 299
     if impl not in ("eager", "torch"):
         usable, reason = backend_status(impl, device)
         if not usable:

@@ -42,26 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("info", help="versions, devices and usable backends")
 
-    bench = sub.add_parser("bench", help="validate and time the fused model against the anchors")
-    bench.add_argument("--device", help="cuda or cpu (default: cuda when available)")
-    bench.add_argument("--dtype", choices=["fp16", "bf16", "fp32", "fp32-tf32"],
-                       help="default: fp16 on a GPU, fp32 on the CPU")
-    bench.add_argument("--batch", action="append", metavar="N[,N...]",
-                       help="batch sizes, repeatable or comma-separated (GPU default 1,32,256; CPU 1,2)")
-    bench.add_argument("--backend", default="auto", help="auto, torch, triton or cuda (default auto)")
-    bench.add_argument("--image-size", type=int, default=299, help="square input size (>= 75; default 299)")
-    bench.add_argument("--no-anchors", action="store_true", help="time the fused model only")
-    bench.add_argument("--no-compile", action="store_true", help="skip the torch.compile default anchor")
-    bench.add_argument("--max-autotune", action="store_true",
-                       help="add torch.compile max-autotune (compiles for about 5 minutes per batch size)")
-    bench.add_argument("--no-fused-graph", action="store_true",
-                       help="skip the fused model under a CUDA graph")
-    bench.add_argument("--budget-ms", type=float, help="timed repetitions per configuration, in ms of work")
-    bench.add_argument("--seed", type=int, default=0)
-    bench.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-    bench.add_argument("--ttfi", action="store_true",
-                       help="time to first inference in fresh processes, cold and warm caches")
-    bench.add_argument("--ttfi-batch", type=int, default=1)
+    add_bench_parser(sub)
 
     ttfi = sub.add_parser("ttfi", help="time to first inference in fresh processes, cold and warm caches")
     ttfi.add_argument("--device", help="cuda or cpu (default: cuda when available)")
@@ -191,32 +172,148 @@ def cmd_info() -> int:
 # bench
 
 
+BENCH_DESCRIPTION = """\
+Validate and time one network: the fused model (inception_fast.optimize) against the anchors,
+in one process on the same inputs. Rows: "fused default" = optimize(model, dtype=...) called as
+a user would; "fused BACKEND, CUDA graph" = optimize(..., cuda_graph=True); the anchors (eager,
+eager under a CUDA graph, torch.compile with and without freezing; "x anchor" is the ratio to
+the fastest of them at that batch); and "cuDNN convs alone", every conv of the network timed
+alone in cuDNN, also per block. Every row's output is checked against the reference; exit
+status 1 when a fused row fails the check (a NaN or inf never passes), 2 on a usage error. A
+network that optimize() does not accept yet is reported as not supported (exit status 0)."""
+
+
+def add_bench_parser(sub) -> argparse.ArgumentParser:
+    from .anchors import COMPILE_ANCHORS, DEFAULT_COMPILE_ANCHORS
+    from .bench_models import MODELS
+
+    bench = sub.add_parser(
+        "bench", help="validate and time the fused model against the anchors", description=BENCH_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    bench.add_argument("--model", default="inception_v4", choices=list(MODELS), metavar="NAME",
+                       help=f"network to time: {', '.join(MODELS)} (default inception_v4; see --list-models)")
+    bench.add_argument("--list-models", action="store_true",
+                       help="print the networks (source, input size, counted GFLOP/image, anchors, whether "
+                            "this version's optimize() accepts it) and exit")
+    bench.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    bench.add_argument("--dtype", choices=["fp16", "bf16", "fp32", "fp32-tf32"],
+                       help="default on a GPU: the model's (fp16; fp32-tf32 for fid_inception_v3); "
+                            "fp32 on the CPU")
+    bench.add_argument("--batch", action="append", metavar="N[,N...]",
+                       help="batch sizes, repeatable or comma-separated, e.g. 1,8,32,256 "
+                            "(GPU default 1,32,256; CPU 1,2)")
+    bench.add_argument("--backend", default="auto",
+                       help="auto, torch, triton or cuda: the backend of the 'fused BACKEND' rows; the "
+                            "'fused default' row always calls optimize(model, dtype=...) (default auto)")
+    bench.add_argument("--image-size", type=int,
+                       help="square input size (default: the model's own, e.g. 299; Inception-v4 "
+                            "needs >= 75)")
+    bench.add_argument("--no-anchors", action="store_true",
+                       help="time the fused model (and the floor) only, no eager or torch.compile anchors")
+    bench.add_argument("--no-compile", action="store_true",
+                       help="skip every torch.compile anchor (each compiles for about 40 s per batch size)")
+    bench.add_argument("--compile-anchors", metavar="NAME[,NAME...]",
+                       help=f"torch.compile anchors to time, from {', '.join(COMPILE_ANCHORS)} (ro = "
+                            f"reduce-overhead; default {','.join(DEFAULT_COMPILE_ANCHORS)})")
+    bench.add_argument("--compile-every-batch", action="store_true",
+                       help="time each torch.compile anchor at every batch size (default: default + freezing "
+                            "from batch 32 up, reduce-overhead + freezing up to batch 32, where each is "
+                            "the one to beat)")
+    bench.add_argument("--max-autotune", action="store_true",
+                       help="add torch.compile max-autotune without and with freezing (5-7 minutes of "
+                            "compiling per batch size each)")
+    bench.add_argument("--no-fused-graph", action="store_true",
+                       help="skip the fused model under a CUDA graph (optimize(..., cuda_graph=True))")
+    bench.add_argument("--no-floor", action="store_true",
+                       help="skip the library floor (every conv alone in cuDNN, per block and in total)")
+    bench.add_argument("--anchors-if-unsupported", action="store_true",
+                       help="time the anchors and the floor even when optimize() does not accept the model "
+                            "(default: report it as not supported and time nothing)")
+    bench.add_argument("--budget-ms", type=float,
+                       help="time spent on the timed repetitions of each configuration, in ms of work "
+                            "(default 1000 on a GPU, 2000 on the CPU)")
+    bench.add_argument("--floor-budget-ms", type=float, default=50.0,
+                       help="the same for each conv of the floor (default 50)")
+    bench.add_argument("--seed", type=int, default=0,
+                       help="seed of the random weights and inputs (default 0)")
+    bench.add_argument("--json", metavar="PATH",
+                       help="also write the results as JSON (rewritten after each batch size)")
+    bench.add_argument("--ttfi", action="store_true",
+                       help="also time to first inference in fresh processes, cold and warm caches "
+                            "(Inception-v4 only)")
+    bench.add_argument("--ttfi-batch", type=int, default=1,
+                       help="batch size of the time-to-first-inference runs (default 1)")
+    return bench
+
+
 def _fmt(value, spec: str, missing: str = "-") -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return missing
     return format(value, spec)
 
 
-def format_table(rows: list[dict]) -> str:
-    header = ["configuration", "batch", "median ms", "images/s", "TFLOP/s", "x eager", "x best anchor",
-              "rel L2", "2x bound", "max |err|", "check"]
-    lines = []
-    for r in rows:
-        if "median_ms" not in r:
-            lines.append([r["config"], str(r["batch"]), "failed: " + r.get("error", "?")[:60]] + [""] * 8)
-            continue
-        lines.append([
-            r["config"] + (" *" if r["cuda_graph"] else ""), str(r["batch"]), _fmt(r["median_ms"], ".3f"),
-            _fmt(r["images_per_s"], ",.0f"), _fmt(r["tflops"], ".1f"), _fmt(r.get("speedup_vs_eager"), ".2f"),
-            _fmt(r.get("speedup_vs_best_anchor"), ".2f"), _fmt(r.get("rel_l2"), ".2e"),
-            _fmt(r.get("bound"), ".2e"), _fmt(r.get("max_abs"), ".2e"),
-            r.get("check", "-") if r["kind"] == "fused" else f"({r.get('check', '-')})",
-        ])
+def _columns(header: list[str], lines: list[list[str]]) -> str:
     widths = [max([len(h)] + [len(line[i]) for line in lines]) for i, h in enumerate(header)]
     out = [" | ".join(h.ljust(w) for h, w in zip(header, widths)), "-+-".join("-" * w for w in widths)]
     out += [" | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
             for line in lines]
     return "\n".join(out)
+
+
+def format_table(rows: list[dict]) -> str:
+    header = ["configuration", "batch", "median ms", "images/s", "TFLOP/s", "x eager", "x anchor",
+              "rel L2", "2x bound", "max |err|", "check"]
+    lines = []
+    for r in rows:
+        if r.get("suite", "model") != "model":
+            continue
+        if "median_ms" not in r:
+            what = "not supported by this version (above)" if r.get("status") == "not supported" \
+                else "failed: " + r.get("error", "?")
+            lines.append([r["config"], str(r["batch"] or "-"), what[:100]] + [""] * 8)
+            continue
+        check = r.get("check", "-")
+        lines.append([
+            r["config"] + (" *" if r["cuda_graph"] else ""), str(r["batch"]), _fmt(r["median_ms"], ".3f"),
+            _fmt(r["images_per_s"], ",.0f"), _fmt(r.get("tflops"), ".1f"),
+            _fmt(r.get("speedup_vs_eager"), ".2f"),
+            _fmt(r.get("speedup_vs_best_anchor"), ".2f"), _fmt(r.get("rel_l2"), ".2e"),
+            _fmt(r.get("bound"), ".2e"), _fmt(r.get("max_abs"), ".2e"),
+            check if r["kind"] == "fused" else ("-" if r["kind"] == "floor" else f"({check})"),
+        ])
+    return _columns(header, lines)
+
+
+def format_anchors(rows: list[dict]) -> str:
+    """Which anchor is "the anchor" (the fastest) at each batch size."""
+    lines = []
+    for batch in sorted({r["batch"] for r in rows if r.get("best_anchor")}):
+        name = next(r["best_anchor"] for r in rows if r.get("best_anchor") and r["batch"] == batch)
+        best = next(r for r in rows if r["batch"] == batch and r["config"] == name and "median_ms" in r)
+        lines.append(f"the anchor at batch {batch}: {name}, {best['median_ms']:.3f} ms")
+    return "\n".join(lines)
+
+
+def format_floor(rows: list[dict]) -> str:
+    """The floor per block: one line per block, one column per batch size."""
+    blocks = [r for r in rows if r.get("suite") == "conv-floor"]
+    if not blocks:
+        return ""
+    batches = sorted({r["batch"] for r in blocks})
+    order = list(dict.fromkeys(r["label"] for r in blocks))
+    cell = {(r["label"], r["batch"]): r for r in blocks}
+    header = ["block", "convs", "GFLOP/img"] + [f"b={b} ms" for b in batches]
+    lines = []
+    for label in order:
+        first = next(r for r in blocks if r["label"] == label)
+        lines.append([label, str(first["convs"]), f"{first['gflop_per_image']:.3f}"]
+                     + [_fmt(cell.get((label, b), {}).get("median_ms"), ".4f") for b in batches])
+    totals = {b: sum(r["median_ms"] for r in blocks if r["batch"] == b) for b in batches}
+    convs = sum(next(r for r in blocks if r["label"] == label)["convs"] for label in order)
+    gflop = sum(next(r for r in blocks if r["label"] == label)["gflop_per_image"] for label in order)
+    lines.append(["total", str(convs), f"{gflop:.3f}"] + [f"{totals[b]:.4f}" for b in batches])
+    return f"{blocks[0]['config']}, per block (each conv timed alone, summed):\n" + _columns(header, lines)
 
 
 def format_ttfi(results: list[dict]) -> str:
@@ -232,38 +329,77 @@ def format_ttfi(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def cmd_bench(args, parser) -> int:
+def cmd_list_models() -> int:
+    from .bench import model_table
+
+    header = ["model", "source", "input", "GFLOP/img", "dtype", "anchors", "optimize()"]
+    lines = []
+    for row in model_table():
+        accepted = row.get("optimize", row.get("error", "?"))
+        gflops = _fmt(row["gflops_per_image"], ".3f")
+        lines.append([row["model"], row["source"], str(row["image_size"]), gflops, row["dtype"],
+                      ",".join(row["anchors"]), accepted[:90]])
+    print(_columns(header, lines))
+    print("GFLOP/img: 2 x the multiply-accumulates of every Conv2d and Linear, counted with forward hooks")
+    return 0
+
+
+def bench_options(args, parser):
+    """BenchOptions from the parsed `bench` arguments; usage errors exit through the parser."""
     import torch
 
-    from . import bench
+    from . import anchors, bench
+    from .bench_models import get
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     on_gpu = device.startswith("cuda")
     if on_gpu and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available here; use --device cpu")
-    if args.image_size < 75:
-        parser.error(f"--image-size must be at least 75 (Inception-v4's smallest), got {args.image_size}")
     try:
         batches = _batches(args.batch) or (GPU_BATCHES if on_gpu else CPU_BATCHES)
     except (ValueError, argparse.ArgumentTypeError) as err:
         parser.error(str(err))
+    try:
+        compile_anchors = anchors.parse_compile_anchors(args.compile_anchors)
+    except ValueError as err:
+        parser.error(f"--compile-anchors: {err}")
+    if args.ttfi and args.model != "inception_v4":
+        parser.error("--ttfi times Inception-v4 only; run it without --model or with --model inception_v4")
+    model_dtype = get(args.model).dtype
+    dtype = args.dtype or (model_dtype if on_gpu else "fp32")
+    return bench.BenchOptions(
+        model=args.model, device=device, dtype=dtype, batches=batches, backend=args.backend,
+        image_size=args.image_size, anchors=not args.no_anchors, compile=not args.no_compile,
+        compile_anchors=compile_anchors, max_autotune=args.max_autotune,
+        compile_every_batch=args.compile_every_batch, fused_graph=not args.no_fused_graph,
+        floor=not args.no_floor,
+        anchors_if_unsupported=args.anchors_if_unsupported, budget_ms=args.budget_ms,
+        floor_budget_ms=args.floor_budget_ms, seed=args.seed,
+    )
+
+
+def cmd_bench(args, parser) -> int:
+    from . import bench
+
+    if args.list_models:
+        return cmd_list_models()
+    options = bench_options(args, parser)
     from .backends import resolve_backend
 
     try:  # an unknown or unusable backend is a usage error, found before any model is built
-        resolve_backend(args.backend, device)
+        resolve_backend(args.backend, options.device)
     except (RuntimeError, ValueError) as err:
         print(f"inception-fast bench: {err}", file=sys.stderr)
         return 2
-    options = bench.BenchOptions(
-        device=device, dtype=args.dtype or ("fp16" if on_gpu else "fp32"), batches=batches,
-        backend=args.backend, image_size=args.image_size, anchors=not args.no_anchors,
-        compile=not args.no_compile, max_autotune=args.max_autotune, fused_graph=not args.no_fused_graph,
-        budget_ms=args.budget_ms, seed=args.seed,
-    )
+
     def write_json(document: dict) -> None:
+        """Rewritten after each batch size; written aside and renamed, so a run stopped by a time
+        limit leaves the last complete document, never half of one."""
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(document, indent=1, default=str) + "\n")
+        partial = path.with_name(path.name + ".partial")
+        partial.write_text(json.dumps(document, indent=1, default=str) + "\n")
+        partial.replace(path)
 
     try:
         document = bench.run_bench(options, checkpoint=write_json if args.json else None)
@@ -271,16 +407,34 @@ def cmd_bench(args, parser) -> int:
         print(f"inception-fast bench: {err}", file=sys.stderr)
         return 2
     if args.ttfi:
+        options.image_size = document["settings"]["image_size"]
         document["first_inference"] = run_ttfi(options, args)
-    env = document["environment"]
+    env, info = document["environment"], document["model_info"]
     print(f"{env['card']} | torch {env['torch']} | triton {env['triton']} | cuDNN {env['cudnn']} | "
           f"commit {str(env['commit'])[:12]}")
-    print(f"Inception-v4 {options.image_size}x{options.image_size}, {options.dtype}, "
-          f"{document['settings']['flops_per_image'] / 1e9:.2f} GFLOP/image; accuracy: relative L2 of the "
-          f"logits vs {document['settings']['reference_dtype'].replace('torch.', '')} reference, "
-          f"bound = 2 x eager {options.dtype} + slack")
-    print(format_table(document["results"]))
-    print("* = CUDA-graph replay; timings are medians of CUDA events (GPU) or perf_counter (CPU)")
+    size = info["image_size"]
+    print(f"{info['name']}: {info['source']}, {size}x{size}, {options.dtype}, {info['gflops_per_image']:.2f} "
+          f"GFLOP/image (counted); accuracy: relative L2 of the output vs "
+          f"{document['settings']['reference_dtype'].replace('torch.', '')} reference, bound = 2 x eager "
+          f"{options.dtype} + slack")
+    timed = info["supported"] or options.anchors_if_unsupported
+    if not info["supported"]:
+        print(f"{info['name']}: {info['unsupported_reason']}")
+        if not timed:
+            print("nothing timed (--anchors-if-unsupported times the anchors and the floor anyway)")
+    if timed:
+        print(format_table(document["results"]))
+        print("* = CUDA-graph replay; timings are medians of CUDA events (GPU) or perf_counter (CPU); "
+              "x anchor = speed-up over the fastest anchor at that batch")
+    if format_anchors(document["results"]):
+        print(format_anchors(document["results"]))
+    rules = document["settings"]["compile_batch_rules"]
+    skipped = [f"{name} ({rule})" for name, rule in rules.items() if rule]
+    if skipped and not options.compile_every_batch and info["supported"]:
+        print(f"torch.compile anchors by batch: {'; '.join(skipped)}; --compile-every-batch times all")
+    if format_floor(document["results"]):
+        print()
+        print(format_floor(document["results"]))
     if document.get("first_inference"):
         print(format_ttfi(document["first_inference"]))
     if args.json:
@@ -288,7 +442,7 @@ def cmd_bench(args, parser) -> int:
         print(f"wrote {args.json}", file=sys.stderr)
     failed = bench.failed_checks(document)
     if failed:
-        names = ", ".join(f"{r['config']} @ batch {r['batch']}" for r in failed)
+        names = "; ".join(f"{r['config']} @ batch {r['batch']}: {r.get('reason', 'failed')}" for r in failed)
         print(f"ACCURACY CHECK FAILED: {names}", file=sys.stderr)
         return 1
     return 0

@@ -3,6 +3,8 @@ the CLI (one copy of the setup, so every number is about the same network)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -33,7 +35,8 @@ def randomize_batchnorm(module: nn.Module, generator: torch.Generator | None = N
 @torch.no_grad()
 def calibrate_batchnorm(model: nn.Module, images: torch.Tensor) -> nn.Module:
     """Set each BatchNorm's running statistics to those of its input on `images`, so that
-    activations stay O(1) through all 149 layers (no fp16 overflow, no flush to zero)."""
+    activations stay O(1) through every layer (no fp16 overflow, no flush to zero). Only the
+    BatchNorms switch to train mode: dropout and auxiliary heads stay as in eval."""
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     saved = [(bn.momentum, bn.training) for bn in bns]
     for bn in bns:
@@ -48,8 +51,9 @@ def calibrate_batchnorm(model: nn.Module, images: torch.Tensor) -> nn.Module:
 
 
 def calibrated(model: nn.Module, seed: int = 0, image_size: int = 299, batch: int = 2) -> nn.Module:
-    """`model` with random BatchNorm affine parameters and statistics calibrated on random
-    images (eval mode), so activations stay O(1) through every layer."""
+    """`model` with random BatchNorm affine parameters and running statistics calibrated on
+    random images, in eval mode: the realistically scaled random model of BENCHMARKING.md, so
+    activations stay O(1) through every layer."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for bn in model.modules():
@@ -60,21 +64,24 @@ def calibrated(model: nn.Module, seed: int = 0, image_size: int = 299, batch: in
     return calibrate_batchnorm(model.eval(), images).eval()
 
 
-def calibrated_inception_v4(seed: int = 0, image_size: int = 299, batch: int = 2) -> InceptionV4:
-    """A random reference Inception-v4 with BatchNorm calibrated on random images (eval mode)."""
-    torch.manual_seed(seed)
-    return calibrated(InceptionV4(), seed, image_size, batch)
-
-
-def calibrated_model(name: str, seed: int = 0, image_size: int | None = None, batch: int = 2, **kwargs):
-    """A network of the family by name (`inception_fast.architectures`), random weights,
-    BatchNorm calibrated at its default input size (eval mode)."""
+def calibrated_model(
+    source: str | Callable[[], nn.Module], seed: int = 0, image_size: int | None = None, batch: int = 2,
+    **kwargs,
+) -> nn.Module:
+    """A calibrated random network: `source` is a name of `inception_fast.architectures`
+    (`kwargs` go to its constructor) or a function building the model with random weights.
+    Calibrated at `image_size` (default: the model's own input size)."""
     from .architectures import create, default_cfg
 
     torch.manual_seed(seed)
-    model = create(name, **kwargs)
+    model = create(source, **kwargs) if isinstance(source, str) else source(**kwargs)
     size = image_size or default_cfg(model).get("input_size", (3, 299, 299))[-1]
     return calibrated(model, seed, size, batch)
+
+
+def calibrated_inception_v4(seed: int = 0, image_size: int = 299, batch: int = 2) -> InceptionV4:
+    """A random reference Inception-v4 with BatchNorm calibrated on random images (eval mode)."""
+    return calibrated_model(InceptionV4, seed, image_size, batch)
 
 
 def random_images(batch: int, size: int = 299, *, seed: int | None = None, **kw) -> torch.Tensor:

@@ -145,13 +145,15 @@ class CapturedGraph:
 
 def time_callable(
     fn: Callable[[torch.Tensor], object], inputs: Sequence[torch.Tensor], *, budget_ms: float | None = None,
+    warmup_ms: float = 100.0,
 ) -> Timing:
-    """Median time of `fn(x)` over rotating `inputs`, on their device (events or perf_counter)."""
+    """Median time of `fn(x)` over rotating `inputs`, on their device (events or perf_counter).
+    `warmup_ms` (GPU) can be short where many small problems are timed one after another."""
     def rotate(i: int):
         return fn(inputs[i % len(inputs)])
 
     if inputs[0].is_cuda:
-        return time_cuda(rotate, budget_ms=budget_ms or 1000.0)
+        return time_cuda(rotate, budget_ms=budget_ms or 1000.0, warmup_ms=warmup_ms)
     return time_cpu(rotate, budget_ms=budget_ms or 2000.0)
 
 

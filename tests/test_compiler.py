@@ -20,7 +20,7 @@ from inception_fast.compiler import CompiledBlock, UnsupportedModel, compile_mod
 from inception_fast.plan import AVG, AVG_INCLUDE_PAD, INPUT, MAX, OUTPUT, WORK, Conv, GlobalAvgPool, Pool
 from inception_fast.testing import randomize_batchnorm, relative_l2
 
-MODELS = ["inception_v4", "googlenet", "inception_v3", "inception_v3_timm", "inception_resnet_v2"]
+MODELS = ["inception_v4", "googlenet", "inception_v3", "timm_inception_v3", "inception_resnet_v2"]
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +167,7 @@ def test_googlenet_quirks(plans_of):
     assert all(len(p.stages) == 2 for p in inception)
 
 
-@pytest.mark.parametrize("model", ["inception_v3", "inception_v3_timm"])
+@pytest.mark.parametrize("model", ["inception_v3", "timm_inception_v3"])
 def test_inception_v3_quirks(plans_of, model):
     plans = plans_of(model)
     avg = [op for op in _ops(plans, Pool) if op.kind != MAX]

@@ -20,7 +20,7 @@ from inception_fast.testing import calibrated_model, randomize_batchnorm, relati
 FAMILY = {
     "googlenet": ({"transform_input": True}, [(1, 224, 224), (3, 97, 113)]),
     "inception_v3": ({"transform_input": True}, [(3, 107, 101)]),
-    "inception_v3_timm": ({}, [(1, 139, 139)]),
+    "timm_inception_v3": ({}, [(1, 139, 139)]),
     "inception_resnet_v2": ({}, [(2, 107, 117)]),
 }
 

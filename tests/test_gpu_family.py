@@ -21,7 +21,7 @@ pytestmark = pytest.mark.cuda
 MODELS = {
     "googlenet": ({"transform_input": True}, [(3, 224), (1, 193)]),
     "inception_v3": ({}, [(3, 299)]),
-    "inception_v3_timm": ({}, [(1, 331)]),
+    "timm_inception_v3": ({}, [(1, 331)]),
     "inception_resnet_v2": ({}, [(3, 299), (1, 235)]),
 }
 

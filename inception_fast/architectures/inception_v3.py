@@ -45,4 +45,4 @@ def create_timm(num_classes: int = 1000) -> nn.Module:
     return timm.create_model("inception_v3", pretrained=False, num_classes=num_classes).eval()
 
 
-MODELS = {NAME: create, "inception_v3_timm": create_timm}
+MODELS = {NAME: create, "timm_inception_v3": create_timm}
