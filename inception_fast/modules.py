@@ -12,10 +12,15 @@ from torch import nn
 
 from . import plan as plans
 from .backends import get_backend
-from .checks import check_inference_input
+from .checks import check_inference_input, explain_cuda_moves
 from .folding import fold_block
 from .graphs import run_graphed
 from .plan import AvgPoolBiasRelu, BlockPlan, Conv, block_output_hw
+
+_NO_SCRIPT = (
+    "inception_fast's fused modules do not support torch.jit.script; use torch.compile, or "
+    "torch.export, or call the module directly"
+)
 
 
 class FusedBlock(nn.Module):
@@ -64,7 +69,11 @@ class FusedBlock(nn.Module):
 
     def _apply(self, fn, *args, **kwargs):
         self.backend_cache = {}
-        return super()._apply(fn, *args, **kwargs)
+        with explain_cuda_moves("a fused module"):  # every fused model moves its blocks first
+            return super()._apply(fn, *args, **kwargs)
+
+    def __prepare_scriptable__(self):
+        raise TypeError(_NO_SCRIPT)
 
     def op_params(self, i: int):
         return getattr(self, f"w{i}", None), getattr(self, f"b{i}", None)

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from .backends import resolve_backend
+from .checks import check_target
 from .modules import FusedHead, FusedInceptionV4, fuse_block
 from .plan import FEATURE_PLANS
 from .reference import DEFAULT_CFG
@@ -75,6 +76,7 @@ def optimize(
     Returns:
         A ``FusedInceptionV4`` that maps NCHW images (any memory format) to the same logits.
     """
+    check_target(device, dtype)
     _check_model(model)
     param = next(model.parameters())
     dtype = parse_dtype(dtype) if dtype is not None else param.dtype
