@@ -165,32 +165,67 @@ def _atomic_write_json(path: Path, table: dict) -> None:
 class JsonCache:
     """A JSON object of validated entries in a file of the cache directory, shared by processes.
 
-    `is_valid(key, value)` says whether an entry has the right shape. Reads come from memory
-    after the first; `put` merges into the file under its lock.
+    `is_valid(key, value)` says whether an entry has the right shape. The file is read once per
+    process (where INCEPTION_FAST_CACHE_DIR points then), reads come from memory after that, and
+    `put` merges into the file under its lock.
     """
 
     def __init__(self, filename: str, is_valid: Callable[[str, object], bool], describe: str):
         self.filename = filename
         self.is_valid = is_valid
         self.describe = describe  # what an entry should look like, for the warning
-        self._tables: dict = {}  # path -> entries (the path follows INCEPTION_FAST_CACHE_DIR)
-        self._memory_only: set = set()  # paths whose directory cannot be written
         self._lock = threading.RLock()
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget what was read: the next access reads the file again, from where
+        INCEPTION_FAST_CACHE_DIR points then."""
+        with self._lock:
+            self._path: Path | None = None
+            self._table: dict | None = None
+            self._memory_only = False  # the directory takes no files: entries live in memory
 
     def path(self) -> Path:
-        return root() / self.filename
+        return self._path if self._path is not None else root() / self.filename
 
-    def _read(self, path: Path) -> tuple[dict, str | None]:
+    def entries(self) -> dict:
+        """Every valid entry. Never changed in place (a `put` makes a new dict)."""
+        table = self._table  # the hot path: one attribute read, which torch.compile traces too
+        return table if table is not None else self._load()
+
+    def get(self, key: str, default=None):
+        return self.entries().get(key, default)
+
+    def put(self, key: str, value) -> None:
+        """Keep `key` in memory and merge it into the file."""
+        if not self.is_valid(key, value):
+            raise ValueError(f"{self.filename}: {key!r} = {value!r} is not of the shape {self.describe}")
+        with self._lock:
+            self._table = {**self.entries(), key: value}
+            self._write({key: value})
+
+    def _load(self) -> dict:
+        with self._lock:
+            if self._table is None:
+                self._path = root() / self.filename
+                self._table, problem = self._read()
+                if problem is not None:
+                    self._report(problem)
+                    self._write({})  # replace the bad file by its valid entries now
+            return self._table
+
+    def _read(self) -> tuple[dict, str | None]:
         """(valid entries on disk, what was wrong with the file or None)."""
+        path = self._path
         try:
             text = path.read_text()
         except FileNotFoundError:
             return {}, None
+        except (NotADirectoryError, PermissionError) as err:
+            _unusable(path.parent, err)
+            self._memory_only = True
+            return {}, None
         except OSError as err:
-            if isinstance(err, (NotADirectoryError, PermissionError)):
-                _unusable(path.parent, err)
-                self._memory_only.add(path)
-                return {}, None
             return {}, f"cannot be read ({type(err).__name__}: {err})"
         try:
             table = json.loads(text)
@@ -205,56 +240,32 @@ class JsonCache:
                            f"{json.dumps(table[bad])[:80]}; expected {self.describe})")
         return valid, None
 
-    def _report(self, path: Path, problem: str) -> None:
-        _warn_once("file", path, f"the cache file {path} {problem}; it is replaced by its valid entries")
+    def _report(self, problem: str) -> None:
+        _warn_once("file", self._path, f"the cache file {self._path} {problem}; it is replaced by its valid "
+                                       "entries")
 
-    def entries(self) -> dict:
-        """Every valid entry (read from disk once per process and cache directory)."""
-        path = self.path()
-        with self._lock:
-            table = self._tables.get(path)
-            if table is None:
-                table, problem = self._read(path)
-                if problem is not None:
-                    self._report(path, problem)
-                    self._write(path, {})  # replace the bad file by its valid entries now
-                    table = self._tables.get(path, table)
-                self._tables[path] = table
-            return table
-
-    def get(self, key: str, default=None):
-        return self.entries().get(key, default)
-
-    def put(self, key: str, value) -> None:
-        """Keep `key` in memory and merge it into the file."""
-        if not self.is_valid(key, value):
-            raise ValueError(f"{self.filename}: {key!r} = {value!r} is not of the shape {self.describe}")
-        path = self.path()
-        with self._lock:
-            self.entries()[key] = value
-            self._write(path, {key: value})
-
-    def _write(self, path: Path, new: dict) -> None:
+    def _write(self, new: dict) -> None:
         """Merge `new` into the file under its lock; the memory table becomes the merged one."""
-        if path in self._memory_only or not usable_directory(path.parent):
-            self._memory_only.add(path)
+        path = self._path
+        if self._memory_only or not usable_directory(path.parent):
+            self._memory_only = True
             return
         try:
             with file_lock(path.with_name(path.name + ".lock"), LOCK_TIMEOUT_S, f"updating {path}"):
-                on_disk, problem = self._read(path)
+                on_disk, problem = self._read()
                 if problem is not None:
-                    self._report(path, problem)
-                merged = {**self._tables.get(path, {}), **on_disk, **new}
-                if path not in self._memory_only:
+                    self._report(problem)
+                merged = {**self._table, **on_disk, **new}
+                if not self._memory_only:
                     _atomic_write_json(path, merged)
         except LockTimeout as err:
             _warn_once("lock", path, f"{err}; this entry is kept in memory only")
             return
         except OSError as err:  # e.g. read-only: the directory exists but takes no new files
             _unusable(path.parent, err)
-            self._memory_only.add(path)
+            self._memory_only = True
             return
-        self._tables[path] = merged
+        self._table = merged
 
 
 def _is_tile_config(key: str, value) -> bool:

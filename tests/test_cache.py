@@ -24,9 +24,10 @@ CHOICE_KEY = "NVIDIA H100|torch2.14.1|float16|InceptionA384-384@35x35|b32"
 def fresh_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("INCEPTION_FAST_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(cache, "_warned", set())
-    for table in (cache.TUNING, cache.BACKEND_CHOICES):
-        monkeypatch.setattr(table, "_tables", {})
-        monkeypatch.setattr(table, "_memory_only", set())
+    for table in (cache.TUNING, cache.BACKEND_CHOICES):  # read afresh here, restored after
+        for name in ("_path", "_table", "_memory_only"):
+            monkeypatch.setattr(table, name, getattr(table, name))
+        table.reset()
     return tmp_path / "cache"
 
 
@@ -40,6 +41,14 @@ def test_root_follows_the_environment(monkeypatch, tmp_path):
     assert autoselect.cache_file() == tmp_path / "cache" / "autoselect.json"
     monkeypatch.delenv("INCEPTION_FAST_CACHE_DIR")
     assert cache.root() == Path.home() / ".cache" / "inception_fast"
+
+
+def test_a_file_is_read_once_and_reset_reads_it_again(fresh_cache):
+    cache.TUNING.put("a", [64, 64, 32, 4, 4, 1])
+    (fresh_cache / "triton_tuning_v3.json").write_text('{"b": [64, 64, 32, 4, 4, 2]}')
+    assert cache.TUNING.get("b") is None and cache.TUNING.get("a") == [64, 64, 32, 4, 4, 1]
+    cache.TUNING.reset()
+    assert cache.TUNING.get("b") == [64, 64, 32, 4, 4, 2] and cache.TUNING.get("a") is None
 
 
 def test_entries_round_trip_through_the_file(fresh_cache):

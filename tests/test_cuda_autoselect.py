@@ -17,7 +17,9 @@ from inception_fast.testing import randomize_batchnorm, relative_l2
 @pytest.fixture(autouse=True)
 def fresh_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("INCEPTION_FAST_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(cache.BACKEND_CHOICES, "_tables", {})
+    for name in ("_path", "_table", "_memory_only"):  # read afresh here, restored after
+        monkeypatch.setattr(cache.BACKEND_CHOICES, name, getattr(cache.BACKEND_CHOICES, name))
+    cache.BACKEND_CHOICES.reset()
     return tmp_path
 
 
