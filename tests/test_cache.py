@@ -215,3 +215,20 @@ def test_a_lock_held_too_long_names_its_holder(tmp_path):
     assert f"process {os.getpid()}" in message and str(lock) in message and "building the thing" in message
     with cache.file_lock(lock, 0.2, "again"):  # released when its holder left
         pass
+
+
+def test_tuning_into_a_cache_directory_that_is_a_file_keeps_its_result(monkeypatch, tmp_path):
+    """Before: a bare FileExistsError at the end of tuning. The timing itself needs a GPU, so
+    it is stood in for; the cache handling after it is the real one."""
+    tuning = pytest.importorskip("inception_fast.kernels.triton.tuning")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("INCEPTION_FAST_CACHE_DIR", str(blocker))
+    monkeypatch.setattr(tuning, "_shipped_config", lambda key, device: None)
+    monkeypatch.setattr(tuning.torch.cuda, "is_current_stream_capturing", lambda: False)
+    monkeypatch.setattr(tuning, "_time", lambda launch, config: float(config[0] * config[1]))
+    configs = [(128, 128, 64, 8, 3, 1), (64, 64, 64, 4, 4, 1), (64, 128, 64, 4, 4, 1)]
+    with pytest.warns(CacheWarning, match="in memory"):
+        best = tuning.choose("InceptionA384-384/s0/35x35/b1/float16/card", None, configs, configs[0])
+    assert best == (64, 64, 64, 4, 4, 1)
+    assert tuning.choose("InceptionA384-384/s0/35x35/b1/float16/card", None, [], configs[0]) == best
