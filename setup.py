@@ -61,12 +61,19 @@ def _cuda_build():
         return [], {}
     os.environ["CUDA_HOME"] = cuda_home  # before torch guesses a toolkit root from PATH
     try:
-        import torch  # noqa: F401
+        import torch
         from torch.utils.cpp_extension import BuildExtension, CUDAExtension
     except ImportError as err:
         if force:
             raise
         _note(f"torch is not importable ({err}); use --no-build-isolation. Skipping the CUDA extension")
+        return [], {}
+    if torch.version.cuda is None:  # a CPU-only torch: CUDAExtension itself would fail
+        message = (f"torch {torch.__version__} is built without CUDA: the CUDA extension was skipped "
+                   "(the CPU runs the 'torch' backend; GPU backends need a CUDA build of torch)")
+        if force:
+            raise RuntimeError(f"INCEPTION_FAST_FORCE_BUILD is set but {message}")
+        _note(message)
         return [], {}
 
     class BuildCudaExtension(BuildExtension):
@@ -81,14 +88,20 @@ def _cuda_build():
                     raise
                 _note(f"the CUDA extension did not build ({err}); it will be built at first use")
 
-    extension = CUDAExtension(
-        name=f"inception_fast._C_{helpers.sources_hash()}",
-        sources=[f"csrc/{name}" for name in helpers.SOURCES],
-        extra_compile_args={
-            "cxx": list(helpers.CXX_FLAGS),
-            "nvcc": [*helpers.NVCC_FLAGS, *helpers.arch_flags()],
-        },
-    )
+    try:  # CUDAExtension looks for the toolkit's libraries and raises OSError without them
+        extension = CUDAExtension(
+            name=f"inception_fast._C_{helpers.sources_hash()}",
+            sources=[f"csrc/{name}" for name in helpers.SOURCES],
+            extra_compile_args={
+                "cxx": list(helpers.CXX_FLAGS),
+                "nvcc": [*helpers.NVCC_FLAGS, *helpers.arch_flags()],
+            },
+        )
+    except (OSError, RuntimeError, ValueError) as err:
+        if force:
+            raise
+        _note(f"the CUDA extension cannot be set up here ({err}): skipped; it will be built at first use")
+        return [], {}
     return [extension], {"build_ext": BuildCudaExtension.with_options(use_ninja=True)}
 
 

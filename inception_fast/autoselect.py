@@ -1,7 +1,7 @@
 """backend="auto" on a GPU: for each block, batch-size bucket, dtype and card, the
 faster of the `triton` and `cuda` backends, timed once on the first input of that kind and
-remembered in ``<cache>/autoselect.json`` (``$INCEPTION_FAST_CACHE_DIR`` or
-``~/.cache/inception_fast``). `choice_table()` lists the choices for `inception-fast info`.
+remembered in ``autoselect.json`` of the cache directory (see `inception_fast.cache`).
+`choice_table()` lists the choices for `inception-fast info`.
 
 This module is itself a backend (availability / run_block), so a model whose blocks
 are set to "auto" dispatches each call to the backend chosen for it.
@@ -10,27 +10,23 @@ are set to "auto" dispatches each call to the backend chosen for it.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
 import statistics
-import tempfile
 from pathlib import Path
 
 import torch
 
+from . import cache
 from .backends import precision_key
 
 CANDIDATES = ("triton", "cuda")
 WARMUP, REPEATS = 2, 5
 logger = logging.getLogger("inception_fast")
-_choices: dict | None = None  # key -> {"backend": name, "ms": {name: median ms}}
 _usable_on: dict = {}  # device -> usable candidate names (availability is checked once)
 
 
 def cache_file() -> Path:
-    base = Path(os.environ.get("INCEPTION_FAST_CACHE_DIR") or Path.home() / ".cache" / "inception_fast")
-    return base / "autoselect.json"
+    return cache.BACKEND_CHOICES.path()
 
 
 def batch_bucket(batch: int) -> int:
@@ -58,27 +54,13 @@ def availability(device=None) -> tuple[bool, str]:
 
 
 def _load() -> dict:
-    global _choices
-    if _choices is None:
-        try:
-            _choices = json.loads(cache_file().read_text())
-        except (OSError, ValueError):
-            _choices = {}
-    return _choices
+    """key -> {"backend": name, "ms": {name: median ms}}, validated (`cache.BACKEND_CHOICES`)."""
+    return cache.BACKEND_CHOICES.entries()
 
 
 def _save(key: str, entry: dict) -> None:
     """Merge one entry into the file (other processes may have added theirs) atomically."""
-    path = cache_file()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        on_disk = json.loads(path.read_text())
-    except (OSError, ValueError):
-        on_disk = {}
-    on_disk[key] = entry
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
-        json.dump(on_disk, tmp, indent=1, sort_keys=True)
-    os.replace(tmp.name, path)
+    cache.BACKEND_CHOICES.put(key, entry)
 
 
 def _median_ms(run, x: torch.Tensor) -> float:
@@ -131,7 +113,6 @@ def choose(kind: str, x: torch.Tensor, runners: dict) -> str:
                 logger.warning("inception_fast: backend %r failed on %s: %s", name, kind, err)
     best = min(ms, key=ms.get)
     entry = {"backend": best, "ms": {name: round(t, 4) for name, t in ms.items()}}
-    choices[key] = entry
     _save(key, entry)
     return best
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 
 
@@ -42,3 +44,66 @@ def check_inference_input(module: torch.nn.Module, x, in_channels: int) -> None:
             f"{name}: input is on {x.device} but the module's weights are on {weight.device}; "
             f"move one of them, e.g. x.to('{weight.device}')"
         )
+
+
+# --- devices and dtypes ----------------------------------------------------------------------
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def cuda_problem() -> str | None:
+    """Why this process cannot use a CUDA GPU, in a sentence; None when it can."""
+    if torch.version.cuda is None and torch.version.hip is None:
+        return (f"this torch ({torch.__version__}) is a CPU-only build; a GPU needs a CUDA build of "
+                "torch (see the set-up in the README)")
+    if not torch.cuda.is_available():
+        return "no CUDA GPU is visible here (no GPU, no NVIDIA driver, or CUDA_VISIBLE_DEVICES hides it)"
+    return None
+
+
+def check_target(device, dtype) -> None:
+    """optimize()'s `device` and `dtype`, checked before any work is done."""
+    if device is not None:
+        try:
+            target = torch.device(device)
+        except (RuntimeError, TypeError, ValueError):
+            raise ValueError(
+                f"optimize(device={device!r}): not a device; use 'cpu', 'cuda' or 'cuda:N'"
+            ) from None
+        if target.type not in ("cpu", "cuda"):
+            raise ValueError(f"optimize(device={device!r}): the fused model runs on 'cpu' or 'cuda' devices")
+        if target.type == "cuda":
+            problem = cuda_problem()
+            if problem is not None:
+                raise RuntimeError(
+                    f"optimize(device={device!r}): {problem}. Use device='cpu' (the torch backend) or a "
+                    "machine with an NVIDIA GPU."
+                )
+            count = torch.cuda.device_count()
+            if target.index is not None and target.index >= count:
+                raise ValueError(
+                    f"optimize(device={device!r}): this machine has {count} CUDA device(s), "
+                    f"cuda:0 to cuda:{count - 1}"
+                )
+    if isinstance(dtype, torch.dtype) and dtype not in FLOAT_DTYPES:
+        raise ValueError(
+            f"optimize(dtype={dtype}): the fused model computes in floating point; use torch.float32, "
+            "torch.float16, torch.bfloat16 or torch.float64"
+        )
+
+
+@contextmanager
+def explain_cuda_moves(what: str):
+    """`.cuda()` / `.to("cuda")` where no GPU can be used: one sentence instead of torch's
+    "Found no NVIDIA driver" or "Torch not compiled with CUDA enabled"."""
+    try:
+        yield
+    except (RuntimeError, AssertionError) as err:
+        text = str(err).lower()
+        problem = cuda_problem() if ("cuda" in text or "nvidia" in text) else None
+        if problem is None:
+            raise
+        raise RuntimeError(
+            f"{what} cannot move to a CUDA device: {problem}. The fused modules run on the CPU with the "
+            "torch backend."
+        ) from err

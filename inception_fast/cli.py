@@ -1,10 +1,11 @@
-"""`inception-fast` (also `python -m inception_fast`): `bench` and `info`.
+"""`inception-fast` (also `python -m inception_fast`): `info`, `bench` and `ttfi`.
 
     inception-fast info                     versions, devices, which backends work and why not
     inception-fast bench                    GPU: fp16, batches 1,32,256, fused vs the anchors
     inception-fast bench --device cpu       CPU: fp32, batches 1,2, fused vs eager
     inception-fast bench --ttfi             also time to first inference, cold and warm caches
     inception-fast ttfi                     time to first inference only (fused, torch.compile)
+    inception-fast COMMAND --help           the options of each command
 
 `bench` exits with status 1 when a fused configuration fails the accuracy check.
 """
@@ -40,32 +41,57 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="inception-fast", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command")
 
-    sub.add_parser("info", help="versions, devices and usable backends")
+    sub.add_parser(
+        "info", help="versions, devices and usable backends",
+        description="Versions (package, Python, torch, CUDA, cuDNN, triton, timm), the GPUs, which "
+                    "backends work on each device and why not, what backend='auto' runs, the "
+                    "per-block choices it has timed, and the cache directories.",
+    )
 
     add_bench_parser(sub)
 
-    ttfi = sub.add_parser("ttfi", help="time to first inference in fresh processes, cold and warm caches")
+    ttfi = sub.add_parser(
+        "ttfi", help="time to first inference in fresh processes, cold and warm caches",
+        description="Seconds from `python` starting to the first logits, in fresh processes: once with "
+                    "empty cache directories (cold), once more on the same directories (warm); the fused "
+                    "model and, on a GPU, torch.compile.",
+    )
     ttfi.add_argument("--device", help="cuda or cpu (default: cuda when available)")
-    ttfi.add_argument("--dtype", choices=["fp16", "bf16", "fp32", "fp32-tf32"])
-    ttfi.add_argument("--backend", default="auto")
-    ttfi.add_argument("--batch", type=int, default=1, dest="ttfi_batch")
-    ttfi.add_argument("--image-size", type=int, default=299)
+    ttfi.add_argument("--dtype", choices=["fp16", "bf16", "fp32", "fp32-tf32"],
+                      help="default: fp16 on a GPU, fp32 on the CPU")
+    ttfi.add_argument("--backend", default="auto", help="auto, torch, triton or cuda (default auto)")
+    ttfi.add_argument("--batch", type=int, default=1, dest="ttfi_batch", metavar="N",
+                      help="batch size (default 1)")
+    ttfi.add_argument("--image-size", type=int, default=299, metavar="N",
+                      help="square input size (>= 75; default 299)")
     ttfi.add_argument("--no-compile", action="store_true", help="skip torch.compile default")
     ttfi.add_argument("--max-autotune", action="store_true", help="add torch.compile max-autotune")
-    ttfi.add_argument("--json", metavar="PATH")
+    ttfi.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     ttfi.add_argument("--timeout", type=float, default=900.0, help="seconds allowed per fresh process")
+    return parser
 
-    child = sub.add_parser("_first-inference")  # the fresh process of --ttfi; not for users
+
+FIRST_INFERENCE = "_first-inference"  # the fresh process that `ttfi` starts; not for users
+
+
+def _first_inference_parser() -> argparse.ArgumentParser:
+    child = argparse.ArgumentParser(prog=f"inception-fast {FIRST_INFERENCE}")
     child.add_argument("--config", required=True)
     child.add_argument("--backend", default="auto")
     child.add_argument("--device", default="cuda")
     child.add_argument("--dtype", default="fp16")
     child.add_argument("--batch", type=int, default=1)
     child.add_argument("--image-size", type=int, default=299)
-    return parser
+    return child
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == [FIRST_INFERENCE]:  # kept out of the public parser, so usage does not list it
+        from .first_inference import child_main
+
+        args = _first_inference_parser().parse_args(argv[1:])
+        return child_main(args.config, args.backend, args.device, args.dtype, args.batch, args.image_size)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "info":
@@ -74,10 +100,6 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_bench(args, parser)
     if args.command == "ttfi":
         return cmd_ttfi(args)
-    if args.command == "_first-inference":
-        from .first_inference import child_main
-
-        return child_main(args.config, args.backend, args.device, args.dtype, args.batch, args.image_size)
     parser.print_help()
     return 2
 
@@ -149,23 +171,48 @@ def cmd_info() -> int:
         devices.insert(0, "cuda")
     else:
         print("CUDA: not available (no GPU or no driver); the torch backend runs on the CPU")
+    gpu_backends = []
     for device in devices:
         print(f"backends on {device}:")
         for name in BACKENDS:
+            if name == "auto":  # always usable: it runs whatever it resolves to
+                print(f"  {name:<7} usable: {_auto_line(resolve_backend, device)}")
+                continue
             ok, reason = backend_status(name, device)
             print(f"  {name:<7} {'usable' if ok else 'NOT usable'}: {reason}")
-        try:
-            print(f"  backend='auto' -> {resolve_backend('auto', device)}")
-        except Exception as err:  # noqa: BLE001 - info reports, never fails
-            print(f"  backend='auto' -> error: {err}")
+            if ok and device == "cuda" and name != "torch":
+                gpu_backends.append(name)
     table = autoselect_table(devices[0])
     if table is not None:
         print("per-block choices of inception_fast.autoselect (triton vs cuda, timed once per shape):")
         _print_table_like(table, indent="  ")
-    print(f"optimize(cuda_graph=True): {'available' if supports_cuda_graph_option() else 'not available'}")
+    print(f"optimize(cuda_graph=True): {_cuda_graph_line(supports_cuda_graph_option(), gpu_backends)}")
     for name in ("TRITON_CACHE_DIR", "INCEPTION_FAST_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR"):
         print(f"{name}={os.environ.get(name, '(default)')}")
     return 0
+
+
+def _auto_line(resolve_backend, device: str) -> str:
+    """What backend='auto' runs on `device`, and why."""
+    try:
+        resolved = resolve_backend("auto", device)
+    except Exception as err:  # noqa: BLE001 - info reports, never fails
+        return f"backend='auto' -> error: {err}"
+    if resolved == "auto":
+        return "backend='auto' -> per block and batch size, the faster of triton and cuda (timed once)"
+    if device == "cpu":
+        return f"backend='auto' -> {resolved} (on the CPU, 'auto' is the torch backend)"
+    if resolved == "torch":
+        return "backend='auto' -> torch (neither GPU backend is usable here, see above)"
+    return f"backend='auto' -> {resolved} (the one GPU backend usable here)"
+
+
+def _cuda_graph_line(option_exists: bool, gpu_backends: list[str]) -> str:
+    if not option_exists:
+        return "not available (this optimize() has no cuda_graph option)"
+    if not gpu_backends:
+        return "not available here: it needs a usable GPU backend (triton or cuda), and there is none"
+    return f"available (with backend {' or '.join(repr(b) for b in [*gpu_backends, 'auto'])})"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,15 +2,18 @@
 
 `pip install` builds ``inception_fast/_C_<sources hash>*.so`` where nvcc is present (see
 setup.py). When that is missing, or was built from other sources, `load()` compiles csrc/ with
-ninja through `torch.utils.cpp_extension` into a cache directory per Python, torch and CUDA
-version (``$INCEPTION_FAST_CACHE_DIR`` or ``~/.cache/inception_fast``), printing a progress
-message on stderr while it builds.
+ninja through `torch.utils.cpp_extension` into a directory per Python, torch and CUDA version
+of the cache directory (`inception_fast.cache`), printing a progress message on stderr while it
+builds. One process builds at a time; the others wait for it, at most
+``$INCEPTION_FAST_BUILD_TIMEOUT_S`` seconds (default 600), then give up with a message naming
+the process that holds the build lock. A cached library that does not load (an interrupted
+link, a damaged file) is rebuilt.
 
 The ops land in the ``inception_fast`` namespace (``torch.ops.inception_fast.cuda_*``) with
 fake implementations registered here, so they trace under torch.compile.
 
-This module imports nothing from the package: setup.py loads it by file path before the
-package is installed, for `arch_flags()` and `sources_hash()`.
+This module imports nothing from the package at import time: setup.py loads it by file path
+before the package is installed, for `arch_flags()` and `sources_hash()`.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import os
 import shutil
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -37,6 +41,7 @@ DEFAULT_ARCH_FLAGS = (
 )
 NVCC_FLAGS = ("-O3", "-lineinfo", "-Xptxas=-warn-spills", "-Xcudafe=--display_error_number")
 CXX_FLAGS = ("-O3",)
+BUILD_TIMEOUT_S = 600.0  # a build takes about a minute; a holder past this is presumed stuck
 
 _state: dict = {}
 
@@ -94,14 +99,16 @@ def find_cuda_home() -> str | None:
 
 
 def build_directory() -> Path:
-    """Build cache of this Python, torch, CUDA and arch list."""
+    """Build cache of this Python, torch, CUDA and arch list (a temporary directory, with a
+    warning, when the cache directory cannot be used)."""
     import torch
 
-    base = Path(os.environ.get("INCEPTION_FAST_CACHE_DIR") or Path.home() / ".cache" / "inception_fast")
+    from . import cache  # here, not at the top: setup.py loads this file outside the package
+
     arch = hashlib.sha256(" ".join(arch_flags()).encode()).hexdigest()[:8]
     python = f"py{sys.version_info[0]}{sys.version_info[1]}"
     tag = f"{python}-torch{torch.__version__}-cuda{torch.version.cuda}-{arch}"
-    return base / "build" / tag.replace("+", "_")
+    return cache.build_directory(tag.replace("+", "_"))
 
 
 def _prebuilt_library() -> Path | None:
@@ -142,30 +149,28 @@ def _flock_supported() -> bool:
     return True
 
 
-class _BuilderLock:
-    """An exclusive flock on the build directory, released by the kernel when its holder dies."""
+def _build_timeout_s() -> float:
+    value = os.environ.get("INCEPTION_FAST_BUILD_TIMEOUT_S")
+    try:
+        return float(value) if value else BUILD_TIMEOUT_S
+    except ValueError:
+        raise ExtensionUnavailable(
+            f"INCEPTION_FAST_BUILD_TIMEOUT_S must be a number of seconds, got {value!r}"
+        ) from None
 
-    def __init__(self, directory: Path):
-        self.path = directory / "builder.flock"
-        self.handle = None
 
-    def __enter__(self):
-        if not _flock_supported():
-            return self
-        import fcntl
+@contextmanager
+def _builder_lock(directory: Path):
+    """One builder per build directory: an flock, released by the kernel when its holder dies.
+    A waiter gives up after INCEPTION_FAST_BUILD_TIMEOUT_S seconds, naming the holder."""
+    from . import cache  # here, not at the top: setup.py loads this file outside the package
 
-        self.handle = open(self.path, "w")
-        try:
-            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print("inception_fast: waiting for another process to finish building the CUDA extension ...",
-                  file=sys.stderr, flush=True)
-            fcntl.flock(self.handle, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc):
-        if self.handle is not None:
-            self.handle.close()  # closing drops the flock
+    try:
+        with cache.file_lock(directory / "builder.flock", _build_timeout_s(), "building the CUDA extension",
+                             announce=True):
+            yield
+    except cache.LockTimeout as err:
+        raise ExtensionUnavailable(str(err)) from None
 
 
 def _up_to_date(directory: Path) -> bool:
@@ -193,26 +198,48 @@ def build(directory: Path | None = None, verbose: bool = False) -> Path:
     cpp.CUDA_HOME = cuda_home
     directory = Path(directory) if directory is not None else build_directory()
     directory.mkdir(parents=True, exist_ok=True)
-    with _BuilderLock(directory):
+    with _builder_lock(directory):
         _clear_stale_lock(directory)
+        cached = directory / f"{EXTENSION_NAME}.so"
+        if cached.exists() and cached.stat().st_size == 0:  # a link that was interrupted
+            cached.unlink()
         fresh = _up_to_date(directory)
         if not fresh:
             print(f"inception_fast: compiling the CUDA extension in {directory} (first use, about a minute)",
                   file=sys.stderr, flush=True)
         start = time.perf_counter()
-        library = cpp.load(
-            name=EXTENSION_NAME,
-            sources=[str(CSRC_DIR / n) for n in SOURCES],
-            extra_cflags=list(CXX_FLAGS),
-            extra_cuda_cflags=[*NVCC_FLAGS, *arch_flags()],
-            build_directory=str(directory),
-            is_python_module=False,
-            verbose=verbose,
-        )
+        try:
+            library = _compile_and_load(directory, verbose)
+        except OSError as err:
+            # ninja trusts a library that is newer than its sources, even one that is damaged:
+            # remove it, and the link step runs again.
+            if not cached.exists():
+                raise
+            print(f"inception_fast: the cached CUDA extension {cached} does not load ({err}); rebuilding it",
+                  file=sys.stderr, flush=True)
+            cached.unlink()
+            fresh = False
+            # torch builds a name once per process unless its sources change: forget this one.
+            getattr(getattr(cpp, "JIT_EXTENSION_VERSIONER", None), "entries", {}).pop(EXTENSION_NAME, None)
+            library = _compile_and_load(directory, verbose)
         if not fresh:
             print(f"inception_fast: CUDA extension built in {time.perf_counter() - start:.0f} s",
                   file=sys.stderr, flush=True)
     return Path(library)
+
+
+def _compile_and_load(directory: Path, verbose: bool) -> str:
+    import torch.utils.cpp_extension as cpp
+
+    return cpp.load(
+        name=EXTENSION_NAME,
+        sources=[str(CSRC_DIR / n) for n in SOURCES],
+        extra_cflags=list(CXX_FLAGS),
+        extra_cuda_cflags=[*NVCC_FLAGS, *arch_flags()],
+        build_directory=str(directory),
+        is_python_module=False,
+        verbose=verbose,
+    )
 
 
 def _register_fakes() -> None:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .backends import get_backend
-from .checks import check_inference_input
+from .checks import check_inference_input, explain_cuda_moves
 from .compiler import CompiledBlock, CompiledNetwork, UnsupportedModel, compile_model
 from .graphs import run_graphed
 from .plan import BlockPlan, Conv, Pool, block_output_hw
@@ -47,7 +47,8 @@ class FusedBlock(nn.Module):
 
     def _apply(self, fn, *args, **kwargs):
         self.backend_cache = {}
-        return super()._apply(fn, *args, **kwargs)
+        with explain_cuda_moves("a fused module"):  # every fused model moves its blocks first
+            return super()._apply(fn, *args, **kwargs)
 
     def load_folded(self, compiled: CompiledBlock) -> None:
         """Copy new folded weights of the same plan in place (CUDA graphs keep their buffers)."""

@@ -7,6 +7,7 @@ from torch import nn
 
 from .architectures import default_cfg
 from .backends import resolve_backend
+from .checks import check_target
 from .compiler import compile_model
 from .modules import FusedNetwork
 
@@ -19,8 +20,6 @@ _DTYPES = {
 
 def parse_dtype(dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
-        if dtype not in _DTYPES.values():
-            raise ValueError(f"unsupported dtype {dtype}; use one of float16, bfloat16, float32, float64")
         return dtype
     if dtype in _DTYPES:
         return _DTYPES[dtype]
@@ -64,6 +63,7 @@ def optimize(
         A ``FusedNetwork`` with the model's call signature and outputs (and timm's
         ``forward_features`` / ``forward_head`` where the model ends in global average pooling).
     """
+    check_target(device, dtype)
     if not isinstance(model, nn.Module):
         raise TypeError(f"optimize() takes a torch.nn.Module, got {type(model).__name__}")
     param = next(iter(model.parameters()), None)

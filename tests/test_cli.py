@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 
@@ -12,10 +13,10 @@ import pytest
 SMALL_IMAGE = 107  # Inception-v4 needs >= 75x75; 107 keeps the CPU run to seconds
 
 
-def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_cli(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "inception_fast", *args],
-        check=False, capture_output=True, text=True, timeout=timeout,
+        check=False, capture_output=True, text=True, timeout=timeout, env=env,
     )
 
 
@@ -31,6 +32,37 @@ def test_info_reports_versions_and_every_backend():
         if "NOT usable" in line:
             assert line.split("NOT usable:", 1)[1].strip(), line
     assert "backend='auto' -> " in out
+
+
+def test_info_without_a_gpu_is_truthful_about_auto_and_cuda_graphs():
+    """Before: "auto NOT usable" followed by "backend='auto' -> torch", and
+    "optimize(cuda_graph=True): available" on a machine without a GPU."""
+    proc = run_cli("info", env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})  # no GPU, on any machine
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    auto = [line for line in lines if line.strip().startswith("auto ")]
+    assert len(auto) == 1 and "NOT usable" not in auto[0], lines
+    assert auto[0].startswith("  auto    usable: backend='auto' -> torch (on the CPU"), lines
+    graphs = next(line for line in lines if line.startswith("optimize(cuda_graph=True)"))
+    assert "not available here" in graphs and "GPU backend" in graphs
+
+
+def test_usage_lists_only_public_commands_and_every_option_has_help():
+    from inception_fast.cli import build_parser
+
+    parser = build_parser()
+    assert "_first-inference" not in parser.format_usage() + parser.format_help()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    assert set(commands) == {"info", "bench", "ttfi"}
+    for name in ("info", "ttfi"):
+        assert commands[name].description, name
+        for action in commands[name]._actions:
+            assert action.help, f"{name} {action.option_strings} has no help text"
+
+
+def test_the_fresh_process_of_ttfi_is_still_reachable():
+    proc = run_cli("_first-inference", "--help")
+    assert proc.returncode == 0 and "--config" in proc.stdout
 
 
 def test_bench_on_cpu_validates_and_prints_the_table(tmp_path):

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from inception_fast import autoselect
+from inception_fast import autoselect, cache
 from inception_fast import reference as R
 from inception_fast.backends import _MODULES
 from inception_fast.modules import fuse_block
@@ -17,7 +17,9 @@ from inception_fast.testing import randomize_batchnorm, relative_l2
 @pytest.fixture(autouse=True)
 def fresh_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("INCEPTION_FAST_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(autoselect, "_choices", None)
+    for name in ("_path", "_table", "_memory_only"):  # read afresh here, restored after
+        monkeypatch.setattr(cache.BACKEND_CHOICES, name, getattr(cache.BACKEND_CHOICES, name))
+    cache.BACKEND_CHOICES.reset()
     return tmp_path
 
 

@@ -170,3 +170,53 @@ def test_optimize_refuses_a_gpu_backend_on_cpu(calibrated_model):
 def test_set_backend_refuses_unknown_name(fused_model):
     with pytest.raises(ValueError, match="unknown backend 'fast'"):
         fused_model.set_backend("fast")
+
+
+def test_optimize_refuses_a_dtype_that_is_not_floating_point(calibrated_model):
+    """Before: a raw error from deep inside folding."""
+    for dtype in (torch.int32, torch.uint8, torch.bool):
+        with pytest.raises(ValueError, match=rf"optimize\(dtype={dtype}\): the fused model computes in"):
+            inception_fast.optimize(calibrated_model, dtype=dtype)
+
+
+@pytest.mark.parametrize("device, message", [
+    ("gpu", r"optimize\(device='gpu'\): not a device; use 'cpu', 'cuda' or 'cuda:N'"),
+    ("meta", r"optimize\(device='meta'\): the fused model runs on 'cpu' or 'cuda' devices"),
+])
+def test_optimize_refuses_other_devices(calibrated_model, device, message):
+    with pytest.raises(ValueError, match=message):
+        inception_fast.optimize(calibrated_model, device=device)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answer without a GPU")
+def test_optimize_on_cuda_without_a_gpu_says_so(calibrated_model):
+    """Before: "Found no NVIDIA driver on your system" from the first tensor moved."""
+    with pytest.raises(RuntimeError) as info:
+        inception_fast.optimize(calibrated_model, device="cuda")
+    message = str(info.value)
+    assert message.startswith("optimize(device='cuda'): ") and "device='cpu'" in message
+    assert "no CUDA GPU is visible" in message or "CPU-only build" in message
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answer without a GPU")
+def test_moving_a_fused_module_to_cuda_without_a_gpu_says_so(fused_block, fused_model):
+    expected = r"a fused module cannot move to a CUDA device: (no CUDA GPU is visible|.* CPU-only build)"
+    for move in (lambda m: m.cuda(), lambda m: m.to("cuda"), lambda m: nn.Sequential(m).cuda()):
+        for module in (fused_block, fused_model):
+            with pytest.raises(RuntimeError, match=expected):
+                move(module)
+    assert fused_model(torch.randn(1, 3, 75, 75)).shape == (1, 1000)  # still usable on the CPU
+
+
+@pytest.mark.cuda
+def test_optimize_names_a_missing_gpu_index(calibrated_model):
+    index = torch.cuda.device_count()
+    with pytest.raises(ValueError, match=rf"this machine has {index} CUDA device\(s\)"):
+        inception_fast.optimize(calibrated_model, device=f"cuda:{index}")
+
+
+def test_torch_jit_script_is_refused_pointing_at_compile_and_export(fused_block, fused_model):
+    for module in (fused_block, fused_model):
+        with pytest.raises(TypeError, match=r"do not support torch\.jit\.script; use torch\.compile, or "
+                                            r"torch\.export"):
+            torch.jit.script(module)

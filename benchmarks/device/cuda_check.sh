@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The CUDA-extension backend on a GPU machine, in one go (about 5 minutes on an H100):
+# The GPU backends on a GPU machine, in one go (about 10 minutes on an H100):
 #   1. build the extension (just in time, into a fresh cache directory);
-#   2. every kernel (fp16 and bf16 stage kernels: convs, avg and max pools, the head) once under
-#      compute-sanitizer memcheck with PYTORCH_NO_CUDA_MEMORY_CACHING=1, plus racecheck on one
-#      block (the cp.async pipeline's shared memory);
+#   2. every kernel under compute-sanitizer memcheck (PYTORCH_NO_CUDA_MEMORY_CACHING=1, so an
+#      access past a buffer is past an allocation) and racecheck (shared memory): the cuda
+#      backend's stage kernel in fp16 and bf16, the triton stage kernel in fp16, bf16, fp32 on
+#      TF32 and exact fp32 (split-K on the shipped batch-1 tiles of 132-SM Hopper cards) and its
+#      layout kernel; convs, avg and max pools and the head, on odd batches and sizes;
 #   3. the GPU tests of the backend, the autoselector and the build;
 #   4. per-block and whole-model times, fp16, batch 1 / 32 / 256: cuda vs torch (and triton).
 # Usage, from the repository root:  bash benchmarks/device/cuda_check.sh
@@ -43,7 +45,9 @@ fi
 phase "2. compute-sanitizer"
 SANITIZER="$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)"
 cat > "$WORK/every_kernel.py" <<'EOF'
-# One small forward through every kernel of the cuda backend, in fp16 and bf16.
+# Every kernel of one GPU backend: the whole model (every block kind and the head) per dtype.
+# argv: backend (cuda or triton), then "full" (odd batch and sizes, and batch 1 at 299x299,
+# where 132-SM Hopper cards take the shipped split-K tiles) or "small" (one 75x75 image).
 import sys
 
 import torch
@@ -52,30 +56,37 @@ from inception_fast import optimize
 from inception_fast.reference import InceptionV4
 from inception_fast.testing import randomize_batchnorm
 
+backend, extent = sys.argv[1], sys.argv[2]
+dtypes = {"cuda": ["fp16", "bf16"], "triton": ["fp16", "bf16", "fp32-tf32", "fp32"]}[backend]
+shapes = [(3, 91, 97), (1, 299, 299)] if extent == "full" else [(1, 75, 75)]
 torch.manual_seed(0)
 model = randomize_batchnorm(InceptionV4().eval(), torch.Generator().manual_seed(0)).cuda()
-blocks = sys.argv[1] if len(sys.argv) > 1 else "all"
 with torch.no_grad():
-    for dtype in (torch.float16, torch.bfloat16):
-        fused = optimize(model, backend="cuda", dtype=dtype)
-        if blocks == "all":  # odd batch, odd and non-square input: every tail path
-            out = fused(torch.randn(3, 3, 91, 97, device="cuda", dtype=dtype))
-        else:  # one InceptionA block
-            block = fused.features[6]
-            out = block(torch.randn(1, 384, 9, 9, device="cuda", dtype=dtype).relu())
-        torch.cuda.synchronize()
-        assert torch.isfinite(out).all(), "non-finite output"
-        print(dtype, tuple(out.shape), "ok")
+    for name in dtypes:
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(name, torch.float32)
+        torch.backends.cudnn.allow_tf32 = name == "fp32-tf32"  # the triton backend follows it
+        fused = optimize(model, backend=backend, dtype=dtype)
+        for n, h, w in shapes:
+            out = fused(torch.randn(n, 3, h, w, device="cuda", dtype=dtype))
+            torch.cuda.synchronize()
+            assert torch.isfinite(out).all(), "non-finite output"
+            print(backend, name, (n, h, w), tuple(out.shape), "ok")
 EOF
-for tool in memcheck racecheck; do
-  which_blocks=all; [ "$tool" = racecheck ] && which_blocks=one
-  if PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 420 "$SANITIZER" --tool "$tool" --error-exitcode 3 \
-      --print-limit 20 "$PY" "$WORK/every_kernel.py" "$which_blocks" > "$WORK/$tool.log" 2>&1; then
-    echo "$tool: OK ($(grep -c ' ok' "$WORK/$tool.log") dtypes); $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$WORK/$tool.log" | tail -1)"
-  else
-    echo "$tool: FAILED (exit $?)"; tail -40 "$WORK/$tool.log"; failed+=("$tool")
-  fi
+# No tile timing under the sanitizers: shipped or heuristic tiles only.
+export INCEPTION_FAST_AUTOTUNE=0
+for backend in cuda triton; do
+  for tool in memcheck racecheck; do
+    extent=full; [ "$tool" = racecheck ] && extent=small
+    log="$WORK/$tool-$backend.log"
+    if PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 900 "$SANITIZER" --tool "$tool" --error-exitcode 3 \
+        --print-limit 20 "$PY" "$WORK/every_kernel.py" "$backend" "$extent" > "$log" 2>&1; then
+      echo "$tool $backend: OK ($(grep -c ' ok$' "$log") runs); $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -1)"
+    else
+      echo "$tool $backend: FAILED (exit $?)"; tail -40 "$log"; failed+=("$tool-$backend")
+    fi
+  done
 done
+unset INCEPTION_FAST_AUTOTUNE
 
 phase "3. GPU tests"
 timeout 900 "$PY" -m pytest -q -p no:cacheprovider --tb=short --maxfail=15 -k "not triton" \

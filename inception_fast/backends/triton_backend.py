@@ -132,9 +132,13 @@ def _run_stage(stage, x, work, out, key: str):
 
 
 def _split_k_buffers(stage, n, h, w, config, x):
-    """Split-K scratch per stage, shape and config, allocated once and kept: the kernel
-    leaves its counters at zero, so later launches and CUDA-graph replays reuse it."""
-    key = (n, h, w, config, x.device)
+    """Split-K scratch per stage, shape, config and stream, allocated once and kept: the kernel
+    leaves its counters at zero, so later launches and CUDA-graph replays reuse it. Launches on
+    two streams may run at once (threads sharing a model), so each stream has its own."""
+    stream = None
+    if x.is_cuda and not torch.compiler.is_compiling():
+        stream = torch.cuda.current_stream(x.device).cuda_stream
+    key = (n, h, w, config, x.device, stream)
     buffers = stage.scratch.get(key)
     if buffers is None:
         scratch, counts = split_k_buffers(stage, n, h, w, config, x.device)

@@ -16,10 +16,10 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
-import threading
 
 import torch
+
+from ... import cache
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages); BLOCK_K and the split-K parts are added below.
 _TILES = (
@@ -58,22 +58,8 @@ def candidates(min_cin: int, batch: int, has_conv: bool = True, element_size: in
     return configs
 
 
-_lock = threading.Lock()
-_memory: dict | None = None
 _shipped_table: dict | None = None
 SHIPPED_FOR = (9, 0, 132)  # compute capability and SM count of the cards tuned_configs.json saw
-
-
-def cache_dir() -> str:
-    root = os.environ.get("INCEPTION_FAST_CACHE_DIR") or os.path.join(
-        os.path.expanduser("~"), ".cache", "inception_fast"
-    )
-    os.makedirs(root, exist_ok=True)
-    return root
-
-
-def cache_path() -> str:
-    return os.path.join(cache_dir(), "triton_tuning_v3.json")  # v3: configs carry k_parts
 
 
 def batch_bucket(n: int) -> int:
@@ -81,17 +67,6 @@ def batch_bucket(n: int) -> int:
     while bucket < n:
         bucket *= 4
     return bucket
-
-
-def _load() -> dict:
-    global _memory
-    if _memory is None:
-        try:
-            with open(cache_path()) as f:
-                _memory = json.load(f)
-        except (OSError, ValueError):
-            _memory = {}
-    return _memory
 
 
 def _shipped() -> dict:
@@ -114,14 +89,6 @@ def _shipped_config(key: str, device) -> tuple | None:
         return None
     hit = _shipped().get(key.rsplit("/", 1)[0])
     return tuple(hit) if hit is not None else None
-
-
-def _save(table: dict) -> None:
-    path = cache_path()
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(table, f, indent=0, sort_keys=True)
-    os.replace(tmp, path)  # atomic: a concurrent reader sees the old or the new table
 
 
 def default_config(configs: list[tuple], tiles_at_128: int) -> tuple:
@@ -158,8 +125,7 @@ def choose(key: str, launch, configs: list[tuple], fallback: tuple, device=None)
     """The cached or shipped config for `key`, or time every config with `launch(config)` and
     cache the fastest. No timing while tracing, under graph capture or with
     INCEPTION_FAST_AUTOTUNE=0."""
-    table = _load()
-    hit = table.get(key)
+    hit = cache.TUNING.get(key)  # validated on read: six positive ints
     if hit is not None:
         return tuple(hit)
     shipped = _shipped_config(key, device)
@@ -179,15 +145,5 @@ def choose(key: str, launch, configs: list[tuple], fallback: tuple, device=None)
         except Exception as err:  # noqa: BLE001 - a config can exceed shared memory
             print(f"inception_fast:   {config} skipped ({type(err).__name__})", file=sys.stderr)
     best = min(timings, key=timings.get) if timings else fallback
-    with _lock:
-        table = dict(_load())
-        try:  # merge with what another process may have written meanwhile
-            with open(cache_path()) as f:
-                table.update(json.load(f))
-        except (OSError, ValueError):
-            pass
-        table[key] = list(best)
-        _save(table)
-        global _memory
-        _memory = table
+    cache.TUNING.put(key, list(best))  # merged with other processes' choices
     return best
