@@ -78,7 +78,8 @@ class BenchModel:
 
 
 MODELS = {m.name: m for m in (
-    BenchModel("inception_v4", "timm.create_model('inception_v4')", "timm", _architecture("inception_v4"), 299),
+    BenchModel("inception_v4", "timm.create_model('inception_v4')", "timm", _architecture("inception_v4"),
+               299),
     BenchModel("googlenet", "torchvision.models.googlenet(aux_logits=False)", "torchvision",
                _architecture("googlenet"), 224),
     BenchModel("inception_v3", "torchvision.models.inception_v3(aux_logits=False)", "torchvision",

@@ -110,7 +110,9 @@ def network_flops(plans: list[BlockPlan], height: int, width: int) -> int:
     return sum(c.flops for c in block_costs(plans, height, width))
 
 
-def network_min_bytes(plans: list[BlockPlan], height: int, width: int, dtype_bytes: int, batch: int = 1) -> int:
+def network_min_bytes(
+    plans: list[BlockPlan], height: int, width: int, dtype_bytes: int, batch: int = 1
+) -> int:
     """Network input read once, output written once, every parameter read once."""
     params = sum(_parameter_bytes(plan, dtype_bytes) for plan in plans)
     out = block_costs(plans, height, width)[-1].out_shape

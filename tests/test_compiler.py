@@ -62,7 +62,7 @@ def test_block_plan_bookkeeping(plans_of, model):
                 if src.buffer == INPUT:
                     assert src.stop <= plan.in_channels, label
                 else:  # reads need a finished earlier stage
-                    assert _channels(src) <= ready[src.buffer], f"{label}: {op} reads what no earlier stage wrote"
+                    assert _channels(src) <= ready[src.buffer], f"{label}: {op} reads unwritten channels"
                     if src.buffer == WORK:
                         read_work |= _channels(src)
                 for dst in _dsts(op):
@@ -113,7 +113,8 @@ V4_STAGES = {
     "ReductionA": (("conv1x1s1:384>192", "conv3x3s2:384>384", "max3x3s2:384>384"), ("conv3x3s1:192>224",),
                    ("conv3x3s2:224>256",)),
     "InceptionB": (("conv1x1s1:1024>896",), ("avg3x3s1:128>128", "conv1x7s1:192>224", "conv7x1s1:192>192"),
-                   ("conv1x7s1:192>224", "conv7x1s1:224>256"), ("conv7x1s1:224>224",), ("conv1x7s1:224>256",)),
+                   ("conv1x7s1:192>224", "conv7x1s1:224>256"), ("conv7x1s1:224>224",),
+                   ("conv1x7s1:224>256",)),
     "ReductionB": (("conv1x1s1:1024>448", "max3x3s2:1024>1024"), ("conv1x7s1:256>256", "conv3x3s2:192>192"),
                    ("conv7x1s1:256>320",), ("conv3x3s2:320>320",)),
     "InceptionC": (("conv1x1s1:1536>1280",),
@@ -359,7 +360,7 @@ class _ScaledBranch(nn.Module):
 
 
 def test_an_op_without_a_kernel_inside_a_block_is_refused():
-    with pytest.raises(UnsupportedModel, match="sigmoid.*cannot run inside a fused block"):
+    with pytest.raises(UnsupportedModel, match=r"sigmoid.*cannot run inside a fused block"):
         inception_fast.fuse_block(_ScaledBranch().eval())
 
 

@@ -145,7 +145,7 @@ def test_optimize_refuses_layers_without_a_kernel_naming_them():
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.GroupNorm(2, 8)).eval()
     with pytest.raises(inception_fast.UnsupportedModel, match=r"^1: a GroupNorm layer is not supported"):
         inception_fast.optimize(model)
-    with pytest.raises(TypeError, match="takes a torch.nn.Module, got function"):
+    with pytest.raises(TypeError, match=r"takes a torch\.nn\.Module, got function"):
         inception_fast.optimize(lambda x: x)
 
 

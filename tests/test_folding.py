@@ -120,7 +120,7 @@ def test_pool_branch_bias_moves_to_the_avg_pool_op(name):
     pool_index = next(i for i, op in enumerate(plan.ops) if isinstance(op, Pool) and op.bias)
     _, expected_bias = fold_conv(_conv_layer(block.branch3[1]))
     assert torch.equal(params[pool_index], expected_bias)
-    stacked_weight, stacked_bias = params[0]
+    _, stacked_bias = params[0]
     pool_columns = plan.ops[pool_index].dst.channels
     assert torch.equal(stacked_bias[-pool_columns:], torch.zeros(pool_columns, dtype=torch.float64))
 

@@ -38,7 +38,7 @@ def source_models():
 
     def get(name):
         if name not in cache:
-            kwargs, cases = MODELS[name]
+            kwargs, _ = MODELS[name]
             cache[name] = calibrated_model(name, seed=0, **kwargs).cuda()
         return cache[name]
 

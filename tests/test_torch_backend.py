@@ -193,7 +193,7 @@ def test_fused_block_moves_between_dtypes():
 
 def test_fuse_block_refuses_a_chain_of_blocks():
     chain = nn.Sequential(make_block("InceptionA"), make_block("InceptionA")).eval()
-    with pytest.raises(inception_fast.UnsupportedModel, match="2 blocks in a row.*optimize"):
+    with pytest.raises(inception_fast.UnsupportedModel, match=r"2 blocks in a row.*optimize"):
         inception_fast.fuse_block(chain)
 
 

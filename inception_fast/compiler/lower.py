@@ -70,7 +70,8 @@ class _Lowering:
                 self.readers.setdefault(id(source), []).append(layer)
 
     def fail(self, message: str):
-        raise UnsupportedModel(f"{self.name} ({self.path}): {message}" if self.path else f"{self.name}: {message}")
+        where = f"{self.name} ({self.path})" if self.path else self.name
+        raise UnsupportedModel(f"{where}: {message}")
 
     @staticmethod
     def reads(layer: Layer) -> list[Layer]:
@@ -142,7 +143,8 @@ class _Lowering:
         """Slice of every value (by id), work slices allocated in stage order."""
         where: dict = {}
         in_channels = self.in_channels(ops)
-        channels = {id(layer): self.channels_of(layer, in_channels) for op in ops for layer in self.produced(op)}
+        channels = {id(layer): self.channels_of(layer, in_channels)
+                    for op in ops for layer in self.produced(op)}
         where[id(self.block_input)] = Slice(INPUT, 0, in_channels)
         owner: dict = {}  # leaf id -> the concatenation it belongs to
 
@@ -162,8 +164,12 @@ class _Lowering:
             where[id(leaf)] = Slice(OUTPUT, start, start + channels[id(leaf)])
             start += channels[id(leaf)]
         self.out_channels = start
-        work_cats = [layer for layer in self.layers if isinstance(layer, CatLayer) and layer is not self.output
-                     and not all(isinstance(r, CatLayer) for r in self.readers.get(id(layer), []))]
+        # Concatenations other ops read (not only an enclosing concatenation): a work slice each.
+        work_cats = [
+            layer for layer in self.layers
+            if isinstance(layer, CatLayer) and layer is not self.output
+            and not all(isinstance(r, CatLayer) for r in self.readers.get(id(layer), []))
+        ]
         cat_leaves = {id(cat): self.cat_leaves(cat) for cat in work_cats}
         for cat in work_cats:
             for leaf in cat_leaves[id(cat)]:
@@ -260,13 +266,15 @@ class _Lowering:
             if src.buffer == OUTPUT:
                 producer = next(o for o in ops if op.src in self.produced(o))
                 if not _preserves_size(producer):
-                    self.fail(f"{op.layers[0].name} reads a block output that has another size than the input")
+                    self.fail(f"{op.layers[0].name} reads a block output that has another size than "
+                              "the input")
             for layer in op.layers:
                 if isinstance(layer, ConvLayer) and layer.residual is not None:
                     dst = where[id(layer)]
                     if resolve(layer.residual) is not self.block_input:
                         self.fail(f"{layer.name}: only a residual add of the block input fuses")
-                    if dst != Slice(OUTPUT, 0, where[id(self.block_input)].channels) or not _preserves_size(op):
+                    whole = Slice(OUTPUT, 0, where[id(self.block_input)].channels)
+                    if dst != whole or not _preserves_size(op):
                         self.fail(f"{layer.name}: a residual add fuses where the conv makes the whole block "
                                   "output at the input's size and channels")
 

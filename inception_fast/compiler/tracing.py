@@ -60,7 +60,7 @@ def trace(model: nn.Module) -> fx.Graph:
     _check_hooks(model)
     try:
         return _Tracer().trace(model)
-    except Exception as err:  # noqa: BLE001 - fx raises many kinds; all mean "cannot read"
+    except Exception as err:
         raise UnsupportedModel(
             f"cannot read the computation of {type(model).__name__} with torch.fx "
             f"({type(err).__name__}: {err}); a forward whose control flow depends on tensor "
@@ -126,7 +126,9 @@ def _pool(name: str, layer: Layer, is_max: bool, args: dict) -> PoolLayer:
 
 def _conv_padding(name: str, conv: nn.Conv2d) -> None:
     if isinstance(conv.padding, str):
-        raise UnsupportedModel(f"{name}: padding={conv.padding!r} is not supported; give the padding in pixels")
+        raise UnsupportedModel(
+            f"{name}: padding={conv.padding!r} is not supported; give the padding in pixels"
+        )
 
 
 def _chain_end(layer: Layer) -> bool:
@@ -224,13 +226,19 @@ class _Reader:
         name = node.target
         _conv_padding(name, conv)
         if conv.padding_mode != "zeros":
-            raise UnsupportedModel(f"{name}: padding_mode={conv.padding_mode!r} is not supported (zeros only)")
+            raise UnsupportedModel(
+                f"{name}: padding_mode={conv.padding_mode!r} is not supported (zeros only)"
+            )
         if conv.groups != 1:
             raise UnsupportedModel(f"{name}: grouped convolutions (groups={conv.groups}) are not supported")
         if tuple(conv.dilation) != (1, 1):
-            raise UnsupportedModel(f"{name}: dilated convolutions (dilation={conv.dilation}) are not supported")
+            raise UnsupportedModel(
+                f"{name}: dilated convolutions (dilation={conv.dilation}) are not supported"
+            )
         if conv.stride[0] != conv.stride[1]:
-            raise UnsupportedModel(f"{name}: stride {tuple(conv.stride)} is not square; the kernels take one stride")
+            raise UnsupportedModel(
+                f"{name}: stride {tuple(conv.stride)} is not square; the kernels take one stride"
+            )
         source = self.arg(node)
         if resolve(source).flat or source.flat:
             raise UnsupportedModel(f"{name}: a convolution over a flattened tensor is not supported")
@@ -270,7 +278,9 @@ class _Reader:
             if type(act) is nn.ReLU:
                 source.relu = True
             elif type(act) is not nn.Identity:
-                raise UnsupportedModel(f"{name}.act: activation {type(act).__name__} is not supported; only ReLU fuses")
+                raise UnsupportedModel(
+                    f"{name}.act: activation {type(act).__name__} is not supported; only ReLU fuses"
+                )
 
     # -- functions ---------------------------------------------------------------------------
 
