@@ -1,5 +1,7 @@
-"""backend="auto" on a GPU: for each block, batch-size bucket, dtype and card, the
-faster of the `triton` and `cuda` backends, timed once on the first input of that kind and
+"""backend="auto" on a GPU: for each block, batch-size bucket, dtype and card, the fastest of
+the `triton` and `cuda` kernels and the `torch` backend (cuDNN's convolutions on the folded
+weights: no block runs slower than the library can run it), timed once on the first input of
+that kind and
 remembered in ``autoselect.json`` of the cache directory (see `inception_fast.cache`).
 `choice_table()` lists the choices for `inception-fast info`.
 
@@ -19,7 +21,7 @@ import torch
 from . import cache
 from .backends import precision_key
 
-CANDIDATES = ("triton", "cuda")
+CANDIDATES = ("triton", "cuda", "torch")  # the first usable one runs where nothing can be timed
 WARMUP, REPEATS = 2, 5
 logger = logging.getLogger("inception_fast")
 _usable_on: dict = {}  # device -> usable candidate names (availability is checked once)
@@ -95,7 +97,7 @@ def choose(kind: str, x: torch.Tensor, runners: dict) -> str:
     usable backend's name to a callable taking `x`."""
     usable = list(runners)
     if not usable:
-        raise RuntimeError("backend 'auto' found neither the triton nor the cuda backend usable here")
+        raise RuntimeError("backend 'auto' found no usable backend here")
     choices = _load()
     key = _key(kind, x)
     entry = choices.get(key)
@@ -124,14 +126,22 @@ def block_kind(block) -> str:
     return f"{plan.name}{plan.in_channels}-{plan.out_channels}-{digest}"
 
 
-def _backends(device) -> dict:
+def _backends(block, device) -> dict:
+    """The usable backends for `block` (the kernels only where the packed format takes it)."""
     from .backends import get_backend
+    from .packing import unsupported_reason
 
-    return {name: get_backend(name) for name in _usable(device)}
+    names = _usable(device)
+    runs_on_kernels = block.backend_cache.get("kernels-ok")
+    if runs_on_kernels is None:
+        runs_on_kernels = block.backend_cache["kernels-ok"] = unsupported_reason(block.plan) is None
+    if not runs_on_kernels:
+        names = [name for name in names if name == "torch"]
+    return {name: get_backend(name) for name in names}
 
 
 def run_block(block, x: torch.Tensor) -> torch.Tensor:
-    runners = {name: (lambda t, b=b: b.run_block(block, t)) for name, b in _backends(x.device).items()}
+    runners = {name: (lambda t, b=b: b.run_block(block, t)) for name, b in _backends(block, x.device).items()}
     return runners[choose(block_kind(block), x, runners)](x)
 
 

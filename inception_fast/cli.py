@@ -5,6 +5,7 @@
     inception-fast bench --device cpu       CPU: fp32, batches 1,2, fused vs eager
     inception-fast bench --ttfi             also time to first inference, cold and warm caches
     inception-fast ttfi                     time to first inference only (fused, torch.compile)
+    inception-fast tune --model NAME        time tile configs ahead (no first call waits)
     inception-fast COMMAND --help           the options of each command
 
 `bench` exits with status 1 when a fused configuration fails the accuracy check.
@@ -68,6 +69,22 @@ def build_parser() -> argparse.ArgumentParser:
     ttfi.add_argument("--max-autotune", action="store_true", help="add torch.compile max-autotune")
     ttfi.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     ttfi.add_argument("--timeout", type=float, default=900.0, help="seconds allowed per fresh process")
+
+    tune = sub.add_parser(
+        "tune", help="time the Triton kernel's tile configs ahead of time, into the cache",
+        description="A first call never waits for tuning: it uses cached, shipped or heuristic tile "
+                    "configs. This times every stage of a network at the given batch sizes on this GPU "
+                    "and keeps the fastest configs in the tuning cache (INCEPTION_FAST_CACHE_DIR).",
+    )
+    tune.add_argument("--model", default="inception_v4",
+                      help="network name (default inception_v4); see `inception-fast bench --list-models`")
+    tune.add_argument("--batch", action="append", metavar="N[,N...]",
+                      help="batch sizes, repeatable or comma-separated (default 1,32,256)")
+    tune.add_argument("--dtype", choices=["fp16", "bf16", "fp32-tf32"], default="fp16",
+                      help="dtype to tune for (default fp16)")
+    tune.add_argument("--image-size", type=int, metavar="N", help="square input size (default: the model's)")
+    tune.add_argument("--force", action="store_true",
+                      help="ignore the shipped choices and re-time keys already in the cache")
     return parser
 
 
@@ -100,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_bench(args, parser)
     if args.command == "ttfi":
         return cmd_ttfi(args)
+    if args.command == "tune":
+        return cmd_tune(args)
     parser.print_help()
     return 2
 
@@ -536,3 +555,19 @@ def run_ttfi(options, args) -> list[dict]:
         runs = cold_and_warm(config, timeout_s=getattr(args, "timeout", 900.0), **settings)
         results += [{**r, **settings} for r in runs]
     return results
+
+
+def cmd_tune(args) -> int:
+    import torch
+
+    from .tune import tune
+
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32-tf32": torch.float32}[args.dtype]
+    torch.backends.cudnn.allow_tf32 = True  # fp32 tunes the TF32 dots, keyed apart from exact fp32
+    try:
+        count = tune(args.model, _batches(args.batch) or GPU_BATCHES, dtype, args.image_size, args.force)
+    except (RuntimeError, ValueError) as err:
+        print(f"inception-fast tune: {err}", file=sys.stderr)
+        return 2
+    print(f"tuning cache: {count} choices")
+    return 0

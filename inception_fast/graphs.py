@@ -10,6 +10,7 @@ import torch
 # One graph's static input and output serve every caller: threads that share a model take turns
 # on the host, and each replay's stream waits for the previous replay's output copy on the GPU.
 _replay_lock = threading.Lock()
+MAX_GRAPHS = 8  # captured input shapes kept per model; the least recently used goes first
 
 
 def run_graphed(model, x: torch.Tensor) -> torch.Tensor:
@@ -19,9 +20,12 @@ def run_graphed(model, x: torch.Tensor) -> torch.Tensor:
     Safe to call from several threads on several streams."""
     key = (tuple(x.shape), x.dtype, x.device)
     with _replay_lock:
-        entry = model.graph_cache.get(key)
+        entry = model.graph_cache.pop(key, None)  # re-inserted below: the dict keeps use order
         if entry is None:
-            entry = model.graph_cache[key] = _capture(model, x)
+            while len(model.graph_cache) >= MAX_GRAPHS:
+                model.graph_cache.pop(next(iter(model.graph_cache)))
+            entry = _capture(model, x)
+        model.graph_cache[key] = entry
         graph, static_x, static_out, done = entry
         stream = torch.cuda.current_stream(x.device)
         stream.wait_event(done)  # the last replay, on whichever stream, has copied its output out

@@ -32,7 +32,7 @@ def optimize(
     backend: str = "auto",
     dtype=None,
     device=None,
-    cuda_graph: bool = False,
+    cuda_graph: bool | str = "auto",
     cuda_graph_max_batch: int = 64,
 ) -> FusedNetwork:
     """Fold and fuse a model for inference.
@@ -55,9 +55,12 @@ def optimize(
             PyTorch ops on the CPU), ``"torch"``, ``"triton"`` or ``"cuda"``.
         dtype: weights and activations dtype of the result (default: the model's).
         device: where the result lives (default: the model's device).
-        cuda_graph: replay the whole forward as one CUDA graph, captured per input shape after
-            the kernels are tuned, for batches up to ``cuda_graph_max_batch`` (launch-bound
-            small batches gain most). GPU backends only. Outputs are fresh tensors each call.
+        cuda_graph: replay the whole forward as one CUDA graph, captured per input shape (the
+            first call at a shape runs it twice, then captures), for batches up to
+            ``cuda_graph_max_batch``: launch-bound small batches gain most. ``"auto"`` (the
+            default): on for the GPU backends, off for ``"torch"`` and on the CPU. Calls under
+            ``torch.compile`` or inside a CUDA graph capture of your own run the plain launches.
+            Outputs are fresh tensors each call.
 
     Returns:
         A ``FusedNetwork`` with the model's call signature and outputs (and timm's
@@ -74,6 +77,10 @@ def optimize(
     compiled = compile_model(model)
     fused = FusedNetwork(compiled, default_cfg(model)).to(device=device, dtype=dtype).eval()
     fused.set_backend(backend)
+    if cuda_graph == "auto":
+        cuda_graph = backend != "torch" and device.type == "cuda"
+    elif not isinstance(cuda_graph, bool):
+        raise ValueError(f"cuda_graph must be True, False or 'auto', got {cuda_graph!r}")
     if cuda_graph:
         if backend == "torch" or device.type != "cuda":
             raise ValueError(

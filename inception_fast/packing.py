@@ -131,6 +131,25 @@ def _columns(op) -> list[tuple[int, int]]:
     return [(op.dst.start + i, f) for i in range(op.dst.channels)]
 
 
+ALIGN = 8  # the kernels load and store 8 channels (16 bytes) at a time
+
+
+def unsupported_reason(plan: BlockPlan) -> str | None:
+    """Why the kernels cannot run `plan` (None if they can): the packed format's rules that
+    need no weights. The network input's channels are padded to ALIGN by the backends."""
+    for op in plan.ops:
+        src = op.src
+        if src.buffer != INPUT or src != Slice(INPUT, 0, plan.in_channels):
+            if src.start % ALIGN or src.channels % ALIGN:
+                return f"{op} reads channels {src.start}:{src.stop}, not multiples of {ALIGN}"
+        for dst in ([w.dst for w in op.writes] if isinstance(op, Conv) else [op.dst]):
+            if dst.start % ALIGN or dst.channels % ALIGN:
+                return f"it writes channels {dst.start}:{dst.stop}, not multiples of {ALIGN}"
+        if getattr(op, "ceil_mode", False) and op.kind != MAX:
+            return "average pooling with ceil_mode=True (its edge divisor is not computed by the kernels)"
+    return None
+
+
 def pack_stage(block, stage_index: int, device, dtype, padded_in_channels: int | None = None,
                height: int | None = None, width: int | None = None) -> PackedStage:
     """Pack stage `stage_index` of a FusedBlock for one grouped launch on `device` in `dtype`.
@@ -246,6 +265,12 @@ def make_stage(
 def pack_block(block, device, dtype, padded_in_channels: int | None = None,
                height: int | None = None, width: int | None = None) -> list[PackedStage]:
     """Every stage of a block; `height`/`width` (the input size) only where `sized(plan)`."""
+    reason = unsupported_reason(block.plan)
+    if reason is not None:
+        raise ValueError(
+            f"the fused kernels cannot run {block.plan.label}: {reason}; use backend='auto' (which runs "
+            "such blocks on PyTorch ops) or backend='torch'"
+        )
     return [
         pack_stage(block, s, device, dtype, padded_in_channels if s == 0 else None, height, width)
         for s in range(len(block.plan.stages))

@@ -1,14 +1,16 @@
-"""Tile configurations for the stage kernel: chosen by timing once per problem, cached on disk.
+"""Tile configurations for the stage kernel: timed once per problem, cached on disk.
 
-The key is the stage (block plan, stage index, input size), a batch *bucket* (powers of 4),
-the dtype and the card, so nearby batch sizes share one tuning run and a second process reads
-the choice from the cache instead of timing again.
+The key is the stage's shape (`packing.stage_signature`), the input size, a batch *bucket*
+(powers of 4), the dtype and the card, so nearby batch sizes share one tuning run, a stage of
+the same shape in another network shares it too, and a second process reads the choice from
+the cache instead of timing again.
 
-`tuned_configs.json` ships choices measured on Hopper cards (299x299; fp16 and bf16 on an H200
-for batch buckets 1 to 256, fp32-TF32 on an H100 for buckets 1, 64 and 256): on a card of
-the same compute capability and SM count a first run uses them and tunes nothing, which keeps
-the cold start short. The user cache overrides them; INCEPTION_FAST_AUTOTUNE=force ignores the
-shipped table and times every new key.
+A first call never waits for tuning: it takes the choice cached for the key, else the one
+shipped in `tuned_configs.json` (measured on 132-SM Hopper cards), else the choice cached or
+shipped for the same stage at the nearest batch bucket, else a heuristic. Tuning runs ahead
+of time (`inception-fast tune`, which fills the cache) or, with INCEPTION_FAST_AUTOTUNE=1, on
+the first call of each new key (a progress line says so). INCEPTION_FAST_AUTOTUNE=force also
+ignores the shipped table and times every new key; =0 never times.
 """
 
 from __future__ import annotations
@@ -82,13 +84,47 @@ def _shipped() -> dict:
 
 def _shipped_config(key: str, device) -> tuple | None:
     """A shipped choice for `key`, if this card is a Hopper with the SMs they were tuned on."""
-    if os.environ.get("INCEPTION_FAST_AUTOTUNE") == "force":
-        return None
-    props = torch.cuda.get_device_properties(device)
-    if (props.major, props.minor, props.multi_processor_count) != SHIPPED_FOR:
+    if os.environ.get("INCEPTION_FAST_AUTOTUNE") == "force" or not _same_card(device):
         return None
     hit = _shipped().get(key.rsplit("/", 1)[0])
     return tuple(hit) if hit is not None else None
+
+
+def _same_card(device) -> bool:
+    props = torch.cuda.get_device_properties(device)
+    return (props.major, props.minor, props.multi_processor_count) == SHIPPED_FOR
+
+
+def _split(key: str) -> tuple[str, int, str]:
+    """(stage/size, bucket, dtype/card) of a key `signature/HxW/bB/dtype/card`."""
+    signature, size, bucket, rest = key.split("/", 3)
+    return f"{signature}/{size}", int(bucket[1:]), rest
+
+
+def _nearest_bucket(key: str, device, configs: list[tuple]) -> tuple | None:
+    """A choice for the same stage, size, dtype and card at the nearest batch bucket (cached,
+    or shipped for this kind of card): tile shapes that fit a batch of 256 fit 2048 too."""
+    stage, bucket, rest = _split(key)
+    found = {}
+    for other, config in cache.TUNING.entries().items():
+        o_stage, o_bucket, o_rest = _split(other)
+        if (o_stage, o_rest) == (stage, rest):
+            found[o_bucket] = config
+    if not found and _same_card(device) and os.environ.get("INCEPTION_FAST_AUTOTUNE") != "force":
+        dtype = rest.split("/", 1)[0]
+        for other, config in _shipped().items():
+            o_stage, o_bucket, o_dtype = _split(other)
+            if (o_stage, o_dtype) == (stage, dtype):
+                found[o_bucket] = config
+    usable = {b: tuple(c) for b, c in found.items() if tuple(c) in configs}
+    if not usable:
+        return None
+    # A split-K choice made for a small batch would waste a large one: prefer the nearest
+    # bucket on the same side of SMALL_BATCH.
+    def distance(b: int) -> tuple:
+        return ((b <= SMALL_BATCH) != (bucket <= SMALL_BATCH), abs(b.bit_length() - bucket.bit_length()))
+
+    return usable[min(usable, key=distance)]
 
 
 def default_config(configs: list[tuple], tiles_at_128: int) -> tuple:
@@ -118,13 +154,14 @@ def _time(launch, config, reps: int = 20) -> float:
 
 
 def enabled() -> bool:
-    return os.environ.get("INCEPTION_FAST_AUTOTUNE", "1") != "0"
+    """Whether a first call may time tile configs (INCEPTION_FAST_AUTOTUNE=1 or force)."""
+    return os.environ.get("INCEPTION_FAST_AUTOTUNE", "") in ("1", "force")
 
 
 def choose(key: str, launch, configs: list[tuple], fallback: tuple, device=None) -> tuple:
-    """The cached or shipped config for `key`, or time every config with `launch(config)` and
-    cache the fastest. No timing while tracing, under graph capture or with
-    INCEPTION_FAST_AUTOTUNE=0."""
+    """The config for `key`: cached, shipped, cached or shipped at the nearest batch bucket,
+    or (only where tuning is enabled) time every config with `launch(config)` and cache the
+    fastest; else `fallback`. Never times while tracing or under graph capture."""
     hit = cache.TUNING.get(key)  # validated on read: six positive ints
     if hit is not None:
         return tuple(hit)
@@ -136,7 +173,7 @@ def choose(key: str, launch, configs: list[tuple], fallback: tuple, device=None)
         or torch.compiler.is_compiling()
         or torch.cuda.is_current_stream_capturing()
     ):
-        return fallback
+        return _nearest_bucket(key, device, configs) or fallback
     print(f"inception_fast: tuning {key} over {len(configs)} tile configs", file=sys.stderr)
     timings = {}
     for config in configs:
