@@ -53,11 +53,17 @@ def options(**kw) -> bench.BenchOptions:
     return bench.BenchOptions(**{**settings, **kw})
 
 
-def test_a_network_optimize_does_not_accept_is_reported_and_nothing_is_timed():
+def test_a_network_optimize_does_not_accept_is_reported_and_nothing_is_timed(monkeypatch):
+    import inception_fast
+
+    def refuse(model, **kwargs):
+        raise inception_fast.UnsupportedModel("conv1: a layer the kernels do not have")
+
+    monkeypatch.setattr(bench, "optimize", refuse)
     document = bench.run_bench(options())
     (row,) = document["results"]
     assert row["status"] == "not supported" and row["model"] == "googlenet"
-    assert row["error"].startswith("not supported by this version: optimize() raised TypeError")
+    assert row["error"].startswith("not supported by this version: optimize() raised UnsupportedModel: conv1")
     assert document["model_info"]["supported"] is False
     assert bench.failed_checks(document) == []
 

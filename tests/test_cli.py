@@ -53,11 +53,16 @@ def test_usage_lists_only_public_commands_and_every_option_has_help():
     parser = build_parser()
     assert "_first-inference" not in parser.format_usage() + parser.format_help()
     commands = next(a for a in parser._actions if a.dest == "command").choices
-    assert set(commands) == {"info", "bench", "ttfi"}
-    for name in ("info", "ttfi"):
+    assert set(commands) == {"info", "bench", "ttfi", "tune"}
+    for name in ("info", "ttfi", "tune"):
         assert commands[name].description, name
         for action in commands[name]._actions:
             assert action.help, f"{name} {action.option_strings} has no help text"
+
+
+def test_tune_without_a_gpu_says_so():
+    proc = run_cli("tune", "--model", "googlenet", "--batch", "1")
+    assert proc.returncode == 2 and "no CUDA device" in proc.stderr
 
 
 def test_the_fresh_process_of_ttfi_is_still_reachable():
@@ -82,7 +87,7 @@ def test_bench_on_cpu_validates_and_prints_the_table(tmp_path):
     assert any(line.startswith("the anchor at batch 1: ") for line in lines)
     # The floor: one line in the table, then one per block (22 blocks of Inception-v4) and the total.
     assert any(line.startswith("convs alone (F.conv2d, CPU)") for line in lines)
-    assert any(line.startswith("features.21 InceptionC -> FusedInceptionC") for line in lines)
+    assert any(line.startswith("features.21 InceptionC -> 4 stages") for line in lines)
 
     document = json.loads(result_path.read_text())
     assert document["schema"] == "inception_fast.bench/2" and document["model"] == "inception_v4"
@@ -102,16 +107,15 @@ def test_bench_on_cpu_validates_and_prints_the_table(tmp_path):
     assert len(blocks) == 22 and sum(r["convs"] for r in blocks) == 149
 
 
-def test_bench_reports_a_network_optimize_does_not_accept_yet(tmp_path):
+def test_bench_runs_another_network_of_the_family(tmp_path):
     result_path = tmp_path / "bench.json"
     proc = run_cli("bench", "--device", "cpu", "--model", "googlenet", "--batch", "1", "--image-size", "64",
-                   "--json", str(result_path))
-    # Not a failure: this version of optimize() says it does not take GoogLeNet, and why.
+                   "--budget-ms", "100", "--floor-budget-ms", "2", "--json", str(result_path))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "googlenet: not supported by this version: optimize() raised TypeError" in proc.stdout
+    fused = [line for line in proc.stdout.splitlines() if line.startswith("fused default")]
+    assert len(fused) == 1 and fused[0].rstrip().endswith("pass"), proc.stdout
     document = json.loads(result_path.read_text())
-    assert document["model_info"]["supported"] is False
-    assert [r["status"] for r in document["results"]] == ["not supported"]
+    assert document["model"] == "googlenet" and document["model_info"]["supported"] is True
 
 
 def test_bench_rejects_a_too_small_image():

@@ -96,5 +96,5 @@ def test_floor_labels_name_the_fused_block_at_the_same_path():
     source = Tiny().eval()
     fused = inception_fast.optimize(source, backend="torch")
     labels = conv_floor.block_labels(source, fused, ["stem", "blocks.0", "blocks.1"])
-    assert labels["stem"] == "stem Sequential"
+    assert labels["stem"] == "stem Sequential -> 1 stages"
     assert labels["blocks.0"].startswith("blocks.0 Branches -> ") and labels["blocks.0"].endswith("stages")
