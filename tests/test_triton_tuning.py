@@ -63,3 +63,14 @@ def test_shipped_table_covers_the_network_and_holds_candidates():
         bucket = int(key.split("/")[2][1:])
         assert len(config) == 6, key
         assert config[5] == 1 or bucket <= tuning.SMALL_BATCH, key
+
+
+def test_heuristic_takes_wide_tiles_for_big_stages_and_splits_k_for_small_ones():
+    big = tuning.candidates(1024, tuning.batch_bucket(256), True, 2)
+    assert tuning.default_config(big, lambda bm, bn: 10_000 // (bm * bn // 4096)) == (128, 256, 64, 8, 3, 1)
+    small = tuning.candidates(1024, tuning.batch_bucket(1), True, 2)
+    chosen = tuning.default_config(small, lambda bm, bn: 12 if (bm, bn) == (64, 64) else 3)
+    assert chosen[:2] == (64, 64) and chosen[5] == 8  # 12 tiles x 8 parts fill 132 SMs
+    assert chosen in small
+    medium = tuning.default_config(small, lambda bm, bn: 40 if (bm, bn) == (64, 64) else 10)
+    assert medium[5] == 2

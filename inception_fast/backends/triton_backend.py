@@ -122,7 +122,8 @@ def _run_stage(stage, x, work, out, key: str):
         configs = tuning.candidates(
             min(convs, default=64), tuning.batch_bucket(n), kinds[0], x.element_size()
         )
-        fallback = tuning.default_config(configs, stage_tiles(stage, n, h, w, 128, 128))
+        sms = torch.cuda.get_device_properties(x.device).multi_processor_count
+        fallback = tuning.default_config(configs, lambda bm, bn: stage_tiles(stage, n, h, w, bm, bn), sms)
         name = torch.cuda.get_device_name(x.device).replace(" ", "_")
         full_key = f"{key}/{h}x{w}/b{tuning.batch_bucket(n)}/{precision_key(x)}/{name}"
         config = tuning.choose(full_key, launch, configs, fallback, x.device)

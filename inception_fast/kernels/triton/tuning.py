@@ -127,9 +127,27 @@ def _nearest_bucket(key: str, device, configs: list[tuple]) -> tuple | None:
     return usable[min(usable, key=distance)]
 
 
-def default_config(configs: list[tuple], tiles_at_128: int) -> tuple:
-    """Without timing: big tiles when they fill the card, smaller ones when they don't."""
-    return configs[0] if tiles_at_128 >= 264 else configs[3]
+def default_config(configs: list[tuple], tiles, sms: int = 132) -> tuple:
+    """Without timing, the shape of the choices tuned on Hopper: the widest tile that still
+    gives every SM two tiles; 64x64 tiles when even those are few, their K loop split so the
+    tiles fill the SMs (small batches). `tiles(block_m, block_n)`: the stage's tile count."""
+    def first(*wanted) -> tuple | None:
+        for want in wanted:
+            hit = next((c for c in configs if c[:2] == want[:2] and c[5] == want[5]), None)
+            if hit is not None:
+                return hit
+        return None
+
+    for block_m, block_n in ((128, 256), (128, 128), (128, 64)):
+        if tiles(block_m, block_n) >= 2 * sms:
+            found = first((block_m, block_n, 0, 0, 0, 1))
+            if found:
+                return found
+    small = tiles(64, 64)
+    parts = 1
+    while parts < 8 and small * parts * 2 <= sms:
+        parts *= 2
+    return first((64, 64, 0, 0, 0, parts), (64, 64, 0, 0, 0, 1)) or configs[0]
 
 
 def _time(launch, config, reps: int = 20) -> float:
