@@ -20,8 +20,9 @@ from pathlib import Path
 if __package__ in (None, "") and __name__ == "__main__":  # run as a script from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from functools import cache
+
 from inception_fast import costs
-from inception_fast.plan import FEATURE_PLANS
 
 DTYPE_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4, "fp32-tf32": 4}
 
@@ -67,21 +68,33 @@ def measure_peaks(size: int = 8192) -> dict:
     return peaks
 
 
-def block_floors(image_size: int, batch: int, dtype: str, peaks: dict) -> list[dict]:
+@cache
+def network_plans(model: str = "inception_v4") -> tuple:
+    """The block plans of a network, as optimize() derives them (random weights: plans only)."""
+    import inception_fast
+    from inception_fast import architectures
+
+    return tuple(b.plan for b in inception_fast.optimize(architectures.create(model), backend="torch").blocks)
+
+
+def block_floors(
+    image_size: int, batch: int, dtype: str, peaks: dict, model: str = "inception_v4"
+) -> list[dict]:
     """One row per distinct block: its count in the network, work, traffic and floors."""
-    counts = Counter(plan.name for plan in FEATURE_PLANS)
+    plans = network_plans(model)
+    counts = Counter(plans)
     rows, seen = [], set()
-    for cost, plan in zip(costs.feature_costs(image_size), FEATURE_PLANS):
-        if plan.name in seen:
+    for cost, plan in zip(costs.block_costs(list(plans), image_size, image_size), plans):
+        if plan in seen:
             continue
-        seen.add(plan.name)
+        seen.add(plan)
         _, height, width = cost.in_shape
         flop = costs.flops(plan, height, width) * batch
         least = costs.min_bytes(plan, height, width, DTYPE_BYTES[dtype], batch)
         staged = costs.staged_bytes(plan, height, width, DTYPE_BYTES[dtype], batch)
         floor = costs.floor_ms(flop, least, peaks[dtype], peaks["copy_tbps"])
         rows.append({
-            "block": plan.name, "count": counts[plan.name], "in_shape": cost.in_shape,
+            "block": plan.name, "count": counts[plan], "in_shape": cost.in_shape,
             "out_shape": cost.out_shape, "gflop": flop / 1e9, "min_mb": least / 1e6,
             "staged_mb": staged / 1e6,
             "compute_ms": floor["compute_ms"], "memory_ms": floor["memory_ms"],

@@ -13,12 +13,14 @@ import copy
 
 import pytest
 import torch
+from floors import network_plans
 from harness import assert_accurate, judge, measure
 
 from inception_fast import bench, costs
 from inception_fast.backends import backend_status
 from inception_fast.modules import fuse_block
-from inception_fast.plan import FEATURE_PLANS
+
+FEATURE_PLANS = network_plans("inception_v4")[:22]  # the plans of `features`, by index
 
 BLOCK_INPUT_SETS = 2
 IMPLEMENTATIONS = ("eager", "torch", "triton", "cuda")  # eager = the reference block (cuDNN on a GPU)

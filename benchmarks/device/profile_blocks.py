@@ -24,8 +24,12 @@ import torch
 from inception_fast import bench, timing
 from inception_fast.backends import backend_status
 from inception_fast.modules import fuse_block
-from inception_fast.plan import FEATURE_PLANS
 from inception_fast.testing import calibrated_inception_v4
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from floors import network_plans
+
+FEATURE_PLANS = network_plans("inception_v4")[:22]  # the plans of `features`, by index
 
 
 def main(argv=None) -> int:
