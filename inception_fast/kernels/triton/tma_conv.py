@@ -75,14 +75,14 @@ def _gemm_tiles(
     base, src_stride, w_ptr, w_off, cin, cols, col_off, N, H, W, first, tiles, programs,
     bias_ptr, col_dst_ptr, col_flags_ptr, work_ptr, out_ptr, C_WORK, C_OUT, x_ptr, C_IN,
     INDEX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, HAS_RESIDUAL: tl.constexpr, FLATTEN: tl.constexpr,
 ):
     """1x1 conv, no padding: a GEMM over the source slice's pixel rows."""
     M = N * H * W
     a_desc = tl.make_tensor_descriptor(base, [M, cin], [src_stride, 1], [BLOCK_M, BLOCK_K])
     b_desc = tl.make_tensor_descriptor(w_ptr + w_off, [cols, cin], [cin, 1], [BLOCK_N, BLOCK_K])
     n_tiles = tl.cdiv(cols, BLOCK_N)
-    for t in range(first, tiles, programs):
+    for t in tl.range(first, tiles, programs, flatten=FLATTEN):
         m0 = (t // n_tiles) * BLOCK_M
         col0 = (t % n_tiles) * BLOCK_N
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -104,6 +104,7 @@ def _flat_tiles(
     bias_ptr, col_dst_ptr, col_flags_ptr, work_ptr, out_ptr, C_WORK, C_OUT, x_ptr, C_IN,
     INDEX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, HAS_RESIDUAL: tl.constexpr, MASK_ROWS: tl.constexpr,
+    FLATTEN: tl.constexpr,
 ):
     """KHxKW stride-1 conv on the virtual grid of input width (module docstring, FLAT).
     MASK_ROWS: zero the rows whose horizontal tap leaves the image (PAD_W > 0)."""
@@ -117,7 +118,7 @@ def _flat_tiles(
     k_blocks = tl.cdiv(cin, BLOCK_K)
     steps = kh * kw * k_blocks
     keeps_size = (oh == H) & (ow == W)
-    for t in range(first, tiles, programs):
+    for t in tl.range(first, tiles, programs, flatten=FLATTEN):
         pid_m = t // n_tiles
         col0 = (t % n_tiles) * BLOCK_N
         img = pid_m // per_image
@@ -151,7 +152,7 @@ def _box_tiles(
     first, tiles, programs,
     bias_ptr, col_dst_ptr, col_flags_ptr, work_ptr, out_ptr, C_WORK, C_OUT, x_ptr, C_IN,
     INDEX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    BOX_W: tl.constexpr, INPUT_PRECISION: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+    BOX_W: tl.constexpr, INPUT_PRECISION: tl.constexpr, HAS_RESIDUAL: tl.constexpr, FLATTEN: tl.constexpr,
 ):
     """KHxKW stride-1 conv with BOX_H x BOX_W output tiles (module docstring, BOX)."""
     BOX_H: tl.constexpr = BLOCK_M // BOX_W
@@ -166,7 +167,7 @@ def _box_tiles(
     k_blocks = tl.cdiv(cin, BLOCK_K)
     steps = kh * kw * k_blocks
     keeps_size = (oh == H) & (ow == W)
-    for t in range(first, tiles, programs):
+    for t in tl.range(first, tiles, programs, flatten=FLATTEN):
         pid_m = t // n_tiles
         col0 = (t % n_tiles) * BLOCK_N
         img = pid_m // per_image
@@ -215,12 +216,14 @@ def _tma_stage_kernel(
     N, H, W, C_IN, C_WORK, C_OUT, num_problems,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BOX_W: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, HAS_GEMM: tl.constexpr, HAS_TAPS: tl.constexpr,
-    TAP_MASK: tl.constexpr, HAS_RESIDUAL: tl.constexpr, WIDE_INDEX: tl.constexpr,
+    TAP_MASK: tl.constexpr, HAS_RESIDUAL: tl.constexpr, WIDE_INDEX: tl.constexpr, FLATTEN: tl.constexpr,
 ):
     """Every problem of `prob_ptr` is a stride-1 conv (`row_reason` is None). HAS_GEMM /
     HAS_TAPS: the stage has 1x1 problems / wider windows (the other path is compiled out).
     TAP_MASK: some FLAT problem has PAD_W > 0 (its masked K loop is compiled in). BOX_W: 0 for
-    FLAT tiles, else the box width of BOX tiles. WIDE_INDEX: int64 destination offsets."""
+    FLAT tiles, else the box width of BOX tiles. WIDE_INDEX: int64 destination offsets.
+    FLATTEN: fuse each tile loop with its K loop, so that the pipeliner loads the next tile's
+    first K steps while this tile's last MMAs and its epilogue run."""
     INDEX: tl.constexpr = tl.int64 if WIDE_INDEX else tl.int32
     # Multiples of 8 elements (16 bytes), written so that the alignment analysis sees it
     # (see the stage kernel): 16-byte epilogue stores.
@@ -254,7 +257,7 @@ def _tma_stage_kernel(
                 _gemm_tiles(
                     base, src_stride, w_ptr, w_off, cin, cols, col_off, N, H, W, first, tiles, programs,
                     bias_ptr, col_dst_ptr, col_flags_ptr, work_ptr, out_ptr, C_WORK, C_OUT, x_ptr, C_IN,
-                    INDEX, BLOCK_M, BLOCK_N, BLOCK_K, INPUT_PRECISION, HAS_RESIDUAL,
+                    INDEX, BLOCK_M, BLOCK_N, BLOCK_K, INPUT_PRECISION, HAS_RESIDUAL, FLATTEN,
                 )
         if HAS_TAPS:
             if not is_gemm:
@@ -263,7 +266,7 @@ def _tma_stage_kernel(
                         base, src_stride, w_ptr, w_off, cin, cols, col_off, kh, kw, ph, pw, oh, ow,
                         N, H, W, first, tiles, programs, bias_ptr, col_dst_ptr, col_flags_ptr,
                         work_ptr, out_ptr, C_WORK, C_OUT, x_ptr, C_IN,
-                        INDEX, BLOCK_M, BLOCK_N, BLOCK_K, BOX_W, INPUT_PRECISION, HAS_RESIDUAL,
+                        INDEX, BLOCK_M, BLOCK_N, BLOCK_K, BOX_W, INPUT_PRECISION, HAS_RESIDUAL, FLATTEN,
                     )
                 elif TAP_MASK:
                     # Problems without horizontal padding take the unmasked copy of the K loop,
@@ -273,21 +276,21 @@ def _tma_stage_kernel(
                             base, src_stride, w_ptr, w_off, cin, cols, col_off, kh, kw, ph, pw, oh, ow,
                             N, H, W, first, tiles, programs, bias_ptr, col_dst_ptr, col_flags_ptr,
                             work_ptr, out_ptr, C_WORK, C_OUT, x_ptr, C_IN,
-                            INDEX, BLOCK_M, BLOCK_N, BLOCK_K, INPUT_PRECISION, HAS_RESIDUAL, True,
+                            INDEX, BLOCK_M, BLOCK_N, BLOCK_K, INPUT_PRECISION, HAS_RESIDUAL, True, FLATTEN,
                         )
                     else:
                         _flat_tiles(
                             base, src_stride, w_ptr, w_off, cin, cols, col_off, kh, kw, ph, pw, oh, ow,
                             N, H, W, first, tiles, programs, bias_ptr, col_dst_ptr, col_flags_ptr,
                             work_ptr, out_ptr, C_WORK, C_OUT, x_ptr, C_IN,
-                            INDEX, BLOCK_M, BLOCK_N, BLOCK_K, INPUT_PRECISION, HAS_RESIDUAL, False,
+                            INDEX, BLOCK_M, BLOCK_N, BLOCK_K, INPUT_PRECISION, HAS_RESIDUAL, False, FLATTEN,
                         )
                 else:
                     _flat_tiles(
                         base, src_stride, w_ptr, w_off, cin, cols, col_off, kh, kw, ph, pw, oh, ow,
                         N, H, W, first, tiles, programs, bias_ptr, col_dst_ptr, col_flags_ptr,
                         work_ptr, out_ptr, C_WORK, C_OUT, x_ptr, C_IN,
-                        INDEX, BLOCK_M, BLOCK_N, BLOCK_K, INPUT_PRECISION, HAS_RESIDUAL, False,
+                        INDEX, BLOCK_M, BLOCK_N, BLOCK_K, INPUT_PRECISION, HAS_RESIDUAL, False, FLATTEN,
                     )
         tile_base += tiles
 
@@ -297,7 +300,8 @@ def _tma_stage_kernel(
 
 class TmaConfig(NamedTuple):
     """A launch of the TMA kernel. box_w: 0 for FLAT tiles of windows wider than 1x1, else BOX
-    tiles of (block_m // box_w) x box_w pixels. per_sm: persistent programs per SM."""
+    tiles of (block_m // box_w) x box_w pixels. per_sm: persistent programs per SM. flatten:
+    1 fuses the tile and K loops (the kernel's FLATTEN)."""
 
     block_m: int = 128
     block_n: int = 128
@@ -306,15 +310,16 @@ class TmaConfig(NamedTuple):
     num_stages: int = 4
     box_w: int = 0
     per_sm: int = 1
+    flatten: int = 1
 
     def label(self) -> str:
         tiles = f"{self.block_m // self.box_w}x{self.box_w}box" if self.box_w else "flat"
         return (f"{self.block_m}x{self.block_n}x{self.block_k} w{self.num_warps} s{self.num_stages} "
-                f"{tiles} {self.per_sm}/SM")
+                f"{tiles} {self.per_sm}/SM{' flat-loop' if self.flatten else ''}")
 
 
 ENV_MODE = "INCEPTION_FAST_TMA"  # 1: stages of TMA-expressible convs only; split: also mixed stages
-ENV_CONFIG = "INCEPTION_FAST_TMA_CONFIG"  # block_m,block_n,block_k,warps,stages[,box_w[,per_sm]]
+ENV_CONFIG = "INCEPTION_FAST_TMA_CONFIG"  # block_m,block_n,block_k,warps,stages[,box_w[,per_sm[,flatten]]]
 MODES = ("1", "split")
 
 
@@ -372,6 +377,7 @@ class TmaStage:
     has_taps: bool
     tap_mask: bool  # some wider window has PAD_W > 0 (FLAT tiles mask its wrapped rows)
     has_residual: bool
+    rest_signature: str = ""  # `packing.stage_signature(rest)`: its tuning key
     configs: dict = dataclasses.field(default_factory=dict)  # TmaConfig per input shape
 
     def kernel_flags(self, box_w: int) -> tuple[bool, bool, bool, bool]:
@@ -409,6 +415,7 @@ def plan_stage(stage: pk.PackedStage, allow_split: bool = False) -> TmaStage | N
         has_taps=any(not _is_gemm(r) for r in rows),
         tap_mask=any(not _is_gemm(r) and r[pk.PAD_W] > 0 for r in rows),
         has_residual=_any_residual(stage, rows),
+        rest_signature=pk.stage_signature(rest) if rest is not None else "",
     )
 
 
@@ -493,8 +500,10 @@ def default_config(tma: TmaStage, element_size: int) -> TmaConfig:
         try:
             return TmaConfig(*(int(v) for v in override.split(",")))
         except (TypeError, ValueError):
-            raise ValueError(f"{ENV_CONFIG}={override!r}: give block_m,block_n,block_k,num_warps,"
-                             "num_stages[,box_w[,per_sm]] as integers, e.g. 128,128,64,8,4") from None
+            raise ValueError(
+                f"{ENV_CONFIG}={override!r}: give block_m,block_n,block_k,num_warps,num_stages"
+                "[,box_w[,per_sm[,flatten]]] as integers, e.g. 128,128,64,8,4"
+            ) from None
     min_cin = min(row[pk.CIN] for row in tma.rows)
     block_k = 32 if element_size >= 4 or min_cin <= 32 else 64
     return TmaConfig(block_k=block_k)
@@ -531,6 +540,7 @@ def launch_tma_tensors(
         BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k, BOX_W=config.box_w,
         INPUT_PRECISION=precision, HAS_GEMM=has_gemm, HAS_TAPS=has_taps, TAP_MASK=tap_mask,
         HAS_RESIDUAL=has_residual, WIDE_INDEX=max(x.numel(), work.numel(), out.numel()) >= 2**31,
+        FLATTEN=bool(config.flatten),
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
 
