@@ -186,7 +186,7 @@ def _run_tma_stage(tma, x, work, out, signature: str) -> None:
     config = tma.configs.get(shape)
     if config is None:
         config = tma_conv.default_config(tma, x.element_size())
-        tma_conv.check_config(config, x.element_size())
+        tma_conv.check_config(config)
         if not torch.compiler.is_compiling():
             tma.configs[shape] = config
     torch.ops.inception_fast.triton_tma_stage(

@@ -509,14 +509,13 @@ def default_config(tma: TmaStage, element_size: int) -> TmaConfig:
     return TmaConfig(block_k=block_k)
 
 
-def check_config(config: TmaConfig, element_size: int) -> None:
-    """Shapes the kernel can take (ValueError naming the field)."""
+def check_config(config: TmaConfig) -> None:
+    """Shapes the kernel can take (ValueError naming the field). A box row of block_k >= 16
+    elements is at least the 16 bytes a descriptor needs."""
     for name in ("block_m", "block_n", "block_k"):
         value = getattr(config, name)
         if value < 16 or value & (value - 1) or value > 256:
             raise ValueError(f"{name} must be a power of two in [16, 256], got {value}")
-    if config.block_k * element_size < 16:
-        raise ValueError(f"block_k={config.block_k}: a descriptor row needs at least 16 bytes")
     if config.box_w and (config.box_w & (config.box_w - 1) or config.block_m % config.box_w):
         raise ValueError(f"box_w={config.box_w} must be a power of two that divides block_m={config.block_m}")
     if config.per_sm < 1:
@@ -555,7 +554,7 @@ def launch_tma_stage(kernel, tma: TmaStage, x, work, out, config: TmaConfig, pre
     """The TMA rows of one stage, launched directly (tests, the interpreter, benchmarks); the
     `rest` rows are the caller's. precision: "tf32" or "ieee" (fp32 only; fp16/bf16 ignore it)."""
     config = TmaConfig(*config)
-    check_config(config, x.element_size())
+    check_config(config)
     tf32 = precision == "tf32" and x.dtype == torch.float32
     launch_tma_tensors(
         kernel, num_programs(tma, x, config), x, work, out, tma.problems, tma.stage.weights_for(tf32),
