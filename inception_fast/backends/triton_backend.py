@@ -121,13 +121,20 @@ def _run_stage(stage, x, work, out, key: str):
             stage.col_flags, scratch, counts, tiles, *config, tf32, *kinds,
         )
 
-    # The chosen config per shape is kept on the stage: no key building on the hot path.
-    shape = (n, h, w, x.dtype, tf32)
+    launch(stage_config(stage, x, key, launch))
+
+
+def stage_config(stage, x: torch.Tensor, key: str, launch) -> tuple:
+    """The stage kernel's config for `stage` on inputs shaped like `x`: cached, shipped, from
+    the nearest batch bucket or a heuristic, timed with `launch(config)` only where tuning is
+    enabled (`tuning.choose`). Kept on the stage per shape: no key building on the hot path."""
+    n, _, h, w = x.shape
+    shape = (n, h, w, x.dtype, uses_tf32(x))
     config = stage.configs.get(shape)
     if config is None:
         convs = [row[pk.CIN] for row in stage.rows if row[pk.KIND] == pk.CONV]
         configs = tuning.candidates(
-            min(convs, default=64), tuning.batch_bucket(n), kinds[0], x.element_size()
+            min(convs, default=64), tuning.batch_bucket(n), stage_kinds(stage)[0], x.element_size()
         )
         fallback = tuning.default_config(configs, stage_tiles(stage, n, h, w, 128, 128))
         name = torch.cuda.get_device_name(x.device).replace(" ", "_")
@@ -135,7 +142,7 @@ def _run_stage(stage, x, work, out, key: str):
         config = tuning.choose(full_key, launch, configs, fallback, x.device)
         if not torch.compiler.is_compiling():
             stage.configs[shape] = config
-    launch(config)
+    return config
 
 
 def _split_k_buffers(stage, n, h, w, config, x):

@@ -313,9 +313,9 @@ class TmaConfig(NamedTuple):
     flatten: int = 1
 
     def label(self) -> str:
-        tiles = f"{self.block_m // self.box_w}x{self.box_w}box" if self.box_w else "flat"
+        tiles = f"box{self.block_m // self.box_w}x{self.box_w}" if self.box_w else "flat"
         return (f"{self.block_m}x{self.block_n}x{self.block_k} w{self.num_warps} s{self.num_stages} "
-                f"{tiles} {self.per_sm}/SM{' flat-loop' if self.flatten else ''}")
+                f"{tiles} {self.per_sm}/SM{' fused-loops' if self.flatten else ''}")
 
 
 ENV_MODE = "INCEPTION_FAST_TMA"  # 1: stages of TMA-expressible convs only; split: also mixed stages
