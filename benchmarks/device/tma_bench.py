@@ -52,8 +52,9 @@ TOLERANCE = 5e-3  # relative L2 against the stage kernel (same products, other s
 
 def tile_configs(tma: tma_conv.TmaStage) -> list[TmaConfig]:
     """The grid: 128-pixel tiles; 64/128/256 columns; K steps of 64; 3 or 4 stages; 4 or 8
-    warps; persistent flattened loops; plus unflattened loops, 2 programs per SM, K steps of
-    32, and for wider windows BOX tiles of 8x16 and 16x8 pixels."""
+    warps; persistent, tile and K loops fused; plus unfused loops, 2 programs per SM where two
+    fit (shared memory, registers), K steps of 32, and for wider windows BOX tiles of 8x16 and
+    16x8 pixels."""
     configs = [
         TmaConfig(128, n, 64, warps, stages)
         for n in (64, 128, 256) for stages in (3, 4) for warps in (4, 8)
@@ -63,7 +64,8 @@ def tile_configs(tma: tma_conv.TmaStage) -> list[TmaConfig]:
     ]
     configs += [
         TmaConfig(128, 128, 64, 8, 4, flatten=0), TmaConfig(128, 256, 64, 8, 3, flatten=0),
-        TmaConfig(128, 64, 64, 4, 3, per_sm=2), TmaConfig(128, 128, 32, 4, 4, per_sm=2),
+        TmaConfig(128, 64, 64, 4, 3, per_sm=2), TmaConfig(128, 64, 64, 8, 3, per_sm=2),
+        TmaConfig(128, 128, 32, 4, 4, per_sm=2),
         TmaConfig(128, 128, 32, 8, 4),
     ]
     if tma.has_taps:
