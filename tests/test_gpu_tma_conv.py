@@ -132,6 +132,9 @@ SWEEP_CONFIGS = [
     TmaConfig(128, 128, 64, 8, 4, box_w=16),
     TmaConfig(128, 128, 64, 8, 4, box_w=8),
     TmaConfig(64, 128, 64, 4, 4),
+    TmaConfig(128, 128, 64, 8, 4, rows=1),
+    TmaConfig(64, 128, 64, 4, 4, rows=1),
+    TmaConfig(128, 128, 64, 8, 4, box_w=8, flatten=0),
 ]
 SWEEP_STAGES = [("InceptionB", 0), ("InceptionB", 2), ("InceptionB", 1), ("Mixed4a", 1),
                 ("irv2-Block35", 3), ("InceptionC", 3)]

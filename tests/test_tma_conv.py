@@ -46,8 +46,11 @@ def test_plan_of_a_conv_stage():
     tma = tma_conv.plan_stage(_stage_of("asymmetric_windows", 0))
     assert tma.rest is None and len(tma.rows) == 4
     assert (tma.has_gemm, tma.has_taps, tma.tap_mask, tma.has_residual) == (False, True, True, False)
-    # BOX tiles zero-fill both axes: no masked K loop
-    assert tma.kernel_flags(box_w=16) == (False, True, False, False)
+    # BOX tiles zero-fill both axes, ROWS tiles mask windows that keep the size: no masked
+    # FLAT loop left
+    assert tma.kernel_flags(TmaConfig(box_w=16)) == (False, True, False, False)
+    assert tma.kernel_flags(TmaConfig(rows=1)) == (False, True, False, False)
+    assert tma.kernel_flags(TmaConfig()) == (False, True, True, False)
     residual = tma_conv.plan_stage(_stage_of("residual_relu", 0))
     assert (residual.has_gemm, residual.has_taps, residual.has_residual) == (True, False, True)
 
@@ -96,6 +99,8 @@ def test_config_override_and_checks(monkeypatch):
         tma_conv.check_config(TmaConfig(block_n=96))
     with pytest.raises(ValueError, match="box_w=48"):
         tma_conv.check_config(TmaConfig(box_w=48))
+    with pytest.raises(ValueError, match="exclude each other"):
+        tma_conv.check_config(TmaConfig(box_w=16, rows=1))
 
 
 def test_tiles_and_waste():
@@ -109,6 +114,13 @@ def test_tiles_and_waste():
     assert tma_conv.computed_fraction([row], 2, 17, 17, box) == pytest.approx(289 / 768)
     gemm = _row(cols=320)  # 1x1: tiles run across images
     assert tma_conv.tma_tiles([gemm], 2, 17, 17, flat) == 5 * 3
+    rows = flat._replace(rows=1)  # ROWS: a window that keeps the size tiles as a 1x1 does
+    assert tma_conv.tma_tiles([row], 2, 17, 17, rows) == 5 * 2
+    assert tma_conv.computed_fraction([row], 2, 17, 17, rows) == pytest.approx(578 / 640)
+    # no padding: the map shrinks, so FLAT tiles per image over its 15 rows of 17 columns
+    valid = _row(kernel=(3, 3), cols=64)
+    assert tma_conv.tma_tiles([valid], 2, 17, 17, rows) == 2 * 2
+    assert tma_conv.tma_tiles([valid], 2, 17, 17, flat) == 2 * 2
 
 
 def test_buffers_reason():

@@ -73,6 +73,13 @@ def tile_configs(tma: tma_conv.TmaStage) -> list[TmaConfig]:
             TmaConfig(128, n, 64, warps, stages, box_w=box_w)
             for box_w in (16, 8) for n, warps, stages in ((128, 8, 4), (256, 8, 3), (64, 4, 4))
         ]
+        # 64-pixel tiles: FLAT tiles stay inside one image, so a 17x17 map wastes 25% of
+        # 128-pixel tiles (10% of 64) and an 8x8 map half (none)
+        configs += [TmaConfig(64, 128, 64, 4, 4), TmaConfig(64, 256, 64, 4, 3),
+                    TmaConfig(64, 128, 64, 4, 3, per_sm=2), TmaConfig(64, 128, 64, 4, 4, box_w=8)]
+        # ROWS tiles: across images, every off-centre tap masked
+        configs += [TmaConfig(128, n, 64, warps, stages, rows=1)
+                    for n, warps, stages in ((128, 8, 4), (256, 8, 3), (64, 4, 4), (128, 8, 3))]
     return configs
 
 
@@ -100,7 +107,8 @@ def _warm(tasks: list) -> list:
                     BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
                     BOX_W=config.box_w, INPUT_PRECISION="ieee", HAS_GEMM=has_gemm, HAS_TAPS=has_taps,
                     TAP_MASK=tap_mask, HAS_RESIDUAL=has_residual, WIDE_INDEX=False,
-                    FLATTEN=bool(config.flatten), num_warps=config.num_warps, num_stages=config.num_stages,
+                    FLATTEN=bool(config.flatten), ROWS=bool(config.rows), num_warps=config.num_warps,
+                    num_stages=config.num_stages,
                 )
             else:
                 (bm, bn, bk, warps, stages, _), (has_conv, has_pool, has_residual), wide, split = task[1:]
@@ -365,7 +373,7 @@ def main(argv=None) -> int:
           "kernel")
     batches = [int(b) for b in args.batches.split(",")]
     variants = {
-        ("tma", tuple(config), s["tma"].kernel_flags(config.box_w))
+        ("tma", tuple(config), s["tma"].kernel_flags(config))
         for s in stages if s["tma"] is not None for config in tile_configs(s["tma"])
     }
     variants |= stage_kernel_variants(stages, batches, device)

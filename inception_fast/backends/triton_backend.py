@@ -199,7 +199,7 @@ def _run_tma_stage(tma, x, work, out, signature: str) -> None:
     torch.ops.inception_fast.triton_tma_stage(
         x, work, out, tma.problems, tma.stage.weights_for(tf32), tma.stage.bias, tma.stage.col_dst,
         tma.stage.col_flags, tma_conv.num_programs(tma, x, config), list(config), tf32,
-        *tma.kernel_flags(config.box_w),
+        *tma.kernel_flags(config),
     )
     if tma.rest is not None:
         _run_stage(tma.rest, x, work, out, tma.rest_signature)

@@ -18,7 +18,13 @@ express: strided convs, pools):
   dropped column.
 - BOX (BOX_W > 0): output tiles are BOX_H x BOX_W pixels of one image and tap (dh, dw) is
   one box of the 4-D tensor [N, H, W, CIN]; out-of-image rows and columns are zero-filled on
-  both axes, no masks. Tiles waste work where the map is not a multiple of the box.
+  both axes, no masks. Tiles waste work where the map is not a multiple of the box, and
+  Triton (3.6) moves a box that merges two dimensions through registers to the tensor cores.
+- ROWS (config `rows`, for windows that keep the size): pixel tiles run across images, as
+  GEMM tiles do, and tap (dh, dw) is the box of [N*H*W, CIN] at row m0 + (dh - PAD_H)*W +
+  (dw - PAD_W); rows whose tap leaves their image on either axis are zeroed in registers. No
+  tile straddles a map edge wastefully (17x17 and 8x8 maps fill 128-pixel tiles), at the
+  price of masking every off-centre tap.
 
 Channels past CIN are outside the slice's descriptor and read as zeros, so a K step may run
 past the end of a tap's channels: the weight box there holds the next tap's weights, which
@@ -194,18 +200,95 @@ def _box_tiles(
 
 
 @triton.jit
-def _problem_tiles(kh, kw, ph, pw, oh, cols, N, H, W,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BOX_W: tl.constexpr):
-    """Output tiles of one problem (`tma_tiles` is the host-side twin)."""
+def _rows_tiles(
+    base, src_stride, w_ptr, w_off, cin, cols, col_off, kh, kw, ph, pw, N, H, W,
+    first, tiles, programs,
+    bias_ptr, col_dst_ptr, col_flags_ptr, work_ptr, out_ptr, C_WORK, C_OUT, x_ptr, C_IN,
+    INDEX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, HAS_RESIDUAL: tl.constexpr, FLATTEN: tl.constexpr,
+):
+    """KHxKW stride-1 conv that keeps the size, pixel tiles across images (module docstring,
+    ROWS): tap (dh, dw) is the box of the pixel matrix [N*H*W, CIN] at rows m0 + (dh - PAD_H)*W
+    + (dw - PAD_W); rows whose tap leaves their image, on either axis, are zeroed."""
+    M = N * H * W
+    k_row = kh * kw * cin
+    a_desc = tl.make_tensor_descriptor(base, [M, cin], [src_stride, 1], [BLOCK_M, BLOCK_K])
+    b_desc = tl.make_tensor_descriptor(w_ptr + w_off, [cols, k_row], [k_row, 1], [BLOCK_N, BLOCK_K])
+    n_tiles = tl.cdiv(cols, BLOCK_N)
+    k_blocks = tl.cdiv(cin, BLOCK_K)
+    steps = kh * kw * k_blocks
+    for t in tl.range(first, tiles, programs, flatten=FLATTEN):
+        m0 = (t // n_tiles) * BLOCK_M
+        col0 = (t % n_tiles) * BLOCK_N
+        offs_m = m0 + tl.arange(0, BLOCK_M)
+        pixel = offs_m % (H * W)
+        row_i = pixel // W
+        col_i = pixel % W
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for step in range(0, steps):
+            tap = step // k_blocks
+            c0 = (step % k_blocks) * BLOCK_K
+            dh = tap // kw
+            dw = tap % kw
+            a = a_desc.load([m0 + (dh - ph) * W + (dw - pw), c0])
+            ih = row_i + (dh - ph)
+            iw = col_i + (dw - pw)
+            a = tl.where(((ih >= 0) & (ih < H) & (iw >= 0) & (iw < W))[:, None], a, 0.0)
+            b = b_desc.load([col0, tap * cin + c0])
+            acc = tl.dot(a, b.T, acc, input_precision=INPUT_PRECISION)
+        _epilogue_store(
+            acc, offs_m.to(INDEX), offs_m < M, col0, cols, col_off, bias_ptr, col_dst_ptr, col_flags_ptr,
+            work_ptr, out_ptr, C_WORK, C_OUT, x_ptr, C_IN, True, BLOCK_N, INPUT_PRECISION, HAS_RESIDUAL,
+        )
+
+
+@triton.jit
+def _flat_or_masked_tiles(
+    base, src_stride, w_ptr, w_off, cin, cols, col_off, kh, kw, ph, pw, oh, ow, N, H, W,
+    first, tiles, programs,
+    bias_ptr, col_dst_ptr, col_flags_ptr, work_ptr, out_ptr, C_WORK, C_OUT, x_ptr, C_IN,
+    INDEX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, HAS_RESIDUAL: tl.constexpr, TAP_MASK: tl.constexpr,
+    FLATTEN: tl.constexpr,
+):
+    """FLAT tiles; problems without horizontal padding take the unmasked copy of the K loop,
+    whose operand goes from shared memory straight to the tensor cores. TAP_MASK: the masked
+    copy is compiled in (some problem has PAD_W > 0)."""
+    masked = False
+    if TAP_MASK:
+        masked = pw > 0
+    if masked:
+        _flat_tiles(
+            base, src_stride, w_ptr, w_off, cin, cols, col_off, kh, kw, ph, pw, oh, ow, N, H, W,
+            first, tiles, programs, bias_ptr, col_dst_ptr, col_flags_ptr, work_ptr, out_ptr,
+            C_WORK, C_OUT, x_ptr, C_IN, INDEX, BLOCK_M, BLOCK_N, BLOCK_K, INPUT_PRECISION, HAS_RESIDUAL,
+            True, FLATTEN,
+        )
+    else:
+        _flat_tiles(
+            base, src_stride, w_ptr, w_off, cin, cols, col_off, kh, kw, ph, pw, oh, ow, N, H, W,
+            first, tiles, programs, bias_ptr, col_dst_ptr, col_flags_ptr, work_ptr, out_ptr,
+            C_WORK, C_OUT, x_ptr, C_IN, INDEX, BLOCK_M, BLOCK_N, BLOCK_K, INPUT_PRECISION, HAS_RESIDUAL,
+            False, FLATTEN,
+        )
+
+
+@triton.jit
+def _problem_tiles(kh, kw, ph, pw, oh, ow, cols, N, H, W,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BOX_W: tl.constexpr, ROWS: tl.constexpr):
+    """Output tiles of one problem, and whether they are GEMM / ROWS tiles over all pixels
+    (`tma_tiles` is the host-side twin)."""
     n_tiles = tl.cdiv(cols, BLOCK_N)
     is_gemm = (kh == 1) & (kw == 1) & (ph == 0) & (pw == 0)
-    ow = W + 2 * pw - kw + 1
+    is_rows = False
+    if ROWS:
+        is_rows = ~is_gemm & (oh == H) & (ow == W)
     if BOX_W > 0:
         per_image = tl.cdiv(oh, BLOCK_M // BOX_W) * tl.cdiv(ow, BOX_W)
     else:
         per_image = tl.cdiv(oh * W, BLOCK_M)
-    m_tiles = tl.where(is_gemm, tl.cdiv(N * H * W, BLOCK_M), N * per_image)
-    return m_tiles * n_tiles, is_gemm
+    m_tiles = tl.where(is_gemm | is_rows, tl.cdiv(N * H * W, BLOCK_M), N * per_image)
+    return m_tiles * n_tiles, is_gemm, is_rows
 
 
 # Shapes stay runtime values, as in the stage kernel: one compilation per config, dtype and
@@ -217,11 +300,13 @@ def _tma_stage_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BOX_W: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, HAS_GEMM: tl.constexpr, HAS_TAPS: tl.constexpr,
     TAP_MASK: tl.constexpr, HAS_RESIDUAL: tl.constexpr, WIDE_INDEX: tl.constexpr, FLATTEN: tl.constexpr,
+    ROWS: tl.constexpr,
 ):
     """Every problem of `prob_ptr` is a stride-1 conv (`row_reason` is None). HAS_GEMM /
     HAS_TAPS: the stage has 1x1 problems / wider windows (the other path is compiled out).
     TAP_MASK: some FLAT problem has PAD_W > 0 (its masked K loop is compiled in). BOX_W: 0 for
-    FLAT tiles, else the box width of BOX tiles. WIDE_INDEX: int64 destination offsets.
+    FLAT tiles, else the box width of BOX tiles. ROWS (BOX_W = 0): windows that keep the size
+    take ROWS tiles. WIDE_INDEX: int64 destination offsets.
     FLATTEN: fuse each tile loop with its K loop, so that the pipeliner loads the next tile's
     first K steps while this tile's last MMAs and its epilogue run."""
     INDEX: tl.constexpr = tl.int64 if WIDE_INDEX else tl.int32
@@ -247,7 +332,9 @@ def _tma_stage_kernel(
         col_off = _times8(tl.load(row + _COL_OFF))
         oh = H + 2 * ph - kh + 1
         ow = W + 2 * pw - kw + 1
-        tiles, is_gemm = _problem_tiles(kh, kw, ph, pw, oh, cols, N, H, W, BLOCK_M, BLOCK_N, BOX_W)
+        tiles, is_gemm, is_rows = _problem_tiles(
+            kh, kw, ph, pw, oh, ow, cols, N, H, W, BLOCK_M, BLOCK_N, BOX_W, ROWS
+        )
         first = _first_tile(pid, programs, tile_base)
         src_ptr = tl.where(src_buf == _BUF_WORK, work_ptr, tl.where(src_buf == _BUF_OUTPUT, out_ptr, x_ptr))
         src_stride = tl.where(src_buf == _BUF_WORK, C_WORK, tl.where(src_buf == _BUF_OUTPUT, C_OUT, C_IN))
@@ -268,29 +355,28 @@ def _tma_stage_kernel(
                         work_ptr, out_ptr, C_WORK, C_OUT, x_ptr, C_IN,
                         INDEX, BLOCK_M, BLOCK_N, BLOCK_K, BOX_W, INPUT_PRECISION, HAS_RESIDUAL, FLATTEN,
                     )
-                elif TAP_MASK:
-                    # Problems without horizontal padding take the unmasked copy of the K loop,
-                    # whose operand goes from shared memory straight to the tensor cores.
-                    if pw > 0:
-                        _flat_tiles(
-                            base, src_stride, w_ptr, w_off, cin, cols, col_off, kh, kw, ph, pw, oh, ow,
-                            N, H, W, first, tiles, programs, bias_ptr, col_dst_ptr, col_flags_ptr,
+                elif ROWS:
+                    if is_rows:
+                        _rows_tiles(
+                            base, src_stride, w_ptr, w_off, cin, cols, col_off, kh, kw, ph, pw, N, H, W,
+                            first, tiles, programs, bias_ptr, col_dst_ptr, col_flags_ptr,
                             work_ptr, out_ptr, C_WORK, C_OUT, x_ptr, C_IN,
-                            INDEX, BLOCK_M, BLOCK_N, BLOCK_K, INPUT_PRECISION, HAS_RESIDUAL, True, FLATTEN,
+                            INDEX, BLOCK_M, BLOCK_N, BLOCK_K, INPUT_PRECISION, HAS_RESIDUAL, FLATTEN,
                         )
                     else:
-                        _flat_tiles(
+                        _flat_or_masked_tiles(
                             base, src_stride, w_ptr, w_off, cin, cols, col_off, kh, kw, ph, pw, oh, ow,
                             N, H, W, first, tiles, programs, bias_ptr, col_dst_ptr, col_flags_ptr,
                             work_ptr, out_ptr, C_WORK, C_OUT, x_ptr, C_IN,
-                            INDEX, BLOCK_M, BLOCK_N, BLOCK_K, INPUT_PRECISION, HAS_RESIDUAL, False, FLATTEN,
+                            INDEX, BLOCK_M, BLOCK_N, BLOCK_K, INPUT_PRECISION, HAS_RESIDUAL, TAP_MASK,
+                            FLATTEN,
                         )
                 else:
-                    _flat_tiles(
+                    _flat_or_masked_tiles(
                         base, src_stride, w_ptr, w_off, cin, cols, col_off, kh, kw, ph, pw, oh, ow,
                         N, H, W, first, tiles, programs, bias_ptr, col_dst_ptr, col_flags_ptr,
                         work_ptr, out_ptr, C_WORK, C_OUT, x_ptr, C_IN,
-                        INDEX, BLOCK_M, BLOCK_N, BLOCK_K, INPUT_PRECISION, HAS_RESIDUAL, False, FLATTEN,
+                        INDEX, BLOCK_M, BLOCK_N, BLOCK_K, INPUT_PRECISION, HAS_RESIDUAL, TAP_MASK, FLATTEN,
                     )
         tile_base += tiles
 
@@ -301,7 +387,8 @@ def _tma_stage_kernel(
 class TmaConfig(NamedTuple):
     """A launch of the TMA kernel. box_w: 0 for FLAT tiles of windows wider than 1x1, else BOX
     tiles of (block_m // box_w) x box_w pixels. per_sm: persistent programs per SM. flatten:
-    1 fuses the tile and K loops (the kernel's FLATTEN)."""
+    1 fuses the tile and K loops (the kernel's FLATTEN). rows: 1 gives windows that keep the
+    size ROWS tiles across images (with box_w 0)."""
 
     block_m: int = 128
     block_n: int = 128
@@ -311,15 +398,18 @@ class TmaConfig(NamedTuple):
     box_w: int = 0
     per_sm: int = 1
     flatten: int = 1
+    rows: int = 0
 
     def label(self) -> str:
-        tiles = f"box{self.block_m // self.box_w}x{self.box_w}" if self.box_w else "flat"
+        tiles = "rows" if self.rows else "flat"
+        if self.box_w:
+            tiles = f"box{self.block_m // self.box_w}x{self.box_w}"
         return (f"{self.block_m}x{self.block_n}x{self.block_k} w{self.num_warps} s{self.num_stages} "
                 f"{tiles} {self.per_sm}/SM{' fused-loops' if self.flatten else ''}")
 
 
 ENV_MODE = "INCEPTION_FAST_TMA"  # 1: stages of TMA-expressible convs only; split: also mixed stages
-ENV_CONFIG = "INCEPTION_FAST_TMA_CONFIG"  # block_m,block_n,block_k,warps,stages[,box_w[,per_sm[,flatten]]]
+ENV_CONFIG = "INCEPTION_FAST_TMA_CONFIG"  # block_m,block_n,block_k,warps,stages[,box_w,per_sm,flatten,rows]
 MODES = ("1", "split")
 
 
@@ -380,13 +470,21 @@ class TmaStage:
     rest_signature: str = ""  # `packing.stage_signature(rest)`: its tuning key
     configs: dict = dataclasses.field(default_factory=dict)  # TmaConfig per input shape
 
-    def kernel_flags(self, box_w: int) -> tuple[bool, bool, bool, bool]:
-        """(HAS_GEMM, HAS_TAPS, TAP_MASK, HAS_RESIDUAL) of the kernel."""
-        return self.has_gemm, self.has_taps, self.tap_mask and not box_w, self.has_residual
+    def kernel_flags(self, config: TmaConfig) -> tuple[bool, bool, bool, bool]:
+        """(HAS_GEMM, HAS_TAPS, TAP_MASK, HAS_RESIDUAL) of the kernel for `config`: BOX tiles
+        need no masked FLAT loop, and ROWS tiles leave it only the windows that shrink."""
+        tap_mask = self.tap_mask and not config.box_w
+        if config.rows:
+            tap_mask = any(not _is_gemm(r) and r[pk.PAD_W] > 0 and not _keeps_size(r) for r in self.rows)
+        return self.has_gemm, self.has_taps, tap_mask, self.has_residual
 
 
 def _is_gemm(row) -> bool:
     return row[pk.KH] == row[pk.KW] == 1 and row[pk.PAD_H] == row[pk.PAD_W] == 0
+
+
+def _keeps_size(row) -> bool:
+    return row[pk.KH] == 2 * row[pk.PAD_H] + 1 and row[pk.KW] == 2 * row[pk.PAD_W] + 1
 
 
 def plan_stage(stage: pk.PackedStage, allow_split: bool = False) -> TmaStage | None:
@@ -434,7 +532,7 @@ def tma_tiles(rows, n: int, h: int, w: int, config: TmaConfig) -> int:
     for row in rows:
         oh = h + 2 * row[pk.PAD_H] - row[pk.KH] + 1
         ow = w + 2 * row[pk.PAD_W] - row[pk.KW] + 1
-        if _is_gemm(row):
+        if _is_gemm(row) or (config.rows and not config.box_w and _keeps_size(row)):
             m_tiles = triton.cdiv(n * h * w, config.block_m)
         elif config.box_w:
             box_h = config.block_m // config.box_w
@@ -502,7 +600,7 @@ def default_config(tma: TmaStage, element_size: int) -> TmaConfig:
         except (TypeError, ValueError):
             raise ValueError(
                 f"{ENV_CONFIG}={override!r}: give block_m,block_n,block_k,num_warps,num_stages"
-                "[,box_w[,per_sm[,flatten]]] as integers, e.g. 128,128,64,8,4"
+                "[,box_w[,per_sm[,flatten[,rows]]]] as integers, e.g. 128,128,64,8,4"
             ) from None
     min_cin = min(row[pk.CIN] for row in tma.rows)
     block_k = 32 if element_size >= 4 or min_cin <= 32 else 64
@@ -520,6 +618,8 @@ def check_config(config: TmaConfig) -> None:
         raise ValueError(f"box_w={config.box_w} must be a power of two that divides block_m={config.block_m}")
     if config.per_sm < 1:
         raise ValueError(f"per_sm must be at least 1, got {config.per_sm}")
+    if config.rows and config.box_w:
+        raise ValueError("rows=1 (ROWS tiles) and box_w > 0 (BOX tiles) exclude each other")
 
 
 def launch_tma_tensors(
@@ -539,7 +639,7 @@ def launch_tma_tensors(
         BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k, BOX_W=config.box_w,
         INPUT_PRECISION=precision, HAS_GEMM=has_gemm, HAS_TAPS=has_taps, TAP_MASK=tap_mask,
         HAS_RESIDUAL=has_residual, WIDE_INDEX=max(x.numel(), work.numel(), out.numel()) >= 2**31,
-        FLATTEN=bool(config.flatten),
+        FLATTEN=bool(config.flatten), ROWS=bool(config.rows),
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
 
@@ -559,5 +659,5 @@ def launch_tma_stage(kernel, tma: TmaStage, x, work, out, config: TmaConfig, pre
     launch_tma_tensors(
         kernel, num_programs(tma, x, config), x, work, out, tma.problems, tma.stage.weights_for(tf32),
         tma.stage.bias, tma.stage.col_dst, tma.stage.col_flags, config, precision,
-        *tma.kernel_flags(config.box_w),
+        *tma.kernel_flags(config),
     )
