@@ -206,3 +206,19 @@ def test_whole_model_and_cuda_graph(calibrated_model, monkeypatch):
     for _ in range(2):  # capture, then replay on fresh inputs
         x = torch.randn(3, 3, 299, 299, device="cuda", dtype=torch.float16)
         torch.testing.assert_close(graphed(x), plain(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("compiler", ["aot_eager", "inductor"])
+@torch.no_grad()
+def test_torch_compile_fullgraph(compiler, monkeypatch):
+    """The TMA op under torch.compile (Inductor launches kernels that need descriptor scratch
+    through its own launcher)."""
+    monkeypatch.setenv(tma_conv.ENV_MODE, "split")
+    block, cin, size = make_block("InceptionB")
+    fused = fuse_block(block).half()
+    fused.backend = "triton"
+    x = block_input(2, cin, size, torch.float16)
+    expected = fused(x)  # packs outside the trace
+    assert tma_launches(fused) > 0
+    compiled = torch.compile(fused, fullgraph=True, backend=compiler)
+    torch.testing.assert_close(compiled(x), expected, rtol=2e-3, atol=2e-3)

@@ -184,7 +184,8 @@ def _tma_stages(block, x: torch.Tensor, stages, mode: str) -> list:
 def _run_tma_stage(tma, x, work, out, signature: str) -> None:
     """The TMA rows of a stage on the TMA kernel, then its other rows (if any) on the stage
     kernel; buffers a descriptor cannot address send the whole stage to the stage kernel."""
-    if tma_conv.buffers_reason(x, work, out) is not None:
+    # (traced, the buffers have no addresses; the backend allocates them aligned)
+    if not torch.compiler.is_compiling() and tma_conv.buffers_reason(x, work, out) is not None:
         _run_stage(tma.stage, x, work, out, signature)
         return
     n, _, h, w = x.shape
