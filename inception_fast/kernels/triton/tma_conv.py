@@ -2,8 +2,9 @@
 operands are boxes that the copy engine brings into shared memory, several steps ahead of
 the tensor cores, instead of per-row gathers that the warps issue themselves.
 
-Three ways a stride-1 conv maps onto boxes (the stage kernel keeps every access a box cannot
-express: strided convs, pools):
+Four ways a stride-1 conv maps onto boxes (the stage kernel keeps every access a box cannot
+express: strided convs, pools). Only GEMM and unmasked FLAT tiles feed the tensor cores from
+shared memory directly; a masked or merged box takes a trip through registers first.
 
 - GEMM (1x1, no padding): the source slice as a matrix [N*H*W pixels, CIN] (base pointer at
   the slice's first channel, row stride = the buffer's channels); pixel tiles run across
@@ -32,7 +33,10 @@ multiply zeros. Weights are the OHWI matrix [COLS, KH*KW*CIN]; rows past COLS re
 
 The grid is persistent: program i takes tiles i, i + G, i + 2G, ... of the stage's tile list
 (every problem's tiles back to back), so all problems share one tail. Each program builds a
-problem's descriptors once for all its tiles of that problem. Device-side descriptors live
+problem's descriptors once for all its tiles of that problem. Loads overlap MMAs through
+Triton's software pipeline (num_stages boxes in flight, asynchronous wgmma); with FLATTEN
+the tile loop and the K loop are one loop, so the next tile's first boxes load during this
+tile's epilogue. (Triton 3.6 warp-specializes loops on Blackwell only.) Device-side descriptors live
 in global scratch that Triton asks of the allocator set with `triton.set_allocator`
 (`ensure_allocator`). Epilogue: `stage_kernel._epilogue_store` (bias, residual, ReLU, TF32
 rounding, 16-byte stores into each column's channel).
