@@ -6,6 +6,13 @@ fp16 and bf16 run on the tensor cores with fp32 accumulation. fp32 follows
 when it is set, full-precision fp32 dots when it is not. TF32 rounds like cuDNN, to nearest:
 the weights once on the host, the network input in the layout kernel, and every activation as
 the kernels store it; the tensor cores alone would truncate.
+
+INCEPTION_FAST_TMA (an experiment, off by default): =1 runs every stage whose problems are all
+stride-1 convs on the TMA kernel (`kernels/triton/tma_conv.py`) instead of the stage kernel;
+=split also runs the stride-1 convs of mixed stages there, and the stage's other problems
+(pools, strided convs) in a second launch of the stage kernel. fp16, bf16 and TF32 only.
+INCEPTION_FAST_TMA_CONFIG=block_m,block_n,block_k,warps,stages[,box_w[,per_sm[,flatten]]]
+replaces its default tile config.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import torch
 
 from .. import packing as pk
 from ..kernels.triton import ops as _registered_ops  # noqa: F401 - registers torch.ops.inception_fast.triton_*
-from ..kernels.triton import tuning
+from ..kernels.triton import tma_conv, tuning
 from ..kernels.triton.stage_kernel import split_k_buffers, stage_kinds, stage_tiles
 from . import precision_key
 
@@ -114,13 +121,20 @@ def _run_stage(stage, x, work, out, key: str):
             stage.col_flags, scratch, counts, tiles, *config, tf32, *kinds,
         )
 
-    # The chosen config per shape is kept on the stage: no key building on the hot path.
-    shape = (n, h, w, x.dtype, tf32)
+    launch(stage_config(stage, x, key, launch))
+
+
+def stage_config(stage, x: torch.Tensor, key: str, launch) -> tuple:
+    """The stage kernel's config for `stage` on inputs shaped like `x`: cached, shipped, from
+    the nearest batch bucket or a heuristic, timed with `launch(config)` only where tuning is
+    enabled (`tuning.choose`). Kept on the stage per shape: no key building on the hot path."""
+    n, _, h, w = x.shape
+    shape = (n, h, w, x.dtype, uses_tf32(x))
     config = stage.configs.get(shape)
     if config is None:
         convs = [row[pk.CIN] for row in stage.rows if row[pk.KIND] == pk.CONV]
         configs = tuning.candidates(
-            min(convs, default=64), tuning.batch_bucket(n), kinds[0], x.element_size()
+            min(convs, default=64), tuning.batch_bucket(n), stage_kinds(stage)[0], x.element_size()
         )
         sms = torch.cuda.get_device_properties(x.device).multi_processor_count
         fallback = tuning.default_config(configs, lambda bm, bn: stage_tiles(stage, n, h, w, bm, bn), sms)
@@ -129,7 +143,7 @@ def _run_stage(stage, x, work, out, key: str):
         config = tuning.choose(full_key, launch, configs, fallback, x.device)
         if not torch.compiler.is_compiling():
             stage.configs[shape] = config
-    launch(config)
+    return config
 
 
 def _split_k_buffers(stage, n, h, w, config, x):
@@ -150,6 +164,49 @@ def _split_k_buffers(stage, n, h, w, config, x):
     return buffers
 
 
+def _tma_stages(block, x: torch.Tensor, stages, mode: str) -> list:
+    """The TMA split of each stage (None: the stage kernel runs it all), kept per block, dtype,
+    precision and mode."""
+    tf32 = uses_tf32(x)
+    size = tuple(x.shape[2:]) if pk.sized(block.plan) else None
+    key = ("triton-tma", mode, x.device, x.dtype, tf32, size)
+    plans = block.backend_cache.get(key)
+    if plans is None:
+        plans = [None] * len(stages)
+        if tma_conv.dtype_reason(x.dtype, tf32) is None:
+            plans = [tma_conv.plan_stage(stage, allow_split=mode == "split") for stage, _ in stages]
+            for plan in plans:
+                if plan is not None and plan.rest is not None and tf32:
+                    plan.rest.tf32_weights = plan.stage.weights_for(True)  # one rounded copy
+        block.backend_cache[key] = plans
+    return plans
+
+
+def _run_tma_stage(tma, x, work, out, signature: str) -> None:
+    """The TMA rows of a stage on the TMA kernel, then its other rows (if any) on the stage
+    kernel; buffers a descriptor cannot address send the whole stage to the stage kernel."""
+    # (traced, the buffers have no addresses; the backend allocates them aligned)
+    if not torch.compiler.is_compiling() and tma_conv.buffers_reason(x, work, out) is not None:
+        _run_stage(tma.stage, x, work, out, signature)
+        return
+    n, _, h, w = x.shape
+    tf32 = uses_tf32(x)
+    shape = (n, h, w, x.dtype, tf32)
+    config = tma.configs.get(shape)
+    if config is None:
+        config = tma_conv.default_config(tma, x.element_size())
+        tma_conv.check_config(config)
+        if not torch.compiler.is_compiling():
+            tma.configs[shape] = config
+    torch.ops.inception_fast.triton_tma_stage(
+        x, work, out, tma.problems, tma.stage.weights_for(tf32), tma.stage.bias, tma.stage.col_dst,
+        tma.stage.col_flags, tma_conv.num_programs(tma, x, config), list(config), tf32,
+        *tma.kernel_flags(config),
+    )
+    if tma.rest is not None:
+        _run_stage(tma.rest, x, work, out, tma.rest_signature)
+
+
 def run_block(block, x: torch.Tensor) -> torch.Tensor:
     _check_dtype(x)
     stages = _packed_block(block, x)
@@ -159,6 +216,11 @@ def run_block(block, x: torch.Tensor) -> torch.Tensor:
     oh, ow = block.output_hw(h, w)
     out = _alloc((n, plan.out_channels, oh, ow), x)
     work = _alloc((n, plan.work_channels, h, w), x) if plan.work_channels else _no_work(block, x)
-    for stage, signature in stages:
-        _run_stage(stage, x, work, out, signature)
+    mode = tma_conv.mode()
+    tma_stages = _tma_stages(block, x, stages, mode) if mode else [None] * len(stages)
+    for (stage, signature), tma in zip(stages, tma_stages):
+        if tma is None:
+            _run_stage(stage, x, work, out, signature)
+        else:
+            _run_tma_stage(tma, x, work, out, signature)
     return out

@@ -8,6 +8,7 @@ from torch.library import triton_op, wrap_triton
 
 from .layout_kernel import _to_nhwc_padded_kernel, launch_to_nhwc_padded
 from .stage_kernel import _stage_kernel, launch_stage_tensors
+from .tma_conv import _tma_stage_kernel, launch_tma_tensors
 
 
 @triton_op("inception_fast::triton_stage", mutates_args={"work", "out", "scratch", "counts"})
@@ -41,6 +42,33 @@ def triton_stage(
         wrap_triton(_stage_kernel), num_tiles, x, work, out, problems, weights, bias, col_dst,
         col_flags, (block_m, block_n, block_k, num_warps, num_stages, k_parts),
         "tf32" if tf32 else "ieee", has_conv, has_pool, has_residual, scratch, counts,
+    )
+
+
+@triton_op("inception_fast::triton_tma_stage", mutates_args={"work", "out"})
+def triton_tma_stage(
+    x: torch.Tensor,
+    work: torch.Tensor,
+    out: torch.Tensor,
+    problems: torch.Tensor,
+    weights: torch.Tensor,
+    bias: torch.Tensor,
+    col_dst: torch.Tensor,
+    col_flags: torch.Tensor,
+    num_programs: int,
+    config: list[int],
+    tf32: bool,
+    has_gemm: bool,
+    has_taps: bool,
+    tap_mask: bool,
+    has_residual: bool,
+) -> None:
+    """The stride-1 convs of a stage through tensor descriptors (`tma_conv`): buffers as for
+    triton_stage; `problems` holds only the rows of a `tma_conv.TmaStage`; config: a
+    `tma_conv.TmaConfig` as a list; num_programs from `tma_conv.num_programs`."""
+    launch_tma_tensors(
+        wrap_triton(_tma_stage_kernel), num_programs, x, work, out, problems, weights, bias, col_dst,
+        col_flags, tuple(config), "tf32" if tf32 else "ieee", has_gemm, has_taps, tap_mask, has_residual,
     )
 
 
