@@ -16,19 +16,19 @@ if TYPE_CHECKING:
 
 
 def fold_conv(layer: ConvLayer) -> tuple[torch.Tensor, torch.Tensor]:
-    """(weight [Cout, Cin, KH, KW], bias [Cout]) in float64 on the CPU."""
+    """(weight [Cout, Cin, KH, KW], bias [Cout]) in float64, on the layer's device (a model on
+    the GPU folds there, in a fraction of the CPU's time)."""
     module = layer.module
-    weight = module.weight.detach().double().cpu()
+    weight = module.weight.detach().double()
     if layer.is_linear:
         weight = weight[:, :, None, None]
-    bias = module.bias.detach().double().cpu() if module.bias is not None else torch.zeros(weight.shape[0],
-                                                                                         dtype=torch.float64)
+    bias = module.bias.detach().double() if module.bias is not None else weight.new_zeros(weight.shape[0])
     if layer.bn is not None:
         bn = layer.bn
-        var = bn.running_var.detach().double().cpu()
-        gamma = bn.weight.detach().double().cpu() if bn.weight is not None else torch.ones_like(var)
-        beta = bn.bias.detach().double().cpu() if bn.bias is not None else torch.zeros_like(var)
+        var = bn.running_var.detach().double()
+        gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones_like(var)
+        beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(var)
         s = gamma / torch.sqrt(var + layer.bn_eps)
         weight = weight * s[:, None, None, None]
-        bias = (bias - bn.running_mean.detach().double().cpu()) * s + beta
+        bias = (bias - bn.running_mean.detach().double()) * s + beta
     return weight * layer.scale, bias * layer.scale
