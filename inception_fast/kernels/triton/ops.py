@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch.library import triton_op, wrap_triton
 
+from .block_kernel import _block_kernel, launch_block_tensors
 from .layout_kernel import _to_nhwc_padded_kernel, launch_to_nhwc_padded
 from .stage_kernel import _stage_kernel, launch_stage_tensors
 
@@ -41,6 +42,42 @@ def triton_stage(
         wrap_triton(_stage_kernel), num_tiles, x, work, out, problems, weights, bias, col_dst,
         col_flags, (block_m, block_n, block_k, num_warps, num_stages, k_parts),
         "tf32" if tf32 else "ieee", has_conv, has_pool, has_residual, scratch, counts,
+    )
+
+
+@triton_op("inception_fast::triton_block", mutates_args={"work", "out", "counters"})
+def triton_block(
+    x: torch.Tensor,
+    work: torch.Tensor,
+    out: torch.Tensor,
+    problems: torch.Tensor,
+    weights: torch.Tensor,
+    bias: torch.Tensor,
+    col_dst: torch.Tensor,
+    col_flags: torch.Tensor,
+    schedule: torch.Tensor,
+    deps: torch.Tensor,
+    counters: torch.Tensor,
+    num_programs: int,
+    num_tiles: int,
+    block_m: int,
+    block_n: int,
+    block_k: int,
+    num_warps: int,
+    num_stages: int,
+    tf32: bool,
+    has_conv: bool,
+    has_pool: bool,
+    has_residual: bool = False,
+) -> None:
+    """A whole block in one persistent launch: x [N,Cin,H,W], work [N,Cw,H,W], out
+    [N,Cout,OH,OW], all stored channels_last; problems ... col_flags: every stage's packed table
+    concatenated; schedule, deps, counters and num_tiles from `block_kernel.block_schedule`
+    (counters zero before the first launch; the kernel leaves them zero)."""
+    launch_block_tensors(
+        wrap_triton(_block_kernel), num_programs, num_tiles, x, work, out, problems, weights, bias,
+        col_dst, col_flags, schedule, deps, counters, (block_m, block_n, block_k, num_warps, num_stages),
+        "tf32" if tf32 else "ieee", has_conv, has_pool, has_residual,
     )
 
 

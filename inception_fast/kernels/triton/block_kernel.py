@@ -1,0 +1,311 @@
+"""One persistent launch per block: every stage of a block plan in a single kernel, the tiles
+of a later stage waiting, through counters in global memory, only for the tiles of earlier
+stages whose output they read.
+
+The launch reads one `packing.PackedStage` holding every problem of the block (the stages'
+tables concatenated in stage order), plus a *schedule* built per input shape by
+`block_schedule`:
+
+  schedule[P, SCHED_FIELDS] (int32), per problem:
+    FIRST      the problem's first ticket (tickets number the tiles of all problems in table
+               order, so every tile of stage s comes before any tile of stage s+1)
+    M_TILES    its pixel tiles: cdiv(N*OH*OW, BLOCK_M)
+    COL_TILES  its column tiles: cdiv(COLS, BLOCK_N)
+    COUNT_OFF  where its per-pixel-tile counters start in `counters` (-1: no later problem
+               reads it)
+    DEP_START, DEP_COUNT   its rows in `deps`
+  deps[D, 2] (int32): (producer problem, WHOLE). WHOLE = 0: the consumer reads the producer's
+    output through its window, so a consumer tile waits for the producer's pixel tiles that
+    cover the source rows of its own pixels (+- the window); WHOLE = 1: it waits for every
+    tile of the producer (used when the producer's pixel grid is not the consumer's source
+    grid, or when the consumer overwrites what the producer reads).
+  counters (int32, zero before the first launch): [0] the ticket counter, then one counter per
+    pixel tile of each producer, counting its finished column tiles.
+
+Each program takes tickets from the atomic ticket counter until they run out. A tile only
+waits for tiles with smaller tickets, which were handed out before its own, to programs that
+are running: the smallest unfinished ticket never waits, so no number of resident programs
+can deadlock (there is no grid-wide barrier). A finished tile's stores are ordered before its
+counter increment (CTA barrier, then a release atomic); a waiting tile reads counters with
+acquire atomics, then a CTA barrier, before loading what the producer stored.
+
+Counters reset themselves for the next launch (CUDA graphs replay the same buffers): every
+program takes exactly one ticket past the last tile, and the program that takes the last of
+those (ticket = tiles + programs - 1) is the only one still running, after every other
+program finished every tile; it zeroes all counters.
+
+The tiles themselves are the stage kernel's (`stage_kernel._conv_tile`, `_pool_tile`,
+`_epilogue_store`), without split-K, so a tile computes exactly what the stage kernel computes
+with the same BLOCK_M / BLOCK_N / BLOCK_K.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from ... import packing as pk
+from .stage_kernel import (
+    _BUF_OUTPUT,
+    _BUF_WORK,
+    _CIN,
+    _COL_OFF,
+    _CONV,
+    _KIND,
+    _NUM_FIELDS,
+    _SRC_BUF,
+    _SRC_C0,
+    _W_OFF,
+    _conv_tile,
+    _epilogue_store,
+    _pool_tile,
+    _problem_geometry,
+    _times8,
+)
+
+FIRST, M_TILES, COL_TILES, COUNT_OFF, DEP_START, DEP_COUNT = range(6)
+SCHED_FIELDS = 6
+_SCHED_FIELDS = tl.constexpr(SCHED_FIELDS)
+_FIRST = tl.constexpr(FIRST)
+_M_TILES = tl.constexpr(M_TILES)
+_COL_TILES = tl.constexpr(COL_TILES)
+_COUNT_OFF = tl.constexpr(COUNT_OFF)
+_DEP_START = tl.constexpr(DEP_START)
+_DEP_COUNT = tl.constexpr(DEP_COUNT)
+_RESET_BLOCK = tl.constexpr(1024)
+
+
+@triton.jit
+def _source_tiles(pid_m, M, oh, ow, stride, ph, kh, H, W, BLOCK_M: tl.constexpr):
+    """The producer pixel tiles [first, last] holding every source pixel that output pixels
+    [pid_m * BLOCK_M, (pid_m + 1) * BLOCK_M) of a window of kh rows read. Pixels are flattened
+    (image, row, column), so the source rows from the first pixel's window top to the last
+    pixel's window bottom, whole rows, bound them; rows are clamped to the image."""
+    m_lo = pid_m * BLOCK_M
+    m_hi = tl.minimum(m_lo + BLOCK_M, M) - 1
+    per_image = oh * ow
+    img_lo = m_lo // per_image
+    img_hi = m_hi // per_image
+    row_lo = ((m_lo % per_image) // ow) * stride - ph
+    row_hi = ((m_hi % per_image) // ow) * stride - ph + kh - 1
+    row_lo = tl.minimum(tl.maximum(row_lo, 0), H - 1)
+    row_hi = tl.minimum(tl.maximum(row_hi, 0), H - 1)
+    first = ((img_lo * H + row_lo) * W) // BLOCK_M
+    last = ((img_hi * H + row_hi) * W + W - 1) // BLOCK_M
+    return first, last
+
+
+@triton.jit
+def _wait_for_producers(sched_ptr, deps_ptr, counters_ptr, p, first, last):
+    """Spin until every producer tile this tile reads has all its column tiles finished."""
+    row = sched_ptr + p * _SCHED_FIELDS
+    dep_start = tl.load(row + _DEP_START)
+    dep_count = tl.load(row + _DEP_COUNT)
+    for d in range(dep_start, dep_start + dep_count):
+        q = tl.load(deps_ptr + 2 * d)
+        whole = tl.load(deps_ptr + 2 * d + 1) != 0
+        q_row = sched_ptr + q * _SCHED_FIELDS
+        base = counters_ptr + tl.load(q_row + _COUNT_OFF)
+        need = tl.load(q_row + _COL_TILES)
+        q_tiles = tl.load(q_row + _M_TILES)
+        lo = tl.where(whole, 0, tl.minimum(first, q_tiles - 1))
+        hi = tl.where(whole, q_tiles - 1, tl.minimum(last, q_tiles - 1))
+        for t in range(lo, hi + 1):
+            done = tl.atomic_add(base + t, 0, sem="acquire")
+            while done < need:
+                done = tl.atomic_add(base + t, 0, sem="acquire")
+    # The acquire was one thread's: the barrier orders every thread's loads after it.
+    tl.debug_barrier()
+
+
+# Shapes stay runtime values (no recompilation per batch size, input size or problem count).
+@triton.jit(do_not_specialize=[
+    "N", "H", "W", "C_IN", "C_WORK", "C_OUT", "num_problems", "num_tiles", "num_programs", "num_counters",
+])
+def _block_kernel(
+    x_ptr, work_ptr, out_ptr,
+    w_ptr, bias_ptr, col_dst_ptr, col_flags_ptr, prob_ptr, sched_ptr, deps_ptr, counters_ptr, waits_ptr,
+    N, H, W, C_IN, C_WORK, C_OUT, num_problems, num_tiles, num_programs, num_counters,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    HAS_CONV: tl.constexpr, HAS_POOL: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+    WIDE_INDEX: tl.constexpr, RECORD_WAITS: tl.constexpr,
+):
+    """HAS_CONV / HAS_POOL / HAS_RESIDUAL / WIDE_INDEX: as in the stage kernel, over the whole
+    block. RECORD_WAITS (tests): each tile stores the producer pixel tiles it waited for,
+    (first, last), at waits_ptr[2 * ticket]."""
+    INDEX: tl.constexpr = tl.int64 if WIDE_INDEX else tl.int32
+    # Multiples of 8 elements, written so that the alignment analysis sees it (stage kernel).
+    C_IN = _times8(C_IN)
+    C_WORK = _times8(C_WORK)
+    C_OUT = _times8(C_OUT)
+
+    ticket = tl.atomic_add(counters_ptr, 1, sem="acq_rel")
+    while ticket < num_tiles:
+        p_sel = 0
+        for p in range(1, num_problems):
+            p_sel = tl.where(ticket >= tl.load(sched_ptr + p * _SCHED_FIELDS + _FIRST), p, p_sel)
+        sched = sched_ptr + p_sel * _SCHED_FIELDS
+        local = ticket - tl.load(sched + _FIRST)
+        n_col_tiles = tl.load(sched + _COL_TILES)
+        # Column tiles of one pixel tile run next to each other: its input rows stay in L2,
+        # and the pixel tile's counter completes early for the next stage.
+        pid_m = local // n_col_tiles
+        pid_n = local % n_col_tiles
+
+        row = prob_ptr + p_sel * _NUM_FIELDS
+        kind = tl.load(row + _KIND).to(tl.int32)
+        src_buf = tl.load(row + _SRC_BUF).to(tl.int32)
+        src_c0 = _times8(tl.load(row + _SRC_C0))
+        cin = _times8(tl.load(row + _CIN).to(tl.int32))
+        w_off = _times8(tl.load(row + _W_OFF))
+        col_off = _times8(tl.load(row + _COL_OFF))
+        kh, kw, stride, ph, pw, cols, oh, ow, _ = _problem_geometry(
+            prob_ptr, p_sel, H, W, N, BLOCK_M, BLOCK_N
+        )
+        M = N * oh * ow
+
+        first, last = _source_tiles(pid_m, M, oh, ow, stride, ph, kh, H, W, BLOCK_M)
+        if RECORD_WAITS:
+            tl.store(waits_ptr + 2 * ticket, first)
+            tl.store(waits_ptr + 2 * ticket + 1, last)
+        _wait_for_producers(sched_ptr, deps_ptr, counters_ptr, p_sel, first, last)
+
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        m_mask = offs_m < M
+        img = offs_m // (oh * ow)
+        rem = offs_m % (oh * ow)
+        ih0 = (rem // ow) * stride - ph
+        iw0 = (rem % ow) * stride - pw
+        # A select (not an if) keeps the pointers' alignment visible to the compiler.
+        src_ptr = tl.where(src_buf == _BUF_WORK, work_ptr, tl.where(src_buf == _BUF_OUTPUT, out_ptr, x_ptr))
+        src_stride = tl.where(src_buf == _BUF_WORK, C_WORK, tl.where(src_buf == _BUF_OUTPUT, C_OUT, C_IN))
+        src_ptr = src_ptr + src_c0
+        col0 = pid_n * BLOCK_N
+        rows = offs_m.to(INDEX)
+        keeps_size = (oh == H) & (ow == W)
+
+        if HAS_CONV:
+            if kind == _CONV:
+                acc = _conv_tile(
+                    src_ptr, src_stride, w_ptr, w_off, img, ih0, iw0, m_mask, col0, cols, cin, kh, kw,
+                    H, W, 0, 1, INDEX, BLOCK_M, BLOCK_N, BLOCK_K, INPUT_PRECISION,
+                )
+                _epilogue_store(
+                    acc, rows, m_mask, col0, cols, col_off, bias_ptr, col_dst_ptr, col_flags_ptr,
+                    work_ptr, out_ptr, C_WORK, C_OUT, x_ptr, C_IN, keeps_size, BLOCK_N, INPUT_PRECISION,
+                    HAS_RESIDUAL,
+                )
+        if HAS_POOL:
+            if kind != _CONV:
+                acc = _pool_tile(
+                    src_ptr, src_stride, kind, img, ih0, iw0, m_mask, col0, cols, kh, kw, H, W,
+                    INDEX, BLOCK_M, BLOCK_N,
+                )
+                _epilogue_store(
+                    acc, rows, m_mask, col0, cols, col_off, bias_ptr, col_dst_ptr, col_flags_ptr,
+                    work_ptr, out_ptr, C_WORK, C_OUT, x_ptr, C_IN, keeps_size, BLOCK_N, INPUT_PRECISION,
+                    HAS_RESIDUAL,
+                )
+
+        count_off = tl.load(sched + _COUNT_OFF)
+        # Every thread's stores are issued before the one release that publishes them.
+        tl.debug_barrier()
+        if count_off >= 0:
+            tl.atomic_add(counters_ptr + count_off + pid_m, 1, sem="release")
+        ticket = tl.atomic_add(counters_ptr, 1, sem="acq_rel")
+
+    # Each program took one ticket past the tiles; whoever took the last of those runs alone
+    # now (every other program has left the loop, every tile is done) and resets the counters.
+    if ticket == num_tiles + num_programs - 1:
+        for start in range(0, num_counters, _RESET_BLOCK):
+            offs = start + tl.arange(0, _RESET_BLOCK)
+            tl.store(counters_ptr + offs, 0, mask=offs < num_counters)
+
+
+# --- host side -------------------------------------------------------------------------------
+
+
+def block_schedule(rows, deps, n: int, h: int, w: int, block_m: int, block_n: int):
+    """The per-shape schedule of a packed block (host side, no device sync).
+
+    rows: the packed table (`PackedStage.rows`, every stage's problems in stage order).
+    deps: per problem, a list of (producer index < its own, whole) pairs: whole = False where
+    the problem reads the producer's output through its window, True where it must wait for
+    all of it. A window dependency on a producer whose output is not at the block's input size
+    (the grid that windows index) becomes whole.
+    Returns (schedule rows, deps rows, number of tiles, number of counters)."""
+    geometry = []
+    first = 0
+    for row in rows:
+        oh, ow = pk.row_output_hw(row, h, w)
+        m_tiles = triton.cdiv(n * oh * ow, block_m)
+        col_tiles = triton.cdiv(row[pk.COLS], block_n)
+        geometry.append((first, m_tiles, col_tiles, (oh, ow) == (h, w)))
+        first += m_tiles * col_tiles
+    produces = {q for producers in deps for q, _ in producers}
+    schedule, dep_rows = [], []
+    counters = 1  # [0]: the ticket counter
+    for p, (start, m_tiles, col_tiles, _) in enumerate(geometry):
+        count_off = -1
+        if p in produces:
+            count_off, counters = counters, counters + m_tiles
+        for q, whole in deps[p]:
+            if not q < p:
+                raise ValueError(f"problem {p} depends on problem {q}, which is not before it")
+            dep_rows.append([q, int(whole or not geometry[q][3])])
+        schedule.append([start, m_tiles, col_tiles, count_off, len(dep_rows) - len(deps[p]), len(deps[p])])
+    return schedule, dep_rows or [[0, 0]], first, counters
+
+
+def launch_block_tensors(
+    kernel, num_programs, num_tiles, x, work, out, problems, weights, bias, col_dst, col_flags,
+    schedule, deps, counters, config, precision, has_conv=True, has_pool=True, has_residual=False,
+    waits=None,
+):
+    """Launch `kernel` (the raw kernel, or wrap_triton(kernel) inside a triton_op) on
+    `num_programs` programs for `num_tiles` tiles.
+
+    x, work, out: NCHW-shaped tensors stored channels_last (NHWC in memory); `work` may be a
+    small dummy when the block has no intermediates. problems ... col_flags: the block's packed
+    table (`packing.PackedStage`); schedule, deps: `block_schedule`'s tables (int32 tensors);
+    counters: int32, zero before the first launch (the kernel leaves them zero). config:
+    (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages). precision: "tf32" or "ieee" for fp32
+    dots. waits: an int32 tensor of 2 * num_tiles to record each tile's waits into (tests)."""
+    block_m, block_n, block_k, num_warps, num_stages = config[:5]
+    n, _, h, w = x.shape
+    wide = max(x.numel(), work.numel(), out.numel()) >= 2**31
+    kernel[(num_programs,)](
+        x, work, out, weights, bias, col_dst, col_flags, problems, schedule, deps, counters,
+        waits if waits is not None else counters,
+        n, h, w, x.shape[1], work.shape[1], out.shape[1], problems.shape[0], num_tiles, num_programs,
+        counters.numel(),
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, INPUT_PRECISION=precision,
+        HAS_CONV=has_conv, HAS_POOL=has_pool, HAS_RESIDUAL=has_residual, WIDE_INDEX=wide,
+        RECORD_WAITS=waits is not None, num_warps=num_warps, num_stages=num_stages,
+    )
+
+
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) worth timing; each with 1 or 2 programs per SM.
+_TILES = ((64, 64, 4, 4), (64, 128, 4, 3), (128, 64, 4, 3), (128, 128, 8, 3))
+_PROGRAMS_PER_SM = (1, 2)
+
+
+def candidates(min_cin: int, element_size: int = 2) -> list[tuple]:
+    """Configs (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages, programs per SM) for a block
+    whose narrowest conv reads `min_cin` channels; BLOCK_K as the stage kernel's tuning picks
+    it (never much wider than a tap's channels, at most 32 in fp32)."""
+    from .tuning import candidates as stage_candidates
+
+    block_k = stage_candidates(min_cin, 1, True, element_size)[0][2]
+    return [(bm, bn, block_k, warps, stages, per_sm)
+            for bm, bn, warps, stages in _TILES for per_sm in _PROGRAMS_PER_SM]
+
+
+def default_config(configs: list[tuple], tiles_at_128: int, sm_count: int) -> tuple:
+    """Without timing: 128x128 tiles, one program per SM, when they fill the card twice over;
+    otherwise (the latency-bound small batches this kernel is for) 64x64 tiles, two programs
+    per SM so that a program waiting at a stage boundary leaves the SM another to run."""
+    if tiles_at_128 >= 2 * sm_count:
+        return next(c for c in configs if c[:2] == (128, 128) and c[5] == 1)
+    return next(c for c in configs if c[:2] == (64, 64) and c[5] == 2)

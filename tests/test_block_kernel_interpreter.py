@@ -1,0 +1,208 @@
+"""The persistent block kernel (one launch per block) on the CPU under TRITON_INTERPRET=1: every
+Inception-v4 block type and blocks of the family (GoogLeNet's Inception, Inception-ResNet-v2's
+Block35 with its residual, Inception-v3's InceptionE) in fp32 with exact dots, against the
+`torch` backend and, bit for bit, against the stage kernel with the same tiles; NaN-poisoned
+buffers; a second launch (the counters must have reset themselves).
+
+The interpreter runs programs one after another in pid order, so the first program takes every
+ticket and no wait ever spins: these tests check the waiting logic, not its timing. They do
+check which producer tiles each tile waits for: the kernel records its window, and it must
+cover every source pixel the tile's window really reads. Racing programs are the GPU tests'
+job (test_gpu_block_kernel.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+# The interpreter must be chosen before triton is imported: one subprocess runs every case and
+# reports each one's findings as JSON, which the tests below read.
+SCRIPT = r"""
+import json, os, sys, traceback
+os.environ["TRITON_INTERPRET"] = "1"
+import torch
+from inception_fast import packing as pk
+from inception_fast import reference as R
+from inception_fast.backends.triton_backend import ALIGN
+from inception_fast.backends.triton_block_backend import pack_whole_block
+from inception_fast.kernels.triton.block_kernel import (
+    COUNT_OFF, DEP_COUNT, DEP_START, FIRST, M_TILES, COL_TILES, _block_kernel, block_schedule,
+    launch_block_tensors,
+)
+from inception_fast.kernels.triton.stage_kernel import _stage_kernel, launch_stage
+from inception_fast.modules import fuse_block
+from inception_fast.testing import randomize_batchnorm, relative_l2
+
+
+def family(name):
+    if name == "googlenet_Inception":
+        from torchvision.models.googlenet import Inception
+        return Inception(40, 8, 16, 24, 8, 8, 16), 40
+    if name == "irv2_Block35":
+        from timm.models.inception_resnet_v2 import Block35
+        return Block35(scale=0.17), 320
+    if name == "v3_InceptionE":
+        from torchvision.models.inception import InceptionE
+        return InceptionE(2048), 2048
+    factory, cin = {
+        "Stem0": (lambda: R.ConvBnRelu(3, 32, 3, stride=2), 3),
+        "Mixed3a": (R.Mixed3a, 64), "Mixed4a": (R.Mixed4a, 160), "Mixed5a": (R.Mixed5a, 192),
+        "InceptionA": (R.InceptionA, 384), "ReductionA": (R.ReductionA, 384),
+        "InceptionB": (R.InceptionB, 1024), "ReductionB": (R.ReductionB, 1024),
+        "InceptionC": (R.InceptionC, 1536),
+    }[name]
+    return factory(), cin
+
+
+def nan_buffer(*shape):
+    return torch.full(shape, float("nan")).contiguous(memory_format=torch.channels_last)
+
+
+def read_window_tiles(row, h, w, n, m_lo, m_hi, block_m):
+    # Brute force: the first and last source pixel tiles any in-image tap of pixels m_lo..m_hi reads.
+    oh, ow = pk.row_output_hw(row, h, w)
+    lo, hi = None, None
+    for m in range(m_lo, m_hi + 1):
+        img, rem = divmod(m, oh * ow)
+        r, c = divmod(rem, ow)
+        for i in range(row[pk.KH]):
+            for j in range(row[pk.KW]):
+                ih, iw = r * row[pk.STRIDE] - row[pk.PAD_H] + i, c * row[pk.STRIDE] - row[pk.PAD_W] + j
+                if 0 <= ih < h and 0 <= iw < w:
+                    pixel = (img * h + ih) * w + iw
+                    lo = pixel if lo is None else min(lo, pixel)
+                    hi = pixel if hi is None else max(hi, pixel)
+    return (lo // block_m, hi // block_m) if lo is not None else None
+
+
+def run_case(name, batch, size, programs, config, launches):
+    torch.manual_seed(0)
+    module, cin = family(name)
+    block = randomize_batchnorm(module).eval()
+    fused = fuse_block(block)
+    x = torch.randn(batch, cin, size, size).relu_() + 0.05
+    with torch.no_grad():
+        spec = fused(x)  # the torch backend
+    padded = -(-cin // ALIGN) * ALIGN
+    xk = torch.zeros(batch, padded, size, size).contiguous(memory_format=torch.channels_last)
+    xk[:, :cin] = x
+    oh, ow = fused.output_hw(size, size)
+    plan = fused.plan
+    work_channels = max(plan.work_channels, 8)
+    packed = pack_whole_block(fused, "cpu", torch.float32, padded if padded != cin else None)
+    block_m, block_n = config[:2]
+    schedule, deps, tiles, n_counters = block_schedule(packed.table.rows, packed.deps, batch, size, size,
+                                                       block_m, block_n)
+    schedule_t = torch.tensor(schedule, dtype=torch.int32)
+    deps_t = torch.tensor(deps, dtype=torch.int32)
+    counters = torch.zeros(n_counters, dtype=torch.int32)
+    results = []
+    for launch in range(launches):  # a second launch finds the counters the first one left
+        out, work = nan_buffer(batch, plan.out_channels, oh, ow), nan_buffer(batch, work_channels, size, size)
+        waits = torch.full((2 * tiles,), -1, dtype=torch.int32)
+        launch_block_tensors(
+            _block_kernel, programs, tiles, xk, work, out, packed.table.problems, packed.table.weights,
+            packed.table.bias, packed.table.col_dst, packed.table.col_flags, schedule_t, deps_t, counters,
+            config, "ieee", *packed.kinds, waits=waits,
+        )
+        results.append(out.clone())
+        assert counters.abs().sum() == 0, f"launch {launch} left counters {counters.tolist()}"
+    # The stage kernel, one launch per stage, with the same tiles and no split-K.
+    staged, work = nan_buffer(batch, plan.out_channels, oh, ow), nan_buffer(batch, work_channels, size, size)
+    for stage in pk.pack_block(fused, "cpu", torch.float32, padded if padded != cin else None):
+        launch_stage(_stage_kernel, stage, xk, work, staged, (*config, 1), "ieee")
+
+    # Every consumer tile's recorded window covers what its window reads.
+    uncovered, checked = [], 0
+    rows = packed.table.rows
+    for p, sched in enumerate(schedule):
+        if not any(not whole for _, whole in deps[sched[DEP_START]:sched[DEP_START] + sched[DEP_COUNT]]):
+            continue
+        p_oh, p_ow = pk.row_output_hw(rows[p], size, size)
+        pixels = batch * p_oh * p_ow
+        for local in range(sched[M_TILES] * sched[COL_TILES]):
+            ticket = sched[FIRST] + local
+            pid_m = local // sched[COL_TILES]
+            m_lo, m_hi = pid_m * block_m, min(pixels, (pid_m + 1) * block_m) - 1
+            need = read_window_tiles(rows[p], size, size, batch, m_lo, m_hi, block_m)
+            got = waits[2 * ticket : 2 * ticket + 2].tolist()
+            checked += need is not None
+            if need is not None and not (got[0] <= need[0] and need[1] <= got[1]):
+                uncovered.append((p, pid_m, need, got))
+    return {
+        "finite": bool(torch.isfinite(results[0]).all()),
+        "error": relative_l2(results[0], spec),
+        "same_as_stage_kernel": bool(torch.equal(results[0], staged)),
+        "relaunch_equal": all(torch.equal(results[0], r) for r in results),
+        "uncovered": uncovered[:5],
+        "windows_checked": checked,
+        "stages": len(plan.stages),
+    }
+
+
+findings = {}
+for case in json.loads(sys.argv[1]):
+    key = case[0]
+    print("case", key, flush=True)  # a crash names its case
+    try:
+        findings[key] = run_case(*case[1:])
+    except Exception:
+        findings[key] = {"exception": traceback.format_exc()}
+print("FINDINGS" + json.dumps(findings))
+"""
+
+# BLOCK_M, BLOCK_N, BLOCK_K, warps, stages: several pixel and column tiles per problem; the
+# blocks with 1024 channels and more take wider tiles (the interpreter's time goes per tile).
+SMALL = (32, 32, 16, 4, 2)
+WIDE = (32, 64, 64, 4, 2)
+WIDER = (32, 128, 128, 4, 2)
+CASES = [  # id, block, batch, input size, programs, tile config, launches
+    ("Stem0", "Stem0", 2, 9, 3, SMALL, 2),
+    ("Mixed3a", "Mixed3a", 1, 7, 2, WIDE, 1),
+    ("Mixed4a", "Mixed4a", 2, 7, 4, SMALL, 2),
+    ("Mixed5a", "Mixed5a", 1, 5, 2, WIDE, 1),
+    ("InceptionA", "InceptionA", 3, 5, 3, WIDE, 2),
+    ("ReductionA", "ReductionA", 1, 5, 2, WIDE, 1),
+    ("InceptionB", "InceptionB", 1, 4, 5, WIDER, 1),
+    ("ReductionB", "ReductionB", 1, 5, 2, WIDER, 1),
+    ("InceptionC", "InceptionC", 1, 3, 2, WIDER, 1),
+    ("googlenet_Inception", "googlenet_Inception", 3, 7, 3, SMALL, 2),
+    ("irv2_Block35", "irv2_Block35", 2, 5, 3, SMALL, 1),
+    ("v3_InceptionE", "v3_InceptionE", 1, 3, 2, WIDER, 1),
+]
+
+
+@pytest.fixture(scope="module")
+def findings():
+    """Every case's findings; two subprocesses share the cases (CI machines have two cores)."""
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    runs = [
+        subprocess.Popen([sys.executable, "-c", SCRIPT, json.dumps(CASES[half::2])], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for half in range(2)
+    ]
+    found = {}
+    for run in runs:
+        stdout, stderr = run.communicate(timeout=900)
+        lines = [line for line in stdout.splitlines() if line.startswith("FINDINGS")]
+        assert run.returncode == 0 and lines, stdout[-3000:] + stderr[-3000:]
+        found.update(json.loads(lines[-1].removeprefix("FINDINGS")))
+    return found
+
+
+@pytest.mark.parametrize("case", [c[0] for c in CASES])
+def test_block_kernel_under_interpreter(findings, case):
+    found = findings[case]
+    assert "exception" not in found, found.get("exception")
+    assert found["finite"], "a channel slice was never written"
+    assert found["error"] < 1e-4, found["error"]
+    assert found["same_as_stage_kernel"], "the block kernel's tiles differ from the stage kernel's"
+    assert found["relaunch_equal"], "a second launch differs: the counters did not reset"
+    assert not found["uncovered"], f"tiles that wait for too few producer tiles: {found['uncovered']}"
+    assert (found["windows_checked"] > 0) == (found["stages"] > 1), found  # not a vacuous check
