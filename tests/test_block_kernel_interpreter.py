@@ -2,7 +2,7 @@
 Inception-v4 block type and blocks of the family (GoogLeNet's Inception, Inception-ResNet-v2's
 Block35 with its residual, Inception-v3's InceptionE) in fp32 with exact dots, against the
 `torch` backend and, bit for bit, against the stage kernel with the same tiles; NaN-poisoned
-buffers; a second launch (the counters must have reset themselves).
+buffers; split-K; a second launch (the counters must have reset themselves).
 
 The interpreter runs programs one after another in pid order, so the first program takes every
 ticket and no wait ever spins: these tests check the waiting logic, not its timing. They do
@@ -32,8 +32,8 @@ from inception_fast import reference as R
 from inception_fast.backends.triton_backend import ALIGN
 from inception_fast.backends.triton_block_backend import pack_whole_block
 from inception_fast.kernels.triton.block_kernel import (
-    COUNT_OFF, DEP_COUNT, DEP_START, FIRST, M_TILES, COL_TILES, _block_kernel, block_schedule,
-    launch_block_tensors,
+    DEP_COUNT, DEP_START, FIRST, M_TILES, COL_TILES, PARTS, _block_kernel, block_schedule,
+    launch_block_tensors, split_k_buffers,
 )
 from inception_fast.kernels.triton.stage_kernel import _stage_kernel, launch_stage
 from inception_fast.modules import fuse_block
@@ -96,27 +96,31 @@ def run_case(name, batch, size, programs, config, launches):
     plan = fused.plan
     work_channels = max(plan.work_channels, 8)
     packed = pack_whole_block(fused, "cpu", torch.float32, padded if padded != cin else None)
-    block_m, block_n = config[:2]
-    schedule, deps, tiles, n_counters = block_schedule(packed.table.rows, packed.deps, batch, size, size,
-                                                       block_m, block_n)
+    block_m, block_n, k_parts = config[0], config[1], config[5]
+    plan_s = block_schedule(packed.table.rows, packed.deps, batch, size, size, block_m, block_n, k_parts)
+    schedule, deps, tickets = plan_s.schedule, plan_s.deps, plan_s.tickets
     schedule_t = torch.tensor(schedule, dtype=torch.int32)
     deps_t = torch.tensor(deps, dtype=torch.int32)
-    counters = torch.zeros(n_counters, dtype=torch.int32)
+    counters = torch.zeros(plan_s.counters, dtype=torch.int32)
+    scratch, counts = split_k_buffers(plan_s.slots, config, "cpu")
+    if scratch is None:
+        scratch, counts = torch.empty(1), torch.zeros(1, dtype=torch.int32)
     results = []
     for launch in range(launches):  # a second launch finds the counters the first one left
         out, work = nan_buffer(batch, plan.out_channels, oh, ow), nan_buffer(batch, work_channels, size, size)
-        waits = torch.full((2 * tiles,), -1, dtype=torch.int32)
+        waits = torch.full((2 * tickets,), -1, dtype=torch.int32)
         launch_block_tensors(
-            _block_kernel, programs, tiles, xk, work, out, packed.table.problems, packed.table.weights,
+            _block_kernel, programs, tickets, xk, work, out, packed.table.problems, packed.table.weights,
             packed.table.bias, packed.table.col_dst, packed.table.col_flags, schedule_t, deps_t, counters,
-            config, "ieee", *packed.kinds, waits=waits,
+            scratch, counts, config, "ieee", *packed.kinds, waits=waits,
         )
         results.append(out.clone())
         assert counters.abs().sum() == 0, f"launch {launch} left counters {counters.tolist()}"
+        assert counts.abs().sum() == 0, f"launch {launch} left split-K counts {counts.tolist()}"
     # The stage kernel, one launch per stage, with the same tiles and no split-K.
     staged, work = nan_buffer(batch, plan.out_channels, oh, ow), nan_buffer(batch, work_channels, size, size)
     for stage in pk.pack_block(fused, "cpu", torch.float32, padded if padded != cin else None):
-        launch_stage(_stage_kernel, stage, xk, work, staged, (*config, 1), "ieee")
+        launch_stage(_stage_kernel, stage, xk, work, staged, config, "ieee")
 
     # Every consumer tile's recorded window covers what its window reads.
     uncovered, checked = [], 0
@@ -126,9 +130,9 @@ def run_case(name, batch, size, programs, config, launches):
             continue
         p_oh, p_ow = pk.row_output_hw(rows[p], size, size)
         pixels = batch * p_oh * p_ow
-        for local in range(sched[M_TILES] * sched[COL_TILES]):
+        for local in range(sched[M_TILES] * sched[COL_TILES] * sched[PARTS]):
             ticket = sched[FIRST] + local
-            pid_m = local // sched[COL_TILES]
+            pid_m = local // sched[PARTS] // sched[COL_TILES]
             m_lo, m_hi = pid_m * block_m, min(pixels, (pid_m + 1) * block_m) - 1
             need = read_window_tiles(rows[p], size, size, batch, m_lo, m_hi, block_m)
             got = waits[2 * ticket : 2 * ticket + 2].tolist()
@@ -157,23 +161,28 @@ for case in json.loads(sys.argv[1]):
 print("FINDINGS" + json.dumps(findings))
 """
 
-# BLOCK_M, BLOCK_N, BLOCK_K, warps, stages: several pixel and column tiles per problem; the
-# blocks with 1024 channels and more take wider tiles (the interpreter's time goes per tile).
-SMALL = (32, 32, 16, 4, 2)
-WIDE = (32, 64, 64, 4, 2)
-WIDER = (32, 128, 128, 4, 2)
-CASES = [  # id, block, batch, input size, programs, tile config, launches
+# BLOCK_M, BLOCK_N, BLOCK_K, warps, stages, split-K parts: several pixel and column tiles per
+# problem; the blocks with 1024 channels and more take wider tiles (the interpreter's time
+# goes per tile).
+SMALL = (32, 32, 16, 4, 2, 1)
+WIDE = (32, 64, 64, 4, 2, 1)
+WIDER = (32, 128, 128, 4, 2, 1)
+SPLIT2 = (32, 32, 16, 4, 2, 2)
+SPLIT3 = (32, 64, 64, 4, 2, 3)
+CASES = [  # id, block, batch, input size, programs, config, launches
     ("Stem0", "Stem0", 2, 9, 3, SMALL, 2),
     ("Mixed3a", "Mixed3a", 1, 7, 2, WIDE, 1),
     ("Mixed4a", "Mixed4a", 2, 7, 4, SMALL, 2),
     ("Mixed5a", "Mixed5a", 1, 5, 2, WIDE, 1),
     ("InceptionA", "InceptionA", 3, 5, 3, WIDE, 2),
+    ("InceptionA-split3", "InceptionA", 1, 5, 3, SPLIT3, 2),
     ("ReductionA", "ReductionA", 1, 5, 2, WIDE, 1),
     ("InceptionB", "InceptionB", 1, 4, 5, WIDER, 1),
     ("ReductionB", "ReductionB", 1, 5, 2, WIDER, 1),
     ("InceptionC", "InceptionC", 1, 3, 2, WIDER, 1),
     ("googlenet_Inception", "googlenet_Inception", 3, 7, 3, SMALL, 2),
     ("irv2_Block35", "irv2_Block35", 2, 5, 3, SMALL, 1),
+    ("irv2_Block35-split2", "irv2_Block35", 1, 5, 2, SPLIT2, 2),
     ("v3_InceptionE", "v3_InceptionE", 1, 3, 2, WIDER, 1),
 ]
 

@@ -18,9 +18,10 @@ from inception_fast.kernels.triton.block_kernel import (
     DEP_START,
     FIRST,
     M_TILES,
+    PARTS,
+    SLOT_BASE,
     block_schedule,
-    candidates,
-    default_config,
+    programs_per_sm,
 )
 from inception_fast.modules import fuse_block
 from inception_fast.plan import INPUT, OUTPUT, WORK, BlockPlan, Conv, Slice, Write, op_destinations
@@ -66,15 +67,26 @@ def _conv_row(cols, kernel=1, stride=1, pad=0, src_buf=pk.BUF_INPUT):
 def test_schedule_numbers_tiles_in_table_order_and_counts_only_producers():
     rows = [_conv_row(96), _conv_row(64, 3, 1, 1, pk.BUF_WORK), _conv_row(32, 3, 1, 1, pk.BUF_WORK)]
     deps = [[], [(0, False)], [(0, False), (1, False)]]
-    schedule, dep_rows, tiles, counters = block_schedule(rows, deps, 2, 9, 9, 64, 64)
+    schedule, dep_rows, tickets, counters, slots = block_schedule(rows, deps, 2, 9, 9, 64, 64)
     m_tiles = -(-2 * 9 * 9 // 64)  # 3
     assert [r[M_TILES] for r in schedule] == [m_tiles] * 3
     assert [r[COL_TILES] for r in schedule] == [2, 1, 1]
-    assert [r[FIRST] for r in schedule] == [0, 6, 9] and tiles == 12
+    assert [r[FIRST] for r in schedule] == [0, 6, 9] and tickets == 12
     # counters: [0] tickets, then one per pixel tile of each problem that a later one reads
     assert [r[COUNT_OFF] for r in schedule] == [1, 1 + m_tiles, -1] and counters == 1 + 2 * m_tiles
     assert [(r[DEP_START], r[DEP_COUNT]) for r in schedule] == [(0, 0), (0, 1), (1, 2)]
     assert dep_rows == [[0, 0], [0, 0], [1, 0]]
+    assert [r[PARTS] for r in schedule] == [1, 1, 1] and slots == 12
+
+
+def test_split_k_gives_conv_tiles_consecutive_tickets_and_scratch_slots():
+    pool = [pk.MAX_POOL, pk.BUF_WORK, 0, 16, 16, 3, 3, 1, 1, 1, -1, 0, 0]
+    rows = [_conv_row(96), pool, _conv_row(32, 3, 1, 1, pk.BUF_WORK)]
+    deps = [[], [(0, False)], [(0, False)]]
+    schedule, _, tickets, _, slots = block_schedule(rows, deps, 2, 9, 9, 64, 64, 4)
+    assert [r[PARTS] for r in schedule] == [4, 1, 4]  # pools are never split
+    assert [r[FIRST] for r in schedule] == [0, 24, 27] and tickets == 27 + 12
+    assert [r[SLOT_BASE] for r in schedule] == [0, 6, 6] and slots == 9
 
 
 def test_a_window_on_a_producer_of_another_size_waits_for_all_of_it():
@@ -123,10 +135,7 @@ def test_whole_block_packing_refuses_what_the_kernels_cannot_run():
         pack_whole_block(fuse_block(block), "cpu", torch.float16)
 
 
-def test_tile_choices():
-    configs = candidates(8)
-    assert {c[2] for c in configs} == {16}  # the stem's 8 channels: narrow K steps
-    assert {c[2] for c in candidates(384, element_size=4)} == {32}
-    assert default_config(candidates(384), 10, 132)[:2] == (64, 64)
-    assert default_config(candidates(384), 1000, 132)[:2] == (128, 128)
-    assert all(c in configs for c in (default_config(configs, 10, 132), default_config(configs, 1000, 132)))
+def test_two_programs_per_sm_only_where_two_fit():
+    assert programs_per_sm((64, 64, 64, 4, 4, 1), 2) == 2
+    assert programs_per_sm((128, 128, 64, 8, 3, 1), 2) == 1  # 8 warps, 96 KB of buffers
+    assert programs_per_sm((128, 128, 32, 4, 3, 1), 4) == 1  # a 128 x 128 fp32 accumulator

@@ -17,7 +17,7 @@ import torch
 from .. import packing as pk
 from ..kernels.triton import ops as _registered_ops  # noqa: F401 - registers torch.ops.inception_fast.triton_*
 from ..kernels.triton import tuning
-from ..kernels.triton.block_kernel import block_schedule, candidates, default_config
+from ..kernels.triton.block_kernel import block_schedule, programs_per_sm, split_k_buffers
 from ..kernels.triton.stage_kernel import stage_kinds
 from ..plan import BlockPlan, op_destinations
 from . import precision_key
@@ -126,29 +126,44 @@ def _sm_count(device) -> int:
     return count
 
 
-def _launch_buffers(packed: PackedBlock, n, h, w, config, x):
-    """(schedule, deps, counters, tiles) per shape, config and stream, made once and kept: the
-    kernel leaves its counters at zero, so later launches and CUDA-graph replays reuse them.
-    Launches on two streams may run at once (threads sharing a model): one set per stream."""
+@dataclass
+class _Launch:
+    schedule: torch.Tensor
+    deps: torch.Tensor
+    counters: torch.Tensor
+    scratch: torch.Tensor
+    counts: torch.Tensor
+    tickets: int
+
+
+def _launch_buffers(packed: PackedBlock, n, h, w, config, x) -> _Launch:
+    """Schedule, counters and split-K buffers per shape, config and stream, made once and kept:
+    the kernel leaves its counters at zero, so later launches and CUDA-graph replays reuse
+    them. Launches on two streams may run at once (threads sharing a model): one set per stream."""
     stream = None
     if x.is_cuda and not torch.compiler.is_compiling():
         stream = torch.cuda.current_stream(x.device).cuda_stream
-    key = (n, h, w, config[:2], x.device, stream)
+    key = (n, h, w, config, x.device, stream)
     buffers = packed.launches.get(key)
     if buffers is None:
-        schedule, deps, tiles, counters = block_schedule(packed.table.rows, packed.deps, n, h, w, *config[:2])
-        buffers = packed.launches[key] = (
-            torch.tensor(schedule, dtype=torch.int32, device=x.device),
-            torch.tensor(deps, dtype=torch.int32, device=x.device),
-            torch.zeros(counters, dtype=torch.int32, device=x.device),
-            tiles,
+        plan = block_schedule(packed.table.rows, packed.deps, n, h, w, config[0], config[1], config[5])
+        scratch, counts = split_k_buffers(plan.slots, config, x.device)
+        if scratch is None:  # never touched without split-K; two tensors: mutated args must not alias
+            scratch = torch.empty(1, dtype=torch.float32, device=x.device)
+            counts = torch.empty(1, dtype=torch.int32, device=x.device)
+        buffers = packed.launches[key] = _Launch(
+            torch.tensor(plan.schedule, dtype=torch.int32, device=x.device),
+            torch.tensor(plan.deps, dtype=torch.int32, device=x.device),
+            torch.zeros(plan.counters, dtype=torch.int32, device=x.device),
+            scratch, counts, plan.tickets,
         )
     return buffers
 
 
-def num_programs(tiles: int, config, device) -> int:
-    """Programs of a launch: the config's programs per SM, never more than tiles (or GRID_LIMIT)."""
-    programs = min(tiles, config[5] * _sm_count(device))
+def num_programs(tickets: int, config, x: torch.Tensor) -> int:
+    """Programs of a launch: one or two per SM (`programs_per_sm`), never more than tickets,
+    nor more than GRID_LIMIT where that is set."""
+    programs = min(tickets, programs_per_sm(config, x.element_size()) * _sm_count(x.device))
     return max(1, min(programs, GRID_LIMIT) if GRID_LIMIT else programs)
 
 
@@ -159,24 +174,27 @@ def _run(packed: PackedBlock, x, work, out) -> None:
     ops = torch.ops.inception_fast
 
     def launch(config):
-        schedule, deps, counters, tiles = _launch_buffers(packed, n, h, w, config, x)
+        b = _launch_buffers(packed, n, h, w, config, x)
         ops.triton_block(
             x, work, out, table.problems, table.weights_for(tf32), table.bias, table.col_dst,
-            table.col_flags, schedule, deps, counters, num_programs(tiles, config, x.device), tiles,
-            *config[:5], tf32, *packed.kinds,
+            table.col_flags, b.schedule, b.deps, b.counters, b.scratch, b.counts,
+            num_programs(b.tickets, config, x), b.tickets, *config, tf32, *packed.kinds,
         )
 
     # The chosen config per shape is kept on the table: no key building on the hot path.
     shape = (n, h, w, x.dtype, tf32)
     config = table.configs.get(shape)
     if config is None:
+        # The stage kernel's candidates: the same tiles and split-K parts, BLOCK_K from the
+        # narrowest conv of the whole block.
         convs = [row[pk.CIN] for row in table.rows if row[pk.KIND] == pk.CONV]
-        configs = candidates(min(convs, default=64), x.element_size())
-        tiles_at_128 = block_schedule(table.rows, packed.deps, n, h, w, 128, 128)[2]
-        fallback = default_config(configs, tiles_at_128, _sm_count(x.device))
+        configs = tuning.candidates(
+            min(convs, default=64), tuning.batch_bucket(n), packed.kinds[0], x.element_size()
+        )
+        tiles_at_128 = block_schedule(table.rows, packed.deps, n, h, w, 128, 128).tickets
+        fallback = tuning.default_config(configs, tiles_at_128)
         name = torch.cuda.get_device_name(x.device).replace(" ", "_")
-        # "block:" keeps these apart from the stage kernel's keys; the sixth number of a
-        # cached config is the programs per SM here (the stage kernel's split-K parts there).
+        # "block:" keeps these choices apart from the stage kernel's.
         key = f"block:{packed.signature}/{h}x{w}/b{tuning.batch_bucket(n)}/{precision_key(x)}/{name}"
         config = tuning.choose(key, launch, configs, fallback, x.device)
         if not torch.compiler.is_compiling():

@@ -14,6 +14,8 @@ tables concatenated in stage order), plus a *schedule* built per input shape by
     COUNT_OFF  where its per-pixel-tile counters start in `counters` (-1: no later problem
                reads it)
     DEP_START, DEP_COUNT   its rows in `deps`
+    PARTS      tickets per tile: the split-K parts of a conv (consecutive tickets), 1 for pools
+    SLOT_BASE  split-K: the block's conv tiles before this problem (its first scratch slot)
   deps[D, 2] (int32): (producer problem, WHOLE). WHOLE = 0: the consumer reads the producer's
     output through its window, so a consumer tile waits for the producer's pixel tiles that
     cover the source rows of its own pixels (+- the window); WHOLE = 1: it waits for every
@@ -35,12 +37,16 @@ those (ticket = tiles + programs - 1) is the only one still running, after every
 program finished every tile; it zeroes all counters.
 
 The tiles themselves are the stage kernel's (`stage_kernel._conv_tile`, `_pool_tile`,
-`_epilogue_store`), without split-K, so a tile computes exactly what the stage kernel computes
-with the same BLOCK_M / BLOCK_N / BLOCK_K.
+`_epilogue_store`, `_split_k_epilogue`), so a tile computes exactly what the stage kernel
+computes with the same config. With split-K, the part that arrives last stores the tile and
+signals its counter; the parts have consecutive tickets, all smaller than any consumer's.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
+import torch
 import triton
 import triton.language as tl
 
@@ -60,11 +66,12 @@ from .stage_kernel import (
     _epilogue_store,
     _pool_tile,
     _problem_geometry,
+    _split_k_epilogue,
     _times8,
 )
 
-FIRST, M_TILES, COL_TILES, COUNT_OFF, DEP_START, DEP_COUNT = range(6)
-SCHED_FIELDS = 6
+FIRST, M_TILES, COL_TILES, COUNT_OFF, DEP_START, DEP_COUNT, PARTS, SLOT_BASE = range(8)
+SCHED_FIELDS = 8
 _SCHED_FIELDS = tl.constexpr(SCHED_FIELDS)
 _FIRST = tl.constexpr(FIRST)
 _M_TILES = tl.constexpr(M_TILES)
@@ -72,6 +79,8 @@ _COL_TILES = tl.constexpr(COL_TILES)
 _COUNT_OFF = tl.constexpr(COUNT_OFF)
 _DEP_START = tl.constexpr(DEP_START)
 _DEP_COUNT = tl.constexpr(DEP_COUNT)
+_PARTS = tl.constexpr(PARTS)
+_SLOT_BASE = tl.constexpr(SLOT_BASE)
 _RESET_BLOCK = tl.constexpr(1024)
 
 
@@ -124,16 +133,18 @@ def _wait_for_producers(sched_ptr, deps_ptr, counters_ptr, p, first, last):
 ])
 def _block_kernel(
     x_ptr, work_ptr, out_ptr,
-    w_ptr, bias_ptr, col_dst_ptr, col_flags_ptr, prob_ptr, sched_ptr, deps_ptr, counters_ptr, waits_ptr,
+    w_ptr, bias_ptr, col_dst_ptr, col_flags_ptr, prob_ptr, sched_ptr, deps_ptr, counters_ptr,
+    scratch_ptr, count_ptr, waits_ptr,
     N, H, W, C_IN, C_WORK, C_OUT, num_problems, num_tiles, num_programs, num_counters,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
     HAS_CONV: tl.constexpr, HAS_POOL: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
-    WIDE_INDEX: tl.constexpr, RECORD_WAITS: tl.constexpr,
+    WIDE_INDEX: tl.constexpr, SPLIT_K: tl.constexpr, RECORD_WAITS: tl.constexpr,
 ):
     """HAS_CONV / HAS_POOL / HAS_RESIDUAL / WIDE_INDEX: as in the stage kernel, over the whole
-    block. RECORD_WAITS (tests): each tile stores the producer pixel tiles it waited for,
-    (first, last), at waits_ptr[2 * ticket]."""
+    block. SPLIT_K: conv tiles come in PARTS tickets each, summed through `scratch_ptr` and
+    `count_ptr` as in the stage kernel. RECORD_WAITS (tests): each ticket stores the producer
+    pixel tiles it waited for, (first, last), at waits_ptr[2 * ticket]."""
     INDEX: tl.constexpr = tl.int64 if WIDE_INDEX else tl.int32
     # Multiples of 8 elements, written so that the alignment analysis sees it (stage kernel).
     C_IN = _times8(C_IN)
@@ -148,6 +159,12 @@ def _block_kernel(
         sched = sched_ptr + p_sel * _SCHED_FIELDS
         local = ticket - tl.load(sched + _FIRST)
         n_col_tiles = tl.load(sched + _COL_TILES)
+        k_part = 0
+        parts = 1
+        if SPLIT_K:
+            parts = tl.load(sched + _PARTS)
+            k_part = local % parts
+            local = local // parts
         # Column tiles of one pixel tile run next to each other: its input rows stay in L2,
         # and the pixel tile's counter completes early for the next stage.
         pid_m = local // n_col_tiles
@@ -185,17 +202,26 @@ def _block_kernel(
         rows = offs_m.to(INDEX)
         keeps_size = (oh == H) & (ow == W)
 
+        stored = ticket >= 0  # the tile is complete after this ticket (split-K: its last part)
         if HAS_CONV:
             if kind == _CONV:
                 acc = _conv_tile(
                     src_ptr, src_stride, w_ptr, w_off, img, ih0, iw0, m_mask, col0, cols, cin, kh, kw,
-                    H, W, 0, 1, INDEX, BLOCK_M, BLOCK_N, BLOCK_K, INPUT_PRECISION,
+                    H, W, k_part, parts, INDEX, BLOCK_M, BLOCK_N, BLOCK_K, INPUT_PRECISION,
                 )
-                _epilogue_store(
-                    acc, rows, m_mask, col0, cols, col_off, bias_ptr, col_dst_ptr, col_flags_ptr,
-                    work_ptr, out_ptr, C_WORK, C_OUT, x_ptr, C_IN, keeps_size, BLOCK_N, INPUT_PRECISION,
-                    HAS_RESIDUAL,
-                )
+                if SPLIT_K:
+                    stored = _split_k_epilogue(
+                        acc, tl.load(sched + _SLOT_BASE) + local, k_part, parts, scratch_ptr, count_ptr,
+                        rows, m_mask, col0, cols, col_off, bias_ptr, col_dst_ptr, col_flags_ptr, work_ptr,
+                        out_ptr, C_WORK, C_OUT, x_ptr, C_IN, keeps_size, BLOCK_M, BLOCK_N, INPUT_PRECISION,
+                        HAS_RESIDUAL,
+                    )
+                else:
+                    _epilogue_store(
+                        acc, rows, m_mask, col0, cols, col_off, bias_ptr, col_dst_ptr, col_flags_ptr,
+                        work_ptr, out_ptr, C_WORK, C_OUT, x_ptr, C_IN, keeps_size, BLOCK_N, INPUT_PRECISION,
+                        HAS_RESIDUAL,
+                    )
         if HAS_POOL:
             if kind != _CONV:
                 acc = _pool_tile(
@@ -211,7 +237,7 @@ def _block_kernel(
         count_off = tl.load(sched + _COUNT_OFF)
         # Every thread's stores are issued before the one release that publishes them.
         tl.debug_barrier()
-        if count_off >= 0:
+        if (count_off >= 0) & stored:
             tl.atomic_add(counters_ptr + count_off + pid_m, 1, sem="release")
         ticket = tl.atomic_add(counters_ptr, 1, sem="acq_rel")
 
@@ -226,86 +252,91 @@ def _block_kernel(
 # --- host side -------------------------------------------------------------------------------
 
 
-def block_schedule(rows, deps, n: int, h: int, w: int, block_m: int, block_n: int):
+class BlockSchedule(NamedTuple):
+    schedule: list  # [P][SCHED_FIELDS]
+    deps: list  # [D][2], never empty (a dummy row when nothing waits)
+    tickets: int  # tiles, conv tiles counted once per split-K part
+    counters: int  # length of the counters tensor
+    slots: int  # conv tiles: the split-K scratch holds k_parts fp32 tiles per slot
+
+
+def block_schedule(rows, deps, n: int, h: int, w: int, block_m: int, block_n: int,
+                   k_parts: int = 1) -> BlockSchedule:
     """The per-shape schedule of a packed block (host side, no device sync).
 
     rows: the packed table (`PackedStage.rows`, every stage's problems in stage order).
     deps: per problem, a list of (producer index < its own, whole) pairs: whole = False where
     the problem reads the producer's output through its window, True where it must wait for
     all of it. A window dependency on a producer whose output is not at the block's input size
-    (the grid that windows index) becomes whole.
-    Returns (schedule rows, deps rows, number of tiles, number of counters)."""
-    geometry = []
-    first = 0
-    for row in rows:
+    (the grid that windows index) becomes whole. k_parts: split-K parts of every conv tile."""
+    produces = {q for producers in deps for q, _ in producers}
+    schedule, dep_rows, keeps_grid = [], [], []
+    tickets, counters, slots = 0, 1, 0  # counters[0]: the ticket counter
+    for p, row in enumerate(rows):
         oh, ow = pk.row_output_hw(row, h, w)
+        keeps_grid.append((oh, ow) == (h, w))
         m_tiles = triton.cdiv(n * oh * ow, block_m)
         col_tiles = triton.cdiv(row[pk.COLS], block_n)
-        geometry.append((first, m_tiles, col_tiles, (oh, ow) == (h, w)))
-        first += m_tiles * col_tiles
-    produces = {q for producers in deps for q, _ in producers}
-    schedule, dep_rows = [], []
-    counters = 1  # [0]: the ticket counter
-    for p, (start, m_tiles, col_tiles, _) in enumerate(geometry):
+        parts = k_parts if row[pk.KIND] == pk.CONV else 1
         count_off = -1
         if p in produces:
             count_off, counters = counters, counters + m_tiles
         for q, whole in deps[p]:
             if not q < p:
                 raise ValueError(f"problem {p} depends on problem {q}, which is not before it")
-            dep_rows.append([q, int(whole or not geometry[q][3])])
-        schedule.append([start, m_tiles, col_tiles, count_off, len(dep_rows) - len(deps[p]), len(deps[p])])
-    return schedule, dep_rows or [[0, 0]], first, counters
+            dep_rows.append([q, int(whole or not keeps_grid[q])])
+        schedule.append([tickets, m_tiles, col_tiles, count_off, len(dep_rows) - len(deps[p]), len(deps[p]),
+                         parts, slots])
+        tickets += m_tiles * col_tiles * parts
+        slots += m_tiles * col_tiles if row[pk.KIND] == pk.CONV else 0
+    return BlockSchedule(schedule, dep_rows or [[0, 0]], tickets, counters, slots)
 
 
 def launch_block_tensors(
-    kernel, num_programs, num_tiles, x, work, out, problems, weights, bias, col_dst, col_flags,
-    schedule, deps, counters, config, precision, has_conv=True, has_pool=True, has_residual=False,
-    waits=None,
+    kernel, num_programs, num_tickets, x, work, out, problems, weights, bias, col_dst, col_flags,
+    schedule, deps, counters, scratch, counts, config, precision, has_conv=True, has_pool=True,
+    has_residual=False, waits=None,
 ):
     """Launch `kernel` (the raw kernel, or wrap_triton(kernel) inside a triton_op) on
-    `num_programs` programs for `num_tiles` tiles.
+    `num_programs` programs for `num_tickets` tickets.
 
     x, work, out: NCHW-shaped tensors stored channels_last (NHWC in memory); `work` may be a
     small dummy when the block has no intermediates. problems ... col_flags: the block's packed
     table (`packing.PackedStage`); schedule, deps: `block_schedule`'s tables (int32 tensors);
     counters: int32, zero before the first launch (the kernel leaves them zero). config:
-    (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages). precision: "tf32" or "ieee" for fp32
-    dots. waits: an int32 tensor of 2 * num_tiles to record each tile's waits into (tests)."""
-    block_m, block_n, block_k, num_warps, num_stages = config[:5]
+    (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages, k_parts), the stage kernel's. With
+    k_parts > 1, `scratch` (fp32, k_parts BLOCK_M x BLOCK_N tiles per slot) and `counts` (int32,
+    one per slot, zero before the first launch; left zero) hold the partial sums. precision:
+    "tf32" or "ieee" for fp32 dots. waits: int32, 2 per ticket, to record each ticket's waits
+    into (tests)."""
+    block_m, block_n, block_k, num_warps, num_stages, k_parts = config
     n, _, h, w = x.shape
     wide = max(x.numel(), work.numel(), out.numel()) >= 2**31
+    split = k_parts > 1
     kernel[(num_programs,)](
         x, work, out, weights, bias, col_dst, col_flags, problems, schedule, deps, counters,
-        waits if waits is not None else counters,
-        n, h, w, x.shape[1], work.shape[1], out.shape[1], problems.shape[0], num_tiles, num_programs,
+        scratch if split else bias, counts if split else counters, waits if waits is not None else counters,
+        n, h, w, x.shape[1], work.shape[1], out.shape[1], problems.shape[0], num_tickets, num_programs,
         counters.numel(),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, INPUT_PRECISION=precision,
-        HAS_CONV=has_conv, HAS_POOL=has_pool, HAS_RESIDUAL=has_residual, WIDE_INDEX=wide,
+        HAS_CONV=has_conv, HAS_POOL=has_pool, HAS_RESIDUAL=has_residual, WIDE_INDEX=wide, SPLIT_K=split,
         RECORD_WAITS=waits is not None, num_warps=num_warps, num_stages=num_stages,
     )
 
 
-# (BLOCK_M, BLOCK_N, num_warps, num_stages) worth timing; each with 1 or 2 programs per SM.
-_TILES = ((64, 64, 4, 4), (64, 128, 4, 3), (128, 64, 4, 3), (128, 128, 8, 3))
-_PROGRAMS_PER_SM = (1, 2)
+def split_k_buffers(slots: int, config, device):
+    """Zeroed split-K scratch and per-slot counters (None, None when the config does not split)."""
+    block_m, block_n, *_, k_parts = config
+    if k_parts == 1:
+        return None, None
+    scratch = torch.empty(slots * k_parts * block_m * block_n, dtype=torch.float32, device=device)
+    return scratch, torch.zeros(slots, dtype=torch.int32, device=device)
 
 
-def candidates(min_cin: int, element_size: int = 2) -> list[tuple]:
-    """Configs (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages, programs per SM) for a block
-    whose narrowest conv reads `min_cin` channels; BLOCK_K as the stage kernel's tuning picks
-    it (never much wider than a tap's channels, at most 32 in fp32)."""
-    from .tuning import candidates as stage_candidates
-
-    block_k = stage_candidates(min_cin, 1, True, element_size)[0][2]
-    return [(bm, bn, block_k, warps, stages, per_sm)
-            for bm, bn, warps, stages in _TILES for per_sm in _PROGRAMS_PER_SM]
-
-
-def default_config(configs: list[tuple], tiles_at_128: int, sm_count: int) -> tuple:
-    """Without timing: 128x128 tiles, one program per SM, when they fill the card twice over;
-    otherwise (the latency-bound small batches this kernel is for) 64x64 tiles, two programs
-    per SM so that a program waiting at a stage boundary leaves the SM another to run."""
-    if tiles_at_128 >= 2 * sm_count:
-        return next(c for c in configs if c[:2] == (128, 128) and c[5] == 1)
-    return next(c for c in configs if c[:2] == (64, 64) and c[5] == 2)
+def programs_per_sm(config, element_size: int) -> int:
+    """Two programs per SM where two fit (a program waiting at a stage boundary then leaves the
+    SM another to run), else one: 4-warp tiles of at most 64 x 128 (fp32 accumulators in
+    registers) whose pipeline buffers take at most ~100 KB of shared memory."""
+    block_m, block_n, block_k, num_warps, num_stages, _ = config
+    buffers = num_stages * (block_m + block_n) * block_k * element_size
+    return 2 if num_warps <= 4 and block_m * block_n <= 64 * 128 and buffers <= 100 * 1024 else 1

@@ -45,7 +45,7 @@ def triton_stage(
     )
 
 
-@triton_op("inception_fast::triton_block", mutates_args={"work", "out", "counters"})
+@triton_op("inception_fast::triton_block", mutates_args={"work", "out", "counters", "scratch", "counts"})
 def triton_block(
     x: torch.Tensor,
     work: torch.Tensor,
@@ -58,13 +58,16 @@ def triton_block(
     schedule: torch.Tensor,
     deps: torch.Tensor,
     counters: torch.Tensor,
+    scratch: torch.Tensor,
+    counts: torch.Tensor,
     num_programs: int,
-    num_tiles: int,
+    num_tickets: int,
     block_m: int,
     block_n: int,
     block_k: int,
     num_warps: int,
     num_stages: int,
+    k_parts: int,
     tf32: bool,
     has_conv: bool,
     has_pool: bool,
@@ -72,12 +75,14 @@ def triton_block(
 ) -> None:
     """A whole block in one persistent launch: x [N,Cin,H,W], work [N,Cw,H,W], out
     [N,Cout,OH,OW], all stored channels_last; problems ... col_flags: every stage's packed table
-    concatenated; schedule, deps, counters and num_tiles from `block_kernel.block_schedule`
-    (counters zero before the first launch; the kernel leaves them zero)."""
+    concatenated; schedule, deps, counters and num_tickets from `block_kernel.block_schedule`
+    (counters zero before the first launch; the kernel leaves them zero); scratch / counts:
+    split-K buffers from `block_kernel.split_k_buffers` (unused when k_parts == 1)."""
     launch_block_tensors(
-        wrap_triton(_block_kernel), num_programs, num_tiles, x, work, out, problems, weights, bias,
-        col_dst, col_flags, schedule, deps, counters, (block_m, block_n, block_k, num_warps, num_stages),
-        "tf32" if tf32 else "ieee", has_conv, has_pool, has_residual,
+        wrap_triton(_block_kernel), num_programs, num_tickets, x, work, out, problems, weights, bias,
+        col_dst, col_flags, schedule, deps, counters, scratch, counts,
+        (block_m, block_n, block_k, num_warps, num_stages, k_parts), "tf32" if tf32 else "ieee",
+        has_conv, has_pool, has_residual,
     )
 
 
