@@ -40,7 +40,28 @@ from inception_fast.modules import fuse_block
 from inception_fast.testing import randomize_batchnorm, relative_l2
 
 
+def reuse_block():
+    # A plan whose stage 2 overwrites the slice stage 1 read (and stage 0 wrote): its tiles wait
+    # for all of those producers (WHOLE), not only for a window.
+    from inception_fast.modules import FusedBlock
+    from inception_fast.plan import INPUT, OUTPUT, WORK, BlockPlan, Conv, Slice, Write
+
+    def conv(src, dst):
+        return Conv(("c",), src, (3, 3), (Write(dst),), padding=(1, 1))
+
+    plan = BlockPlan("Reuse", 8, 16, 16, (
+        (conv(Slice(INPUT, 0, 8), Slice(WORK, 0, 8)), conv(Slice(INPUT, 0, 8), Slice(OUTPUT, 8, 16))),
+        (conv(Slice(WORK, 0, 8), Slice(WORK, 8, 16)),),
+        (conv(Slice(WORK, 8, 16), Slice(WORK, 0, 8)),),
+        (conv(Slice(WORK, 0, 8), Slice(OUTPUT, 0, 8)),),
+    ))
+    params = [(torch.randn(8, 8, 3, 3) / 8, torch.randn(8) / 4) for _ in plan.ops]
+    return FusedBlock(plan, params)
+
+
 def family(name):
+    if name == "reuse":
+        return reuse_block(), 8
     if name == "googlenet_Inception":
         from torchvision.models.googlenet import Inception
         return Inception(40, 8, 16, 24, 8, 8, 16), 40
@@ -84,8 +105,7 @@ def read_window_tiles(row, h, w, n, m_lo, m_hi, block_m):
 def run_case(name, batch, size, programs, config, launches):
     torch.manual_seed(0)
     module, cin = family(name)
-    block = randomize_batchnorm(module).eval()
-    fused = fuse_block(block)
+    fused = module if name == "reuse" else fuse_block(randomize_batchnorm(module).eval())
     x = torch.randn(batch, cin, size, size).relu_() + 0.05
     with torch.no_grad():
         spec = fused(x)  # the torch backend
@@ -146,6 +166,7 @@ def run_case(name, batch, size, programs, config, launches):
         "relaunch_equal": all(torch.equal(results[0], r) for r in results),
         "uncovered": uncovered[:5],
         "windows_checked": checked,
+        "whole_dependencies": sum(whole for _, whole in deps) if any(packed.deps) else 0,
         "stages": len(plan.stages),
     }
 
@@ -184,6 +205,7 @@ CASES = [  # id, block, batch, input size, programs, config, launches
     ("irv2_Block35", "irv2_Block35", 2, 5, 3, SMALL, 1),
     ("irv2_Block35-split2", "irv2_Block35", 1, 5, 2, SPLIT2, 2),
     ("v3_InceptionE", "v3_InceptionE", 1, 3, 2, WIDER, 1),
+    ("reuse", "reuse", 2, 6, 3, SMALL, 2),
 ]
 
 
@@ -215,3 +237,4 @@ def test_block_kernel_under_interpreter(findings, case):
     assert found["relaunch_equal"], "a second launch differs: the counters did not reset"
     assert not found["uncovered"], f"tiles that wait for too few producer tiles: {found['uncovered']}"
     assert (found["windows_checked"] > 0) == (found["stages"] > 1), found  # not a vacuous check
+    assert (found["whole_dependencies"] > 0) == (case == "reuse"), found

@@ -14,7 +14,7 @@ import importlib
 
 import torch
 
-BACKENDS = ("torch", "triton", "triton-block", "cuda", "auto")
+BACKENDS = ("torch", "triton", "cuda", "triton-block", "auto")
 _MODULES = {
     "torch": ".torch_backend",
     "triton": ".triton_backend",
