@@ -6,9 +6,10 @@ buffers; split-K; a second launch (the counters must have reset themselves).
 
 The interpreter runs programs one after another in pid order, so the first program takes every
 ticket and no wait ever spins: these tests check the waiting logic, not its timing. They do
-check which producer tiles each tile waits for: the kernel records its window, and it must
-cover every source pixel the tile's window really reads. Racing programs are the GPU tests'
-job (test_gpu_block_kernel.py)."""
+check which producer tiles each tile waits for: the kernel records the counters each wait
+read, and they must cover every source pixel the tile's window really reads (every tile of
+the producer where the tile overwrites what the producer read). Racing programs are the GPU
+tests' job (test_gpu_block_kernel.py)."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from inception_fast import reference as R
 from inception_fast.backends.triton_backend import ALIGN
 from inception_fast.backends.triton_block_backend import pack_whole_block
 from inception_fast.kernels.triton.block_kernel import (
-    DEP_COUNT, DEP_START, FIRST, M_TILES, COL_TILES, PARTS, _block_kernel, block_schedule,
+    DEP_COUNT, DEP_START, FIRST, M_TILES, COL_TILES, PARTS, RECORD_DEPS, _block_kernel, block_schedule,
     launch_block_tensors, split_k_buffers,
 )
 from inception_fast.kernels.triton.stage_kernel import _stage_kernel, launch_stage
@@ -128,7 +129,7 @@ def run_case(name, batch, size, programs, config, launches):
     results = []
     for launch in range(launches):  # a second launch finds the counters the first one left
         out, work = nan_buffer(batch, plan.out_channels, oh, ow), nan_buffer(batch, work_channels, size, size)
-        waits = torch.full((2 * tickets,), -1, dtype=torch.int32)
+        waits = torch.tensor([2**30, -1, 0], dtype=torch.int32).repeat(tickets * RECORD_DEPS)
         launch_block_tensors(
             _block_kernel, programs, tickets, xk, work, out, packed.table.problems, packed.table.weights,
             packed.table.bias, packed.table.col_dst, packed.table.col_flags, schedule_t, deps_t, counters,
@@ -142,12 +143,12 @@ def run_case(name, batch, size, programs, config, launches):
     for stage in pk.pack_block(fused, "cpu", torch.float32, padded if padded != cin else None):
         launch_stage(_stage_kernel, stage, xk, work, staged, config, "ieee")
 
-    # Every consumer tile's recorded window covers what its window reads.
+    # Each tile waited for a contiguous run of each producer's pixel tiles, which covers every
+    # source pixel its window reads (all of them for a WHOLE dependency).
     uncovered, checked = [], 0
     rows = packed.table.rows
+    waits = waits.view(tickets, RECORD_DEPS, 3).tolist()
     for p, sched in enumerate(schedule):
-        if not any(not whole for _, whole in deps[sched[DEP_START]:sched[DEP_START] + sched[DEP_COUNT]]):
-            continue
         p_oh, p_ow = pk.row_output_hw(rows[p], size, size)
         pixels = batch * p_oh * p_ow
         for local in range(sched[M_TILES] * sched[COL_TILES] * sched[PARTS]):
@@ -155,10 +156,13 @@ def run_case(name, batch, size, programs, config, launches):
             pid_m = local // sched[PARTS] // sched[COL_TILES]
             m_lo, m_hi = pid_m * block_m, min(pixels, (pid_m + 1) * block_m) - 1
             need = read_window_tiles(rows[p], size, size, batch, m_lo, m_hi, block_m)
-            got = waits[2 * ticket : 2 * ticket + 2].tolist()
-            checked += need is not None
-            if need is not None and not (got[0] <= need[0] and need[1] <= got[1]):
-                uncovered.append((p, pid_m, need, got))
+            for k, (q, whole) in enumerate(deps[sched[DEP_START]:sched[DEP_START] + sched[DEP_COUNT]]):
+                q_tiles = schedule[q][M_TILES]
+                lo, hi, count = waits[ticket][k]
+                wanted = (0, q_tiles - 1) if whole else need and (need[0], min(need[1], q_tiles - 1))
+                checked += wanted is not None
+                if wanted is not None and not (lo <= wanted[0] and wanted[1] <= hi and count == hi - lo + 1):
+                    uncovered.append((p, pid_m, q, wanted, (lo, hi, count)))
     return {
         "finite": bool(torch.isfinite(results[0]).all()),
         "error": relative_l2(results[0], spec),

@@ -11,6 +11,7 @@ module shares; the tiles are the stage kernel's, without split-K.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
@@ -126,8 +127,7 @@ def _sm_count(device) -> int:
     return count
 
 
-@dataclass
-class _Launch:
+class _Launch(NamedTuple):
     schedule: torch.Tensor
     deps: torch.Tensor
     counters: torch.Tensor

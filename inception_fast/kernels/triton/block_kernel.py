@@ -82,6 +82,9 @@ _DEP_COUNT = tl.constexpr(DEP_COUNT)
 _PARTS = tl.constexpr(PARTS)
 _SLOT_BASE = tl.constexpr(SLOT_BASE)
 _RESET_BLOCK = tl.constexpr(1024)
+_WAIT_BLOCK = tl.constexpr(16)  # counters read at once (a window rarely spans more pixel tiles)
+RECORD_DEPS = 8  # dependencies per problem that RECORD_WAITS notes
+_RECORD_DEPS = tl.constexpr(RECORD_DEPS)
 
 
 @triton.jit
@@ -105,8 +108,29 @@ def _source_tiles(pid_m, M, oh, ow, stride, ph, kh, H, W, BLOCK_M: tl.constexpr)
 
 
 @triton.jit
-def _wait_for_producers(sched_ptr, deps_ptr, counters_ptr, p, first, last):
-    """Spin until every producer tile this tile reads has all its column tiles finished."""
+def _wait_until_done(base, lo, hi, need, record_ptr, RECORD: tl.constexpr):
+    """Spin until counters base[lo..hi] all reach `need`. One acquire load per counter, all in
+    flight at once (spread over the threads): a tile pays about one L2 round trip per producer.
+    RECORD (tests): also note the lowest and highest counter read and how many, at record_ptr."""
+    for start in range(lo, hi + 1, _WAIT_BLOCK):
+        offs = start + tl.arange(0, _WAIT_BLOCK)
+        mask = offs <= hi
+        done = tl.atomic_add(base + offs, 0, mask=mask, sem="acquire")
+        short = tl.sum(tl.where(mask & (done < need), 1, 0), axis=0)
+        while short > 0:
+            done = tl.atomic_add(base + offs, 0, mask=mask, sem="acquire")
+            short = tl.sum(tl.where(mask & (done < need), 1, 0), axis=0)
+        if RECORD:
+            tl.atomic_min(record_ptr, tl.min(tl.where(mask, offs, 2**30), axis=0))
+            tl.atomic_max(record_ptr + 1, tl.max(tl.where(mask, offs, -1), axis=0))
+            tl.atomic_add(record_ptr + 2, tl.sum(mask.to(tl.int32), axis=0))
+
+
+@triton.jit
+def _wait_for_producers(sched_ptr, deps_ptr, counters_ptr, p, first, last, record_ptr,
+                        RECORD: tl.constexpr):
+    """Spin until every producer tile this tile reads has all its column tiles finished.
+    RECORD (tests): what each dependency's wait read, at record_ptr[3 * its index]."""
     row = sched_ptr + p * _SCHED_FIELDS
     dep_start = tl.load(row + _DEP_START)
     dep_count = tl.load(row + _DEP_COUNT)
@@ -114,16 +138,12 @@ def _wait_for_producers(sched_ptr, deps_ptr, counters_ptr, p, first, last):
         q = tl.load(deps_ptr + 2 * d)
         whole = tl.load(deps_ptr + 2 * d + 1) != 0
         q_row = sched_ptr + q * _SCHED_FIELDS
-        base = counters_ptr + tl.load(q_row + _COUNT_OFF)
-        need = tl.load(q_row + _COL_TILES)
         q_tiles = tl.load(q_row + _M_TILES)
         lo = tl.where(whole, 0, tl.minimum(first, q_tiles - 1))
         hi = tl.where(whole, q_tiles - 1, tl.minimum(last, q_tiles - 1))
-        for t in range(lo, hi + 1):
-            done = tl.atomic_add(base + t, 0, sem="acquire")
-            while done < need:
-                done = tl.atomic_add(base + t, 0, sem="acquire")
-    # The acquire was one thread's: the barrier orders every thread's loads after it.
+        _wait_until_done(counters_ptr + tl.load(q_row + _COUNT_OFF), lo, hi, tl.load(q_row + _COL_TILES),
+                         record_ptr + 3 * (d - dep_start), RECORD)
+    # The acquires were some threads'; the barrier orders every thread's loads after them.
     tl.debug_barrier()
 
 
@@ -143,8 +163,9 @@ def _block_kernel(
 ):
     """HAS_CONV / HAS_POOL / HAS_RESIDUAL / WIDE_INDEX: as in the stage kernel, over the whole
     block. SPLIT_K: conv tiles come in PARTS tickets each, summed through `scratch_ptr` and
-    `count_ptr` as in the stage kernel. RECORD_WAITS (tests): each ticket stores the producer
-    pixel tiles it waited for, (first, last), at waits_ptr[2 * ticket]."""
+    `count_ptr` as in the stage kernel. RECORD_WAITS (tests): for each ticket and each of its
+    dependencies (at most RECORD_DEPS), the lowest and highest producer pixel tile it waited
+    for and how many, at waits_ptr[3 * (ticket * RECORD_DEPS + dependency)]."""
     INDEX: tl.constexpr = tl.int64 if WIDE_INDEX else tl.int32
     # Multiples of 8 elements, written so that the alignment analysis sees it (stage kernel).
     C_IN = _times8(C_IN)
@@ -183,10 +204,8 @@ def _block_kernel(
         M = N * oh * ow
 
         first, last = _source_tiles(pid_m, M, oh, ow, stride, ph, kh, H, W, BLOCK_M)
-        if RECORD_WAITS:
-            tl.store(waits_ptr + 2 * ticket, first)
-            tl.store(waits_ptr + 2 * ticket + 1, last)
-        _wait_for_producers(sched_ptr, deps_ptr, counters_ptr, p_sel, first, last)
+        _wait_for_producers(sched_ptr, deps_ptr, counters_ptr, p_sel, first, last,
+                            waits_ptr + 3 * _RECORD_DEPS * ticket, RECORD_WAITS)
 
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         m_mask = offs_m < M
@@ -307,8 +326,8 @@ def launch_block_tensors(
     (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages, k_parts), the stage kernel's. With
     k_parts > 1, `scratch` (fp32, k_parts BLOCK_M x BLOCK_N tiles per slot) and `counts` (int32,
     one per slot, zero before the first launch; left zero) hold the partial sums. precision:
-    "tf32" or "ieee" for fp32 dots. waits: int32, 2 per ticket, to record each ticket's waits
-    into (tests)."""
+    "tf32" or "ieee" for fp32 dots. waits: int32, 3 * RECORD_DEPS per ticket, to record each
+    ticket's waits into (tests; see the kernel)."""
     block_m, block_n, block_k, num_warps, num_stages, k_parts = config
     n, _, h, w = x.shape
     wide = max(x.numel(), work.numel(), out.numel()) >= 2**31
