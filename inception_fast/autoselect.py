@@ -1,8 +1,8 @@
 """backend="auto" on a GPU: for each block, batch-size bucket, dtype and card, the fastest of
-the `triton` and `cuda` kernels and the `torch` backend (cuDNN's convolutions on the folded
-weights: no block runs slower than the library can run it), timed once on the first input of
-that kind and
-remembered in ``autoselect.json`` of the cache directory (see `inception_fast.cache`).
+the `triton`, `cuda` and `triton-block` kernels and the `torch` backend (cuDNN's convolutions
+on the folded weights: no block runs slower than the library can run it), timed once on the
+first input of that kind and remembered in ``autoselect.json`` of the cache directory (see
+`inception_fast.cache`).
 `choice_table()` lists the choices for `inception-fast info`.
 
 This module is itself a backend (availability / run_block), so a model whose blocks
@@ -21,7 +21,8 @@ import torch
 from . import cache
 from .backends import precision_key
 
-CANDIDATES = ("triton", "cuda", "torch")  # the first usable one runs where nothing can be timed
+# The first usable one runs where nothing can be timed.
+CANDIDATES = ("triton", "cuda", "triton-block", "torch")
 WARMUP, REPEATS = 2, 5
 logger = logging.getLogger("inception_fast")
 _usable_on: dict = {}  # device -> usable candidate names (availability is checked once)

@@ -203,7 +203,7 @@ def cmd_info() -> int:
                 gpu_backends.append(name)
     table = autoselect_table(devices[0])
     if table is not None:
-        print("per-block choices of inception_fast.autoselect (triton vs cuda, timed once per shape):")
+        print("per-block choices of inception_fast.autoselect (timed once per shape):")
         _print_table_like(table, indent="  ")
     print(f"optimize(cuda_graph=True): {_cuda_graph_line(supports_cuda_graph_option(), gpu_backends)}")
     for name in ("TRITON_CACHE_DIR", "INCEPTION_FAST_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR"):
@@ -218,7 +218,7 @@ def _auto_line(resolve_backend, device: str) -> str:
     except Exception as err:  # noqa: BLE001 - info reports, never fails
         return f"backend='auto' -> error: {err}"
     if resolved == "auto":
-        return "backend='auto' -> per block and batch size, the faster of triton and cuda (timed once)"
+        return "backend='auto' -> per block and batch size, the fastest usable kernels or torch (timed once)"
     if device == "cpu":
         return f"backend='auto' -> {resolved} (on the CPU, 'auto' is the torch backend)"
     if resolved == "torch":

@@ -14,12 +14,13 @@ import importlib
 
 import torch
 
-BACKENDS = ("torch", "triton", "cuda", "auto")
+BACKENDS = ("torch", "triton", "cuda", "triton-block", "auto")
 _MODULES = {
     "torch": ".torch_backend",
     "triton": ".triton_backend",
+    "triton-block": ".triton_block_backend",  # one persistent launch per block
     "cuda": ".cuda_backend",
-    "auto": "..autoselect",  # per block and batch bucket, the faster of triton and cuda
+    "auto": "..autoselect",  # per block and batch bucket, the fastest of the kernels and torch
 }
 
 
@@ -53,8 +54,8 @@ def resolve_backend(name: str, device) -> str:
     if name == "auto":
         if device.type != "cuda":
             return "torch"
-        usable = [b for b in ("triton", "cuda") if backend_status(b, device)[0]]
-        if len(usable) == 2:
+        usable = [b for b in ("triton", "triton-block", "cuda") if backend_status(b, device)[0]]
+        if len(usable) >= 2:
             return "auto"
         return usable[0] if usable else "torch"
     ok, reason = backend_status(name, device)

@@ -1,17 +1,20 @@
-"""The Triton kernels as `torch.library` ops (namespace `inception_fast`), so that
-torch.compile(fullgraph=True) traces through them and CUDA graphs capture them."""
+"""The Triton kernels as `torch.library` custom ops (namespace `inception_fast`), so that
+torch.compile(fullgraph=True) traces through them (as opaque mutating ops) and CUDA graphs
+capture them. `custom_op` rather than `triton_op`: the latter imports Inductor (about 2 s) in
+every process that loads the backend, compiling or not."""
 
 from __future__ import annotations
 
 import torch
-from torch.library import triton_op, wrap_triton
+from torch.library import custom_op
 
+from .block_kernel import _block_kernel, launch_block_tensors
 from .layout_kernel import _to_nhwc_padded_kernel, launch_to_nhwc_padded
 from .stage_kernel import _stage_kernel, launch_stage_tensors
 from .tma_conv import _tma_stage_kernel, launch_tma_tensors
 
 
-@triton_op("inception_fast::triton_stage", mutates_args={"work", "out", "scratch", "counts"})
+@custom_op("inception_fast::triton_stage", mutates_args={"work", "out", "scratch", "counts"})
 def triton_stage(
     x: torch.Tensor,
     work: torch.Tensor,
@@ -39,13 +42,13 @@ def triton_stage(
     channels_last; the rest is a `packing.PackedStage`; num_tiles from `stage_tiles`;
     scratch / counts: split-K buffers from `split_k_buffers` (unused when k_parts == 1)."""
     launch_stage_tensors(
-        wrap_triton(_stage_kernel), num_tiles, x, work, out, problems, weights, bias, col_dst,
+        _stage_kernel, num_tiles, x, work, out, problems, weights, bias, col_dst,
         col_flags, (block_m, block_n, block_k, num_warps, num_stages, k_parts),
         "tf32" if tf32 else "ieee", has_conv, has_pool, has_residual, scratch, counts,
     )
 
 
-@triton_op("inception_fast::triton_tma_stage", mutates_args={"work", "out"})
+@custom_op("inception_fast::triton_tma_stage", mutates_args={"work", "out"})
 def triton_tma_stage(
     x: torch.Tensor,
     work: torch.Tensor,
@@ -67,13 +70,59 @@ def triton_tma_stage(
     triton_stage; `problems` holds only the rows of a `tma_conv.TmaStage`; config: a
     `tma_conv.TmaConfig` as a list; num_programs from `tma_conv.num_programs`."""
     launch_tma_tensors(
-        wrap_triton(_tma_stage_kernel), num_programs, x, work, out, problems, weights, bias, col_dst,
+        _tma_stage_kernel, num_programs, x, work, out, problems, weights, bias, col_dst,
         col_flags, tuple(config), "tf32" if tf32 else "ieee", has_gemm, has_taps, tap_mask, has_residual,
     )
 
 
-@triton_op("inception_fast::triton_to_nhwc_padded", mutates_args={"out"})
+@custom_op("inception_fast::triton_block", mutates_args={"work", "out", "counters", "scratch", "counts"})
+def triton_block(
+    x: torch.Tensor,
+    work: torch.Tensor,
+    out: torch.Tensor,
+    problems: torch.Tensor,
+    weights: torch.Tensor,
+    bias: torch.Tensor,
+    col_dst: torch.Tensor,
+    col_flags: torch.Tensor,
+    schedule: torch.Tensor,
+    deps: torch.Tensor,
+    counters: torch.Tensor,
+    scratch: torch.Tensor,
+    counts: torch.Tensor,
+    num_programs: int,
+    num_tickets: int,
+    block_m: int,
+    block_n: int,
+    block_k: int,
+    num_warps: int,
+    num_stages: int,
+    k_parts: int,
+    tf32: bool,
+    has_conv: bool,
+    has_pool: bool,
+    has_residual: bool = False,
+) -> None:
+    """A whole block in one persistent launch: x [N,Cin,H,W], work [N,Cw,H,W], out
+    [N,Cout,OH,OW], all stored channels_last; problems ... col_flags: every stage's packed table
+    concatenated; schedule, deps, counters and num_tickets from `block_kernel.block_schedule`
+    (counters zero before the first launch; the kernel leaves them zero); scratch / counts:
+    split-K buffers from `block_kernel.split_k_buffers` (unused when k_parts == 1)."""
+    launch_block_tensors(
+        _block_kernel, num_programs, num_tickets, x, work, out, problems, weights, bias,
+        col_dst, col_flags, schedule, deps, counters, scratch, counts,
+        (block_m, block_n, block_k, num_warps, num_stages, k_parts), "tf32" if tf32 else "ieee",
+        has_conv, has_pool, has_residual,
+    )
+
+
+@custom_op("inception_fast::triton_to_nhwc_padded", mutates_args={"out"})
 def triton_to_nhwc_padded(x: torch.Tensor, out: torch.Tensor, round_tf32: bool = False) -> None:
     """x [N,C,H,W] (any strides) -> out [N,C_PAD,H,W] channels_last, extra channels zero;
     fp32 values rounded to TF32 when round_tf32."""
-    launch_to_nhwc_padded(wrap_triton(_to_nhwc_padded_kernel), x, out, round_tf32)
+    launch_to_nhwc_padded(_to_nhwc_padded_kernel, x, out, round_tf32)
+
+
+# Mutating ops return nothing: their fake (meta) implementations have nothing to compute.
+for _op in (triton_stage, triton_tma_stage, triton_block, triton_to_nhwc_padded):
+    _op.register_fake(lambda *args, **kwargs: None)

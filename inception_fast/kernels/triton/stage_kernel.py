@@ -200,13 +200,14 @@ def _split_k_epilogue(
     """Each part stores its fp32 partial tile in its own scratch slice; the part that arrives
     last (per-tile counter) sums the slices in part order, so results do not depend on
     arrival order, resets the counter for the next launch (CUDA graphs replay it) and runs
-    the epilogue."""
+    the epilogue. Returns whether this part was that last one (the tile is then stored)."""
     tile = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
     first = slot.to(tl.int64) * k_parts * (BLOCK_M * BLOCK_N)
     tl.store(scratch_ptr + first + k_part * (BLOCK_M * BLOCK_N) + tile, acc)
     tl.debug_barrier()  # every thread's partial is stored before the counter says so
     arrived = tl.atomic_add(count_ptr + slot, 1, sem="acq_rel")
-    if arrived == k_parts - 1:
+    last = arrived == k_parts - 1
+    if last:
         total = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
         for part in range(0, k_parts):  # .cg: read from L2, where the other parts' stores are
             total += tl.load(scratch_ptr + first + part * (BLOCK_M * BLOCK_N) + tile, cache_modifier=".cg")
@@ -216,6 +217,7 @@ def _split_k_epilogue(
             work_ptr, out_ptr, C_WORK, C_OUT, x_ptr, C_IN, keeps_size, BLOCK_N, INPUT_PRECISION,
             HAS_RESIDUAL,
         )
+    return last
 
 
 # Shapes stay runtime values (no recompilation per batch size, input size or problem count):
