@@ -191,8 +191,10 @@ def _run(packed: PackedBlock, x, work, out) -> None:
         configs = tuning.candidates(
             min(convs, default=64), tuning.batch_bucket(n), packed.kinds[0], x.element_size()
         )
-        tiles_at_128 = block_schedule(table.rows, packed.deps, n, h, w, 128, 128).tickets
-        fallback = tuning.default_config(configs, tiles_at_128)
+        fallback = tuning.default_config(
+            configs, lambda bm, bn: block_schedule(table.rows, packed.deps, n, h, w, bm, bn).tickets,
+            _sm_count(x.device),
+        )
         name = torch.cuda.get_device_name(x.device).replace(" ", "_")
         # "block:" keeps these choices apart from the stage kernel's.
         key = f"block:{packed.signature}/{h}x{w}/b{tuning.batch_bucket(n)}/{precision_key(x)}/{name}"
