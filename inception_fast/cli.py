@@ -19,6 +19,8 @@ import os
 import sys
 from pathlib import Path
 
+from .fid.cli import register as register_fid
+
 GPU_BATCHES, CPU_BATCHES = (1, 32, 256), (1, 2)
 
 
@@ -81,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     child.add_argument("--dtype", default="fp16")
     child.add_argument("--batch", type=int, default=1)
     child.add_argument("--image-size", type=int, default=299)
+    register_fid(sub)
     return parser
 
 
@@ -93,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_bench(args, parser)
     if args.command == "ttfi":
         return cmd_ttfi(args)
+    if args.command == "fid":
+        return args.run(args)
     if args.command == "_first-inference":
         from .first_inference import child_main
 
