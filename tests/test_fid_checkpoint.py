@@ -49,7 +49,7 @@ def test_a_folder_and_a_file_of_another_type_are_refused_by_name(tmp_path):
 def test_a_checkpoint_of_another_network_is_refused_with_its_keys(tmp_path):
     other = tmp_path / "other.pth"
     torch.save({"conv.weight": torch.zeros(3, 3, 1, 1)}, other)
-    with pytest.raises(ValueError, match="missing keys: Conv2d_1a_3x3.conv.weight") as info:
+    with pytest.raises(ValueError, match=r"missing keys: Conv2d_1a_3x3\.conv\.weight") as info:
         load_fid_inception(other)
     assert "unexpected keys: conv.weight" in str(info.value) and str(other) in str(info.value)
 
@@ -60,7 +60,7 @@ def test_torchvisions_imagenet_inception_is_refused_with_a_hint(tmp_path):
 
     imagenet = tmp_path / "inception_v3_google.pth"
     torch.save(inception_v3(weights=None, init_weights=False, aux_logits=True).state_dict(), imagenet)
-    with pytest.raises(ValueError, match="AuxLogits.*torchvision's ImageNet"):
+    with pytest.raises(ValueError, match=r"AuxLogits.*torchvision's ImageNet"):
         load_fid_inception(imagenet)
     state = torch.load(imagenet, weights_only=True)
     no_aux = tmp_path / "no_aux.pth"

@@ -87,9 +87,17 @@ def _compute(args, device) -> int:
     return 0
 
 
+def _plain_warning(message, category, filename, lineno, line=None) -> str:
+    return f"inception-fast fid: warning: {message}\n"
+
+
 def run(args) -> int:
+    import warnings
+
     from .distributed import init_from_environment, local_device
 
+    # Warnings (unreadable files) read as the command's own messages, not as source lines.
+    warnings.formatwarning = _plain_warning
     try:
         device = local_device(args.device)
         created_group = init_from_environment(device)
