@@ -13,6 +13,7 @@ every rank takes a share of the files and gets the features of all of them.
 from __future__ import annotations
 
 import os
+import time
 import warnings
 from pathlib import Path
 
@@ -168,24 +169,38 @@ def compute_fid(
     precision: str = "fp32",
     backend: str = "auto",
     model=None,
+    timings: dict | None = None,
     **options,
 ) -> float:
     """The FID of two folders of images (or `.npz` statistics files, lists, tensors).
 
     fid_method: "sqrtm" (pytorch-fid's algorithm, the default) or "eigh" (the same value from
     symmetric eigendecompositions; faster for dims 2048). Other options: `compute_features`'s.
-    The network is built once, and only when a source needs it.
+    The network is built once, and only when a source needs it. `timings`, a dict, receives the
+    seconds of each step (model, statistics of each side, distance).
     """
+    timings = {} if timings is None else timings
+    clock = time.perf_counter()
+
+    def lap(step: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[step] = now - clock
+        clock = now
+
     for source in (path_a, path_b):
         if isinstance(source, (str, os.PathLike)) and not os.path.exists(source):
             raise FileNotFoundError(f"Invalid path: {source}")
     if model is None and not (is_statistics_file(path_a) and is_statistics_file(path_b)):
         model = build_feature_model(weights, dims=dims, device=device, precision=precision, backend=backend)
         weights = None
+    lap("model_s")
     common = dict(weights=weights, model=model, dims=dims, device=device, precision=precision,
                   backend=backend, **options)
     stats_a = main_rank_statistics(path_a, **common)
+    lap("statistics_a_s")
     stats_b = main_rank_statistics(path_b, **common)
+    lap("statistics_b_s")
     ranks = current_ranks()
     value = None
     if ranks.is_main:
@@ -193,4 +208,6 @@ def compute_fid(
             raise ValueError(f"the two sides have features of different sizes ({stats_a[0].shape[0]} and "
                              f"{stats_b[0].shape[0]}): an .npz made with another --dims?")
         value = calculate_frechet_distance(*stats_a, *stats_b, method=fid_method)
-    return float(broadcast_from_main(value, ranks))
+    value = float(broadcast_from_main(value, ranks))
+    lap("distance_s")
+    return value

@@ -50,6 +50,8 @@ def register(subparsers) -> argparse.ArgumentParser:
                         help="sqrtm (default): pytorch-fid's matrix square root; eigh: the same value, "
                              "faster")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--timings", action="store_true",
+                        help="print the seconds of each step (model, each side's statistics, distance)")
     parser.set_defaults(run=run)
     return parser
 
@@ -81,9 +83,13 @@ def _compute(args, device) -> int:
         if ranks.is_main:
             save_statistics(written, *statistics)
         return 0
-    value = compute_fid(source, target, args.weights, fid_method=args.fid_method, **options)
+    timings: dict = {}
+    value = compute_fid(source, target, args.weights, fid_method=args.fid_method, timings=timings, **options)
     if ranks.is_main:
         print("FID: ", value)
+        if args.timings:
+            steps = ", ".join(f"{step[:-2]} {seconds:.2f}" for step, seconds in timings.items())
+            print(f"inception-fast fid: seconds: {steps}", file=sys.stderr)
     return 0
 
 

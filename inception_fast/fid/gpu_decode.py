@@ -55,7 +55,7 @@ def decode_jpegs(jpegs: list[torch.Tensor], device: torch.device) -> list[torch.
         except RuntimeError:
             try:
                 pixels = decode_rgb(io.BytesIO(data.numpy().tobytes()))
-                results.append(torch.from_numpy(pixels).to(device).permute(2, 0, 1))
+                results.append(torch.from_numpy(pixels.copy()).to(device).permute(2, 0, 1))
             except DECODE_ERRORS as err:
                 results.append(f"{type(err).__name__}: {err}")
     return results

@@ -46,9 +46,10 @@ def list_image_files(folder: str | os.PathLike) -> list[Path]:
 
 def decode_rgb(source) -> np.ndarray:
     """[H, W, 3] uint8 pixels of an image file (a path or a file object), converted as
-    pytorch-fid converts it."""
+    pytorch-fid converts it. May be read-only (it is copied into a batch next)."""
     with Image.open(source) as image:
-        return np.array(image.convert("RGB"))
+        # convert('RGB') of an RGB image is a plain copy: skip it, the pixels are the same.
+        return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
 
 
 def jpeg_mode(path: str | os.PathLike) -> str | None:

@@ -8,11 +8,13 @@ error here: it travels back as a failure with its reason, and is reported by nam
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from .images import JPEG_EXTENSIONS, decode_rgb, jpeg_mode, read_bytes
 
@@ -23,7 +25,7 @@ DECODE_ERRORS = (OSError, ValueError, SyntaxError, MemoryError, EOFError, Runtim
 @dataclass
 class Item:
     index: int  # position in the file list
-    pixels: torch.Tensor | None = None  # [H, W, 3] uint8
+    pixels: np.ndarray | None = None  # [H, W, 3] uint8
     jpeg: torch.Tensor | None = None  # the file's bytes, to decode on the GPU
     error: str | None = None
 
@@ -64,7 +66,7 @@ class ImageFiles(Dataset):
             if self.gpu_jpeg and path.rsplit(".", 1)[-1].lower() in JPEG_EXTENSIONS \
                     and jpeg_mode(path) in ("RGB", "L"):
                 return Item(index, jpeg=read_bytes(path))
-            return Item(index, pixels=torch.from_numpy(decode_rgb(path)))
+            return Item(index, pixels=decode_rgb(path))
         except DECODE_ERRORS as err:
             return Item(index, error=f"{type(err).__name__}: {err}")
 
@@ -80,10 +82,21 @@ def collate(items: list[Item]) -> Batch:
             batch.jpegs.append(item.jpeg)
         else:
             by_size.setdefault(tuple(item.pixels.shape[:2]), []).append(item)
-    for group in by_size.values():
+    for size, group in by_size.items():
         indices = torch.tensor([item.index for item in group], dtype=torch.int64)
-        batch.groups.append((indices, torch.stack([item.pixels for item in group])))
+        pixels = _uint8_batch((len(group), *size, 3))
+        np.stack([item.pixels for item in group], out=pixels.numpy())
+        batch.groups.append((indices, pixels))
     return batch
+
+
+def _uint8_batch(shape: tuple[int, ...]) -> torch.Tensor:
+    """An empty uint8 tensor; in a DataLoader worker, in shared memory from the start (as
+    default_collate does), so that sending it to the main process copies nothing."""
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=torch.uint8)
+    storage = torch.UntypedStorage._new_shared(math.prod(shape))
+    return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
 
 
 def default_num_workers(ranks_on_this_host: int = 1) -> int:
