@@ -10,7 +10,6 @@ reported as unreadable.
 from __future__ import annotations
 
 import io
-import warnings
 
 import torch
 
@@ -19,14 +18,12 @@ from .loader import DECODE_ERRORS
 
 
 def _decode_jpeg():
+    # torchvision 0.29 deprecates its image decoders in favour of TorchCodec (a DeprecationWarning,
+    # hidden by default); the CUDA decoder still works and nothing else here needs TorchCodec.
     from torchvision.io import ImageReadMode, decode_jpeg
 
     def decode(data, device):
-        with warnings.catch_warnings():
-            # torchvision 0.29 deprecates its image decoders in favour of TorchCodec; the CUDA
-            # decoder still works and nothing else here needs TorchCodec.
-            warnings.simplefilter("ignore", UserWarning)
-            return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
 
     return decode
 

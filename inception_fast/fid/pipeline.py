@@ -1,8 +1,8 @@
 """Files -> features on one device, with decoding, transfer and the network overlapped.
 
 CPU workers decode (or, for GPU decoding, read) the files and send uint8 batches through
-pinned memory. On a GPU a feeder thread copies each batch to the device, decodes JPEGs with
-nvJPEG where asked, converts to float and resizes to 299x299 on a side stream, while the main
+pinned memory. A feeder thread copies each batch to the device, decodes JPEGs with nvJPEG where
+asked, converts to float and resizes to 299x299 (on a GPU on a side stream), while the main
 thread runs the network on the batch before: the three stages overlap. Features stay on the
 device until the end (no synchronisation per batch).
 """
@@ -72,8 +72,9 @@ def prepare(batch: Batch, device: torch.device) -> Prepared:
     return Prepared(images, torch.cat(positions), failures)
 
 
-class _DeviceFeeder:
-    """Runs `prepare` for the next batches on a side CUDA stream in a thread, `depth` ahead."""
+class _Feeder:
+    """Runs `prepare` for the next batches in a thread, `depth` batches ahead; on a GPU on a side
+    stream, so that copies, decoding and resizing overlap the network on the main stream."""
 
     _DONE = object()
 
@@ -81,7 +82,7 @@ class _DeviceFeeder:
         self.batches, self.device = batches, device
         self.queue: queue.Queue = queue.Queue(maxsize=depth)
         self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="fid-device-feeder", daemon=True)
+        self.thread = threading.Thread(target=self._run, name="fid-feeder", daemon=True)
         self.thread.start()
 
     def _put(self, item) -> bool:
@@ -93,16 +94,24 @@ class _DeviceFeeder:
                 continue
         return False
 
+    def _prepare(self, batch: Batch, stream) -> tuple[Prepared, torch.cuda.Event | None]:
+        if stream is None:
+            return prepare(batch, self.device), None
+        with torch.cuda.stream(stream):
+            prepared = prepare(batch, self.device)
+            ready = torch.cuda.Event()
+            ready.record(stream)
+        return prepared, ready
+
+    @torch.inference_mode()
     def _run(self) -> None:
         try:
-            torch.cuda.set_device(self.device)  # a new thread starts on cuda:0
-            stream = torch.cuda.Stream(self.device)
+            stream = None
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)  # a new thread starts on cuda:0
+                stream = torch.cuda.Stream(self.device)
             for batch in self.batches:
-                with torch.cuda.stream(stream):
-                    prepared = prepare(batch, self.device)
-                    ready = torch.cuda.Event()
-                    ready.record(stream)
-                if not self._put((prepared, ready)):
+                if self.stop.is_set() or not self._put(self._prepare(batch, stream)):
                     return
             self._put(self._DONE)
         except BaseException as err:  # noqa: BLE001 - handed to the consumer, which raises it
@@ -117,20 +126,15 @@ class _DeviceFeeder:
                 if isinstance(item, BaseException):
                     raise item
                 prepared, ready = item
-                current = torch.cuda.current_stream(self.device)
-                current.wait_event(ready)
-                # Made on the side stream, used on this one: keep the allocator from reusing the
-                # memory before this stream is done with it.
-                prepared.images.record_stream(current)
+                if ready is not None:
+                    current = torch.cuda.current_stream(self.device)
+                    current.wait_event(ready)
+                    # Made on the side stream, used on this one: keep the allocator from reusing
+                    # the memory before this stream is done with it.
+                    prepared.images.record_stream(current)
                 yield prepared
         finally:
             self.stop.set()
-
-
-def _prepared_batches(batches: Iterable[Batch], device: torch.device) -> Iterator[Prepared]:
-    if device.type == "cuda":
-        return iter(_DeviceFeeder(batches, device))
-    return (prepare(batch, device) for batch in batches)
 
 
 @torch.inference_mode()
@@ -151,7 +155,7 @@ def extract_features(
     features, positions, failures = [], [], []
     in_flight: list[torch.cuda.Event] = []
     try:
-        for prepared in _prepared_batches(loader, device):
+        for prepared in _Feeder(loader, device):
             failures += prepared.failures
             if prepared.images.shape[0]:
                 features.append(model(prepared.images))

@@ -96,7 +96,7 @@ def natural_image(rng: np.random.Generator, height: int, width: int, mean_shift:
         y0, y1 = sorted(rng.integers(0, height, size=2))
         colour = tuple(int(c) for c in rng.integers(0, 256, size=3))
         (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x0, y0, x1, y1), fill=colour)
-    return np.asarray(image)
+    return np.array(image)
 
 
 def write_image_folder(folder: str | os.PathLike, count: int, size: int | tuple[int, int], seed: int = 0,
