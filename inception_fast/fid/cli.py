@@ -11,7 +11,9 @@ Prints `FID:  <value>` as pytorch-fid does (only rank 0 under torchrun).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
 
 from .dims import BLOCK_INDEX_BY_DIM
 
@@ -111,12 +113,30 @@ def run(args) -> int:
         print(f"inception-fast fid: error: {err}", file=sys.stderr)
         return 2
     try:
-        return _compute(args, device)
+        status = _compute(args, device)
     except (OSError, ValueError, TypeError) as err:
         print(f"inception-fast fid: error: {err}", file=sys.stderr)
-        return 1
-    finally:
-        if created_group:
-            import torch.distributed as dist
+        status = 1
+    except BaseException:
+        if not created_group:
+            raise
+        traceback.print_exc()
+        status = 1
+    if created_group:
+        _leave_process_group(status)
+    return status
 
-            dist.destroy_process_group()
+
+def _leave_process_group(status: int) -> None:
+    """Tear the process group down and exit with `status`, skipping interpreter finalisation:
+    the backend's worker threads may still be releasing finished work (tensors that own Python
+    objects) then, and a thread that needs the GIL during finalisation aborts the process after
+    the results are out."""
+    import torch.distributed as dist
+
+    if status == 0:
+        dist.barrier()  # every rank done with every collective before any tears down
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)

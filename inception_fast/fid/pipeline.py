@@ -82,7 +82,9 @@ class _Feeder:
         self.batches, self.device = batches, device
         self.queue: queue.Queue = queue.Queue(maxsize=depth)
         self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="fid-feeder", daemon=True)
+        # Not a daemon, and joined when the consumer stops: a daemon thread still unwinding out of
+        # torch calls when the interpreter finalises aborts the process.
+        self.thread = threading.Thread(target=self._run, name="fid-feeder")
         self.thread.start()
 
     def _put(self, item) -> bool:
@@ -135,6 +137,7 @@ class _Feeder:
                 yield prepared
         finally:
             self.stop.set()
+            self.thread.join()
 
 
 @torch.inference_mode()
