@@ -10,10 +10,11 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from fid_helpers import checkpoint_path, image_folders
-from test_fid_end_to_end import FID_LINE, run_command
+from test_fid_end_to_end import FID_LINE
 
-from inception_fast.fid import load_statistics
+from inception_fast.fid import compute_fid, compute_statistics, load_statistics
 
 
 def run_torchrun(*args, processes: int, cwd) -> subprocess.CompletedProcess:
@@ -39,31 +40,33 @@ def folders_with_a_bad_file(tmp_path_factory):
     return folders
 
 
-def test_two_processes_give_the_statistics_and_fid_of_one(folders_with_a_bad_file, tmp_path, monkeypatch):
+def test_two_processes_give_the_statistics_and_fid_of_one(folders_with_a_bad_file, tmp_path):
     folder_a, folder_b = folders_with_a_bad_file
     common = ["--device", "cpu", "--dims", "64", "--backend", "eager", "--num-workers", "0",
               "--weights", checkpoint_path(), "--batch-size", "4"]
-    # One thread in every process (torchrun's default): CPU convolutions pick their kernels by
-    # thread count, and the comparison is of the splitting, not of kernels.
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    one = run_command("fid", folder_a, folder_b, *common, torch_home=tmp_path)
     two = run_torchrun(folder_a, folder_b, *common, processes=2, cwd=tmp_path)
-    assert one.returncode == 0, one.stderr
+    saved = run_torchrun(folder_b, tmp_path / "two.npz", "--save-stats", *common, processes=2, cwd=tmp_path)
     assert two.returncode == 0, two.stdout + two.stderr
+    assert saved.returncode == 0, saved.stdout + saved.stderr
     # Only rank 0 prints, and the unreadable file is named once.
     assert len(FID_LINE.findall(two.stdout)) == 1, two.stdout
     assert two.stderr.count("unreadable image file") == 1, two.stderr
     assert "warning: skipped 1 unreadable image file(s): " + str(folder_b / "broken.png") in two.stderr
-    assert float(FID_LINE.search(two.stdout).group(1)) == pytest.approx(
-        float(FID_LINE.search(one.stdout).group(1)), rel=1e-9)
 
+    # One process, one thread like each torchrun rank (CPU convolutions pick their kernels by
+    # thread count; the comparison is of the splitting, not of kernels).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        options = dict(dims=64, device="cpu", backend="eager", num_workers=0, batch_size=4)
+        with pytest.warns(UserWarning, match="broken.png"):
+            one = compute_fid(folder_a, folder_b, checkpoint_path(), **options)
+        with pytest.warns(UserWarning, match="broken.png"):
+            mu_one, sigma_one = compute_statistics(folder_b, checkpoint_path(), **options)
+    finally:
+        torch.set_num_threads(threads)
+    assert float(FID_LINE.search(two.stdout).group(1)) == pytest.approx(one, rel=1e-9)
     # The features come back in file order: the statistics are those of one process.
-    saved_one = run_command("fid", folder_b, tmp_path / "one.npz", "--save-stats", *common,
-                            torch_home=tmp_path)
-    saved_two = run_torchrun(folder_b, tmp_path / "two.npz", "--save-stats", *common, processes=2,
-                             cwd=tmp_path)
-    assert saved_one.returncode == 0 and saved_two.returncode == 0, saved_two.stderr
-    mu_one, sigma_one = load_statistics(tmp_path / "one.npz")
     mu_two, sigma_two = load_statistics(tmp_path / "two.npz")
     np.testing.assert_allclose(mu_two, mu_one, rtol=1e-12, atol=0)
     np.testing.assert_allclose(sigma_two, sigma_one, rtol=1e-9, atol=1e-15)

@@ -1,4 +1,8 @@
-"""FID of two folders against pytorch-fid itself: the Python API, and both commands as users run them."""
+"""FID of two folders against pytorch-fid itself: the Python API, and both commands.
+
+One test runs both commands as users run them (fresh processes); the others call the command's
+`main()` in this process, which costs no interpreter start and no torch import.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +16,9 @@ import numpy as np
 import pytest
 from fid_helpers import checkpoint_path, image_folders, pytorch_fid_loads
 
+from inception_fast.cli import main
 from inception_fast.fid import (
     CHECKPOINT_FILENAME,
-    build_feature_model,
     calculate_frechet_distance,
     compute_fid,
     compute_statistics,
@@ -36,14 +40,14 @@ def test_fid_of_two_folders_matches_pytorch_fid_dims_64():
     folders = image_folders(100)
     expected = _pytorch_fid(folders, 64)
     assert expected > 0.1  # two different distributions
-    assert compute_fid(*folders, checkpoint_path(), dims=64, device="cpu", backend="eager",
-                       num_workers=0) == pytest.approx(expected, rel=1e-3)
-    model = build_feature_model(checkpoint_path(), dims=64, device="cpu", backend="eager")
-    statistics = [compute_statistics(f, model=model, dims=64, num_workers=0) for f in folders]
-    assert calculate_frechet_distance(*statistics[0], *statistics[1], method="eigh") == pytest.approx(
-        expected, rel=1e-3)
+    options = dict(dims=64, device="cpu", backend="eager", num_workers=0)
+    statistics = [compute_statistics(f, checkpoint_path(), **options) for f in folders]
+    for method in ("sqrtm", "eigh"):
+        value = calculate_frechet_distance(*statistics[0], *statistics[1], method=method)
+        assert value == pytest.approx(expected, rel=1e-3), method
 
 
+@pytest.mark.slow  # pytorch-fid's 2048x2048 sqrtm: ~10 s on two cores
 def test_fid_of_two_folders_matches_pytorch_fid_dims_2048():
     # Fewer images than dims: singular covariances, as pytorch-fid meets them on small sets. Ours
     # takes the eigh route (scipy's sqrtm of a 2048x2048 matrix costs ~10 s on a small CPU, and is
@@ -56,18 +60,22 @@ def test_fid_of_two_folders_matches_pytorch_fid_dims_2048():
     assert value == pytest.approx(expected, rel=1e-3)
 
 
-def _environment(torch_home) -> dict:
+def run_command(*args, torch_home, module: str = "inception_fast") -> subprocess.CompletedProcess:
+    """A command in a fresh process, as a user runs it."""
     env = dict(os.environ, TORCH_HOME=str(torch_home))
     env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), env.get("PYTHONPATH", "")])
-    return env
-
-
-def run_command(*args, torch_home, module: str = "inception_fast") -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
-                          timeout=600, env=_environment(torch_home), check=False)
+                          timeout=600, env=env, check=False)
 
 
-def test_the_command_prints_what_pytorch_fids_command_prints(tmp_path):
+def fid_command(capsys, *args) -> tuple[int, str, str]:
+    """`inception-fast fid ...` in this process: (exit status, stdout, stderr)."""
+    status = main(["fid", *map(str, args)])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_the_command_prints_what_pytorch_fids_command_prints(tmp_path, capsys, monkeypatch):
     folders = image_folders(24)
     # pytorch-fid finds "its download" where it would have saved it.
     cached = tmp_path / "hub" / "checkpoints" / CHECKPOINT_FILENAME
@@ -83,45 +91,46 @@ def test_the_command_prints_what_pytorch_fids_command_prints(tmp_path):
     assert float(FID_LINE.search(ours.stdout).group(1)) == pytest.approx(
         float(FID_LINE.search(theirs.stdout).group(1)), rel=1e-6)
     # Without --weights, pytorch-fid's download is used.
-    default = run_command("fid", *common, "--backend", "eager", torch_home=tmp_path)
-    assert FID_LINE.search(default.stdout).group(1) == FID_LINE.search(ours.stdout).group(1)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    status, out, err = fid_command(capsys, *common, "--backend", "eager")
+    assert status == 0, err
+    assert FID_LINE.search(out).group(1) == FID_LINE.search(ours.stdout).group(1)
 
 
-def test_save_stats_then_fid_against_the_npz(tmp_path):
+def test_save_stats_then_fid_against_the_npz(tmp_path, capsys):
     folder_a, folder_b = image_folders(24)
     common = ["--device", "cpu", "--dims", "64", "--num-workers", "0", "--backend", "eager",
               "--weights", checkpoint_path()]
-    saved = run_command("fid", folder_a, tmp_path / "a", "--save-stats", *common, torch_home=tmp_path)
-    assert saved.returncode == 0, saved.stderr
-    assert f"Saving statistics for {folder_a}" in saved.stdout
+    status, out, err = fid_command(capsys, folder_a, tmp_path / "a", "--save-stats", *common)
+    assert status == 0, err
+    assert f"Saving statistics for {folder_a}" in out
     mu, sigma = load_statistics(tmp_path / "a.npz")  # numpy's .npz added, as pytorch-fid's is
     assert mu.shape == (64,) and sigma.shape == (64, 64)
 
-    again = run_command("fid", folder_a, tmp_path / "a.npz", "--save-stats", *common, torch_home=tmp_path)
-    assert again.returncode == 1 and "Existing output file" in again.stderr
+    status, _, err = fid_command(capsys, folder_a, tmp_path / "a.npz", "--save-stats", *common)
+    assert status == 1 and "Existing output file" in err
 
-    from_npz = run_command("fid", tmp_path / "a.npz", folder_b, *common, torch_home=tmp_path)
-    from_folders = run_command("fid", folder_a, folder_b, *common, torch_home=tmp_path)
-    assert FID_LINE.search(from_npz.stdout).group(1) == FID_LINE.search(from_folders.stdout).group(1)
-    # Two statistics files need no network at all, and no weights.
-    run_command("fid", folder_b, tmp_path / "b.npz", "--save-stats", *common, torch_home=tmp_path)
-    npz_only = run_command("fid", tmp_path / "a.npz", tmp_path / "b.npz", torch_home=tmp_path / "empty")
-    assert npz_only.returncode == 0, npz_only.stderr
-    assert float(FID_LINE.search(npz_only.stdout).group(1)) == pytest.approx(
-        float(FID_LINE.search(from_folders.stdout).group(1)), rel=1e-12)
+    _, from_npz, _ = fid_command(capsys, tmp_path / "a.npz", folder_b, *common)
+    _, from_folders, _ = fid_command(capsys, folder_a, folder_b, *common)
+    assert FID_LINE.search(from_npz).group(1) == FID_LINE.search(from_folders).group(1)
+    # Two statistics files need no network, and no weights.
+    fid_command(capsys, folder_b, tmp_path / "b.npz", "--save-stats", *common)
+    status, npz_only, err = fid_command(capsys, tmp_path / "a.npz", tmp_path / "b.npz")
+    assert status == 0, err
+    assert float(FID_LINE.search(npz_only).group(1)) == pytest.approx(
+        float(FID_LINE.search(from_folders).group(1)), rel=1e-12)
 
 
-def test_the_command_explains_a_missing_checkpoint_and_an_empty_folder(tmp_path):
+def test_the_command_explains_a_missing_checkpoint_and_an_empty_folder(tmp_path, capsys, monkeypatch):
     folder_a, _ = image_folders(24)
     (tmp_path / "empty").mkdir()
-    missing = run_command("fid", folder_a, folder_a, "--device", "cpu", "--backend", "eager",
-                          torch_home=tmp_path)
-    assert missing.returncode == 1
-    assert "does not download" in missing.stderr and CHECKPOINT_FILENAME in missing.stderr
-    assert "Traceback" not in missing.stderr
-    empty = run_command("fid", folder_a, tmp_path / "empty", "--device", "cpu", "--backend", "eager",
-                        "--weights", checkpoint_path(), "--dims", "64", torch_home=tmp_path)
-    assert empty.returncode == 1 and "no images in" in empty.stderr, empty.stderr
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    status, _, err = fid_command(capsys, folder_a, folder_a, "--device", "cpu", "--backend", "eager")
+    assert status == 1
+    assert "does not download" in err and CHECKPOINT_FILENAME in err and "Traceback" not in err
+    status, _, err = fid_command(capsys, folder_a, tmp_path / "empty", "--device", "cpu", "--backend",
+                                 "eager", "--weights", checkpoint_path(), "--dims", "64")
+    assert status == 1 and "no images in" in err, err
 
 
 def test_npz_statistics_of_a_different_dims_are_refused(tmp_path):

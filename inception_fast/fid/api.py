@@ -7,7 +7,8 @@
     fid.save_statistics("real.npz", mu, sigma)                               # pytorch-fid's format
 
 Under torchrun (with the process group initialised, as the `inception-fast fid` command does),
-every rank takes a share of the files and gets the features of all of them.
+every rank takes a share of the files and gets the features of all of them (a tensor of images
+is not split: every rank computes all of it).
 """
 
 from __future__ import annotations

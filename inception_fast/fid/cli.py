@@ -102,10 +102,17 @@ def _plain_warning(message, category, filename, lineno, line=None) -> str:
 def run(args) -> int:
     import warnings
 
+    # Warnings (unreadable files) read as the command's own messages, not as source lines.
+    saved, warnings.formatwarning = warnings.formatwarning, _plain_warning
+    try:
+        return _run(args)
+    finally:
+        warnings.formatwarning = saved
+
+
+def _run(args) -> int:
     from .distributed import init_from_environment, local_device
 
-    # Warnings (unreadable files) read as the command's own messages, not as source lines.
-    warnings.formatwarning = _plain_warning
     try:
         device = local_device(args.device)
         created_group = init_from_environment(device)
