@@ -105,8 +105,9 @@ def compute_features(
         gpu_decode: decode JPEG files with nvJPEG on the GPU (pixels differ slightly from PIL's).
         progress: show a progress bar (default: on long runs).
 
-    Files that cannot be read are skipped with a warning that names them. For a folder or a
-    list, rows follow the sorted file order, less the skipped files.
+    Files that cannot be read are skipped with a warning that names them. Rows follow the file
+    order (a folder's files sorted as pytorch-fid sorts them, a list as given), less the skipped
+    files.
     """
     feature_model = _feature_model(model, weights, dims, device, precision, backend)
     if isinstance(source, torch.Tensor):
