@@ -14,6 +14,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 from fid_helpers import checkpoint_path, image_folders, pytorch_fid_loads
 
 from inception_fast.cli import main
@@ -131,6 +132,9 @@ def test_the_command_explains_a_missing_checkpoint_and_an_empty_folder(tmp_path,
     status, _, err = fid_command(capsys, folder_a, tmp_path / "empty", "--device", "cpu", "--backend",
                                  "eager", "--weights", checkpoint_path(), "--dims", "64")
     assert status == 1 and "no images in" in err, err
+    if not torch.cuda.is_available():
+        status, _, err = fid_command(capsys, folder_a, folder_a, "--device", "cuda")
+        assert status == 2 and "CUDA is not available" in err
 
 
 def test_npz_statistics_of_a_different_dims_are_refused(tmp_path):
