@@ -118,6 +118,4 @@ def image_loader(files: list[os.PathLike], batch_size: int, num_workers: int, pi
     return DataLoader(
         ImageFiles(files, gpu_jpeg), batch_size=batch_size, shuffle=False, drop_last=False,
         num_workers=num_workers, collate_fn=collate, pin_memory=pin_memory,
-        # Deeper prefetching smooths out slow files (large or progressive JPEGs).
-        prefetch_factor=4 if num_workers > 0 else None,
     )
