@@ -64,6 +64,12 @@ def test_bf16_features_stay_close_to_fp32_on_the_cpu():
     assert 0 < relative_l2(features, fp32) < 5e-2
 
 
+def test_the_callers_network_is_left_as_it_was():
+    network = load_fid_inception(checkpoint_path(), dims=64)
+    build_feature_model(model=network, dims=64, device="cpu", precision="bf16", backend="eager")
+    assert all(p.dtype == torch.float32 for p in network.parameters())
+
+
 # --- GPU ---------------------------------------------------------------------------------------
 
 

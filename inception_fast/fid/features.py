@@ -13,6 +13,7 @@ Precisions:
 
 from __future__ import annotations
 
+import copy
 import os
 
 import torch
@@ -76,7 +77,7 @@ def _reference(weights, model, dims: int) -> FIDInceptionV3:
         if block_index(dims) not in model.output_blocks:
             raise ValueError(f"dims={dims} is block {block_index(dims)}, not among this network's "
                              f"output_blocks {model.output_blocks}")
-        return model.eval()
+        return copy.deepcopy(model).eval()  # moved and cast next: leave the caller's as it is
     # pytorch-fid's own InceptionV3 (same module tree and keys).
     return from_pytorch_fid(model, dims)
 

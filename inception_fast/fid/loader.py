@@ -14,12 +14,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from .images import JPEG_EXTENSIONS, decode_rgb, jpeg_mode, read_bytes
 
-# The ways a corrupt or unsupported image file fails in PIL and numpy.
-DECODE_ERRORS = (OSError, ValueError, SyntaxError, MemoryError, EOFError, RuntimeError)
+# The ways a corrupt, unsupported or too large image file fails in PIL and numpy.
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, MemoryError, EOFError, RuntimeError,
+                 Image.DecompressionBombError)
 
 
 @dataclass
