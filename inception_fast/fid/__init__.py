@@ -8,10 +8,12 @@ images.py      finding image files, PIL decoding as pytorch-fid does
 loader.py      DataLoader workers: uint8 batches grouped by image size
 gpu_decode.py  nvJPEG decoding of JPEG batches (opt-in)
 pipeline.py    decode, transfer and network overlapped on one device
+progress.py    the progress bar of long runs
 distributed.py the files split across torchrun ranks, features gathered in file order
 statistics.py  mu, sigma, the Fréchet distance, .npz files
 api.py         compute_features, compute_statistics, compute_fid
 cli.py         the `fid` sub-command
+testing.py     random-weight checkpoints in pytorch-fid's format, generated images (tests, benchmarks)
 """
 
 from importlib import import_module
