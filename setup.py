@@ -117,7 +117,10 @@ setup(
     packages=find_packages(include=["inception_fast", "inception_fast.*"]),
     package_data={"inception_fast.kernels.triton": ["tuned_configs.json"]},
     install_requires=["torch", "timm", "safetensors"],
-    extras_require={"test": ["pytest", "pytest-benchmark"]},
+    extras_require={
+        "test": ["pytest", "pytest-benchmark", "pytorch-fid"],
+        "fid": ["torchvision", "scipy", "pillow"],
+    },
     entry_points={"console_scripts": ["inception-fast=inception_fast.cli:main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,

@@ -21,6 +21,8 @@ import os
 import sys
 from pathlib import Path
 
+from .fid.cli import register as register_fid
+
 GPU_BATCHES, CPU_BATCHES = (1, 32, 256), (1, 2)
 
 
@@ -85,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--image-size", type=int, metavar="N", help="square input size (default: the model's)")
     tune.add_argument("--force", action="store_true",
                       help="ignore the shipped choices and re-time keys already in the cache")
+    register_fid(sub)
     return parser
 
 
@@ -119,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_ttfi(args)
     if args.command == "tune":
         return cmd_tune(args)
+    if args.command == "fid":
+        return args.run(args)
     parser.print_help()
     return 2
 
