@@ -297,7 +297,10 @@ def main() -> int:
         ("model timing", False, lambda: time_models(model32)),
         ("block timing", False, lambda: time_blocks(fused32, blocks)),
     )
+    wanted = os.environ.get("BLOCK_BENCH_STEPS")  # e.g. "block correctness,model timing"
     for name, poison, fn in steps:
+        if wanted and name not in wanted.split(","):
+            continue
         log(f"=== {name}")
         try:
             with poisoned(poison):
