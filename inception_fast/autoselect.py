@@ -70,11 +70,14 @@ def _median_ms(run, x: torch.Tensor) -> float:
     """Median ms of `run(x)` replayed from a CUDA graph: at small batches a block's kernels
     take less GPU time than the host needs to launch them, and timing plain calls would
     compare host overheads instead of the kernels."""
-    for _ in range(WARMUP):  # the first call may compile, tune and pack
-        run(x)
+    side = torch.cuda.Stream(x.device)  # warm-up and capture on one stream: per-stream buffers exist
+    side.wait_stream(torch.cuda.current_stream(x.device))
+    with torch.cuda.stream(side):
+        for _ in range(WARMUP):  # the first call may compile, tune and pack
+            run(x)
     torch.cuda.synchronize(x.device)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, stream=side):
         run(x)
     times = []
     for _ in range(REPEATS):

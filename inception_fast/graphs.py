@@ -48,6 +48,7 @@ def _capture(model, x: torch.Tensor) -> tuple:
             model.run_eager(static_x)
     torch.cuda.current_stream(x.device).wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    # Captured on the warm-up stream: buffers a backend keeps per stream were made there.
+    with torch.cuda.graph(graph, stream=side):
         static_out = model.run_eager(static_x)
     return graph, static_x, static_out, torch.cuda.Event()

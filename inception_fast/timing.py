@@ -127,7 +127,7 @@ class CapturedGraph:
         torch.cuda.current_stream().wait_stream(side)
         torch.cuda.synchronize()
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph), torch.inference_mode():
+        with torch.cuda.graph(self.graph, stream=side), torch.inference_mode():
             self.static_output = fn(self.static_input)
         torch.cuda.synchronize()
 

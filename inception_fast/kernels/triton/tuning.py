@@ -153,10 +153,13 @@ def default_config(configs: list[tuple], tiles, sms: int = 132) -> tuple:
 def _time(launch, config, reps: int = 20) -> float:
     """Median ms of one launch, replayed from a CUDA graph: small launches take less GPU time
     than the host needs to issue them, so timing plain launches would time the host."""
-    launch(config)  # compiles on first use and allocates what the config needs
+    side = torch.cuda.Stream()  # warm-up and capture on one stream: per-stream buffers exist
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        launch(config)  # compiles on first use and allocates what the config needs
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, stream=side):
         for _ in range(reps):
             launch(config)
     graph.replay()
