@@ -50,7 +50,7 @@ def _calibrate(net: nn.Module, images: torch.Tensor) -> None:
         if isinstance(module, nn.BatchNorm2d):
             module.reset_running_stats()
             module.momentum = None  # a cumulative average over the calibration pass
-    net.train()
+    net.to(images.device).train()  # calibrate where the images are (the GPU is much faster)
     x = nn.functional.interpolate(images.float(), size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear",
                                   align_corners=False)
     net(2 * x - 1)
