@@ -1,8 +1,9 @@
 """backend="auto" on a GPU: for each block, batch-size bucket, dtype and card, the fastest of
-the `triton`, `cuda` and `triton-block` kernels and the `torch` backend (cuDNN's convolutions
-on the folded weights: no block runs slower than the library can run it), timed once on the
-first input of that kind and remembered in ``autoselect.json`` of the cache directory (see
-`inception_fast.cache`).
+the `triton` and `cuda` kernels and the `torch` backend (cuDNN's convolutions on the folded
+weights: no block runs slower than the library can run it), timed once on the first input of
+that kind and remembered in ``autoselect.json`` of the cache directory (see
+`inception_fast.cache`). The experimental `triton-block` backend joins the candidates with
+INCEPTION_FAST_AUTO_BLOCK=1 (its GPU race tests have not run on a device yet).
 `choice_table()` lists the choices for `inception-fast info`.
 
 This module is itself a backend (availability / run_block), so a model whose blocks
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import statistics
 from pathlib import Path
 
@@ -22,7 +24,9 @@ from . import cache
 from .backends import precision_key
 
 # The first usable one runs where nothing can be timed.
-CANDIDATES = ("triton", "cuda", "triton-block", "torch")
+CANDIDATES = ("triton", "cuda", "torch")  # the first usable one runs where nothing can be timed
+if os.environ.get("INCEPTION_FAST_AUTO_BLOCK") == "1":
+    CANDIDATES = ("triton", "cuda", "triton-block", "torch")
 WARMUP, REPEATS = 2, 5
 logger = logging.getLogger("inception_fast")
 _usable_on: dict = {}  # device -> usable candidate names (availability is checked once)

@@ -255,6 +255,9 @@ def test_auto_times_triton_block(monkeypatch, tmp_path):
     from inception_fast import autoselect
 
     monkeypatch.setenv("INCEPTION_FAST_CACHE_DIR", str(tmp_path))
+    # An opt-in candidate of auto until its race tests have run on a device.
+    monkeypatch.setattr(autoselect, "CANDIDATES", ("triton", "cuda", "triton-block", "torch"))
+    monkeypatch.setattr(autoselect, "_usable_on", {})
     for name in ("_path", "_table", "_memory_only"):  # read afresh here, restored after
         monkeypatch.setattr(cache.BACKEND_CHOICES, name, getattr(cache.BACKEND_CHOICES, name))
     cache.BACKEND_CHOICES.reset()
