@@ -48,9 +48,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--gpu-decode", action="store_true",
                         help="decode JPEGs on the GPU with nvJPEG (faster; pixels differ slightly from "
                              "PIL's)")
-    parser.add_argument("--fid-method", default="sqrtm", choices=["sqrtm", "eigh"],
-                        help="sqrtm (default): pytorch-fid's matrix square root; eigh: the same value, "
-                             "faster")
+    parser.add_argument("--fid-method", default="eigh", choices=["sqrtm", "eigh"],
+                        help="eigh (default): the trace of the matrix square root from symmetric "
+                             "eigendecompositions, pytorch-fid's value in less time; sqrtm: pytorch-fid's "
+                             "scipy matrix square root, step for step")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--timings", action="store_true",
                         help="print the seconds of each step (model, each side's statistics, distance)")
