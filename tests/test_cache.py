@@ -224,11 +224,12 @@ def test_tuning_into_a_cache_directory_that_is_a_file_keeps_its_result(monkeypat
     blocker = tmp_path / "file"
     blocker.write_text("")
     monkeypatch.setenv("INCEPTION_FAST_CACHE_DIR", str(blocker))
+    monkeypatch.setenv("INCEPTION_FAST_AUTOTUNE", "1")  # tuning on first use (the default only reads)
     monkeypatch.setattr(tuning, "_shipped_config", lambda key, device: None)
     monkeypatch.setattr(tuning.torch.cuda, "is_current_stream_capturing", lambda: False)
     monkeypatch.setattr(tuning, "_time", lambda launch, config: float(config[0] * config[1]))
     configs = [(128, 128, 64, 8, 3, 1), (64, 64, 64, 4, 4, 1), (64, 128, 64, 4, 4, 1)]
     with pytest.warns(CacheWarning, match="in memory"):
-        best = tuning.choose("InceptionA384-384/s0/35x35/b1/float16/card", None, configs, configs[0])
+        best = tuning.choose("conv1x1s1p0.0:384>320/35x35/b1/float16/card", None, configs, configs[0])
     assert best == (64, 64, 64, 4, 4, 1)
-    assert tuning.choose("InceptionA384-384/s0/35x35/b1/float16/card", None, [], configs[0]) == best
+    assert tuning.choose("conv1x1s1p0.0:384>320/35x35/b1/float16/card", None, [], configs[0]) == best

@@ -74,3 +74,18 @@ def test_heuristic_takes_wide_tiles_for_big_stages_and_splits_k_for_small_ones()
     assert chosen in small
     medium = tuning.default_config(small, lambda bm, bn: 40 if (bm, bn) == (64, 64) else 10)
     assert medium[5] == 2
+
+
+def test_nearest_bucket_skips_keys_of_an_older_form(monkeypatch):
+    """A user's cache may hold an older version's keys (block names, not stage signatures)."""
+    from inception_fast import cache
+
+    monkeypatch.setattr(cache.TUNING, "entries", lambda: {
+        "InceptionA384-384/s0/35x35/b1/float16/card": [64, 64, 64, 4, 4, 1],
+        "conv1x1s1p0.0:384>320/35x35/b256/float16/card": [128, 256, 64, 8, 3, 1],
+    })
+    monkeypatch.setattr(tuning, "_same_card", lambda device: False)
+    configs = tuning.candidates(384, 1024, True, 2)
+    key = "conv1x1s1p0.0:384>320/35x35/b1024/float16/card"
+    assert tuning._nearest_bucket(key, None, configs) == (128, 256, 64, 8, 3, 1)
+    assert tuning._nearest_bucket("InceptionA384-384/s0/35x35/b4/float16/card", None, configs) is None

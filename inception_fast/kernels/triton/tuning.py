@@ -95,27 +95,34 @@ def _same_card(device) -> bool:
     return (props.major, props.minor, props.multi_processor_count) == SHIPPED_FOR
 
 
-def _split(key: str) -> tuple[str, int, str]:
-    """(stage/size, bucket, dtype/card) of a key `signature/HxW/bB/dtype/card`."""
-    signature, size, bucket, rest = key.split("/", 3)
+def _split(key: str) -> tuple[str, int, str] | None:
+    """(stage/size, bucket, dtype/card) of a key `signature/HxW/bB/dtype/card`; None for a key
+    of another form (an older version's, in a cache that outlived it)."""
+    parts = key.split("/", 3)
+    if len(parts) != 4 or not parts[2].startswith("b") or not parts[2][1:].isdigit():
+        return None
+    signature, size, bucket, rest = parts
     return f"{signature}/{size}", int(bucket[1:]), rest
 
 
 def _nearest_bucket(key: str, device, configs: list[tuple]) -> tuple | None:
     """A choice for the same stage, size, dtype and card at the nearest batch bucket (cached,
     or shipped for this kind of card): tile shapes that fit a batch of 256 fit 2048 too."""
-    stage, bucket, rest = _split(key)
+    parsed = _split(key)
+    if parsed is None:
+        return None
+    stage, bucket, rest = parsed
     found = {}
     for other, config in cache.TUNING.entries().items():
-        o_stage, o_bucket, o_rest = _split(other)
-        if (o_stage, o_rest) == (stage, rest):
-            found[o_bucket] = config
+        o_parsed = _split(other)
+        if o_parsed is not None and (o_parsed[0], o_parsed[2]) == (stage, rest):
+            found[o_parsed[1]] = config
     if not found and _same_card(device) and os.environ.get("INCEPTION_FAST_AUTOTUNE") != "force":
         dtype = rest.split("/", 1)[0]
         for other, config in _shipped().items():
-            o_stage, o_bucket, o_dtype = _split(other)
-            if (o_stage, o_dtype) == (stage, dtype):
-                found[o_bucket] = config
+            o_parsed = _split(other)
+            if o_parsed is not None and (o_parsed[0], o_parsed[2]) == (stage, dtype):
+                found[o_parsed[1]] = config
     usable = {b: tuple(c) for b, c in found.items() if tuple(c) in configs}
     if not usable:
         return None
