@@ -179,8 +179,9 @@ def compute_fid(
     fid_method: "eigh" (the default: Tr(sqrtm(sigma1 sigma2)) from symmetric eigendecompositions,
     equal to pytorch-fid's value to 1e-12 on full-rank covariances and about 10 s faster at dims
     2048 on a 16-core machine) or "sqrtm" (pytorch-fid's algorithm step for step). Other
-    options: `compute_features`'s. The network is built once, and only when a source needs it. `timings`, a dict, receives the
-    seconds of each step (model, statistics of each side, distance).
+    options: `compute_features`'s. The network is built once, and only when a source needs it.
+    `timings`, a dict, receives the seconds of each step (model, statistics of each side,
+    distance).
     """
     timings = {} if timings is None else timings
     clock = time.perf_counter()
