@@ -55,9 +55,10 @@ def availability(device=None) -> tuple[bool, str]:
 
     reasons = {name: backend_status(name, device) for name in CANDIDATES}
     usable = [name for name, (ok, _) in reasons.items() if ok]
-    if usable:
+    # A choice among the GPU kernels and cuDNN: with no kernel backend usable there is none.
+    if any(name != "torch" for name in usable):
         return True, f"chooses per block among {', '.join(usable)}"
-    return False, "; ".join(f"{name}: {why}" for name, (_, why) in reasons.items())
+    return False, "; ".join(f"{name}: {why}" for name, (_, why) in reasons.items() if name != "torch")
 
 
 def _load() -> dict:

@@ -53,7 +53,7 @@ def test_usage_lists_only_public_commands_and_every_option_has_help():
     parser = build_parser()
     assert "_first-inference" not in parser.format_usage() + parser.format_help()
     commands = next(a for a in parser._actions if a.dest == "command").choices
-    assert set(commands) == {"info", "bench", "ttfi", "tune"}
+    assert set(commands) == {"info", "bench", "ttfi", "tune", "fid"}
     for name in ("info", "ttfi", "tune"):
         assert commands[name].description, name
         for action in commands[name]._actions:
