@@ -170,6 +170,10 @@ class FusedNetwork(nn.Module):
                 raise ValueError("refresh() needs a model of the same structure as the one optimized")
             if isinstance(step, FusedBlock):
                 step.load_folded(new)
+            else:  # a PyTorch step: its constants (a normalisation buffer, say), in place
+                current = {**dict(step.named_buffers()), **dict(step.named_parameters())}
+                for key, tensor in new.module.state_dict().items():
+                    current[key].copy_(tensor)
         return self
 
     # -- checks ------------------------------------------------------------------------------

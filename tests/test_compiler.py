@@ -403,3 +403,34 @@ def test_model_copy_is_not_needed_and_source_is_untouched():
     before = copy.deepcopy(block.state_dict())
     inception_fast.fuse_block(block)
     assert all(torch.equal(before[k], v) for k, v in block.state_dict().items())
+
+
+def test_global_forward_hooks_are_refused():
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda m, i, o: None)
+    try:
+        with pytest.raises(UnsupportedModel, match="global forward hooks"):
+            inception_fast.fuse_block(_v4_block(6))
+    finally:
+        handle.remove()
+
+
+def test_a_pytorch_step_keeps_a_snapshot_of_its_constants():
+    class Normalized(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("mean", torch.full((1, 3, 1, 1), 0.5, dtype=torch.float64))
+            self.conv = nn.Conv2d(3, 8, 3, padding=1).double()
+
+        def forward(self, x):
+            return self.conv(x - self.mean)
+
+    model = Normalized().eval()
+    fused = inception_fast.optimize(model, backend="torch")
+    x = torch.rand(1, 3, 6, 6, dtype=torch.float64)
+    with torch.no_grad():
+        before = fused(x)
+        assert relative_l2(before, model(x)) < 1e-12
+        model.mean.fill_(0.0)  # editing the source changes nothing until refresh()
+        assert torch.equal(fused(x), before)
+        fused.refresh(model)
+        assert relative_l2(fused(x), model(x)) < 1e-12

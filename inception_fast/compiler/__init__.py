@@ -12,6 +12,7 @@ kernels cannot compute exactly is refused with `UnsupportedModel`, naming the la
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch.fx as fx
@@ -86,7 +87,8 @@ def _torch_step(graph_module_root: nn.Module, segment: Segment, name: str) -> To
         else:
             env[layer.node] = graph.node_copy(layer.node, lambda n: env[n])
     graph.output(env[segment.output.node])
-    return TorchStep(fx.GraphModule(graph_module_root, graph), name)
+    # A copy: constants it reads (a normalisation buffer, say) are a snapshot like the weights.
+    return TorchStep(copy.deepcopy(fx.GraphModule(graph_module_root, graph)), name)
 
 
 def _first_conv_channels(layers: list[Layer]) -> int | None:

@@ -69,6 +69,13 @@ def trace(model: nn.Module) -> fx.Graph:
 
 
 def _check_hooks(model: nn.Module) -> None:
+    from torch.nn.modules import module as module_globals
+
+    if module_globals._global_forward_hooks or module_globals._global_forward_pre_hooks:
+        raise UnsupportedModel(
+            "global forward hooks are registered (torch.nn.modules.module.register_module_forward_hook), "
+            "which a fused model would not run; remove them before optimize()"
+        )
     for name, module in model.named_modules():
         if module._forward_hooks or module._forward_pre_hooks:
             raise UnsupportedModel(
