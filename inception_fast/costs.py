@@ -110,16 +110,6 @@ def network_flops(plans: list[BlockPlan], height: int, width: int) -> int:
     return sum(c.flops for c in block_costs(plans, height, width))
 
 
-def network_min_bytes(
-    plans: list[BlockPlan], height: int, width: int, dtype_bytes: int, batch: int = 1
-) -> int:
-    """Network input read once, output written once, every parameter read once."""
-    params = sum(_parameter_bytes(plan, dtype_bytes) for plan in plans)
-    out = block_costs(plans, height, width)[-1].out_shape
-    activations = batch * (plans[0].in_channels * height * width + out[0] * out[1] * out[2])
-    return activations * dtype_bytes + params
-
-
 def floor_ms(flop_count: float, byte_count: float, peak_tflops: float, peak_tbps: float) -> dict:
     """The compute floor, the memory floor, and the larger of the two, in milliseconds."""
     compute = flop_count / (peak_tflops * 1e12) * 1e3

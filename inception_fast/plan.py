@@ -128,10 +128,6 @@ class BlockPlan:
         return f"{self.name} ({self.path})" if self.path else self.name
 
 
-def op_kernel_hw(op) -> tuple[int, int]:
-    return op.kernel
-
-
 def op_output_hw(op, height: int, width: int) -> tuple[int, int]:
     """Spatial size an op produces from an input of `height` x `width`."""
     if isinstance(op, GlobalAvgPool):

@@ -207,15 +207,22 @@ def _run_tma_stage(tma, x, work, out, signature: str) -> None:
         _run_stage(tma.rest, x, work, out, tma.rest_signature)
 
 
-def run_block(block, x: torch.Tensor) -> torch.Tensor:
-    _check_dtype(x)
-    stages = _packed_block(block, x)
+def kernel_buffers(block, x: torch.Tensor) -> tuple:
+    """(input in the kernels' layout, work buffer, output buffer) of one block call: the
+    Triton kernels' buffers, NaN-poisoned in tests."""
     plan = block.plan
     x = to_kernel_layout(x, _aligned(plan.in_channels))
     n, _, h, w = x.shape
     oh, ow = block.output_hw(h, w)
     out = _alloc((n, plan.out_channels, oh, ow), x)
     work = _alloc((n, plan.work_channels, h, w), x) if plan.work_channels else _no_work(block, x)
+    return x, work, out
+
+
+def run_block(block, x: torch.Tensor) -> torch.Tensor:
+    _check_dtype(x)
+    stages = _packed_block(block, x)
+    x, work, out = kernel_buffers(block, x)
     mode = tma_conv.mode()
     tma_stages = _tma_stages(block, x, stages, mode) if mode else [None] * len(stages)
     for (stage, signature), tma in zip(stages, tma_stages):

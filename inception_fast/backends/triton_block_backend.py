@@ -25,10 +25,8 @@ from . import precision_key
 from .triton_backend import (
     SUPPORTED_DTYPES,
     _aligned,
-    _alloc,
-    _no_work,
     availability,  # noqa: F401 - the same cards and Triton as the `triton` backend
-    to_kernel_layout,
+    kernel_buffers,
     uses_tf32,
 )
 
@@ -207,11 +205,6 @@ def _run(packed: PackedBlock, x, work, out) -> None:
 def run_block(block, x: torch.Tensor) -> torch.Tensor:
     _check_dtype(x)
     packed = _packed(block, x)
-    plan = block.plan
-    x = to_kernel_layout(x, _aligned(plan.in_channels))
-    n, _, h, w = x.shape
-    oh, ow = block.output_hw(h, w)
-    out = _alloc((n, plan.out_channels, oh, ow), x)
-    work = _alloc((n, plan.work_channels, h, w), x) if plan.work_channels else _no_work(block, x)
+    x, work, out = kernel_buffers(block, x)
     _run(packed, x, work, out)
     return out

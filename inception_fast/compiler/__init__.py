@@ -22,6 +22,7 @@ from ..plan import BlockPlan
 from .layers import (
     AliasLayer,
     CatLayer,
+    ConvLayer,
     GlobalPoolLayer,
     InputLayer,
     Layer,
@@ -92,8 +93,6 @@ def _torch_step(graph_module_root: nn.Module, segment: Segment, name: str) -> To
 
 
 def _first_conv_channels(layers: list[Layer]) -> int | None:
-    from .layers import ConvLayer
-
     for layer in layers:
         if isinstance(layer, ConvLayer):
             return layer.in_channels

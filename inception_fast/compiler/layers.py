@@ -18,11 +18,6 @@ class Layer:
     node: object = None  # the fx node holding its value (a fused chain: the chain's last node)
 
     @property
-    def channels(self) -> int | None:
-        """Channels of the produced tensor, where known without running the model."""
-        return None
-
-    @property
     def is_1x1(self) -> bool:
         """True where the produced tensor is known to have a 1x1 spatial size."""
         return False
@@ -96,18 +91,10 @@ class PoolLayer(Layer):
     padding: tuple[int, int] = (0, 0)
     ceil_mode: bool = False
 
-    @property
-    def channels(self) -> int | None:
-        return self.inputs[0].channels
-
 
 @dataclass(eq=False)
 class GlobalPoolLayer(Layer):
     keep_dims: bool = True  # False: the result is flattened to [N, C] (x.mean((2, 3)))
-
-    @property
-    def channels(self) -> int | None:
-        return self.inputs[0].channels
 
     @property
     def is_1x1(self) -> bool:
@@ -122,21 +109,12 @@ class GlobalPoolLayer(Layer):
 class CatLayer(Layer):
     """Concatenation along channels."""
 
-    @property
-    def channels(self) -> int | None:
-        counts = [i.channels for i in self.inputs]
-        return None if None in counts else sum(counts)
-
 
 @dataclass(eq=False)
 class AliasLayer(Layer):
     """The same values as its input: dropout in eval mode, Identity, or flattening a 1x1 map."""
 
     flatten: bool = False
-
-    @property
-    def channels(self) -> int | None:
-        return self.inputs[0].channels
 
     @property
     def is_1x1(self) -> bool:

@@ -24,11 +24,7 @@ from .tracing import UnsupportedModel
 class _Raw(Layer):
     """The values of a rewritten 1x1 conv before the pool: no bias, no ReLU yet."""
 
-    count: int = 0
-
-    @property
-    def channels(self) -> int:
-        return self.count
+    count: int = 0  # its channels
 
 
 @dataclass(eq=False)
