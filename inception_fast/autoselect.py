@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from . import cache
+from . import cache, timing
 from .backends import precision_key
 
 # The first usable one runs where nothing can be timed.
@@ -74,25 +74,9 @@ def _save(key: str, entry: dict) -> None:
 def _median_ms(run, x: torch.Tensor) -> float:
     """Median ms of `run(x)` replayed from a CUDA graph: at small batches a block's kernels
     take less GPU time than the host needs to launch them, and timing plain calls would
-    compare host overheads instead of the kernels."""
-    side = torch.cuda.Stream(x.device)  # warm-up and capture on one stream: per-stream buffers exist
-    side.wait_stream(torch.cuda.current_stream(x.device))
-    with torch.cuda.stream(side):
-        for _ in range(WARMUP):  # the first call may compile, tune and pack
-            run(x)
-    torch.cuda.synchronize(x.device)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, stream=side):
-        run(x)
-    times = []
-    for _ in range(REPEATS):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    compare host overheads instead of the kernels. The warm-up calls may compile, tune and pack."""
+    graph, _ = timing.capture_graph(lambda: run(x), warmup=WARMUP, device=x.device)
+    return statistics.median(timing.replay_ms(graph, REPEATS))
 
 
 def _key(kind: str, x: torch.Tensor) -> str:

@@ -7,6 +7,8 @@ import threading
 
 import torch
 
+from .timing import capture_graph
+
 # One graph's static input and output serve every caller: threads that share a model take turns
 # on the host, and each replay's stream waits for the previous replay's output copy on the GPU.
 _replay_lock = threading.Lock()
@@ -41,14 +43,5 @@ def run_graphed(model, x: torch.Tensor) -> torch.Tensor:
 
 def _capture(model, x: torch.Tensor) -> tuple:
     static_x = x.contiguous(memory_format=torch.channels_last).clone()
-    side = torch.cuda.Stream(x.device)
-    side.wait_stream(torch.cuda.current_stream(x.device))
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            model.run_eager(static_x)
-    torch.cuda.current_stream(x.device).wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    # Captured on the warm-up stream: buffers a backend keeps per stream were made there.
-    with torch.cuda.graph(graph, stream=side):
-        static_out = model.run_eager(static_x)
+    graph, static_out = capture_graph(lambda: model.run_eager(static_x), warmup=2, device=x.device)
     return graph, static_x, static_out, torch.cuda.Event()

@@ -108,27 +108,46 @@ def time_cuda(
     return _summary([s.elapsed_time(e) for s, e in events], method)
 
 
-class CapturedGraph:
-    """`fn(static_input)` captured into a CUDA graph; `run(x)` copies x in and replays.
+def capture_graph(fn: Callable[[], object], warmup: int = 1, device=None) -> tuple:
+    """`fn()` captured into a CUDA graph, after `warmup` calls, PyTorch's recipe: warm-up on a
+    side stream (lazy initialisation, algorithm search, compiling and allocator growth happen
+    outside the graph) and capture on that same stream, so that buffers a backend keeps per
+    stream exist before the capture. Returns (graph, fn's output: the graph's static output)."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=side):
+        output = fn()
+    return graph, output
 
-    Capture follows PyTorch's recipe: a few warm-up calls on a side stream (so lazy
-    initialisation, cuDNN algorithm search and allocator growth happen outside the graph),
-    then one captured call. The output tensor is the graph's static output, overwritten on
-    every replay.
-    """
+
+def replay_ms(graph, repeats: int) -> list[float]:
+    """The GPU time of each of `repeats` replays of a captured graph, in ms (no L2 flush: for
+    choosing between candidates, where every candidate sees the same cache)."""
+    samples = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        samples.append(start.elapsed_time(end))
+    return samples
+
+
+class CapturedGraph:
+    """`fn(static_input)` captured into a CUDA graph (`capture_graph`, three warm-up calls);
+    `run(x)` copies x in and replays. The output tensor is the graph's static output,
+    overwritten on every replay."""
 
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], example: torch.Tensor, warmup: int = 3):
         self.static_input = example.clone()
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side), torch.inference_mode():
-            for _ in range(warmup):
-                fn(self.static_input)
-        torch.cuda.current_stream().wait_stream(side)
-        torch.cuda.synchronize()
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, stream=side), torch.inference_mode():
-            self.static_output = fn(self.static_input)
+        with torch.inference_mode():
+            self.graph, self.static_output = capture_graph(lambda: fn(self.static_input), warmup)
         torch.cuda.synchronize()
 
     def load(self, x: torch.Tensor) -> None:

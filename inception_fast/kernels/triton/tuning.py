@@ -21,7 +21,7 @@ import sys
 
 import torch
 
-from ... import cache
+from ... import cache, timing
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages); BLOCK_K and the split-K parts are added below.
 _TILES = (
@@ -158,27 +158,12 @@ def default_config(configs: list[tuple], tiles, sms: int = 132) -> tuple:
 
 
 def _time(launch, config, reps: int = 20) -> float:
-    """Median ms of one launch, replayed from a CUDA graph: small launches take less GPU time
-    than the host needs to issue them, so timing plain launches would time the host."""
-    side = torch.cuda.Stream()  # warm-up and capture on one stream: per-stream buffers exist
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        launch(config)  # compiles on first use and allocates what the config needs
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, stream=side):
-        for _ in range(reps):
-            launch(config)
+    """Median ms of one launch, replayed from a CUDA graph of `reps` launches: small launches
+    take less GPU time than the host needs to issue them, so timing plain launches would time
+    the host. The warm-up compiles and allocates what the config needs."""
+    graph, _ = timing.capture_graph(lambda: [launch(config) for _ in range(reps)], warmup=1)
     graph.replay()
-    samples = []
-    for _ in range(3):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        samples.append(start.elapsed_time(end) / reps)
-    return sorted(samples)[1]
+    return sorted(timing.replay_ms(graph, 3))[1] / reps
 
 
 def enabled() -> bool:
