@@ -34,10 +34,10 @@ class FusedBlock(nn.Module):
         self.backend = backend
         for i, (op, param) in enumerate(zip(plan.ops, params)):
             if isinstance(op, Conv):
-                self.register_buffer(f"w{i}", param[0].clone())
-                self.register_buffer(f"b{i}", param[1].clone())
+                self.register_buffer(f"w{i}", param[0])  # fresh tensors from the folding: no copy
+                self.register_buffer(f"b{i}", param[1])
             elif isinstance(op, Pool) and param is not None:
-                self.register_buffer(f"b{i}", param.clone())
+                self.register_buffer(f"b{i}", param)
         self.backend_cache = {}  # backend-specific packed weights, dropped on .to()/.half()
         self.eval()  # inference-only: usable as built, without a call to .eval()
 
