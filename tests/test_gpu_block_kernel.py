@@ -88,7 +88,7 @@ def force_config(fused, x, config):
     split-K parts) instead of the chosen one."""
     fused(x)  # packs
     packed = tb._packed(fused, x)
-    packed.table.configs[(x.shape[0], x.shape[2], x.shape[3], x.dtype, tb.uses_tf32(x))] = config
+    packed.state.configs[(x.shape[0], x.shape[2], x.shape[3], x.dtype, tb.uses_tf32(x))] = config
 
 
 @pytest.mark.parametrize("name", ALL_BLOCKS)
