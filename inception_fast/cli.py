@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import math
 import os
@@ -132,31 +131,23 @@ def main(argv: list[str] | None = None) -> int:
 # info
 
 
-def autoselect_table(device) -> object | None:
+def auto_choice_table(device) -> str | list[str]:
+    """What backend="auto" has picked per block (this card's choices first), or why nothing."""
     import torch
 
-    """What backend="auto" picks per block, from inception_fast.autoselect when it exists.
-    Looked up defensively: the module may be absent or expose a different shape of table."""
+    from .backends import auto_backend
+
     try:
-        module = importlib.import_module("inception_fast.autoselect")
-    except ImportError:
-        return None
-    table = getattr(module, "choice_table", None)
-    if not callable(table):
-        return "inception_fast.autoselect has no choice_table()"
-    try:
-        rows = table()
+        rows = auto_backend.choice_table()
     except Exception as err:  # noqa: BLE001 - info reports, never fails
         return f"choice_table() failed: {type(err).__name__}: {err}"
     if not rows:
-        where = getattr(module, "cache_file", lambda: "its cache file")()
-        return f"no choices yet: each is timed on first use of a block shape and kept in {where}"
-    if isinstance(rows, list) and all(isinstance(r, dict) for r in rows):
-        # This card's rows first of all: the cache may hold choices made on other cards.
-        wanted = torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else None
-        mine = [r for r in rows if wanted is None or r.get("card") in (None, wanted)] or rows
-        return [" ".join(f"{k}={v}" for k, v in r.items()) for r in mine]
-    return rows
+        return ("no choices yet: each is timed on first use of a block shape and kept in "
+                f"{auto_backend.cache_file()}")
+    # This card's rows first of all: the cache may hold choices made on other cards.
+    wanted = torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else None
+    mine = [r for r in rows if wanted is None or r.get("card") in (None, wanted)] or rows
+    return [" ".join(f"{k}={v}" for k, v in r.items()) for r in mine]
 
 
 def _print_table_like(value, indent: str = "  ") -> None:
@@ -206,10 +197,8 @@ def cmd_info() -> int:
             print(f"  {name:<7} {'usable' if ok else 'NOT usable'}: {reason}")
             if ok and device == "cuda" and name != "torch":
                 gpu_backends.append(name)
-    table = autoselect_table(devices[0])
-    if table is not None:
-        print("per-block choices of inception_fast.autoselect (timed once per shape):")
-        _print_table_like(table, indent="  ")
+    print("per-block choices of backend 'auto' (timed once per shape):")
+    _print_table_like(auto_choice_table(devices[0]), indent="  ")
     print(f"optimize(cuda_graph=True): {_cuda_graph_line(supports_cuda_graph_option(), gpu_backends)}")
     for name in ("TRITON_CACHE_DIR", "INCEPTION_FAST_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR"):
         print(f"{name}={os.environ.get(name, '(default)')}")

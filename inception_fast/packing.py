@@ -35,7 +35,7 @@ The buffers are NHWC with pixel strides in_channels, work_channels, out_channels
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -54,6 +54,9 @@ _BUF = {INPUT: BUF_INPUT, WORK: BUF_WORK, OUTPUT: BUF_OUTPUT}
 
 @dataclass
 class PackedStage:
+    """The format alone; what a backend keeps for its launches (the Triton backends' tile
+    configs, split-K buffers, TF32 weights) it keeps beside the stage."""
+
     problems: torch.Tensor  # int64 [P, NUM_FIELDS], on the device
     rows: list  # the same table as Python lists (host-side tiling needs no device sync)
     weights: torch.Tensor  # activation dtype, every conv's OHWI weight back to back
@@ -61,17 +64,6 @@ class PackedStage:
     col_dst: torch.Tensor  # int32 [total columns]
     col_flags: torch.Tensor  # int32 [total columns]
     residual: bool = False  # some column has FLAG_RESIDUAL (the kernels compile its load only then)
-    configs: dict = field(default_factory=dict)  # launch config chosen per input shape
-    scratch: dict = field(default_factory=dict)  # split-K buffers per shape and config
-    tf32_weights: torch.Tensor | None = None  # fp32 weights rounded to TF32, made on first use
-
-    def weights_for(self, tf32: bool) -> torch.Tensor:
-        """The weights as a kernel with TF32 dots (True) or exact dots reads them."""
-        if not tf32:
-            return self.weights
-        if self.tf32_weights is None:
-            self.tf32_weights = round_to_tf32(self.weights)
-        return self.tf32_weights
 
     @property
     def num_problems(self) -> int:
@@ -88,13 +80,6 @@ def row_output_hw(row, height: int, width: int) -> tuple[int, int]:
         out_size(height, row[KH], row[STRIDE], row[PAD_H], ceil),
         out_size(width, row[KW], row[STRIDE], row[PAD_W], ceil),
     )
-
-
-def round_to_tf32(t: torch.Tensor) -> torch.Tensor:
-    """fp32 values rounded to TF32 (10 mantissa bits), to nearest with ties away from zero:
-    adding half an ulp to the magnitude bits, then clearing the 13 dropped bits."""
-    bits = t.view(torch.int32)  # same element size: keeps any layout
-    return ((bits + 0x1000) & ~0x1FFF).view(torch.float32)
 
 
 # --- The plan ops as packed problems: the only code here that reads plan ops ----------------

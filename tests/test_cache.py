@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from inception_fast import autoselect, cache
+from inception_fast import cache
+from inception_fast.backends import auto_backend
 from inception_fast.cache import CacheWarning
 
 CHOICE = {"backend": "triton", "ms": {"triton": 0.5, "cuda": 0.75}}
@@ -38,7 +39,7 @@ def _cache_warnings(record) -> list[str]:
 def test_root_follows_the_environment(monkeypatch, tmp_path):
     assert cache.root() == tmp_path / "cache"
     assert cache.TUNING.path() == tmp_path / "cache" / "triton_tuning_v3.json"
-    assert autoselect.cache_file() == tmp_path / "cache" / "autoselect.json"
+    assert auto_backend.cache_file() == tmp_path / "cache" / "autoselect.json"
     monkeypatch.delenv("INCEPTION_FAST_CACHE_DIR")
     assert cache.root() == Path.home() / ".cache" / "inception_fast"
 
@@ -134,7 +135,7 @@ def test_a_wrong_shaped_choice_keeps_its_valid_neighbours(fresh_cache):
     }))
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
-        rows = autoselect.choice_table()
+        rows = auto_backend.choice_table()
     assert [(r["batch_bucket"], r["backend"]) for r in rows] == [(32, "triton")]
     messages = _cache_warnings(record)
     assert len(messages) == 1 and str(path) in messages[0] and "3 entries of the wrong shape" in messages[0]

@@ -88,7 +88,7 @@ def force_config(fused, x, config):
     split-K parts) instead of the chosen one."""
     fused(x)  # packs
     packed = tb._packed(fused, x)
-    packed.table.configs[(x.shape[0], x.shape[2], x.shape[3], x.dtype, tb.uses_tf32(x))] = config
+    packed.state.configs[(x.shape[0], x.shape[2], x.shape[3], x.dtype, tb.uses_tf32(x))] = config
 
 
 @pytest.mark.parametrize("name", ALL_BLOCKS)
@@ -252,12 +252,12 @@ def test_torch_compile_fullgraph():
 
 @torch.no_grad()
 def test_auto_times_triton_block(monkeypatch, tmp_path):
-    from inception_fast import autoselect
+    from inception_fast.backends import auto_backend
 
     monkeypatch.setenv("INCEPTION_FAST_CACHE_DIR", str(tmp_path))
     # An opt-in candidate of auto until its race tests have run on a device.
-    monkeypatch.setattr(autoselect, "CANDIDATES", ("triton", "cuda", "triton-block", "torch"))
-    monkeypatch.setattr(autoselect, "_usable_on", {})
+    monkeypatch.setattr(auto_backend, "CANDIDATES", ("triton", "cuda", "triton-block", "torch"))
+    monkeypatch.setattr(auto_backend, "_usable_on", {})
     for name in ("_path", "_table", "_memory_only"):  # read afresh here, restored after
         monkeypatch.setattr(cache.BACKEND_CHOICES, name, getattr(cache.BACKEND_CHOICES, name))
     cache.BACKEND_CHOICES.reset()
@@ -266,5 +266,5 @@ def test_auto_times_triton_block(monkeypatch, tmp_path):
     x = block_input(1, cin, size, torch.float16)
     out = fused(x)
     assert relative_l2(out, fused_on(block, torch.float16, "torch")(x)) < 5e-3
-    (row,) = autoselect.choice_table()
+    (row,) = auto_backend.choice_table()
     assert BACKEND in row["ms"] and row["ms"][BACKEND] < float("inf"), row

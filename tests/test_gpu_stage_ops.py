@@ -38,7 +38,7 @@ def run_triton(case, dtype, config, stages=None):
             scratch = torch.empty(1, dtype=torch.float32, device="cuda")
             counts = torch.empty(1, dtype=torch.int32, device="cuda")
         torch.ops.inception_fast.triton_stage(
-            x, work, out, stage.problems, stage.weights_for(tf32), stage.bias, stage.col_dst,
+            x, work, out, stage.problems, stage.weights, stage.bias, stage.col_dst,
             stage.col_flags, scratch, counts, stage_tiles(stage, n, h, w, config[0], config[1], config[5]),
             *config, tf32, *stage_kinds(stage),
         )

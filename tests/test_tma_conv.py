@@ -72,6 +72,7 @@ def test_mixed_stage_splits_only_when_allowed():
     assert tma.problems.tolist() == tma.rows and tma.rest.problems.tolist() == tma.rest.rows
     assert tma.rest.weights is stage.weights and tma.rest.col_dst is stage.col_dst
     assert tma.rest_signature == pk.stage_signature(tma.rest) and not tma.rest.residual
+    assert tma.rest_state is not None and not tma.rest_state.configs  # its own launch state
     assert tma.tap_mask  # the 1x7 conv pads its width
 
 

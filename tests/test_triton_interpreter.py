@@ -68,10 +68,11 @@ import dataclasses, os
 os.environ["TRITON_INTERPRET"] = "1"
 import torch
 from inception_fast import reference as R
+from inception_fast.kernels.triton.launch_state import round_to_tf32
 from inception_fast.kernels.triton.layout_kernel import _to_nhwc_padded_kernel, launch_to_nhwc_padded
 from inception_fast.kernels.triton.stage_kernel import _stage_kernel, launch_stage
 from inception_fast.modules import fuse_block
-from inception_fast.packing import pack_block, round_to_tf32
+from inception_fast.packing import pack_block
 from inception_fast.testing import randomize_batchnorm, relative_l2
 
 fused = fuse_block(randomize_batchnorm(R.ConvBnRelu(3, 32, 3)).eval())

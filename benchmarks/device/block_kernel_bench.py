@@ -209,7 +209,7 @@ def time_blocks(fused32, blocks) -> None:
                 for config in sweep_configs(block):
                     try:
                         module(x)
-                        tb._packed(module, x).table.configs[
+                        tb._packed(module, x).state.configs[
                             (x.shape[0], x.shape[2], x.shape[3], x.dtype, False)] = config
                         ms = graph_ms(module, x, budget_ms=100.0)
                         RESULTS["sweep"].append({"block": name, "batch": batch, "config": config, "ms": ms})

@@ -90,7 +90,7 @@ unset INCEPTION_FAST_AUTOTUNE
 
 phase "3. GPU tests"
 timeout 900 "$PY" -m pytest -q -p no:cacheprovider --tb=short --maxfail=15 -k "not triton" \
-    tests/test_gpu_backends.py tests/test_cuda_backend.py tests/test_cuda_autoselect.py \
+    tests/test_gpu_backends.py tests/test_cuda_backend.py tests/test_auto_backend.py \
     tests/test_extension_build.py > "$WORK/pytest.log" 2>&1
 status=$?
 tail -40 "$WORK/pytest.log"

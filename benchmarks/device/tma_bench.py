@@ -163,10 +163,11 @@ def network_stages(network: str, device) -> list[dict]:
     for entry in blocks.values():
         block, h, w = entry["block"], entry["height"], entry["width"]
         probe = torch.empty((1, block.plan.in_channels, h, w), device=device, dtype=DTYPE)
-        for index, (stage, signature) in enumerate(triton_backend._packed_block(block, probe)):
+        for index, (stage, signature, state) in enumerate(triton_backend._packed_block(block, probe)):
             stages.append({
                 "name": f"{block.plan.path}.s{index} {block.plan.label.split(' (')[0]}",
                 "path": block.plan.path, "block": block, "stage": stage, "signature": signature,
+                "state": state,
                 "height": h, "width": w, "count": entry["count"],
                 "tma": tma_conv.plan_stage(stage, allow_split=True),
             })
@@ -175,18 +176,20 @@ def network_stages(network: str, device) -> list[dict]:
 
 def stage_kernel_variants(stages: list[dict], batches: list[int], device) -> set:
     """The stage kernel's variants the timed run launches: each stage and each rest of a split
-    stage, at each batch, with the config the backend picks (chosen here, kept on the stage)."""
+    stage, at each batch, with the config the backend picks (chosen here, kept in the stage's
+    launch state)."""
     variants = set()
     for entry in stages:
-        parts = [(entry["stage"], entry["signature"])]
-        if entry["tma"] is not None and entry["tma"].rest is not None:
-            parts.append((entry["tma"].rest, entry["tma"].rest_signature))
+        parts = [(entry["stage"], entry["state"], entry["signature"])]
+        tma = entry["tma"]
+        if tma is not None and tma.rest is not None:
+            parts.append((tma.rest, tma.rest_state, tma.rest_signature))
         for batch in batches:
             shapes = buffer_shapes(entry, batch)
             x = torch.empty((), device=device, dtype=DTYPE).expand(shapes[0])  # no memory: shape only
             wide = max(math.prod(shape) for shape in shapes) >= 2**31
-            for part, signature in parts:
-                config = tuple(triton_backend.stage_config(part, x, signature, launch=None))
+            for part, state, signature in parts:
+                config = tuple(triton_backend.stage_config(part, state, x, signature, launch=None))
                 variants.add(("stage", config, stage_kinds(part), wide, config[5] > 1))
     return variants
 
@@ -248,29 +251,30 @@ class CudnnTimes:
 
 
 def measure_stage(entry: dict, batch: int, device, cudnn: CudnnTimes, deadline: float) -> dict:
-    stage, tma, h, w = entry["stage"], entry["tma"], entry["height"], entry["width"]
+    stage, state, tma = entry["stage"], entry["state"], entry["tma"]
+    h, w = entry["height"], entry["width"]
     x, work, out = buffers(entry, batch, device)
 
-    def stage_kernel(part, signature, work=work, out=out):
-        triton_backend._run_stage(part, x, work, out, signature)
+    def stage_kernel(part, state, signature, work=work, out=out):
+        triton_backend._run_stage(part, state, x, work, out, signature)
 
     result = {
         "stage": entry["name"], "path": entry["path"], "signature": entry["signature"],
         "count": entry["count"],
-        "stage_kernel_ms": graph_time(lambda: stage_kernel(stage, entry["signature"])),
-        "stage_kernel_config": list(stage.configs.get((batch, h, w, DTYPE, False), [])),
+        "stage_kernel_ms": graph_time(lambda: stage_kernel(stage, state, entry["signature"])),
+        "stage_kernel_config": list(state.configs.get((batch, h, w, DTYPE, False), [])),
         "cudnn_all_convs_ms": cudnn(conv_shapes(stage, stage.rows, h, w), batch),
     }
     if tma is None:
         return result
     expected_work, expected_out = work.clone(), out.clone()
-    stage_kernel(stage, entry["signature"], expected_work, expected_out)
+    stage_kernel(stage, state, entry["signature"], expected_work, expected_out)
     result["tma_rows"] = len(tma.rows)
     result["rest_rows"] = len(tma.rest.rows) if tma.rest is not None else 0
     result["cudnn_tma_convs_ms"] = cudnn(conv_shapes(stage, tma.rows, h, w), batch)
     result["rest_ms"] = 0.0
     if tma.rest is not None:
-        result["rest_ms"] = graph_time(lambda: stage_kernel(tma.rest, tma.rest_signature))
+        result["rest_ms"] = graph_time(lambda: stage_kernel(tma.rest, tma.rest_state, tma.rest_signature))
     runs = []
     configs = tile_configs(tma)
     default = tma_conv.default_config(tma, x.element_size())
@@ -287,7 +291,7 @@ def measure_stage(entry: dict, batch: int, device, cudnn: CudnnTimes, deadline: 
             got_work, got_out = work.clone(), out.clone()
             launch_tma_stage(_tma_stage_kernel, tma, x, got_work, got_out, config, "ieee")
             if tma.rest is not None:
-                stage_kernel(tma.rest, tma.rest_signature, got_work, got_out)
+                stage_kernel(tma.rest, tma.rest_state, tma.rest_signature, got_work, got_out)
             torch.cuda.synchronize()
             error = max(relative_l2(got_out, expected_out), relative_l2(got_work, expected_work))
             run["rel_err"] = error

@@ -20,7 +20,7 @@ _MODULES = {
     "triton": ".triton_backend",
     "triton-block": ".triton_block_backend",  # one persistent launch per block
     "cuda": ".cuda_backend",
-    "auto": "..autoselect",  # per block and batch bucket, the fastest of the kernels and torch
+    "auto": ".auto_backend",  # per block and batch bucket, the fastest of the kernels and torch
 }
 
 

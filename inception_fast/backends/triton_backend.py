@@ -24,6 +24,7 @@ import torch
 from .. import packing as pk
 from ..kernels.triton import ops as _registered_ops  # noqa: F401 - registers torch.ops.inception_fast.triton_*
 from ..kernels.triton import tma_conv, tuning
+from ..kernels.triton.launch_state import StageLaunchState
 from ..kernels.triton.stage_kernel import split_k_buffers, stage_kinds, stage_tiles
 from . import precision_key
 
@@ -90,7 +91,8 @@ def to_kernel_layout(x: torch.Tensor, channels: int) -> torch.Tensor:
     return out
 
 
-def _packed_block(block, x: torch.Tensor):
+def _packed_block(block, x: torch.Tensor) -> list[tuple[pk.PackedStage, str, StageLaunchState]]:
+    """Per stage: the packed table, its signature (the tuning key) and its launch state."""
     size = tuple(x.shape[2:]) if pk.sized(block.plan) else None
     key = ("triton", x.device, x.dtype, size)
     stages = block.backend_cache.get(key)
@@ -98,8 +100,9 @@ def _packed_block(block, x: torch.Tensor):
         channels = _aligned(block.plan.in_channels)
         padded = channels if channels != block.plan.in_channels else None
         stages = pk.pack_block(block, x.device, x.dtype, padded, *(size or (None, None)))
-        block.backend_cache[key] = [(stage, pk.stage_signature(stage)) for stage in stages]
-        stages = block.backend_cache[key]
+        stages = block.backend_cache[key] = [
+            (stage, pk.stage_signature(stage), StageLaunchState()) for stage in stages
+        ]
     return stages
 
 
@@ -107,7 +110,7 @@ def _aligned(channels: int) -> int:
     return -(-channels // ALIGN) * ALIGN
 
 
-def _run_stage(stage, x, work, out, key: str):
+def _run_stage(stage, state: StageLaunchState, x, work, out, key: str):
     n, _, h, w = x.shape
     tf32 = uses_tf32(x)
     ops = torch.ops.inception_fast
@@ -115,22 +118,23 @@ def _run_stage(stage, x, work, out, key: str):
 
     def launch(config):
         tiles = stage_tiles(stage, n, h, w, config[0], config[1], config[5])
-        scratch, counts = _split_k_buffers(stage, n, h, w, config, x)
+        scratch, counts = _split_k_buffers(stage, state, n, h, w, config, x)
         ops.triton_stage(
-            x, work, out, stage.problems, stage.weights_for(tf32), stage.bias, stage.col_dst,
+            x, work, out, stage.problems, state.weights_for(stage, tf32), stage.bias, stage.col_dst,
             stage.col_flags, scratch, counts, tiles, *config, tf32, *kinds,
         )
 
-    launch(stage_config(stage, x, key, launch))
+    launch(stage_config(stage, state, x, key, launch))
 
 
-def stage_config(stage, x: torch.Tensor, key: str, launch) -> tuple:
+def stage_config(stage, state: StageLaunchState, x: torch.Tensor, key: str, launch) -> tuple:
     """The stage kernel's config for `stage` on inputs shaped like `x`: cached, shipped, from
     the nearest batch bucket or a heuristic, timed with `launch(config)` only where tuning is
-    enabled (`tuning.choose`). Kept on the stage per shape: no key building on the hot path."""
+    enabled (`tuning.choose`). Kept in the stage's `state` per shape: no key building on the
+    hot path."""
     n, _, h, w = x.shape
     shape = (n, h, w, x.dtype, uses_tf32(x))
-    config = stage.configs.get(shape)
+    config = state.configs.get(shape)
     if config is None:
         convs = [row[pk.CIN] for row in stage.rows if row[pk.KIND] == pk.CONV]
         configs = tuning.candidates(
@@ -142,11 +146,11 @@ def stage_config(stage, x: torch.Tensor, key: str, launch) -> tuple:
         full_key = f"{key}/{h}x{w}/b{tuning.batch_bucket(n)}/{precision_key(x)}/{name}"
         config = tuning.choose(full_key, launch, configs, fallback, x.device)
         if not torch.compiler.is_compiling():
-            stage.configs[shape] = config
+            state.configs[shape] = config
     return config
 
 
-def _split_k_buffers(stage, n, h, w, config, x):
+def _split_k_buffers(stage, state: StageLaunchState, n, h, w, config, x):
     """Split-K scratch per stage, shape, config and stream, allocated once and kept: the kernel
     leaves its counters at zero, so later launches and CUDA-graph replays reuse it. Launches on
     two streams may run at once (threads sharing a model), so each stream has its own."""
@@ -154,13 +158,13 @@ def _split_k_buffers(stage, n, h, w, config, x):
     if x.is_cuda and not torch.compiler.is_compiling():
         stream = torch.cuda.current_stream(x.device).cuda_stream
     key = (n, h, w, config, x.device, stream)
-    buffers = stage.scratch.get(key)
+    buffers = state.scratch.get(key)
     if buffers is None:
         scratch, counts = split_k_buffers(stage, n, h, w, config, x.device)
         if scratch is None:  # never touched without split-K; two tensors: mutated args must not alias
             scratch = torch.empty(1, dtype=torch.float32, device=x.device)
             counts = torch.empty(1, dtype=torch.int32, device=x.device)
-        buffers = stage.scratch[key] = (scratch, counts)
+        buffers = state.scratch[key] = (scratch, counts)
     return buffers
 
 
@@ -174,20 +178,21 @@ def _tma_stages(block, x: torch.Tensor, stages, mode: str) -> list:
     if plans is None:
         plans = [None] * len(stages)
         if tma_conv.dtype_reason(x.dtype, tf32) is None:
-            plans = [tma_conv.plan_stage(stage, allow_split=mode == "split") for stage, _ in stages]
-            for plan in plans:
+            plans = [tma_conv.plan_stage(stage, allow_split=mode == "split") for stage, _, _ in stages]
+            for plan, (stage, _, state) in zip(plans, stages):
                 if plan is not None and plan.rest is not None and tf32:
-                    plan.rest.tf32_weights = plan.stage.weights_for(True)  # one rounded copy
+                    plan.rest_state.tf32_weights = state.weights_for(stage, True)  # one rounded copy
         block.backend_cache[key] = plans
     return plans
 
 
-def _run_tma_stage(tma, x, work, out, signature: str) -> None:
+def _run_tma_stage(tma, state: StageLaunchState, x, work, out, signature: str) -> None:
     """The TMA rows of a stage on the TMA kernel, then its other rows (if any) on the stage
-    kernel; buffers a descriptor cannot address send the whole stage to the stage kernel."""
+    kernel; buffers a descriptor cannot address send the whole stage to the stage kernel.
+    `state`: the whole stage's launch state."""
     # (traced, the buffers have no addresses; the backend allocates them aligned)
     if not torch.compiler.is_compiling() and tma_conv.buffers_reason(x, work, out) is not None:
-        _run_stage(tma.stage, x, work, out, signature)
+        _run_stage(tma.stage, state, x, work, out, signature)
         return
     n, _, h, w = x.shape
     tf32 = uses_tf32(x)
@@ -199,12 +204,12 @@ def _run_tma_stage(tma, x, work, out, signature: str) -> None:
         if not torch.compiler.is_compiling():
             tma.configs[shape] = config
     torch.ops.inception_fast.triton_tma_stage(
-        x, work, out, tma.problems, tma.stage.weights_for(tf32), tma.stage.bias, tma.stage.col_dst,
+        x, work, out, tma.problems, state.weights_for(tma.stage, tf32), tma.stage.bias, tma.stage.col_dst,
         tma.stage.col_flags, tma_conv.num_programs(tma, x, config), list(config), tf32,
         *tma.kernel_flags(config),
     )
     if tma.rest is not None:
-        _run_stage(tma.rest, x, work, out, tma.rest_signature)
+        _run_stage(tma.rest, tma.rest_state, x, work, out, tma.rest_signature)
 
 
 def kernel_buffers(block, x: torch.Tensor) -> tuple:
@@ -225,9 +230,9 @@ def run_block(block, x: torch.Tensor) -> torch.Tensor:
     x, work, out = kernel_buffers(block, x)
     mode = tma_conv.mode()
     tma_stages = _tma_stages(block, x, stages, mode) if mode else [None] * len(stages)
-    for (stage, signature), tma in zip(stages, tma_stages):
+    for (stage, signature, state), tma in zip(stages, tma_stages):
         if tma is None:
-            _run_stage(stage, x, work, out, signature)
+            _run_stage(stage, state, x, work, out, signature)
         else:
-            _run_tma_stage(tma, x, work, out, signature)
+            _run_tma_stage(tma, state, x, work, out, signature)
     return out

@@ -19,6 +19,7 @@ from .. import packing as pk
 from ..kernels.triton import ops as _registered_ops  # noqa: F401 - registers torch.ops.inception_fast.triton_*
 from ..kernels.triton import tuning
 from ..kernels.triton.block_kernel import block_schedule, programs_per_sm, split_k_buffers
+from ..kernels.triton.launch_state import StageLaunchState
 from ..kernels.triton.stage_kernel import stage_kinds
 from ..plan import BlockPlan, op_destinations
 from . import precision_key
@@ -43,6 +44,9 @@ class PackedBlock:
     signature: str  # the stages' signatures: tile choices are keyed by it
     kinds: tuple  # (has conv, has pool, has residual) over the whole block
     launches: dict = field(default_factory=dict)  # per shape and config: schedule tensors, counters
+    # The config chosen per shape and the TF32 weights of `table` (its split-K buffers are in
+    # `launches`, with the schedule they belong to).
+    state: StageLaunchState = field(default_factory=StageLaunchState)
 
 
 def _overlap(a, b) -> bool:
@@ -174,14 +178,14 @@ def _run(packed: PackedBlock, x, work, out) -> None:
     def launch(config):
         b = _launch_buffers(packed, n, h, w, config, x)
         ops.triton_block(
-            x, work, out, table.problems, table.weights_for(tf32), table.bias, table.col_dst,
+            x, work, out, table.problems, packed.state.weights_for(table, tf32), table.bias, table.col_dst,
             table.col_flags, b.schedule, b.deps, b.counters, b.scratch, b.counts,
             num_programs(b.tickets, config, x), b.tickets, *config, tf32, *packed.kinds,
         )
 
-    # The chosen config per shape is kept on the table: no key building on the hot path.
+    # The chosen config per shape is kept with the table: no key building on the hot path.
     shape = (n, h, w, x.dtype, tf32)
-    config = table.configs.get(shape)
+    config = packed.state.configs.get(shape)
     if config is None:
         # The stage kernel's candidates: the same tiles and split-K parts, BLOCK_K from the
         # narrowest conv of the whole block.
@@ -198,7 +202,7 @@ def _run(packed: PackedBlock, x, work, out) -> None:
         key = f"block:{packed.signature}/{h}x{w}/b{tuning.batch_bucket(n)}/{precision_key(x)}/{name}"
         config = tuning.choose(key, launch, configs, fallback, x.device)
         if not torch.compiler.is_compiling():
-            table.configs[shape] = config
+            packed.state.configs[shape] = config
     launch(config)
 
 

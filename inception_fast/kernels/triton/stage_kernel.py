@@ -14,6 +14,7 @@ import triton
 import triton.language as tl
 
 from ... import packing as pk
+from . import launch_state
 from .tf32 import round_to_tf32
 
 # The table layout, as compile-time constants for the kernels.
@@ -403,13 +404,15 @@ def split_k_buffers(stage, n, h, w, config, device):
 
 
 def launch_stage(kernel, stage, x, work, out, config, precision="tf32"):
-    """Launch one packed stage (used directly under TRITON_INTERPRET=1)."""
+    """Launch one packed stage (used directly under TRITON_INTERPRET=1). Nothing is kept: the
+    split-K buffers and, with precision "tf32", the rounded weights are made for this launch."""
     if len(config) == 5:
         config = (*config, 1)
     n, _, h, w = x.shape
     tiles = stage_tiles(stage, n, h, w, config[0], config[1], config[5])
     scratch, counts = split_k_buffers(stage, n, h, w, config, x.device)
+    weights = launch_state.round_to_tf32(stage.weights) if precision == "tf32" else stage.weights
     launch_stage_tensors(
-        kernel, tiles, x, work, out, stage.problems, stage.weights_for(precision == "tf32"), stage.bias,
+        kernel, tiles, x, work, out, stage.problems, weights, stage.bias,
         stage.col_dst, stage.col_flags, config, precision, *stage_kinds(stage), scratch, counts,
     )

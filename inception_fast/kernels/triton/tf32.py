@@ -1,4 +1,4 @@
-"""fp32 -> TF32 rounding inside the kernels (the host-side twin is `packing.round_to_tf32`)."""
+"""fp32 -> TF32 rounding inside the kernels (the host-side twin is `launch_state.round_to_tf32`)."""
 
 from __future__ import annotations
 

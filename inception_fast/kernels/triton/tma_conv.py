@@ -53,6 +53,7 @@ import triton
 import triton.language as tl
 
 from ... import packing as pk
+from .launch_state import StageLaunchState, round_to_tf32
 from .stage_kernel import _epilogue_store, _times8
 
 _NUM_FIELDS = tl.constexpr(pk.NUM_FIELDS)
@@ -472,6 +473,7 @@ class TmaStage:
     tap_mask: bool  # some wider window has PAD_W > 0 (FLAT tiles mask its wrapped rows)
     has_residual: bool
     rest_signature: str = ""  # `packing.stage_signature(rest)`: its tuning key
+    rest_state: StageLaunchState | None = None  # the stage kernel's launch state for `rest`
     configs: dict = dataclasses.field(default_factory=dict)  # TmaConfig per input shape
 
     def kernel_flags(self, config: TmaConfig) -> tuple[bool, bool, bool, bool]:
@@ -506,7 +508,7 @@ def plan_stage(stage: pk.PackedStage, allow_split: bool = False) -> TmaStage | N
         rest_rows = [stage.rows[p] for p in others]
         rest = dataclasses.replace(
             stage, problems=stage.problems[torch.tensor(others, dtype=torch.long, device=device)],
-            rows=rest_rows, residual=_any_residual(stage, rest_rows), configs={}, scratch={},
+            rows=rest_rows, residual=_any_residual(stage, rest_rows),
         )
     return TmaStage(
         stage=stage,
@@ -518,6 +520,7 @@ def plan_stage(stage: pk.PackedStage, allow_split: bool = False) -> TmaStage | N
         tap_mask=any(not _is_gemm(r) and r[pk.PAD_W] > 0 for r in rows),
         has_residual=_any_residual(stage, rows),
         rest_signature=pk.stage_signature(rest) if rest is not None else "",
+        rest_state=StageLaunchState() if rest is not None else None,
     )
 
 
@@ -656,12 +659,14 @@ def num_programs(tma: TmaStage, x: torch.Tensor, config: TmaConfig) -> int:
 
 def launch_tma_stage(kernel, tma: TmaStage, x, work, out, config: TmaConfig, precision: str = "tf32"):
     """The TMA rows of one stage, launched directly (tests, the interpreter, benchmarks); the
-    `rest` rows are the caller's. precision: "tf32" or "ieee" (fp32 only; fp16/bf16 ignore it)."""
+    `rest` rows are the caller's. precision: "tf32" or "ieee" (fp32 only; fp16/bf16 ignore it).
+    With TF32 the weights are rounded for this launch (the backend keeps its rounded copy)."""
     config = TmaConfig(*config)
     check_config(config)
     tf32 = precision == "tf32" and x.dtype == torch.float32
+    weights = round_to_tf32(tma.stage.weights) if tf32 else tma.stage.weights
     launch_tma_tensors(
-        kernel, num_programs(tma, x, config), x, work, out, tma.problems, tma.stage.weights_for(tf32),
+        kernel, num_programs(tma, x, config), x, work, out, tma.problems, weights,
         tma.stage.bias, tma.stage.col_dst, tma.stage.col_flags, config, precision,
         *tma.kernel_flags(config),
     )

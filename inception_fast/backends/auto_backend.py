@@ -20,8 +20,9 @@ from pathlib import Path
 
 import torch
 
-from . import cache, timing
-from .backends import precision_key
+from .. import cache, timing
+from ..packing import unsupported_reason
+from . import backend_status, get_backend, precision_key
 
 # The first usable one runs where nothing can be timed.
 CANDIDATES = ("triton", "cuda", "torch")  # the first usable one runs where nothing can be timed
@@ -42,8 +43,6 @@ def batch_bucket(batch: int) -> int:
 
 
 def _usable(device) -> list[str]:
-    from .backends import backend_status
-
     device = torch.device(device)
     if device not in _usable_on:
         _usable_on[device] = [name for name in CANDIDATES if backend_status(name, device)[0]]
@@ -51,8 +50,6 @@ def _usable(device) -> list[str]:
 
 
 def availability(device=None) -> tuple[bool, str]:
-    from .backends import backend_status
-
     reasons = {name: backend_status(name, device) for name in CANDIDATES}
     usable = [name for name, (ok, _) in reasons.items() if ok]
     # A choice among the GPU kernels and cuDNN: with no kernel backend usable there is none.
@@ -121,9 +118,6 @@ def block_kind(block) -> str:
 
 def _backends(block, device) -> dict:
     """The usable backends for `block` (the kernels only where the packed format takes it)."""
-    from .backends import get_backend
-    from .packing import unsupported_reason
-
     names = _usable(device)
     runs_on_kernels = block.backend_cache.get("kernels-ok")
     if runs_on_kernels is None:

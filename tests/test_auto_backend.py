@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from inception_fast import autoselect, cache
+from inception_fast import cache
 from inception_fast import reference as R
-from inception_fast.backends import _MODULES
+from inception_fast.backends import auto_backend
 from inception_fast.modules import fuse_block
 from inception_fast.testing import randomize_batchnorm, relative_l2
 
@@ -25,7 +25,7 @@ def fresh_cache(monkeypatch, tmp_path):
 
 def test_batch_buckets_are_powers_of_two():
     batches = (1, 2, 3, 5, 32, 33, 256, 2048)
-    assert [autoselect.batch_bucket(n) for n in batches] == [1, 2, 4, 8, 32, 64, 256, 2048]
+    assert [auto_backend.batch_bucket(n) for n in batches] == [1, 2, 4, 8, 32, 64, 256, 2048]
 
 
 def test_exact_fp32_and_tf32_are_chosen_apart(monkeypatch):
@@ -34,22 +34,22 @@ def test_exact_fp32_and_tf32_are_chosen_apart(monkeypatch):
     saved = torch.backends.cudnn.allow_tf32
     try:
         torch.backends.cudnn.allow_tf32 = True
-        tf32 = autoselect._key("Block", x)
+        tf32 = auto_backend._key("Block", x)
         torch.backends.cudnn.allow_tf32 = False
-        exact = autoselect._key("Block", x)
+        exact = auto_backend._key("Block", x)
     finally:
         torch.backends.cudnn.allow_tf32 = saved
     assert tf32 != exact and "|float32|" in tf32 and "|float32-ieee|" in exact
-    assert "|float16|" in autoselect._key("Block", x.half())
+    assert "|float16|" in auto_backend._key("Block", x.half())
 
 
 def test_choices_merge_into_one_file_and_read_back_as_a_table(fresh_cache):
     a = "NVIDIA H100|torch2.11.0|float16|InceptionB1024-1024@17x17|b32"
     b = "NVIDIA H100|torch2.11.0|bfloat16|Head1536-1000@8x8|b1"
-    autoselect._save(a, {"backend": "cuda", "ms": {"cuda": 0.5, "triton": 0.6}})
-    autoselect._save(b, {"backend": "triton", "ms": {"cuda": 0.02, "triton": 0.01}})
-    assert set(json.loads(autoselect.cache_file().read_text())) == {a, b}
-    table = autoselect.choice_table()
+    auto_backend._save(a, {"backend": "cuda", "ms": {"cuda": 0.5, "triton": 0.6}})
+    auto_backend._save(b, {"backend": "triton", "ms": {"cuda": 0.02, "triton": 0.01}})
+    assert set(json.loads(auto_backend.cache_file().read_text())) == {a, b}
+    table = auto_backend.choice_table()
     assert [(r["block"], r["batch_bucket"], r["backend"]) for r in table] == [
         ("Head1536-1000@8x8", 1, "triton"), ("InceptionB1024-1024@17x17", 32, "cuda"),
     ]
@@ -58,7 +58,7 @@ def test_choices_merge_into_one_file_and_read_back_as_a_table(fresh_cache):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only answer")
 def test_unavailable_without_a_gpu_says_why():
-    ok, reason = autoselect.availability("cpu")
+    ok, reason = auto_backend.availability("cpu")
     assert not ok and "triton" in reason and "cuda" in reason
 
 
@@ -69,19 +69,18 @@ def test_block_is_timed_once_per_bucket_and_matches_torch():
     block = fuse_block(randomize_batchnorm(R.InceptionA()).eval().cuda()).half()
     x = torch.randn(3, 384, 35, 35, device="cuda").relu_().half()
     expected = block(x)
-    out = autoselect.run_block(block, x)
+    out = auto_backend.run_block(block, x)
     assert relative_l2(out, expected) < 5e-3
-    autoselect.run_block(block, x[:4])  # bucket 4 again: no new timing
-    table = autoselect.choice_table()
+    auto_backend.run_block(block, x[:4])  # bucket 4 again: no new timing
+    table = auto_backend.choice_table()
     assert len(table) == 1 and table[0]["batch_bucket"] == 4
-    assert table[0]["backend"] in autoselect.CANDIDATES
-    assert set(table[0]["ms"]) == set(autoselect._usable(x.device))
-    autoselect.run_block(block, x[:1])
-    assert len(autoselect.choice_table()) == 2
+    assert table[0]["backend"] in auto_backend.CANDIDATES
+    assert set(table[0]["ms"]) == set(auto_backend._usable(x.device))
+    auto_backend.run_block(block, x[:1])
+    assert len(auto_backend.choice_table()) == 2
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif("auto" not in _MODULES, reason="the registry does not route 'auto' to autoselect yet")
 @torch.no_grad()
 def test_whole_model_on_auto(calibrated_model):
     import copy
@@ -94,4 +93,4 @@ def test_whole_model_on_auto(calibrated_model):
     eager_err = relative_l2(copy.deepcopy(model).half()(x.half()), ref)
     fused = optimize(model, backend="auto", dtype=torch.float16)
     assert relative_l2(fused(x.half()), ref) <= 2 * eager_err + 1e-3
-    assert len(autoselect.choice_table()) >= 1
+    assert len(auto_backend.choice_table()) >= 1
