@@ -43,7 +43,7 @@ class PackedBlock:
     deps: list  # per problem: (producer index, whole) pairs, see `problem_dependencies`
     signature: str  # the stages' signatures: tile choices are keyed by it
     kinds: tuple  # (has conv, has pool, has residual) over the whole block
-    launches: dict = field(default_factory=dict)  # per shape and config: schedule tensors, counters
+    launches: dict = field(default_factory=dict)  # per shape and config: schedule; and per stream: counters
     # The config chosen per shape and the TF32 weights of `table` (its split-K buffers are in
     # `launches`, with the schedule they belong to).
     state: StageLaunchState = field(default_factory=StageLaunchState)
@@ -138,27 +138,42 @@ class _Launch(NamedTuple):
     tickets: int
 
 
+def _device_ints(values: list, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`values` as an int32 tensor on `device`, and the pinned host copy it was made from while a
+    CUDA graph is being captured (the graph's copy reads it at every replay: keep it alive)."""
+    if not torch.cuda.is_current_stream_capturing():
+        return torch.tensor(values, dtype=torch.int32, device=device), None
+    host = torch.tensor(values, dtype=torch.int32).pin_memory()
+    return host.to(device, non_blocking=True), host
+
+
 def _launch_buffers(packed: PackedBlock, n, h, w, config, x) -> _Launch:
-    """Schedule, counters and split-K buffers per shape, config and stream, made once and kept:
-    the kernel leaves its counters at zero, so later launches and CUDA-graph replays reuse
-    them. Launches on two streams may run at once (threads sharing a model): one set per stream."""
+    """Schedule, counters and split-K buffers per shape and config, made once and kept: the
+    kernel leaves its counters at zero, so later launches and CUDA-graph replays reuse them.
+    The schedule is read-only and shared; launches on two streams may run at once (threads
+    sharing a model, or a graph captured on another stream): counters and scratch per stream."""
     stream = None
     if x.is_cuda and not torch.compiler.is_compiling():
         stream = torch.cuda.current_stream(x.device).cuda_stream
-    key = (n, h, w, config, x.device, stream)
-    buffers = packed.launches.get(key)
-    if buffers is None:
+    key = (n, h, w, config, x.device)
+    buffers = packed.launches.get((*key, stream))
+    if buffers is not None:
+        return buffers
+    shared = packed.launches.get(key)
+    if shared is None:
         plan = block_schedule(packed.table.rows, packed.deps, n, h, w, config[0], config[1], config[5])
-        scratch, counts = split_k_buffers(plan.slots, config, x.device)
-        if scratch is None:  # never touched without split-K; two tensors: mutated args must not alias
-            scratch = torch.empty(1, dtype=torch.float32, device=x.device)
-            counts = torch.empty(1, dtype=torch.int32, device=x.device)
-        buffers = packed.launches[key] = _Launch(
-            torch.tensor(plan.schedule, dtype=torch.int32, device=x.device),
-            torch.tensor(plan.deps, dtype=torch.int32, device=x.device),
-            torch.zeros(plan.counters, dtype=torch.int32, device=x.device),
-            scratch, counts, plan.tickets,
-        )
+        schedule, schedule_host = _device_ints(plan.schedule, x.device)
+        deps, deps_host = _device_ints(plan.deps, x.device)
+        shared = packed.launches[key] = (plan, schedule, deps, (schedule_host, deps_host))
+    plan, schedule, deps, _ = shared
+    scratch, counts = split_k_buffers(plan.slots, config, x.device)
+    if scratch is None:  # never touched without split-K; two tensors: mutated args must not alias
+        scratch = torch.empty(1, dtype=torch.float32, device=x.device)
+        counts = torch.empty(1, dtype=torch.int32, device=x.device)
+    buffers = packed.launches[(*key, stream)] = _Launch(
+        schedule, deps, torch.zeros(plan.counters, dtype=torch.int32, device=x.device),
+        scratch, counts, plan.tickets,
+    )
     return buffers
 
 
