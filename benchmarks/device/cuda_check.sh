@@ -5,19 +5,25 @@
 #      access past a buffer is past an allocation) and racecheck (shared memory): the cuda
 #      backend's stage kernel in fp16 and bf16, the triton stage kernel in fp16, bf16, fp32 on
 #      TF32 and exact fp32 (split-K on the shipped batch-1 tiles of 132-SM Hopper cards) and its
-#      layout kernel; convs, avg and max pools and the head, on odd batches and sizes;
+#      layout kernel; convs, avg and max pools and the head, on odd batches and sizes; then the
+#      family's own kernel variants in fp16 (GoogLeNet's ceil-mode max-pools, Inception-v3's
+#      include-pad average pools and split 1x3 / 3x1 branches, Inception-ResNet-v2's residual
+#      epilogue) on the cuda, triton and triton-block backends;
 #   3. the GPU tests of the backend, the autoselector and the build;
 #   4. per-block and whole-model times, fp16, batch 1 / 32 / 256: cuda vs torch (and triton).
 # Usage, from the repository root:  bash benchmarks/device/cuda_check.sh
+#   PHASES="1 2" bash benchmarks/device/cuda_check.sh   runs only the phases named.
 # Every phase runs even when an earlier one fails; the exit status is non-zero if any failed.
 set -u
 cd "$(dirname "$0")/../.." || exit 2
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export INCEPTION_FAST_CACHE_DIR="${INCEPTION_FAST_CACHE_DIR:-$(mktemp -d /tmp/inception_fast_cuda_check.XXXXXX)}"
 PY="${PYTHON:-python}"
-WORK="$(mktemp -d)"
+WORK="${WORK:-$(mktemp -d)}"  # the logs stay here
 failed=()
+PHASES=${PHASES:-1 2 3 4}
 phase() { echo; echo "=== $1 ($(date +%T))"; }
+wanted() { [[ " $PHASES " == *" $1 "* ]]; }
 
 phase "environment"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
@@ -34,6 +40,7 @@ except ImportError:
     print("triton not installed")
 EOF
 
+if wanted 1; then
 phase "1. build the extension"
 start=$(date +%s)
 if timeout 600 "$PY" -c "from inception_fast.extension import load; print('loaded', load())"; then
@@ -41,44 +48,50 @@ if timeout 600 "$PY" -c "from inception_fast.extension import load; print('loade
 else
   echo "build: FAILED"; failed+=(build)
 fi
+fi
 
+if wanted 2; then
 phase "2. compute-sanitizer"
 SANITIZER="$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)"
 cat > "$WORK/every_kernel.py" <<'EOF'
-# Every kernel of one GPU backend: the whole model (every block kind and the head) per dtype.
-# argv: backend (cuda or triton), then "full" (odd batch and sizes, and batch 1 at 299x299,
-# where 132-SM Hopper cards take the shipped split-K tiles) or "small" (one 75x75 image).
+# Every kernel of one GPU backend: Inception-v4 (every block kind and the head) per dtype, then
+# the family's networks in fp16 (their own kernel variants: ceil-mode and include-pad pools,
+# 1x3 / 3x1 windows, the residual epilogue).
+# argv: backend (cuda, triton or triton-block), then "full" (odd batch and sizes, and batch 1
+# at 299x299, where 132-SM Hopper cards take the shipped split-K tiles) or "small" (one small image).
 import sys
 
 import torch
 
 from inception_fast import optimize
-from inception_fast.reference import InceptionV4
-from inception_fast.testing import randomize_batchnorm
+from inception_fast.testing import calibrated_model
 
 backend, extent = sys.argv[1], sys.argv[2]
-dtypes = {"cuda": ["fp16", "bf16"], "triton": ["fp16", "bf16", "fp32-tf32", "fp32"]}[backend]
-shapes = [(3, 91, 97), (1, 299, 299)] if extent == "full" else [(1, 75, 75)]
-torch.manual_seed(0)
-model = randomize_batchnorm(InceptionV4().eval(), torch.Generator().manual_seed(0)).cuda()
+dtypes = {"cuda": ["fp16", "bf16"], "triton": ["fp16", "bf16", "fp32-tf32", "fp32"], "triton-block": ["fp16"]}
+full = extent == "full"
+cases = [("inception_v4", dtypes[backend], [(3, 91, 97), (1, 299, 299)] if full else [(1, 75, 75)])]
+cases += [(name, ["fp16"], [(2, 101, 107)] if full else [(1, 75, 75)])
+          for name in ("googlenet", "inception_v3", "inception_resnet_v2")]
 with torch.no_grad():
-    for name in dtypes:
-        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(name, torch.float32)
-        torch.backends.cudnn.allow_tf32 = name == "fp32-tf32"  # the triton backend follows it
-        fused = optimize(model, backend=backend, dtype=dtype)
-        for n, h, w in shapes:
-            out = fused(torch.randn(n, 3, h, w, device="cuda", dtype=dtype))
-            torch.cuda.synchronize()
-            assert torch.isfinite(out).all(), "non-finite output"
-            print(backend, name, (n, h, w), tuple(out.shape), "ok")
+    for model_name, names, shapes in cases:
+        model = calibrated_model(model_name, image_size=shapes[0][1]).cuda()
+        for name in names:
+            dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(name, torch.float32)
+            torch.backends.cudnn.allow_tf32 = name == "fp32-tf32"  # the triton backend follows it
+            fused = optimize(model, backend=backend, dtype=dtype, cuda_graph=False)
+            for n, h, w in shapes:
+                out = fused(torch.randn(n, 3, h, w, device="cuda", dtype=dtype))
+                torch.cuda.synchronize()
+                assert torch.isfinite(out).all(), "non-finite output"
+                print(backend, model_name, name, (n, h, w), tuple(out.shape), "ok", flush=True)
 EOF
 # No tile timing under the sanitizers: shipped or heuristic tiles only.
 export INCEPTION_FAST_AUTOTUNE=0
-for backend in cuda triton; do
+for backend in ${SANITIZED_BACKENDS:-cuda triton triton-block}; do
   for tool in memcheck racecheck; do
     extent=full; [ "$tool" = racecheck ] && extent=small
     log="$WORK/$tool-$backend.log"
-    if PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 900 "$SANITIZER" --tool "$tool" --error-exitcode 3 \
+    if PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout "${SANITIZER_TIMEOUT_S:-900}" "$SANITIZER" --tool "$tool" --error-exitcode 3 \
         --print-limit 20 "$PY" "$WORK/every_kernel.py" "$backend" "$extent" > "$log" 2>&1; then
       echo "$tool $backend: OK ($(grep -c ' ok$' "$log") runs); $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -1)"
     else
@@ -87,7 +100,9 @@ for backend in cuda triton; do
   done
 done
 unset INCEPTION_FAST_AUTOTUNE
+fi
 
+if wanted 3; then
 phase "3. GPU tests"
 timeout 900 "$PY" -m pytest -q -p no:cacheprovider --tb=short --maxfail=15 -k "not triton" \
     tests/test_gpu_backends.py tests/test_cuda_backend.py tests/test_auto_backend.py \
@@ -95,7 +110,9 @@ timeout 900 "$PY" -m pytest -q -p no:cacheprovider --tb=short --maxfail=15 -k "n
 status=$?
 tail -40 "$WORK/pytest.log"
 [ "$status" -eq 0 ] || failed+=(tests)
+fi
 
+if wanted 4; then
 phase "4. timings (fp16, medians of CUDA-event timings, ms)"
 cat > "$WORK/bench.py" <<'EOF'
 import copy
@@ -162,6 +179,7 @@ with torch.no_grad():
 print("card:", torch.cuda.get_device_name(), "| torch", torch.__version__)
 EOF
 timeout 600 "$PY" "$WORK/bench.py" || failed+=(bench)
+fi
 
 echo
 if [ ${#failed[@]} -eq 0 ]; then
