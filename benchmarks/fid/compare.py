@@ -162,7 +162,7 @@ def _configurations(args, folders, checkpoint) -> list[tuple[str, list[str], int
             elif "eager" not in name:
                 torchrun = [python, "-m", "torch.distributed.run", "--standalone",
                             "--nproc-per-node", str(gpus)]
-                configs.append((f"{name}, torchrun {gpus} GPUs", [*torchrun, *ours[1:], *extra], gpus))
+                configs.append((f"{name}, torchrun {gpus} GPUs", [*torchrun, *ours, *extra], gpus))  # torchrun -m
     return configs
 
 
@@ -223,6 +223,8 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--cpus-per-gpu", type=int, help="restrict each run to this many CPUs per GPU")
     parser.add_argument("--skip-pytorch-fid", action="store_true")
+    parser.add_argument("--no-warm-up", action="store_true",
+                        help="no untimed first runs (the first configuration then pays for compiling)")
     parser.add_argument("--only", help="run only the configurations whose name contains this text")
     parser.add_argument("--timeout", type=float, default=300)
     parser.add_argument("--device", default="cuda", help="cpu: a smoke test of this script without a GPU")
@@ -247,7 +249,7 @@ def main() -> int:
                          "b": {"folder": str(folders[1]), "size": 512, **made["b"]}},
                 "weights": "given" if args.weights else "random (BatchNorm calibrated), pytorch-fid's format",
                 "batch_size": args.batch_size, "runs": []}
-    document["warm_up"] = _warm_up(args, data, checkpoint, env)
+    document["warm_up"] = [] if args.no_warm_up else _warm_up(args, data, checkpoint, env)
     for name, command, gpus in _configurations(args, folders, checkpoint):
         if args.only and args.only not in name:
             continue
