@@ -160,9 +160,10 @@ def _configurations(args, folders, checkpoint) -> list[tuple[str, list[str], int
             if gpus == 1:
                 configs.append((name, [python, *ours, *extra], 1))
             elif "eager" not in name:
+                # torchrun -m inception_fast fid ...: the package runs as a module on every rank.
                 torchrun = [python, "-m", "torch.distributed.run", "--standalone",
                             "--nproc-per-node", str(gpus)]
-                configs.append((f"{name}, torchrun {gpus} GPUs", [*torchrun, *ours, *extra], gpus))  # torchrun -m
+                configs.append((f"{name}, torchrun {gpus} GPUs", [*torchrun, *ours, *extra], gpus))
     return configs
 
 
