@@ -405,13 +405,15 @@ def split_k_buffers(stage, n, h, w, config, device):
 
 def launch_stage(kernel, stage, x, work, out, config, precision="tf32"):
     """Launch one packed stage (used directly under TRITON_INTERPRET=1). Nothing is kept: the
-    split-K buffers and, with precision "tf32", the rounded weights are made for this launch."""
+    split-K buffers and, with precision "tf32" on fp32, the rounded weights are made for this
+    launch. precision: "tf32" or "ieee" (fp32 only; fp16/bf16 ignore it)."""
     if len(config) == 5:
         config = (*config, 1)
     n, _, h, w = x.shape
     tiles = stage_tiles(stage, n, h, w, config[0], config[1], config[5])
     scratch, counts = split_k_buffers(stage, n, h, w, config, x.device)
-    weights = launch_state.round_to_tf32(stage.weights) if precision == "tf32" else stage.weights
+    tf32 = precision == "tf32" and stage.weights.dtype == torch.float32  # rounding reads fp32 bits
+    weights = launch_state.round_to_tf32(stage.weights) if tf32 else stage.weights
     launch_stage_tensors(
         kernel, tiles, x, work, out, stage.problems, weights, stage.bias,
         stage.col_dst, stage.col_flags, config, precision, *stage_kinds(stage), scratch, counts,
