@@ -89,3 +89,27 @@ def test_nearest_bucket_skips_keys_of_an_older_form(monkeypatch):
     key = "conv1x1s1p0.0:384>320/35x35/b1024/float16/card"
     assert tuning._nearest_bucket(key, None, configs) == (128, 256, 64, 8, 3, 1)
     assert tuning._nearest_bucket("InceptionA384-384/s0/35x35/b4/float16/card", None, configs) is None
+
+
+@pytest.mark.parametrize("same_card", [True, False])
+def test_a_first_call_at_an_untuned_batch_never_times(monkeypatch, same_card):
+    """Batch 2048 with nothing cached: a shipped choice at the nearest bucket (a card like the
+    shipped table's) or the heuristic fallback, and not one launch timed."""
+    from inception_fast import cache
+
+    monkeypatch.delenv("INCEPTION_FAST_AUTOTUNE", raising=False)
+    monkeypatch.setattr(cache.TUNING, "entries", dict)
+    monkeypatch.setattr(cache.TUNING, "get", lambda key: None)
+    monkeypatch.setattr(tuning, "_same_card", lambda device: same_card)
+
+    timed = []  # choose() skips a config whose timing raises: record, do not raise
+    monkeypatch.setattr(tuning, "_time", lambda launch, config: timed.append(config))
+    with open(os.path.join(os.path.dirname(tuning.__file__), "tuned_configs.json")) as f:
+        shipped = next(k for k in json.load(f) if "/b256/float16/" in k)
+    key = shipped.replace("/b256/", "/b4096/")  # no bucket this large is shipped
+    configs = tuning.candidates(64, 4096, True, 2)
+    fallback = configs[-1]
+    chosen = tuning.choose(key, timed.append, configs, fallback)
+    assert timed == [] and chosen in configs
+    if not same_card:
+        assert chosen == fallback
