@@ -94,3 +94,36 @@ def test_whole_model_on_auto(calibrated_model):
     fused = optimize(model, backend="auto", dtype=torch.float16)
     assert relative_l2(fused(x.half()), ref) <= 2 * eager_err + 1e-3
     assert len(auto_backend.choice_table()) >= 1
+
+
+def test_experiments_join_the_candidates_only_where_named():
+    assert auto_backend.candidates(None) == ("triton", "cuda", "torch")
+    assert auto_backend.candidates("") == ("triton", "cuda", "torch")
+    assert auto_backend.candidates(" triton-tma ,triton-block") == (
+        "triton", "cuda", "triton-block", "triton-tma", "torch")
+    with pytest.raises(ValueError, match=r"INCEPTION_FAST_AUTO_EXPERIMENTS='tma': tma is not an experimental "
+                                         r"backend; name any of triton-block, triton-tma"):
+        auto_backend.candidates("tma")
+
+
+def test_a_choice_without_a_candidate_usable_now_is_timed_again(monkeypatch):
+    """A choice cached before an experiment was switched on (or the extension built) did not
+    time every backend usable now: it is made again, and then kept."""
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "card")
+    timed = []
+
+    def fake_median_ms(run, x):
+        timed.append(run)
+        return run(x)
+
+    monkeypatch.setattr(auto_backend, "_median_ms", fake_median_ms)
+    monkeypatch.setattr(auto_backend, "_can_time", lambda: True)
+    x = torch.empty(2, 8, 5, 5)
+    runners = {"triton": lambda x: 2.0, "torch": lambda x: 3.0}
+    assert auto_backend.choose("Block", x, runners) == "triton" and len(timed) == 2
+    assert auto_backend.choose("Block", x, runners) == "triton" and len(timed) == 2  # cached
+    runners["triton-tma"] = lambda x: 1.0
+    assert auto_backend.choose("Block", x, runners) == "triton-tma" and len(timed) == 5
+    assert auto_backend.choose("Block", x, runners) == "triton-tma" and len(timed) == 5
+    (row,) = auto_backend.choice_table()
+    assert row["ms"] == {"triton": 2.0, "torch": 3.0, "triton-tma": 1.0}

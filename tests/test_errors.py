@@ -220,3 +220,11 @@ def test_torch_jit_script_is_refused_pointing_at_compile_and_export(fused_block,
         with pytest.raises(TypeError, match=r"do not support torch\.jit\.script; use torch\.compile, or "
                                             r"torch\.export"):
             torch.jit.script(module)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only answer")
+def test_triton_tma_backend_says_why_it_is_unusable_without_a_gpu():
+    from inception_fast.backends import backend_status
+
+    usable, reason = backend_status("triton-tma", "cpu")
+    assert not usable and reason

@@ -2,8 +2,11 @@
 the `triton` and `cuda` kernels and the `torch` backend (cuDNN's convolutions on the folded
 weights: no block runs slower than the library can run it), timed once on the first input of
 that kind and remembered in ``autoselect.json`` of the cache directory (see
-`inception_fast.cache`). The experimental `triton-block` backend joins the candidates with
-INCEPTION_FAST_AUTO_BLOCK=1 (its GPU race tests have not run on a device yet).
+`inception_fast.cache`). The experimental backends `triton-block` (one launch per block) and
+`triton-tma` (stride-1 convs on the TMA kernel) join the candidates where
+INCEPTION_FAST_AUTO_EXPERIMENTS names them (comma-separated): each lengthens a first call by
+its compiling and timing, and neither has had its whole-model timing on a device yet. A cached
+choice that did not time every candidate of this process is timed again.
 `choice_table()` lists the choices for `inception-fast info`.
 
 This module is itself a backend (availability / run_block), so a model whose blocks
@@ -24,10 +27,23 @@ from .. import cache, timing
 from ..packing import unsupported_reason
 from . import backend_status, get_backend, precision_key
 
-# The first usable one runs where nothing can be timed.
-CANDIDATES = ("triton", "cuda", "torch")  # the first usable one runs where nothing can be timed
-if os.environ.get("INCEPTION_FAST_AUTO_BLOCK") == "1":
-    CANDIDATES = ("triton", "cuda", "triton-block", "torch")
+EXPERIMENTS = ("triton-block", "triton-tma")
+ENV_EXPERIMENTS = "INCEPTION_FAST_AUTO_EXPERIMENTS"
+
+
+def candidates(setting: str | None) -> tuple[str, ...]:
+    """The backends `auto` weighs: the kernels, the experiments named in `setting` (the value
+    of INCEPTION_FAST_AUTO_EXPERIMENTS), then torch. The first usable one runs where nothing
+    can be timed."""
+    named = [name.strip() for name in (setting or "").split(",") if name.strip()]
+    unknown = [name for name in named if name not in EXPERIMENTS]
+    if unknown:
+        raise ValueError(f"{ENV_EXPERIMENTS}={setting!r}: {', '.join(unknown)} is not an experimental "
+                         f"backend; name any of {', '.join(EXPERIMENTS)}, comma-separated")
+    return ("triton", "cuda", *[name for name in EXPERIMENTS if name in named], "torch")
+
+
+CANDIDATES = candidates(os.environ.get(ENV_EXPERIMENTS))
 WARMUP, REPEATS = 2, 5
 logger = logging.getLogger("inception_fast")
 _usable_on: dict = {}  # device -> usable candidate names (availability is checked once)
@@ -82,6 +98,10 @@ def _key(kind: str, x: torch.Tensor) -> str:
     return f"{card}|torch{torch.__version__}|{precision_key(x)}|{kind}@{h}x{w}|b{batch_bucket(n)}"
 
 
+def _can_time() -> bool:
+    return not (torch.compiler.is_compiling() or torch.cuda.is_current_stream_capturing())
+
+
 def choose(kind: str, x: torch.Tensor, runners: dict) -> str:
     """The backend for `kind` on inputs like `x`: cached, else timed now. `runners` maps each
     usable backend's name to a callable taking `x`."""
@@ -92,8 +112,11 @@ def choose(kind: str, x: torch.Tensor, runners: dict) -> str:
     key = _key(kind, x)
     entry = choices.get(key)
     if entry is not None and entry["backend"] in usable:
-        return entry["backend"]
-    if len(usable) == 1 or torch.compiler.is_compiling() or torch.cuda.is_current_stream_capturing():
+        # A choice made without some candidate usable now (an experiment switched on, the CUDA
+        # extension built since) is made again where timing is possible.
+        if set(usable) <= set(entry["ms"]) or not _can_time():
+            return entry["backend"]
+    if len(usable) == 1 or not _can_time():
         return usable[0]  # nothing to compare, or no timing possible now: do not remember
     with torch.no_grad():
         ms = {}

@@ -225,11 +225,16 @@ def kernel_buffers(block, x: torch.Tensor) -> tuple:
 
 
 def run_block(block, x: torch.Tensor) -> torch.Tensor:
+    return run_stages(block, x, tma_conv.mode())
+
+
+def run_stages(block, x: torch.Tensor, tma_mode: str | None) -> torch.Tensor:
+    """The block's stages; with `tma_mode` ("1" or "split", see the module docstring) the
+    stride-1 convs it names run on the TMA kernel (the `triton-tma` backend passes "split")."""
     _check_dtype(x)
     stages = _packed_block(block, x)
     x, work, out = kernel_buffers(block, x)
-    mode = tma_conv.mode()
-    tma_stages = _tma_stages(block, x, stages, mode) if mode else [None] * len(stages)
+    tma_stages = _tma_stages(block, x, stages, tma_mode) if tma_mode else [None] * len(stages)
     for (stage, signature, state), tma in zip(stages, tma_stages):
         if tma is None:
             _run_stage(stage, state, x, work, out, signature)
