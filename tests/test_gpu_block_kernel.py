@@ -171,6 +171,20 @@ def test_cuda_graph_capture_and_replay():
         torch.testing.assert_close(static_out, fused(static_x), rtol=0, atol=0)
 
 
+@torch.no_grad()
+def test_a_capture_at_a_shape_never_run_says_to_warm_up_first():
+    """The schedule of a new shape is a host-to-device copy, which a capture cannot hold: a
+    clear error, not PyTorch's about pinned memory."""
+    block, cin, size = make_block("InceptionA")
+    fused = fused_on(block, torch.float16)
+    fused(block_input(3, cin, size, torch.float16))  # packed, at batch 3 only
+    x = block_input(5, cin, size, torch.float16)
+    with pytest.raises(RuntimeError, match="call the model once at this shape outside the capture first"):
+        with torch.cuda.graph(torch.cuda.CUDAGraph()):
+            fused(x)
+    assert relative_l2(fused(x), fused_on(block, torch.float16, "torch")(x)) < 5e-3  # and runs after
+
+
 FEW_PROGRAMS = r"""
 import sys
 import torch

@@ -138,20 +138,24 @@ class _Launch(NamedTuple):
     tickets: int
 
 
-def _device_ints(values: list, device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """`values` as an int32 tensor on `device`, and the pinned host copy it was made from while a
-    CUDA graph is being captured (the graph's copy reads it at every replay: keep it alive)."""
-    if not torch.cuda.is_current_stream_capturing():
-        return torch.tensor(values, dtype=torch.int32, device=device), None
-    host = torch.tensor(values, dtype=torch.int32).pin_memory()
-    return host.to(device, non_blocking=True), host
+def _device_ints(values: list, device) -> torch.Tensor:
+    """`values` as an int32 tensor on `device`: a host-to-device copy, which a CUDA graph capture
+    cannot hold; the first call at a shape makes it, outside any capture."""
+    if torch.device(device).type == "cuda" and torch.cuda.is_current_stream_capturing():
+        raise RuntimeError(
+            "backend 'triton-block': the first call at this input shape is being captured into a "
+            "CUDA graph; call the model once at this shape outside the capture first (the warm-up "
+            "PyTorch asks for before torch.cuda.graph), then capture"
+        )
+    return torch.tensor(values, dtype=torch.int32, device=device)
 
 
 def _launch_buffers(packed: PackedBlock, n, h, w, config, x) -> _Launch:
     """Schedule, counters and split-K buffers per shape and config, made once and kept: the
     kernel leaves its counters at zero, so later launches and CUDA-graph replays reuse them.
     The schedule is read-only and shared; launches on two streams may run at once (threads
-    sharing a model, or a graph captured on another stream): counters and scratch per stream."""
+    sharing a model, or a graph captured on another stream than its warm-up): counters and
+    scratch per stream, made with device-side fills that a capture can hold."""
     stream = None
     if x.is_cuda and not torch.compiler.is_compiling():
         stream = torch.cuda.current_stream(x.device).cuda_stream
@@ -162,10 +166,9 @@ def _launch_buffers(packed: PackedBlock, n, h, w, config, x) -> _Launch:
     shared = packed.launches.get(key)
     if shared is None:
         plan = block_schedule(packed.table.rows, packed.deps, n, h, w, config[0], config[1], config[5])
-        schedule, schedule_host = _device_ints(plan.schedule, x.device)
-        deps, deps_host = _device_ints(plan.deps, x.device)
-        shared = packed.launches[key] = (plan, schedule, deps, (schedule_host, deps_host))
-    plan, schedule, deps, _ = shared
+        shared = packed.launches[key] = (plan, _device_ints(plan.schedule, x.device),
+                                         _device_ints(plan.deps, x.device))
+    plan, schedule, deps = shared
     scratch, counts = split_k_buffers(plan.slots, config, x.device)
     if scratch is None:  # never touched without split-K; two tensors: mutated args must not alias
         scratch = torch.empty(1, dtype=torch.float32, device=x.device)
