@@ -136,8 +136,10 @@ def auto_choice_table(device) -> str | list[str]:
     """What backend="auto" has picked per block (this card's choices first), or why nothing."""
     import torch
 
-    from .backends import auto_backend
-
+    try:
+        from .backends import auto_backend
+    except ValueError as err:  # a wrong INCEPTION_FAST_AUTO_EXPERIMENTS (the message says so)
+        return str(err)
     try:
         rows = auto_backend.choice_table()
     except Exception as err:  # noqa: BLE001 - info reports, never fails

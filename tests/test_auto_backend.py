@@ -106,9 +106,10 @@ def test_experiments_join_the_candidates_only_where_named():
         auto_backend.candidates("tma")
 
 
-def test_a_choice_without_a_candidate_usable_now_is_timed_again(monkeypatch):
-    """A choice cached before an experiment was switched on (or the extension built) did not
-    time every backend usable now: it is made again, and then kept."""
+def test_a_candidate_new_to_an_entry_is_timed_and_added(monkeypatch):
+    """An entry made before an experiment was switched on (or the extension built) lacks a
+    backend usable now: that backend alone is timed and added, so processes with other
+    candidates add to one entry instead of timing everything again, each in turn."""
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "card")
     timed = []
 
@@ -119,11 +120,26 @@ def test_a_choice_without_a_candidate_usable_now_is_timed_again(monkeypatch):
     monkeypatch.setattr(auto_backend, "_median_ms", fake_median_ms)
     monkeypatch.setattr(auto_backend, "_can_time", lambda: True)
     x = torch.empty(2, 8, 5, 5)
-    runners = {"triton": lambda x: 2.0, "torch": lambda x: 3.0}
-    assert auto_backend.choose("Block", x, runners) == "triton" and len(timed) == 2
-    assert auto_backend.choose("Block", x, runners) == "triton" and len(timed) == 2  # cached
-    runners["triton-tma"] = lambda x: 1.0
-    assert auto_backend.choose("Block", x, runners) == "triton-tma" and len(timed) == 5
-    assert auto_backend.choose("Block", x, runners) == "triton-tma" and len(timed) == 5
+    plain = {"triton": lambda x: 2.0, "torch": lambda x: 3.0}
+    with_tma = {**plain, "triton-tma": lambda x: 1.0}
+    assert auto_backend.choose("Block", x, plain) == "triton" and len(timed) == 2
+    assert auto_backend.choose("Block", x, plain) == "triton" and len(timed) == 2  # cached
+    assert auto_backend.choose("Block", x, with_tma) == "triton-tma" and len(timed) == 3
+    for _ in range(2):  # processes with and without the experiment, in turn: no more timing
+        assert auto_backend.choose("Block", x, plain) == "triton"
+        assert auto_backend.choose("Block", x, with_tma) == "triton-tma"
+    assert len(timed) == 3
     (row,) = auto_backend.choice_table()
     assert row["ms"] == {"triton": 2.0, "torch": 3.0, "triton-tma": 1.0}
+
+
+def test_without_timing_the_fastest_timed_usable_backend_runs(monkeypatch):
+    """Under graph capture or tracing nothing is timed: the remembered times still choose."""
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "card")
+    monkeypatch.setattr(auto_backend, "_can_time", lambda: False)
+    x = torch.empty(2, 8, 5, 5)
+    key = auto_backend._key("Block", x)
+    auto_backend._save(key, {"backend": "triton-tma", "ms": {"triton-tma": 1.0, "cuda": 1.5, "torch": 3.0}})
+    runners = {"triton": None, "cuda": None, "torch": None}
+    assert auto_backend.choose("Block", x, runners) == "cuda"
+    assert auto_backend.choose("Other", x, runners) == "triton"  # nothing known: the first usable

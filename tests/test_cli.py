@@ -47,6 +47,13 @@ def test_info_without_a_gpu_is_truthful_about_auto_and_cuda_graphs():
     assert "not available here" in graphs and "GPU backend" in graphs
 
 
+def test_info_names_a_wrong_auto_experiments_setting_instead_of_failing():
+    proc = run_cli("info", env={**os.environ, "INCEPTION_FAST_AUTO_EXPERIMENTS": "tma"})
+    assert proc.returncode == 0, proc.stderr
+    assert "INCEPTION_FAST_AUTO_EXPERIMENTS='tma': tma is not an experimental backend" in proc.stdout
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
 def test_usage_lists_only_public_commands_and_every_option_has_help():
     from inception_fast.cli import build_parser
 

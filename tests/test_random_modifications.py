@@ -35,7 +35,8 @@ def _bn_edits(m: nn.BatchNorm2d) -> list:
     return [
         ("eps 0.5", lambda: setattr(m, "eps", 0.5)),
         ("no affine", lambda: (setattr(m, "weight", None), setattr(m, "bias", None))),
-        ("batch statistics", lambda: setattr(m, "track_running_stats", False)),
+        ("batch statistics", lambda: (setattr(m, "track_running_stats", False),
+                                      setattr(m, "running_mean", None), setattr(m, "running_var", None))),
         ("training mode", m.train),
     ]
 

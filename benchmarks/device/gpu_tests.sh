@@ -19,13 +19,6 @@ WHEELS=${WHEELS:-.whl}
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
-if ls "$WHEELS"/pytorch_fid-*.whl > /dev/null 2>&1; then
-  site="$(mktemp -d)"
-  pip install -q --no-index --no-deps --target "$site" "$WHEELS"/pytorch_fid-*.whl \
-    $(ls "$WHEELS"/scipy-*.whl 2> /dev/null) 2>&1 | grep -v "WARNING: Running pip as" || true
-  export PYTHONPATH="$site:$PYTHONPATH"
-fi
-
 declare -A FILES=(
   [1]="tests/test_gpu_backends.py tests/test_gpu_stage_ops.py tests/test_gpu_bench.py"
   [2]="tests/test_gpu_stress.py tests/test_gpu_family.py tests/test_fid_features.py tests/test_cuda_backend.py
@@ -34,6 +27,17 @@ declare -A FILES=(
 )
 parts=$PART
 [ "$PART" = all ] && parts="1 2 3"
+for part in $parts; do
+  [ -n "${FILES[$part]+set}" ] || { echo "PART=$PART: use 1, 2, 3 or all" >&2; exit 2; }
+done
+
+if ls "$WHEELS"/pytorch_fid-*.whl > /dev/null 2>&1; then
+  site="$(mktemp -d)"
+  pip install -q --no-index --no-deps --target "$site" "$WHEELS"/pytorch_fid-*.whl \
+    $(ls "$WHEELS"/scipy-*.whl 2> /dev/null) 2>&1 | grep -v "WARNING: Running pip as" || true
+  export PYTHONPATH="$site:$PYTHONPATH"
+fi
+
 status=0
 for part in $parts; do
   echo "=== part $part ($(date +%T))"

@@ -40,10 +40,14 @@ def get_backend(name: str):
 
 def backend_status(name: str, device=None) -> tuple[bool, str]:
     """(usable, reason) for a backend on `device` (default: the current CUDA device if any)."""
+    if name not in _MODULES:
+        get_backend(name)  # the error that lists the names
     try:
         backend = get_backend(name)
     except ImportError as err:  # an optional dependency is missing
         return False, f"cannot import: {err}"
+    except ValueError as err:  # a setting it reads on import is wrong (the message names it)
+        return False, str(err)
     return backend.availability(device)
 
 

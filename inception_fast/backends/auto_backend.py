@@ -6,7 +6,7 @@ that kind and remembered in ``autoselect.json`` of the cache directory (see
 `triton-tma` (stride-1 convs on the TMA kernel) join the candidates where
 INCEPTION_FAST_AUTO_EXPERIMENTS names them (comma-separated): each lengthens a first call by
 its compiling and timing, and neither has had its whole-model timing on a device yet. A cached
-choice that did not time every candidate of this process is timed again.
+entry that lacks a candidate of this process has that candidate timed and added.
 `choice_table()` lists the choices for `inception-fast info`.
 
 This module is itself a backend (availability / run_block), so a model whose blocks
@@ -103,33 +103,33 @@ def _can_time() -> bool:
 
 
 def choose(kind: str, x: torch.Tensor, runners: dict) -> str:
-    """The backend for `kind` on inputs like `x`: cached, else timed now. `runners` maps each
-    usable backend's name to a callable taking `x`."""
+    """The backend for `kind` on inputs like `x`: the fastest usable one by the remembered
+    times, timing now only the usable backends not timed before (an experiment switched on, the
+    CUDA extension built since) and merging their times into the entry, so processes with other
+    candidates add to one another's measurements. `runners` maps each usable backend's name to
+    a callable taking `x`."""
     usable = list(runners)
     if not usable:
         raise RuntimeError("backend 'auto' found no usable backend here")
-    choices = _load()
     key = _key(kind, x)
-    entry = choices.get(key)
-    if entry is not None and entry["backend"] in usable:
-        # A choice made without some candidate usable now (an experiment switched on, the CUDA
-        # extension built since) is made again where timing is possible.
-        if set(usable) <= set(entry["ms"]) or not _can_time():
-            return entry["backend"]
-    if len(usable) == 1 or not _can_time():
-        return usable[0]  # nothing to compare, or no timing possible now: do not remember
-    with torch.no_grad():
-        ms = {}
-        for name in usable:
-            try:
-                ms[name] = _median_ms(runners[name], x)
-            except Exception as err:  # noqa: BLE001 - a backend that fails here just loses
-                ms[name] = float("inf")
-                logger.warning("inception_fast: backend %r failed on %s: %s", name, kind, err)
-    best = min(ms, key=ms.get)
-    entry = {"backend": best, "ms": {name: round(t, 4) for name, t in ms.items()}}
-    _save(key, entry)
-    return best
+    entry = _load().get(key)
+    ms = dict(entry["ms"]) if entry is not None else {}
+    missing = [name for name in usable if name not in ms]
+    if missing and len(usable) > 1 and _can_time():
+        with torch.no_grad():
+            for name in missing:
+                try:
+                    ms[name] = _median_ms(runners[name], x)
+                except Exception as err:  # noqa: BLE001 - a backend that fails here just loses
+                    ms[name] = float("inf")
+                    logger.warning("inception_fast: backend %r failed on %s: %s", name, kind, err)
+        best = min(usable, key=ms.get)
+        _save(key, {"backend": best, "ms": {name: round(t, 4) for name, t in ms.items()}})
+        return best
+    timed = [name for name in usable if name in ms]
+    if timed:
+        return min(timed, key=ms.get)
+    return usable[0]  # nothing to compare, or no timing possible now: remember nothing
 
 
 def block_kind(block) -> str:

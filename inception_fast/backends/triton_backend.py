@@ -106,6 +106,11 @@ def _packed_block(block, x: torch.Tensor) -> list[tuple[pk.PackedStage, str, Sta
     return stages
 
 
+def capturing() -> bool:
+    """Whether a CUDA graph capture is recording this stream (never asked while tracing)."""
+    return not torch.compiler.is_compiling() and torch.cuda.is_current_streamcapturing()
+
+
 def _aligned(channels: int) -> int:
     return -(-channels // ALIGN) * ALIGN
 
@@ -145,7 +150,7 @@ def stage_config(stage, state: StageLaunchState, x: torch.Tensor, key: str, laun
         name = torch.cuda.get_device_name(x.device).replace(" ", "_")
         full_key = f"{key}/{h}x{w}/b{tuning.batch_bucket(n)}/{precision_key(x)}/{name}"
         config = tuning.choose(full_key, launch, configs, fallback, x.device)
-        if not torch.compiler.is_compiling():
+        if not torch.compiler.is_compiling() and not (x.is_cuda and capturing()):  # untimed there
             state.configs[shape] = config
     return config
 
@@ -164,7 +169,10 @@ def _split_k_buffers(stage, state: StageLaunchState, n, h, w, config, x):
         if scratch is None:  # never touched without split-K; two tensors: mutated args must not alias
             scratch = torch.empty(1, dtype=torch.float32, device=x.device)
             counts = torch.empty(1, dtype=torch.int32, device=x.device)
-        buffers = state.scratch[key] = (scratch, counts)
+        buffers = (scratch, counts)
+        # Made inside a capture, they are zeroed only when that graph replays: that graph's alone.
+        if not (x.is_cuda and capturing()):
+            state.scratch[key] = buffers
     return buffers
 
 

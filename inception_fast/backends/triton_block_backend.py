@@ -27,6 +27,7 @@ from .triton_backend import (
     SUPPORTED_DTYPES,
     _aligned,
     availability,  # noqa: F401 - the same cards and Triton as the `triton` backend
+    capturing,
     kernel_buffers,
     uses_tf32,
 )
@@ -141,7 +142,7 @@ class _Launch(NamedTuple):
 def _device_ints(values: list, device) -> torch.Tensor:
     """`values` as an int32 tensor on `device`: a host-to-device copy, which a CUDA graph capture
     cannot hold; the first call at a shape makes it, outside any capture."""
-    if torch.device(device).type == "cuda" and torch.cuda.is_current_stream_capturing():
+    if torch.device(device).type == "cuda" and capturing():
         raise RuntimeError(
             "backend 'triton-block': the first call at this input shape is being captured into a "
             "CUDA graph; call the model once at this shape outside the capture first (the warm-up "
@@ -173,10 +174,13 @@ def _launch_buffers(packed: PackedBlock, n, h, w, config, x) -> _Launch:
     if scratch is None:  # never touched without split-K; two tensors: mutated args must not alias
         scratch = torch.empty(1, dtype=torch.float32, device=x.device)
         counts = torch.empty(1, dtype=torch.int32, device=x.device)
-    buffers = packed.launches[(*key, stream)] = _Launch(
+    buffers = _Launch(
         schedule, deps, torch.zeros(plan.counters, dtype=torch.int32, device=x.device),
         scratch, counts, plan.tickets,
     )
+    # Made inside a capture, they are zeroed only when that graph replays: that graph's alone.
+    if not (x.is_cuda and capturing()):
+        packed.launches[(*key, stream)] = buffers
     return buffers
 
 
@@ -219,7 +223,7 @@ def _run(packed: PackedBlock, x, work, out) -> None:
         # "block:" keeps these choices apart from the stage kernel's.
         key = f"block:{packed.signature}/{h}x{w}/b{tuning.batch_bucket(n)}/{precision_key(x)}/{name}"
         config = tuning.choose(key, launch, configs, fallback, x.device)
-        if not torch.compiler.is_compiling():
+        if not torch.compiler.is_compiling() and not (x.is_cuda and capturing()):  # untimed there
             packed.state.configs[shape] = config
     launch(config)
 
