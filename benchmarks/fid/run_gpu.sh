@@ -12,7 +12,10 @@
 #
 # Knobs: COUNT (default 25000 per folder), GPUS (default 1), CPUS_PER_GPU (restrict each run's
 # CPUs, e.g. 16 to stand for the 16-core one-GPU machine on a bigger host), WEIGHTS (pytorch-fid's
-# checkpoint; default random weights in its format), DATA (where the JPEGs are made once).
+# checkpoint; default random weights in its format), DATA (where the JPEGs are made once);
+# for a short check: ONLY (run only the configurations whose name contains it, e.g. "fp32, eigh"
+# for one and two GPUs), WARM_UP=0 (no untimed first runs), SKIP_PYTORCH_FID=1.
+#   COUNT=1500 GPUS=1,2 ONLY="fp32, eigh" WARM_UP=0 SKIP_PYTORCH_FID=1 bash benchmarks/fid/run_gpu.sh compare
 # Needs scipy and pytorch-fid importable (pip install --no-deps their wheels where offline).
 set -u
 cd "$(dirname "$0")/../.."
@@ -27,6 +30,9 @@ DATA=${DATA:-/tmp/inception_fast_fid_data}
 EXTRA=()
 [ -n "${CPUS_PER_GPU:-}" ] && EXTRA+=(--cpus-per-gpu "$CPUS_PER_GPU")
 [ -n "${WEIGHTS:-}" ] && EXTRA+=(--weights "$WEIGHTS")
+[ -n "${ONLY:-}" ] && EXTRA+=(--only "$ONLY")
+[ "${WARM_UP:-1}" = 0 ] && EXTRA+=(--no-warm-up)
+[ -n "${SKIP_PYTORCH_FID:-}" ] && EXTRA+=(--skip-pytorch-fid)
 PHOTO_ARGS=()
 [ -n "${PHOTOS:-}" ] && PHOTO_ARGS+=(--photos "$PHOTOS")
 [ -n "${WEIGHTS:-}" ] && PHOTO_ARGS+=(--weights "$WEIGHTS")
