@@ -30,13 +30,12 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from photos import load_photos, photo_sets  # noqa: E402
+from photos import load_photos, photo_sets, photo_weights  # noqa: E402
 
 from inception_fast.fid import build_feature_model, calculate_frechet_distance, compute_features  # noqa: E402
 from inception_fast.fid.gpu_decode import decode_jpegs  # noqa: E402
 from inception_fast.fid.images import decode_rgb, list_image_files, read_bytes  # noqa: E402
 from inception_fast.fid.statistics import feature_statistics  # noqa: E402
-from inception_fast.fid.testing import write_random_checkpoint  # noqa: E402
 
 
 def _write_jpegs(images: torch.Tensor, folder: Path, quality: int) -> None:
@@ -88,12 +87,7 @@ def main() -> int:
 
     photos, source = load_photos(args.photos)
     sets = photo_sets(photos, args.count)
-    weights = args.weights
-    if weights is None:
-        weights = out / "random-calibrated-fid-inception.pth"
-        if not Path(weights).exists():
-            calibration = torch.cat([sets["A"][:64], sets["B"][:64]]).float().cuda() / 255
-            write_random_checkpoint(weights, seed=0, calibration_images=calibration)
+    weights = photo_weights(args.weights, out, sets, "cuda")
     model = build_feature_model(weights, dims=2048, device="cuda", backend=args.backend)
 
     with tempfile.TemporaryDirectory() as scratch:

@@ -86,3 +86,17 @@ def photo_sets(photos: dict[str, Image.Image], count: int, seed: int = 0) -> dic
     first, second = [photos[n] for n in names[0::2]], [photos[n] for n in names[1::2]]
     return {"A": crops(first, count, seed), "A2": crops(first, count, seed + 1),
             "B": crops(second, count, seed + 2)}
+
+
+def photo_weights(weights: str | None, out: Path, sets: dict[str, torch.Tensor], device) -> str | Path:
+    """`weights` where given, else a random checkpoint in pytorch-fid's format with BatchNorm
+    calibrated on 64 crops of each set (every layer's activations normalised, as in a trained
+    network), written to `out`."""
+    if weights is not None:
+        return weights
+    from inception_fast.fid.testing import write_random_checkpoint
+
+    path = out / "random-calibrated-fid-inception.pth"
+    calibration = torch.cat([sets["A"][:64], sets["B"][:64]]).float().to(device) / 255
+    write_random_checkpoint(path, seed=0, calibration_images=calibration)
+    return path

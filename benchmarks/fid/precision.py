@@ -33,11 +33,10 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from photos import load_photos, photo_sets  # noqa: E402
+from photos import load_photos, photo_sets, photo_weights  # noqa: E402
 
 from inception_fast.fid import build_feature_model, calculate_frechet_distance, compute_features  # noqa: E402
 from inception_fast.fid.statistics import feature_statistics  # noqa: E402
-from inception_fast.fid.testing import write_random_checkpoint  # noqa: E402
 
 
 def _relative_l2(a, b) -> float:
@@ -79,11 +78,7 @@ def main() -> int:
 
     photos, source = load_photos(args.photos)
     sets = photo_sets(photos, args.count)
-    weights = args.weights
-    if weights is None:
-        weights = out / "random-calibrated-fid-inception.pth"
-        calibration = torch.cat([sets["A"][:64], sets["B"][:64]]).float().to(args.device) / 255
-        write_random_checkpoint(weights, seed=0, calibration_images=calibration)
+    weights = photo_weights(args.weights, out, sets, args.device)
 
     reference, seconds = _features(sets, weights, "fp32", "eager", False, args.batch_size, args.device)
     pairs = (("A", "B"), ("A", "A2"))
