@@ -91,14 +91,19 @@ def to_kernel_layout(x: torch.Tensor, channels: int) -> torch.Tensor:
     return out
 
 
+def padded_channels(plan) -> int | None:
+    """The block's input channels padded to the kernels' alignment (None: already aligned)."""
+    channels = _aligned(plan.in_channels)
+    return channels if channels != plan.in_channels else None
+
+
 def _packed_block(block, x: torch.Tensor) -> list[tuple[pk.PackedStage, str, StageLaunchState]]:
     """Per stage: the packed table, its signature (the tuning key) and its launch state."""
     size = tuple(x.shape[2:]) if pk.sized(block.plan) else None
     key = ("triton", x.device, x.dtype, size)
     stages = block.backend_cache.get(key)
     if stages is None:
-        channels = _aligned(block.plan.in_channels)
-        padded = channels if channels != block.plan.in_channels else None
+        padded = padded_channels(block.plan)
         stages = pk.pack_block(block, x.device, x.dtype, padded, *(size or (None, None)))
         stages = block.backend_cache[key] = [
             (stage, pk.stage_signature(stage), StageLaunchState()) for stage in stages

@@ -25,10 +25,10 @@ from ..plan import BlockPlan, op_destinations
 from . import precision_key
 from .triton_backend import (
     SUPPORTED_DTYPES,
-    _aligned,
     availability,  # noqa: F401 - the same cards and Triton as the `triton` backend
     capturing,
     kernel_buffers,
+    padded_channels,
     uses_tf32,
 )
 
@@ -115,10 +115,8 @@ def _packed(block, x: torch.Tensor) -> PackedBlock:
     key = ("triton-block", x.device, x.dtype, size)
     packed = block.backend_cache.get(key)
     if packed is None:
-        channels = _aligned(block.plan.in_channels)
-        padded = channels if channels != block.plan.in_channels else None
         packed = block.backend_cache[key] = pack_whole_block(
-            block, x.device, x.dtype, padded, *(size or (None, None))
+            block, x.device, x.dtype, padded_channels(block.plan), *(size or (None, None))
         )
     return packed
 
