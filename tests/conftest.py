@@ -43,6 +43,17 @@ def calibrated_model64(calibrated_model):
     return copy.deepcopy(calibrated_model).double().eval()
 
 
+@pytest.fixture(params=["triton", "cuda"])
+def backend(request):
+    """Each GPU kernel backend in turn (GPU tests only): on a GPU machine both must work, so an
+    unusable one fails instead of skipping."""
+    from inception_fast.backends import backend_status
+
+    ok, reason = backend_status(request.param, "cuda")
+    if not ok:
+        pytest.fail(f"the {request.param} backend must work on a GPU machine: {reason}")
+    return request.param
+
 
 @pytest.fixture(autouse=True)
 def poison_outputs(monkeypatch):

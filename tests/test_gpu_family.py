@@ -12,7 +12,6 @@ import torch
 from gpu_blocks import two_x_rule
 
 from inception_fast import optimize
-from inception_fast.backends import backend_status
 from inception_fast.testing import calibrated_model
 
 pytestmark = pytest.mark.cuda
@@ -43,14 +42,6 @@ def source_models():
         return cache[name]
 
     return get
-
-
-@pytest.fixture(params=["triton", "cuda"])
-def backend(request):
-    ok, reason = backend_status(request.param, "cuda")
-    if not ok:
-        pytest.fail(f"the {request.param} backend must work on a GPU machine: {reason}")
-    return request.param
 
 
 @pytest.mark.parametrize("name", list(MODELS))

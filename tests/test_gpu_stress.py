@@ -26,7 +26,6 @@ import torch
 from gpu_blocks import BLOCKS, make_block, two_x_rule
 
 from inception_fast import fuse_block, optimize
-from inception_fast.backends import backend_status
 from inception_fast.testing import relative_l2
 
 pytestmark = [pytest.mark.cuda, pytest.mark.slow]
@@ -34,14 +33,6 @@ pytestmark = [pytest.mark.cuda, pytest.mark.slow]
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 KERNEL_DTYPES = {"triton": ("fp16", "bf16", "fp32"), "cuda": ("fp16", "bf16")}
 SAME_KERNELS = 1e-3  # relative L2 between two runs of the same kernels: equal but for a race
-
-
-@pytest.fixture(params=["triton", "cuda"])
-def backend(request):
-    ok, reason = backend_status(request.param, "cuda")
-    if not ok:
-        pytest.fail(f"the {request.param} backend must work on a GPU machine: {reason}")
-    return request.param
 
 
 @pytest.fixture(autouse=True)
