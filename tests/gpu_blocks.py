@@ -44,3 +44,16 @@ def two_x_rule(fused, eager, ref):
     fused_err, eager_err = relative_l2(fused, ref), relative_l2(eager, ref)
     assert fused_err <= 2 * eager_err + ABS_SLACK, (fused_err, eager_err)
     return fused_err, eager_err
+
+
+def assert_follows_the_tf32_switch(fused, x, ref):
+    """fp32 on a block: full-precision dots (1e-5 of the float64 reference) with
+    torch.backends.cudnn.allow_tf32 off, TF32 dots (5e-3) with it on; the switch restored."""
+    saved = torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32 = False
+        assert relative_l2(fused(x), ref) < 1e-5
+        torch.backends.cudnn.allow_tf32 = True
+        assert relative_l2(fused(x), ref) < 5e-3
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved

@@ -17,7 +17,14 @@ import sys
 
 import pytest
 import torch
-from gpu_blocks import BLOCKS, LOW_PRECISION, block_input, make_block, two_x_rule
+from gpu_blocks import (
+    BLOCKS,
+    LOW_PRECISION,
+    assert_follows_the_tf32_switch,
+    block_input,
+    make_block,
+    two_x_rule,
+)
 
 from inception_fast import cache, optimize
 from inception_fast.backends import backend_status
@@ -230,14 +237,7 @@ def test_exact_fp32_follows_the_tf32_switch():
     x = block_input(4, cin, size)
     ref = block.double()(x.double())
     fused = fused_on(block.float(), torch.float32)
-    saved = torch.backends.cudnn.allow_tf32
-    try:
-        torch.backends.cudnn.allow_tf32 = False
-        assert relative_l2(fused(x), ref) < 1e-5
-        torch.backends.cudnn.allow_tf32 = True
-        assert relative_l2(fused(x), ref) < 5e-3
-    finally:
-        torch.backends.cudnn.allow_tf32 = saved
+    assert_follows_the_tf32_switch(fused, x, ref)
 
 
 @pytest.mark.parametrize("dtype", LOW_PRECISION, ids=["fp16", "bf16"])

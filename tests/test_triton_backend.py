@@ -8,11 +8,10 @@ import copy
 
 import pytest
 import torch
-from gpu_blocks import block_input, make_block
+from gpu_blocks import assert_follows_the_tf32_switch, block_input, make_block
 
 from inception_fast import optimize
 from inception_fast.modules import fuse_block
-from inception_fast.testing import relative_l2
 
 pytestmark = pytest.mark.cuda
 
@@ -24,14 +23,7 @@ def test_fp32_follows_the_tf32_switch():
     ref = block.double()(x.double())
     fused = fuse_block(block.float())
     fused.backend = "triton"
-    saved = torch.backends.cudnn.allow_tf32
-    try:
-        torch.backends.cudnn.allow_tf32 = False
-        assert relative_l2(fused(x), ref) < 1e-5
-        torch.backends.cudnn.allow_tf32 = True
-        assert relative_l2(fused(x), ref) < 5e-3
-    finally:
-        torch.backends.cudnn.allow_tf32 = saved
+    assert_follows_the_tf32_switch(fused, x, ref)
 
 
 @torch.no_grad()
