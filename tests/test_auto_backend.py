@@ -143,3 +143,33 @@ def test_without_timing_the_fastest_timed_usable_backend_runs(monkeypatch):
     runners = {"triton": None, "cuda": None, "torch": None}
     assert auto_backend.choose("Block", x, runners) == "cuda"
     assert auto_backend.choose("Other", x, runners) == "triton"  # nothing known: the first usable
+
+
+def test_a_block_keeps_its_choice_per_input_kind(monkeypatch):
+    """Only the first call of a block at an input kind chooses (keys, plan digest, cache file);
+    later calls find the choice on the block."""
+    calls = []
+
+    class Fake:
+        def __init__(self, name):
+            self.name = name
+
+        def run_block(self, block, x):
+            return self.name
+
+    fakes = {"triton": Fake("triton"), "torch": Fake("torch")}
+    monkeypatch.setattr(auto_backend, "_backends", lambda block, device: fakes)
+    monkeypatch.setattr(auto_backend, "get_backend", fakes.__getitem__)
+    monkeypatch.setattr(auto_backend, "_can_time", lambda: True)
+    monkeypatch.setattr(auto_backend, "choose", lambda kind, x, runners: calls.append(kind) or "torch")
+    block = fuse_block(randomize_batchnorm(R.InceptionA().eval()))
+    x = torch.empty(3, 384, 7, 7)
+    assert [auto_backend.run_block(block, x) for _ in range(3)] == ["torch"] * 3 and len(calls) == 1
+    auto_backend.run_block(block, torch.empty(5, 384, 7, 7))  # batch bucket 8, not 4
+    auto_backend.run_block(block, torch.empty(3, 384, 9, 9))  # another size
+    auto_backend.run_block(block, x.half())  # another dtype
+    assert len(calls) == 4
+    monkeypatch.setattr(auto_backend, "_can_time", lambda: False)  # e.g. under graph capture
+    auto_backend.run_block(block, torch.empty(3, 384, 11, 11))
+    auto_backend.run_block(block, torch.empty(3, 384, 11, 11))
+    assert len(calls) == 6  # nothing kept from an untimed choice

@@ -151,8 +151,18 @@ def _backends(block, device) -> dict:
 
 
 def run_block(block, x: torch.Tensor) -> torch.Tensor:
-    runners = {name: (lambda t, b=b: b.run_block(block, t)) for name, b in _backends(block, x.device).items()}
-    return runners[choose(block_kind(block), x, runners)](x)
+    # The choice is kept on the block per input kind: a call that finds it does no key building,
+    # hashing or cache reading (a choice made where nothing could be timed is not kept).
+    n, _, h, w = x.shape
+    key = ("auto", x.device, x.dtype, torch.backends.cudnn.allow_tf32, h, w, batch_bucket(n))
+    name = block.backend_cache.get(key)
+    if name is None:
+        backends = _backends(block, x.device)
+        runners = {name: (lambda t, b=b: b.run_block(block, t)) for name, b in backends.items()}
+        name = choose(block_kind(block), x, runners)
+        if _can_time():
+            block.backend_cache[key] = name
+    return get_backend(name).run_block(block, x)
 
 
 def choice_table() -> list[dict]:
