@@ -13,6 +13,9 @@
 #   4. per-block and whole-model times, fp16, batch 1 / 32 / 256: cuda vs torch (and triton).
 # Usage, from the repository root:  bash benchmarks/device/cuda_check.sh
 #   PHASES="1 2" bash benchmarks/device/cuda_check.sh   runs only the phases named.
+# Phase 2's knobs: SANITIZED_BACKENDS="cuda triton triton-block", SANITIZER_TOOLS="memcheck
+# racecheck", SANITIZED_MODELS=inception_v4,googlenet,inception_v3,inception_resnet_v2 (default
+# all), SANITIZER_TIMEOUT_S=900 per run, WORK=dir for the logs.
 # Every phase runs even when an earlier one fails; the exit status is non-zero if any failed.
 set -u
 cd "$(dirname "$0")/../.." || exit 2
@@ -58,7 +61,8 @@ cat > "$WORK/every_kernel.py" <<'EOF'
 # the family's networks in fp16 (their own kernel variants: ceil-mode and include-pad pools,
 # 1x3 / 3x1 windows, the residual epilogue).
 # argv: backend (cuda, triton or triton-block), then "full" (odd batch and sizes, and batch 1
-# at 299x299, where 132-SM Hopper cards take the shipped split-K tiles) or "small" (one small image).
+# at 299x299, where 132-SM Hopper cards take the shipped split-K tiles) or "small" (one small image),
+# then optionally the networks to run, comma-separated (default: all four).
 import sys
 
 import torch
@@ -72,6 +76,8 @@ full = extent == "full"
 cases = [("inception_v4", dtypes[backend], [(3, 91, 97), (1, 299, 299)] if full else [(1, 75, 75)])]
 cases += [(name, ["fp16"], [(2, 101, 107)] if full else [(1, 75, 75)])
           for name in ("googlenet", "inception_v3", "inception_resnet_v2")]
+if len(sys.argv) > 3:
+    cases = [case for case in cases if case[0] in sys.argv[3].split(",")]
 with torch.no_grad():
     for model_name, names, shapes in cases:
         # Calibrated at its own input size: O(1) activations at every size run below.
@@ -89,11 +95,11 @@ EOF
 # No tile timing under the sanitizers: shipped or heuristic tiles only.
 export INCEPTION_FAST_AUTOTUNE=0
 for backend in ${SANITIZED_BACKENDS:-cuda triton triton-block}; do
-  for tool in memcheck racecheck; do
+  for tool in ${SANITIZER_TOOLS:-memcheck racecheck}; do
     extent=full; [ "$tool" = racecheck ] && extent=small
     log="$WORK/$tool-$backend.log"
     if PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout "${SANITIZER_TIMEOUT_S:-900}" "$SANITIZER" --tool "$tool" --error-exitcode 3 \
-        --print-limit 20 "$PY" "$WORK/every_kernel.py" "$backend" "$extent" > "$log" 2>&1; then
+        --print-limit 20 "$PY" "$WORK/every_kernel.py" "$backend" "$extent" ${SANITIZED_MODELS:-} > "$log" 2>&1; then
       echo "$tool $backend: OK ($(grep -c ' ok$' "$log") runs); $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -1)"
     else
       echo "$tool $backend: FAILED (exit $?)"; tail -40 "$log"; failed+=("$tool-$backend")
