@@ -15,6 +15,15 @@ _replay_lock = threading.Lock()
 MAX_GRAPHS = 8  # captured input shapes kept per model; the least recently used goes first
 
 
+def capturing() -> bool:
+    """Whether a CUDA graph capture is recording on the current stream. False while
+    torch.compile traces (the question does not trace) and before CUDA is initialized (nothing
+    can capture then, and asking would initialize it, or fail on a machine without a GPU)."""
+    if torch.compiler.is_compiling() or not torch.cuda.is_initialized():
+        return False
+    return torch.cuda.is_current_stream_capturing()
+
+
 def run_graphed(model, x: torch.Tensor) -> torch.Tensor:
     """Replay a CUDA graph of `model.run_eager`, captured once per input shape and dtype after
     two eager warm-up runs (which tune kernels and fill every cache); the input is copied into

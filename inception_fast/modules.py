@@ -18,7 +18,7 @@ from torch import nn
 from .backends import get_backend
 from .checks import check_inference_input, explain_cuda_moves
 from .compiler import CompiledBlock, CompiledNetwork, UnsupportedModel, compile_model
-from .graphs import run_graphed
+from .graphs import capturing, run_graphed
 from .plan import BlockPlan, Conv, Pool, block_output_hw
 
 
@@ -222,7 +222,7 @@ class FusedNetwork(nn.Module):
             and x.is_cuda
             and 0 < x.shape[0] <= self.cuda_graph_max_batch
             and not torch.compiler.is_compiling()
-            and not torch.cuda.is_current_stream_capturing()
+            and not capturing()
         ):
             return run_graphed(self, x)
         return self.run_eager(x)

@@ -227,7 +227,6 @@ def test_tuning_into_a_cache_directory_that_is_a_file_keeps_its_result(monkeypat
     monkeypatch.setenv("INCEPTION_FAST_CACHE_DIR", str(blocker))
     monkeypatch.setenv("INCEPTION_FAST_AUTOTUNE", "1")  # tuning on first use (the default only reads)
     monkeypatch.setattr(tuning, "_shipped_config", lambda key, device: None)
-    monkeypatch.setattr(tuning.torch.cuda, "is_current_stream_capturing", lambda: False)
     monkeypatch.setattr(tuning, "_time", lambda launch, config: float(config[0] * config[1]))
     configs = [(128, 128, 64, 8, 3, 1), (64, 64, 64, 4, 4, 1), (64, 128, 64, 4, 4, 1)]
     with pytest.warns(CacheWarning, match="in memory"):

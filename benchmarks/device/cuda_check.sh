@@ -23,6 +23,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export INCEPTION_FAST_CACHE_DIR="${INCEPTION_FAST_CACHE_DIR:-$(mktemp -d /tmp/inception_fast_cuda_check.XXXXXX)}"
 PY="${PYTHON:-python}"
 WORK="${WORK:-$(mktemp -d)}"  # the logs stay here
+mkdir -p "$WORK" || exit 2
 failed=()
 PHASES=${PHASES:-1 2 3 4}
 phase() { echo; echo "=== $1 ($(date +%T))"; }

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from .. import cache, timing
+from ..graphs import capturing
 from ..packing import unsupported_reason
 from . import backend_status, get_backend, precision_key
 
@@ -99,7 +100,7 @@ def _key(kind: str, x: torch.Tensor) -> str:
 
 
 def _can_time() -> bool:
-    return not (torch.compiler.is_compiling() or torch.cuda.is_current_stream_capturing())
+    return not (torch.compiler.is_compiling() or capturing())
 
 
 def choose(kind: str, x: torch.Tensor, runners: dict) -> str:

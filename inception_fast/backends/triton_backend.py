@@ -22,6 +22,7 @@ import os
 import torch
 
 from .. import packing as pk
+from ..graphs import capturing
 from ..kernels.triton import ops as _registered_ops  # noqa: F401 - registers torch.ops.inception_fast.triton_*
 from ..kernels.triton import tma_conv, tuning
 from ..kernels.triton.launch_state import StageLaunchState
@@ -109,11 +110,6 @@ def _packed_block(block, x: torch.Tensor) -> list[tuple[pk.PackedStage, str, Sta
             (stage, pk.stage_signature(stage), StageLaunchState()) for stage in stages
         ]
     return stages
-
-
-def capturing() -> bool:
-    """Whether a CUDA graph capture is recording this stream (never asked while tracing)."""
-    return not torch.compiler.is_compiling() and torch.cuda.is_current_streamcapturing()
 
 
 def _aligned(channels: int) -> int:

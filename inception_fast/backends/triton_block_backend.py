@@ -16,6 +16,7 @@ from typing import NamedTuple
 import torch
 
 from .. import packing as pk
+from ..graphs import capturing
 from ..kernels.triton import ops as _registered_ops  # noqa: F401 - registers torch.ops.inception_fast.triton_*
 from ..kernels.triton import tuning
 from ..kernels.triton.block_kernel import block_schedule, programs_per_sm, split_k_buffers
@@ -26,7 +27,6 @@ from . import precision_key
 from .triton_backend import (
     SUPPORTED_DTYPES,
     availability,  # noqa: F401 - the same cards and Triton as the `triton` backend
-    capturing,
     kernel_buffers,
     padded_channels,
     uses_tf32,

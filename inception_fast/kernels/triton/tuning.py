@@ -22,6 +22,7 @@ import sys
 import torch
 
 from ... import cache, timing
+from ...graphs import capturing
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages); BLOCK_K and the split-K parts are added below.
 _TILES = (
@@ -181,11 +182,7 @@ def choose(key: str, launch, configs: list[tuple], fallback: tuple, device=None)
     shipped = _shipped_config(key, device)
     if shipped is not None and shipped in configs:
         return shipped
-    if (
-        not enabled()
-        or torch.compiler.is_compiling()
-        or torch.cuda.is_current_stream_capturing()
-    ):
+    if not enabled() or capturing():
         return _nearest_bucket(key, device, configs) or fallback
     print(f"inception_fast: tuning {key} over {len(configs)} tile configs", file=sys.stderr)
     timings = {}
