@@ -24,12 +24,26 @@ def capturing() -> bool:
     return torch.cuda.is_current_stream_capturing()
 
 
+def outside_capture(device, what: str) -> None:
+    """Raise a clear error when `what` (work that copies host data to `device`, such as packing a
+    block's tables) is asked for inside a CUDA graph capture, which cannot hold such a copy:
+    the first call at a shape must run before the capture."""
+    if torch.device(device).type == "cuda" and capturing():
+        raise RuntimeError(
+            f"{what}: the first call at this input shape is being captured into a CUDA graph; "
+            "call the model once at this shape outside the capture first (the warm-up PyTorch "
+            "asks for before torch.cuda.graph), then capture"
+        )
+
+
 def run_graphed(model, x: torch.Tensor) -> torch.Tensor:
     """Replay a CUDA graph of `model.run_eager`, captured once per input shape and dtype after
     two eager warm-up runs (which tune kernels and fill every cache); the input is copied into
     the graph's static channels_last buffer, and the outputs are returned as fresh tensors.
     Safe to call from several threads on several streams."""
-    key = (tuple(x.shape), x.dtype, x.device)
+    # fp32 blocks follow the TF32 switch: a graph captured with it on is not the one for off.
+    tf32 = torch.backends.cudnn.allow_tf32 if x.dtype == torch.float32 else None
+    key = (tuple(x.shape), x.dtype, x.device, tf32)
     with _replay_lock:
         entry = model.graph_cache.pop(key, None)  # re-inserted below: the dict keeps use order
         if entry is None:

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .graphs import outside_capture
 from .plan import AVG, AVG_INCLUDE_PAD, INPUT, MAX, OUTPUT, WORK, BlockPlan, Conv, GlobalAvgPool, Slice
 from .windows import out_size
 
@@ -250,6 +251,7 @@ def make_stage(
 def pack_block(block, device, dtype, padded_in_channels: int | None = None,
                height: int | None = None, width: int | None = None) -> list[PackedStage]:
     """Every stage of a block; `height`/`width` (the input size) only where `sized(plan)`."""
+    outside_capture(device, f"packing {block.plan.label}")
     reason = unsupported_reason(block.plan)
     if reason is not None:
         raise ValueError(

@@ -48,12 +48,16 @@ def two_x_rule(fused, eager, ref):
 
 def assert_follows_the_tf32_switch(fused, x, ref):
     """fp32 on a block: full-precision dots (1e-5 of the float64 reference) with
-    torch.backends.cudnn.allow_tf32 off, TF32 dots (5e-3) with it on; the switch restored."""
+    torch.backends.cudnn.allow_tf32 off, TF32 dots with it on (5e-3, and clearly coarser than
+    full precision: a result kept from the other setting, a stale graph, fails); the switch
+    restored."""
     saved = torch.backends.cudnn.allow_tf32
     try:
         torch.backends.cudnn.allow_tf32 = False
-        assert relative_l2(fused(x), ref) < 1e-5
+        exact = relative_l2(fused(x), ref)
+        assert exact < 1e-5
         torch.backends.cudnn.allow_tf32 = True
-        assert relative_l2(fused(x), ref) < 5e-3
+        coarse = relative_l2(fused(x), ref)
+        assert 4 * exact < coarse < 5e-3, (exact, coarse)
     finally:
         torch.backends.cudnn.allow_tf32 = saved

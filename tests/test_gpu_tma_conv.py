@@ -236,7 +236,8 @@ def test_triton_tma_backend_is_the_split_mode(calibrated_model, monkeypatch, tmp
     auto = optimize(model, backend="auto", dtype=torch.float16, cuda_graph=False)
     two_x_rule(auto(x.half()), eager, ref)
     rows = [row for row in auto_backend.choice_table() if len(row["ms"]) > 1]  # blocks the kernels take
-    assert rows and all("triton-tma" in row["ms"] for row in rows)
+    # A candidate that raised while timed shows as inf: it must have been timed for real.
+    assert rows and all(row["ms"].get("triton-tma", float("inf")) < float("inf") for row in rows)
 
 
 @pytest.mark.parametrize("compiler", ["aot_eager", "inductor"])

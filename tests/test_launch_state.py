@@ -37,3 +37,16 @@ def test_weights_are_rounded_once_and_the_table_keeps_only_the_format():
     assert torch.equal(rounded, round_to_tf32(stage.weights)) and not torch.equal(rounded, stage.weights)
     assert state.weights_for(stage, True) is rounded  # one rounded copy, kept
     assert not hasattr(stage, "tf32_weights") and not hasattr(stage, "configs")
+
+
+def test_a_rounding_made_inside_a_capture_is_not_kept(monkeypatch):
+    """Made in a CUDA graph capture, the rounded copy holds values only once that graph
+    replays: it serves that capture and is not kept for eager calls or other captures."""
+    from inception_fast.kernels.triton import launch_state
+
+    torch.manual_seed(0)
+    stage = pk.pack_block(fuse_block(randomize_batchnorm(InceptionA()).eval()), "cpu", torch.float32)[0]
+    state = StageLaunchState()
+    monkeypatch.setattr(launch_state, "capturing", lambda: True)
+    assert torch.equal(state.weights_for(stage, True), round_to_tf32(stage.weights))
+    assert state.tf32_weights is None

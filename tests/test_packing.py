@@ -126,3 +126,15 @@ def test_packed_inception_v4_stages_keep_floor_mode():
     for stage in pk.pack_block(block, "cpu", torch.float32):
         assert all(len(row) == pk.NUM_FIELDS and row[pk.CEIL] == 0 for row in stage.rows)
         assert not stage.residual
+
+
+def test_packing_inside_a_capture_asks_for_a_warm_up_call(monkeypatch):
+    """Packing copies tables from the host, which a CUDA graph capture cannot hold: a clear
+    error instead of PyTorch's about pinned memory."""
+    from inception_fast import graphs
+
+    monkeypatch.setattr(graphs, "capturing", lambda: True)
+    block = fuse_block(randomize_batchnorm(InceptionA()).eval())
+    with pytest.raises(RuntimeError, match="call the model once at this shape outside the capture"):
+        pk.pack_block(block, "cuda", torch.float16)
+    assert pk.pack_block(block, "cpu", torch.float16)  # nothing to capture on the CPU

@@ -111,5 +111,24 @@ def test_a_first_call_at_an_untuned_batch_never_times(monkeypatch, same_card):
     fallback = configs[-1]
     chosen = tuning.choose(key, timed.append, configs, fallback)
     assert timed == [] and chosen in configs
-    if not same_card:
+    if same_card:
+        assert chosen != fallback  # the shipped neighbour, not the heuristic
+    else:
         assert chosen == fallback
+
+
+def test_nothing_is_timed_while_torch_compile_traces(monkeypatch):
+    """Tuning on first use is on, but a trace takes the nearest shipped config or the fallback:
+    timing would launch and capture kernels inside the trace."""
+    from inception_fast import cache
+
+    monkeypatch.setenv("INCEPTION_FAST_AUTOTUNE", "1")
+    monkeypatch.setattr(cache.TUNING, "get", lambda key: None)
+    monkeypatch.setattr(tuning, "_shipped_config", lambda key, device: None)
+    monkeypatch.setattr(tuning, "_same_card", lambda device: False)
+    monkeypatch.setattr(tuning.torch.compiler, "is_compiling", lambda: True)
+    timed = []
+    monkeypatch.setattr(tuning, "_time", lambda launch, config: timed.append(config) or 1.0)
+    configs = [(128, 128, 64, 8, 3, 1), (64, 64, 64, 4, 4, 1)]
+    chosen = tuning.choose("conv1x1s1p0.0:384>320/35x35/b1/float16/nocard", None, configs, configs[0])
+    assert timed == [] and chosen == configs[0]

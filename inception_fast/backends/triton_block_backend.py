@@ -16,7 +16,7 @@ from typing import NamedTuple
 import torch
 
 from .. import packing as pk
-from ..graphs import capturing
+from ..graphs import capturing, outside_capture
 from ..kernels.triton import ops as _registered_ops  # noqa: F401 - registers torch.ops.inception_fast.triton_*
 from ..kernels.triton import tuning
 from ..kernels.triton.block_kernel import block_schedule, programs_per_sm, split_k_buffers
@@ -140,12 +140,7 @@ class _Launch(NamedTuple):
 def _device_ints(values: list, device) -> torch.Tensor:
     """`values` as an int32 tensor on `device`: a host-to-device copy, which a CUDA graph capture
     cannot hold; the first call at a shape makes it, outside any capture."""
-    if torch.device(device).type == "cuda" and capturing():
-        raise RuntimeError(
-            "backend 'triton-block': the first call at this input shape is being captured into a "
-            "CUDA graph; call the model once at this shape outside the capture first (the warm-up "
-            "PyTorch asks for before torch.cuda.graph), then capture"
-        )
+    outside_capture(device, "backend 'triton-block'")
     return torch.tensor(values, dtype=torch.int32, device=device)
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ... import packing as pk
+from ...graphs import capturing
 
 
 @dataclass(eq=False)
@@ -29,7 +30,10 @@ class StageLaunchState:
         if not tf32:
             return table.weights
         if self.tf32_weights is None:
-            self.tf32_weights = round_to_tf32(table.weights)
+            rounded = round_to_tf32(table.weights)
+            if capturing():
+                return rounded  # made in a capture: valid only once that graph replays, so its own
+            self.tf32_weights = rounded
         return self.tf32_weights
 
 

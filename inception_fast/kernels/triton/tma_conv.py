@@ -53,6 +53,7 @@ import triton
 import triton.language as tl
 
 from ... import packing as pk
+from ...graphs import outside_capture
 from .launch_state import StageLaunchState, round_to_tf32
 from .stage_kernel import _epilogue_store, _times8
 
@@ -501,6 +502,7 @@ def plan_stage(stage: pk.PackedStage, allow_split: bool = False) -> TmaStage | N
         return None
     rows = [stage.rows[p] for p in take]
     device = stage.problems.device
+    outside_capture(device, "planning a TMA stage")
     index = torch.tensor(take, dtype=torch.long, device=device)
     rest = None
     if len(take) < len(stage.rows):

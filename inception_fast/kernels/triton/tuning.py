@@ -182,7 +182,7 @@ def choose(key: str, launch, configs: list[tuple], fallback: tuple, device=None)
     shipped = _shipped_config(key, device)
     if shipped is not None and shipped in configs:
         return shipped
-    if not enabled() or capturing():
+    if not enabled() or torch.compiler.is_compiling() or capturing():
         return _nearest_bucket(key, device, configs) or fallback
     print(f"inception_fast: tuning {key} over {len(configs)} tile configs", file=sys.stderr)
     timings = {}
