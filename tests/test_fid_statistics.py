@@ -6,6 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 
 from inception_fast.fid import (
     calculate_frechet_distance,
@@ -29,6 +30,29 @@ def test_statistics_are_pytorch_fids():
     assert mu.dtype == sigma.dtype == np.float64
     np.testing.assert_array_equal(mu, np.mean(features.astype(np.float64), axis=0))
     np.testing.assert_array_equal(sigma, np.cov(features.astype(np.float64), rowvar=False))
+
+
+def test_statistics_of_a_tensor_equal_numpys():
+    """Features still on the network's device are reduced there in float64: the same statistics
+    to rounding (a different summation order), and the same refusals."""
+    features = _features(np.random.default_rng(2), 300, 64).astype(np.float32)
+    mu, sigma = feature_statistics(torch.from_numpy(features))
+    assert mu.dtype == sigma.dtype == np.float64
+    np.testing.assert_allclose(mu, np.mean(features.astype(np.float64), axis=0), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(sigma, np.cov(features.astype(np.float64), rowvar=False), rtol=1e-10, atol=1e-13)
+    with pytest.raises(ValueError, match="at least 2"):
+        feature_statistics(torch.ones(1, 8))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        feature_statistics(torch.tensor([[1.0, float("nan")], [2.0, 3.0]]))
+
+
+def test_eigh_distance_on_a_torch_device_equals_numpys():
+    rng = np.random.default_rng(3)
+    stats_a = feature_statistics(_features(rng, 500, 64))
+    stats_b = feature_statistics(_features(rng, 500, 64, shift=0.3))
+    on_numpy = calculate_frechet_distance(*stats_a, *stats_b, method="eigh")
+    on_torch = calculate_frechet_distance(*stats_a, *stats_b, method="eigh", device="cpu")
+    assert on_torch == pytest.approx(on_numpy, rel=1e-10)
 
 
 @pytest.mark.parametrize("count", [500, 40])  # full-rank covariances, and singular ones

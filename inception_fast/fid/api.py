@@ -109,6 +109,15 @@ def compute_features(
     order (a folder's files sorted as pytorch-fid sorts them, a list as given), less the skipped
     files.
     """
+    rows = _feature_rows(source, weights, model, dims, batch_size, device, num_workers, precision,
+                         backend, gpu_decode, progress)
+    return rows if isinstance(rows, np.ndarray) else rows.cpu().double().numpy()
+
+
+def _feature_rows(source, weights, model, dims, batch_size, device, num_workers, precision, backend,
+                  gpu_decode, progress) -> np.ndarray | torch.Tensor:
+    """compute_features' rows where they were made: on the network's device for files (the
+    statistics reduce them there), as float64 numpy for a tensor of images."""
     feature_model = _feature_model(model, weights, dims, device, precision, backend)
     if isinstance(source, torch.Tensor):
         return _features_of_tensor(source, feature_model, batch_size)
@@ -137,7 +146,7 @@ def compute_features(
         _warn_unreadable(failures)
     if features.shape[0] == 0:
         raise ValueError(f"none of the {len(files)} image files of {what} could be read")
-    return features.cpu().double().numpy()
+    return features
 
 
 def compute_statistics(
@@ -149,7 +158,14 @@ def compute_statistics(
         if not Path(source).is_file():
             raise FileNotFoundError(f"statistics file not found: {source}")
         return load_statistics(source)
-    return feature_statistics(compute_features(source, weights, **options))
+    return feature_statistics(_feature_rows_of(source, weights, **options))
+
+
+def _feature_rows_of(source: Source, weights=None, *, model=None, dims: int = 2048, batch_size: int = 50,
+                     device=None, num_workers: int | None = None, precision: str = "fp32",
+                     backend: str = "auto", gpu_decode: bool = False, progress: bool | None = None):
+    return _feature_rows(source, weights, model, dims, batch_size, device, num_workers, precision,
+                         backend, gpu_decode, progress)
 
 
 def main_rank_statistics(source: Source, **options) -> tuple[np.ndarray, np.ndarray] | None:
@@ -211,7 +227,10 @@ def compute_fid(
         if stats_a[0].shape != stats_b[0].shape:
             raise ValueError(f"the two sides have features of different sizes ({stats_a[0].shape[0]} and "
                              f"{stats_b[0].shape[0]}): an .npz made with another --dims?")
-        value = calculate_frechet_distance(*stats_a, *stats_b, method=fid_method)
+        model_device = getattr(model, "device", None)  # a feature model's; a bare network has none
+        on_gpu = model_device is not None and torch.device(model_device).type == "cuda"
+        value = calculate_frechet_distance(*stats_a, *stats_b, method=fid_method,
+                                           device=model_device if on_gpu else None)
     value = float(broadcast_from_main(value, ranks))
     lap("distance_s")
     return value

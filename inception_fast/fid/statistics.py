@@ -12,22 +12,41 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import torch
 from scipy import linalg
 
 FID_METHODS = ("sqrtm", "eigh")
 
 
-def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(mu, sigma) of [N, dims] features, in float64."""
+def feature_statistics(features: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(mu, sigma) of [N, dims] features, in float64, as numpy arrays. A tensor is reduced where
+    it lives, in float64: on a GPU in milliseconds, where numpy's covariance of 50,000 x 2048
+    features takes seconds (and runs on one BLAS thread under torchrun, which sets
+    OMP_NUM_THREADS=1)."""
+    if isinstance(features, torch.Tensor):
+        return _tensor_statistics(features)
     features = np.asarray(features, dtype=np.float64)
-    if features.ndim != 2:
-        raise ValueError(f"features must be [N, dims], got shape {features.shape}")
-    if features.shape[0] < 2:
-        raise ValueError(f"statistics need at least 2 images, got {features.shape[0]}")
-    if not np.isfinite(features).all():
+    _check_features(features.shape, bool(np.isfinite(features).all()))
+    return np.mean(features, axis=0), np.cov(features, rowvar=False)
+
+
+def _tensor_statistics(features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    features = features.double()
+    _check_features(tuple(features.shape), bool(torch.isfinite(features).all()))
+    mu = features.mean(dim=0)
+    centered = features - mu
+    sigma = centered.T @ centered / (features.shape[0] - 1)  # np.cov's unbiased estimate
+    return mu.cpu().numpy(), sigma.cpu().numpy()
+
+
+def _check_features(shape: tuple, finite: bool) -> None:
+    if len(shape) != 2:
+        raise ValueError(f"features must be [N, dims], got shape {tuple(shape)}")
+    if shape[0] < 2:
+        raise ValueError(f"statistics need at least 2 images, got {shape[0]}")
+    if not finite:
         raise ValueError("features contain NaN or inf: the network's output overflowed "
                          "(try --precision fp32)")
-    return np.mean(features, axis=0), np.cov(features, rowvar=False)
 
 
 def _sqrtm(matrix: np.ndarray) -> np.ndarray:
@@ -53,12 +72,21 @@ def _trace_sqrt_product_sqrtm(sigma1: np.ndarray, sigma2: np.ndarray, eps: float
     return float(np.trace(covmean))
 
 
-def _trace_sqrt_product_eigh(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+def _trace_sqrt_product_eigh(sigma1: np.ndarray, sigma2: np.ndarray, device=None) -> float:
     """The same trace from two symmetric eigendecompositions: sigma1 @ sigma2 is similar to the
     symmetric PSD matrix R @ sigma2 @ R with R = sqrt(sigma1), so the trace of its square root is
     the sum of the square roots of that matrix's eigenvalues. Several times faster than the
     Schur method and free of spurious imaginary parts; agrees with it to ~1e-12 relative on
-    full-rank covariances."""
+    full-rank covariances. With a torch `device`, computed there in float64 (a GPU's solver
+    does not depend on how many BLAS threads the process may use)."""
+    if device is not None:
+        first, second = (torch.from_numpy(np.ascontiguousarray(m)).to(device, torch.float64)
+                         for m in (sigma1, sigma2))
+        values, vectors = torch.linalg.eigh(first)
+        root = (vectors * values.clamp(min=0).sqrt()) @ vectors.T
+        middle = root @ second @ root
+        eigenvalues = torch.linalg.eigvalsh((middle + middle.T) / 2)
+        return float(eigenvalues.clamp(min=0).sqrt().sum())
     values, vectors = np.linalg.eigh(sigma1)
     root = (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
     middle = root @ sigma2 @ root
@@ -66,12 +94,14 @@ def _trace_sqrt_product_eigh(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
     return float(np.sqrt(np.clip(eigenvalues, 0, None)).sum())
 
 
-def calculate_frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6, method: str = "sqrtm") -> float:
+def calculate_frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6, method: str = "sqrtm",
+                               device=None) -> float:
     """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2):
     ||mu1 - mu2||^2 + Tr(sigma1 + sigma2 - 2 sqrt(sigma1 sigma2)).
 
     method: "sqrtm" is pytorch-fid's computation step for step (scipy's matrix square root);
-    "eigh" computes the same trace from symmetric eigendecompositions, faster.
+    "eigh" computes the same trace from symmetric eigendecompositions, faster; on `device`
+    (a torch device) where one is given.
     """
     if method not in FID_METHODS:
         raise ValueError(f"method must be one of {FID_METHODS}, got {method!r}")
@@ -86,7 +116,7 @@ def calculate_frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6, meth
     if method == "sqrtm":
         tr_covmean = _trace_sqrt_product_sqrtm(sigma1, sigma2, eps)
     else:
-        tr_covmean = _trace_sqrt_product_eigh(sigma1, sigma2)
+        tr_covmean = _trace_sqrt_product_eigh(sigma1, sigma2, device)
     return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * tr_covmean)
 
 
