@@ -3,6 +3,7 @@
 // `inception_fast::cuda_gemm_conv1x1`: one 1x1 convolution as a CUTLASS sm90 GEMM into a
 // channel slice of a wider NHWC output.
 #include <ATen/core/Tensor.h>
+#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
@@ -295,7 +296,8 @@ void cuda_gemm_conv1x1(const at::Tensor& x, const at::Tensor& weight, const at::
   args.k = k;
   args.ldd = out.size(-1);
   args.relu = relu;
-  args.tile_n = tile_n != 0 ? static_cast<int>(tile_n) : gemm_conv1x1_tile_n(n);
+  const int sm_count = at::cuda::getDeviceProperties(x.device().index())->multiProcessorCount;
+  args.tile_n = tile_n != 0 ? static_cast<int>(tile_n) : gemm_conv1x1_tile_n(m, n, sm_count);
   const c10::cuda::CUDAGuard guard(x.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const bool half = x.scalar_type() == at::kHalf;

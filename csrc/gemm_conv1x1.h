@@ -22,13 +22,24 @@ struct GemmConv1x1Args {
   int tile_n;  // CTA tile width: 64, 128 or 256 (gemm_conv1x1_tile_n picks one)
 };
 
-// Output channels per CTA tile for a GEMM `n` columns wide: the widest tile that pads no more
-// than a narrower one (a wider tile reads the activation fewer times and runs WGMMA at full width).
-inline int gemm_conv1x1_tile_n(int64_t n) {
-  if (n <= 64) return 64;
-  if (n <= 128) return 128;
-  const int64_t padded_to_256 = (n + 255) / 256 * 256, padded_to_128 = (n + 127) / 128 * 128;
-  return padded_to_256 <= padded_to_128 ? 256 : 128;
+// Output channels per CTA tile (64, 128 or 256; tiles are 128 rows) for an m x n GEMM on
+// `sm_count` SMs, by a model of its time: rounds of persistent CTAs over the SMs times the work of
+// one tile (its width plus a fixed cost of about 64 columns: prologue, epilogue). Ties go to the
+// wider tile, which reads the activation fewer times. Small GEMMs get narrow tiles to fill the SMs.
+inline int gemm_conv1x1_tile_n(int64_t m, int64_t n, int sm_count) {
+  const int64_t sms = sm_count > 0 ? sm_count : 1;
+  int best = 256;
+  int64_t best_cost = -1;
+  for (const int tile : {256, 128, 64}) {
+    const int64_t tiles = (m + 127) / 128 * ((n + tile - 1) / tile);
+    const int64_t rounds = (tiles + sms - 1) / sms;
+    const int64_t cost = rounds * (tile + 64);
+    if (best_cost < 0 || cost < best_cost) {
+      best = tile;
+      best_cost = cost;
+    }
+  }
+  return best;
 }
 
 enum class GemmDtype : int { kHalf, kBFloat16 };
