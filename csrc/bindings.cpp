@@ -3,7 +3,6 @@
 // `inception_fast::cuda_gemm_conv1x1`: one 1x1 convolution as a CUTLASS sm90 GEMM into a
 // channel slice of a wider NHWC output.
 #include <ATen/core/Tensor.h>
-#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
@@ -276,12 +275,12 @@ void check_gemm_conv1x1(const at::Tensor& x, const at::Tensor& weight, const at:
 }
 
 void cuda_gemm_conv1x1_meta(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
-                            const at::Tensor& out, int64_t col_offset, bool relu, int64_t tile_n) {
+                            const at::Tensor& out, int64_t col_offset, bool /*relu*/, int64_t tile_n) {
   check_gemm_conv1x1(x, weight, bias, out, col_offset, tile_n);
 }
 
 void cuda_gemm_conv1x1(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
-                       const at::Tensor& out, int64_t col_offset, bool relu, int64_t tile_n) {
+                       const at::Tensor& out, int64_t col_offset, [[maybe_unused]] bool relu, int64_t tile_n) {
   check_gemm_conv1x1(x, weight, bias, out, col_offset, tile_n);
 #if defined(INCEPTION_FAST_WITH_CUTLASS)
   const int64_t k = x.size(-1), n = weight.size(0), m = x.numel() / k;
@@ -296,9 +295,11 @@ void cuda_gemm_conv1x1(const at::Tensor& x, const at::Tensor& weight, const at::
   args.k = k;
   args.ldd = out.size(-1);
   args.relu = relu;
-  const int sm_count = at::cuda::getDeviceProperties(x.device().index())->multiProcessorCount;
-  args.tile_n = tile_n != 0 ? static_cast<int>(tile_n) : gemm_conv1x1_tile_n(m, n, sm_count);
   const c10::cuda::CUDAGuard guard(x.device());
+  int sm_count = 0;
+  OP_CHECK(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, x.device().index()) == cudaSuccess,
+           "cuda_gemm_conv1x1: cannot query the SM count of ", x.device());
+  args.tile_n = tile_n != 0 ? static_cast<int>(tile_n) : gemm_conv1x1_tile_n(m, n, sm_count);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const bool half = x.scalar_type() == at::kHalf;
   const char* error = nullptr;
