@@ -57,7 +57,10 @@ def test_fresh_build_is_warning_free_and_survives_a_stale_lock_and_a_damaged_lib
     assert done.returncode == 0, log[-6000:]
     assert f"SCHEMA {SCHEMA}" in done.stdout
     assert f"GEMM_SCHEMA {GEMM_SCHEMA}" in done.stdout
-    compiler_warnings = [line for line in log.splitlines() if "warning:" in line or "warning #" in line]
+    # ptxas reports serialized WGMMA (C7510, e.g. a device assert() in CUTLASS) as "info", not
+    # as a warning: it costs the CUTLASS kernels most of their speed, so it counts here too.
+    compiler_warnings = [line for line in log.splitlines()
+                         if "warning:" in line or "warning #" in line or "C7510" in line]
     assert not compiler_warnings, "\n".join(compiler_warnings)
     library = Path(done.stdout.split("LIBRARY ")[1].split()[0])
     assert library.exists()
