@@ -109,14 +109,14 @@ struct DeviceInfo {
 
 inline const char* device_info(int device, DeviceInfo& out) {
   static DeviceInfo known[kMaxDevices];
-  if (device < 0 || device >= kMaxDevices) return "gemm_conv1x1: device index out of range";
+  if (device < 0 || device >= kMaxDevices) return "device index out of range";
   DeviceInfo& info = known[device];
   if (info.sm_count == 0) {
     int major = 0, minor = 0, sms = 0;
     if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
         cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess ||
         cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
-      return "gemm_conv1x1: cannot query the device";
+      return "cannot query the device";
     }
     info.hopper = major == 9 && minor == 0;
     info.sm_count = sms;
@@ -130,11 +130,11 @@ const char* launch(const GemmConv1x1Args& args, cudaStream_t stream) {
   using Kernel = typename GemmKernel<T, TileN>::Kernel;
   using Element = typename GemmKernel<T, TileN>::Element;
   int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess) return "gemm_conv1x1: no current CUDA device";
+  if (cudaGetDevice(&device) != cudaSuccess) return "no current CUDA device";
   DeviceInfo info;
   if (const char* error = device_info(device, info)) return error;
   // sm_90a SASS runs on compute capability 9.0 only; elsewhere the empty PTX stub would run.
-  if (!info.hopper) return "gemm_conv1x1: the CUTLASS kernels need a Hopper GPU (compute capability 9.0)";
+  if (!info.hopper) return "the CUTLASS kernels need a Hopper GPU (compute capability 9.0)";
 
   using StrideA = typename Kernel::StrideA;
   using StrideB = typename Kernel::StrideB;
@@ -163,11 +163,11 @@ const char* launch(const GemmConv1x1Args& args, cudaStream_t stream) {
   arguments.hw_info.device_id = device;
   arguments.hw_info.sm_count = info.sm_count;
 
-  if (Kernel::can_implement(arguments) != true) {
-    return "gemm_conv1x1: CUTLASS cannot run this problem (sizes or alignment)";
+  if (!Kernel::can_implement(arguments)) {
+    return "CUTLASS cannot run this problem (sizes or alignment)";
   }
   // The persistent data-parallel scheduler and this epilogue keep no state in global memory.
-  if (Kernel::get_workspace_size(arguments) != 0) return "gemm_conv1x1: the kernel unexpectedly needs a workspace";
+  if (Kernel::get_workspace_size(arguments) != 0) return "the kernel unexpectedly needs a workspace";
   const typename Kernel::Params params = Kernel::to_underlying_arguments(arguments, nullptr);
 
   constexpr int kSmemBytes = Kernel::SharedStorageSize;
@@ -175,7 +175,7 @@ const char* launch(const GemmConv1x1Args& args, cudaStream_t stream) {
   if (!smem_set[device]) {
     if (cudaFuncSetAttribute(gemm_entry<Kernel>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes) !=
         cudaSuccess) {
-      return "gemm_conv1x1: cannot reserve the kernel's shared memory";
+      return "cannot reserve the kernel's shared memory";
     }
     smem_set[device] = true;
   }
