@@ -4,7 +4,8 @@
 #      scratch directory, for its headers;
 #   2. the extension built just in time into a fresh cache directory (MAX_JOBS=16);
 #   3. benchmarks/device/wgmma_check.py: correctness against float64 (the 2x rule against cuDNN),
-#      then times against cuDNN and cuBLAS; with OUT set, OUT/wgmma_check.md and .json.
+#      then times against cuDNN and cuBLAS; with OUT set, OUT/wgmma_check.md and .json;
+#   4. the op's GPU tests (tests/test_gpu_gemm_conv1x1.py), on the same build.
 # Usage, from the repository root:  OUT=dir bash benchmarks/device/wgmma_check.sh [--skip-timing]
 set -u
 cd "$(dirname "$0")/../.." || exit 2
@@ -26,7 +27,8 @@ fi
 "$PY" - <<'PYEOF' || exit 2
 import torch
 from inception_fast import extension
-print("torch", torch.__version__, "cuda", torch.version.cuda, "device", torch.cuda.get_device_name())
+print("torch", torch.__version__, "cuda", torch.version.cuda,
+      "device", torch.cuda.get_device_name() if torch.cuda.is_available() else "none")
 print("cuda toolkit", extension.find_cuda_home(), "| CUTLASS", extension.cutlass_version(), "at", extension.cutlass_include_dir())
 if extension.cutlass_include_dir() is None:
     raise SystemExit("the CUTLASS headers were not found")
@@ -43,5 +45,10 @@ echo "build: OK in $(( $(date +%s) - start )) s"
 echo "=== check ($(date +%T))"
 timeout 420 "$PY" benchmarks/device/wgmma_check.py "$@"
 status=$?
+
+echo "=== GPU tests ($(date +%T))"
+timeout 300 "$PY" -m pytest -q -p no:cacheprovider --tb=short tests/test_gpu_gemm_conv1x1.py 2>&1 | tail -15
+test_status=${PIPESTATUS[0]}
+[ "$status" -ne 0 ] || status=$test_status
 echo "=== done ($(date +%T)), exit $status"
 exit $status
