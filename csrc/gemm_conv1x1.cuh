@@ -25,6 +25,7 @@
 // capture `this` implicitly, a deprecation warning (#2908-D) when the headers are parsed.
 #pragma nv_diag_suppress 2908
 #include <cute/tensor.hpp>
+#include <cutlass/cluster_launch.hpp>
 #include <cutlass/cutlass.h>
 #include <cutlass/epilogue/collective/collective_builder.hpp>
 #include <cutlass/epilogue/fusion/operations.hpp>
@@ -47,8 +48,11 @@ struct CutlassElement<__nv_bfloat16> {
   using type = cutlass::bfloat16_t;
 };
 
-// One GEMM kernel: a 128 x TileN x 64 CTA tile, no cluster (the weight tile is small and stays
-// in L2, so multicasting it buys little), persistent CTAs over the tiles.
+// One GEMM kernel: a 128 x TileN x 64 CTA tile, persistent CTAs over the tiles. The 128- and
+// 256-wide tiles run in clusters of 2 CTAs along M that share each weight tile through TMA
+// multicast: per k-block the weight tile is as large as (128) or twice (256) the activation
+// tile, and without sharing, L2 bandwidth can bound the deep GEMMs (K = 1024, 1536) before
+// WGMMA does. The 64-wide tile is for narrow, memory-bound GEMMs: no cluster.
 template <typename T, int TileN>
 struct GemmKernel {
   using Element = typename CutlassElement<T>::type;
@@ -61,7 +65,8 @@ struct GemmKernel {
   using LayoutD = cutlass::layout::RowMajor;
   static constexpr int kAlignment = 8;  // elements per 16 bytes: TMA's alignment of rows and bases
   using TileShape = cute::Shape<cute::_128, cute::Int<TileN>, cute::_64>;
-  using ClusterShape = cute::Shape<cute::_1, cute::_1, cute::_1>;
+  static constexpr int kClusterM = TileN == 64 ? 1 : 2;
+  using ClusterShape = cute::Shape<cute::Int<kClusterM>, cute::_1, cute::_1>;
   // 128 x 256: both consumer warpgroups share the tile (64 x 256 accumulators each fit in
   // registers). Narrower tiles: ping-pong, one warpgroup per tile, so one tile's epilogue
   // overlaps the other's mainloop; that matters here, where K is short (6 to 24 k-blocks).
@@ -179,9 +184,21 @@ const char* launch(const GemmConv1x1Args& args, cudaStream_t stream) {
     }
     smem_set[device] = true;
   }
-  const dim3 grid = Kernel::get_grid_shape(params);
+  const dim3 grid = Kernel::get_grid_shape(params);  // persistent: about one CTA per SM, whole clusters
   const dim3 block = Kernel::get_block_shape();
-  gemm_entry<Kernel><<<grid, block, kSmemBytes, stream>>>(params);
+  constexpr int kClusterM = GemmKernel<T, TileN>::kClusterM;
+  if constexpr (kClusterM == 1) {
+    gemm_entry<Kernel><<<grid, block, kSmemBytes, stream>>>(params);
+  } else {
+    void* kernel_params[] = {const_cast<typename Kernel::Params*>(&params)};
+    const cutlass::Status status = cutlass::ClusterLauncher::launch(
+        grid, dim3(kClusterM, 1, 1), block, kSmemBytes, stream, reinterpret_cast<const void*>(&gemm_entry<Kernel>),
+        kernel_params);
+    if (status != cutlass::Status::kSuccess) {
+      const cudaError_t err = cudaGetLastError();
+      return err != cudaSuccess ? cudaGetErrorString(err) : "the cluster launch was refused";
+    }
+  }
   const cudaError_t err = cudaGetLastError();
   return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
 }
