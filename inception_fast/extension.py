@@ -112,7 +112,8 @@ def cutlass_version(include_dir: Path | None = None) -> str | None:
     include_dir = include_dir or cutlass_include_dir()
     if include_dir is None:
         return None
-    text = (include_dir / "cutlass" / "version.h").read_text()
+    version_h = include_dir / "cutlass" / "version.h"
+    text = version_h.read_text() if version_h.is_file() else ""
     parts = [re.search(rf"#define CUTLASS_{part} (\d+)", text) for part in ("MAJOR", "MINOR", "PATCH")]
     return ".".join(match.group(1) if match else "?" for match in parts)
 
