@@ -5,7 +5,7 @@
 #pragma once
 
 // CUTLASS's device-side assert()s are calls that ptxas cannot keep inside a WGMMA pipeline: it
-// then serializes every wgmma (warning C7510) and spills. Only these files include CUTLASS.
+// then serializes every wgmma (ptxas C7510) and spills. Only these files include CUTLASS.
 #ifndef NDEBUG
 #define NDEBUG
 #endif
@@ -16,6 +16,7 @@
 
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 
 #include "gemm_conv1x1.h"
 
