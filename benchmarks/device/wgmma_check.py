@@ -12,9 +12,11 @@ CUTLASS headers and builds the extension first), or, where both are present:
    dtype, channels_last) plus 1e-6, and the output's other channels must keep their sentinel.
 2. Timing (fp16, batch 32 and 256): medians of CUDA-event timings with the L2 flushed before
    every call (`inception_fast.timing`), inputs rotating over two sets. Ours includes the bias,
-   the ReLU and the store into a channel slice; cuDNN is F.conv2d without bias (channels_last,
-   cudnn.benchmark) and cuBLAS is torch.mm on the same [M, K] x [K, N] without bias: both do
-   less work than ours.
+   the ReLU and the store into a channel slice, and so do the project's own kernels on the same
+   problem as a one-conv stage: the Triton stage kernel (best of three tile configs) and the
+   CUDA stage kernel (mma.sync, the `cuda` backend's). cuDNN is F.conv2d without bias
+   (channels_last, cudnn.benchmark) and cuBLAS is torch.mm on the same [M, K] x [K, N] without
+   bias: both do less work than ours.
 
 Writes a markdown table and JSON to $OUT/wgmma_check.md / .json when OUT is set; exits non-zero
 when any correctness case fails (every case still runs).
@@ -35,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from inception_fast import extension, timing
+from inception_fast import packing as pk
 
 # (K, map size, the N of each 1x1 GEMM): each branch's 1x1 conv on the block input, then the
 # block's 1x1 branches stacked into one GEMM, as the backends pack them.
@@ -46,6 +49,8 @@ PROBLEMS = [
 CHECK_BATCHES = (1, 3, 32)
 TIME_BATCHES = (32, 256)
 TILES = (0, 64, 128, 256)  # 0: the op's own choice
+# The Triton stage kernel's (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages, k_parts) tried per problem.
+TRITON_CONFIGS = ((128, 64, 64, 4, 4, 1), (128, 128, 64, 8, 3, 1), (128, 256, 64, 8, 3, 1))
 DEVICE = "cuda"
 SENTINEL = 1234.0
 FLOOR = 1e-6
@@ -146,6 +151,64 @@ def check_argument_errors() -> int:
     return failures
 
 
+def one_conv_stage(weight, bias, col_offset):
+    """The 1x1 conv as the project's packed stage format: one problem writing channels
+    [col_offset, col_offset + N) of the output, with ReLU."""
+    n, k = weight.shape
+    row = [0] * pk.NUM_FIELDS
+    row[pk.KIND], row[pk.SRC_BUF], row[pk.CIN], row[pk.COLS] = pk.CONV, pk.BUF_INPUT, k, n
+    row[pk.KH] = row[pk.KW] = row[pk.STRIDE] = 1
+    dsts = list(range(col_offset, col_offset + n))
+    flags = [pk.FLAG_RELU | pk.FLAG_TO_OUTPUT] * n
+    return pk.make_stage([row], [weight.reshape(-1)], [bias], dsts, flags, DEVICE, weight.dtype,
+                         in_channels=k)
+
+
+def time_project_kernels(row, sets, out, col_offset, median_ms) -> None:
+    """The Triton and CUDA stage kernels on the same GEMM (bias, ReLU, channel slice), each
+    checked against our op's result first; NaN where one fails or disagrees."""
+    from inception_fast.kernels.triton.stage_kernel import _stage_kernel, launch_stage_tensors, stage_tiles
+
+    stages = [one_conv_stage(w, b, col_offset) for _, w, b in sets]
+    batch, size = out.shape[0], out.shape[1]
+    n = sets[0][1].shape[0]
+    gemm_conv1x1(*sets[0], out, col_offset, True)
+    expected = out[..., col_offset:col_offset + n].clone()
+    work = torch.empty((1, 8, 1, 1), dtype=out.dtype, device=DEVICE, memory_format=torch.channels_last)
+
+    def triton_call(i, config):
+        stage = stages[i % 2]
+        tiles = stage_tiles(stage, batch, size, size, config[0], config[1], config[5])
+        x_nchw, out_nchw = sets[i % 2][0].permute(0, 3, 1, 2), out.permute(0, 3, 1, 2)
+        launch_stage_tensors(_stage_kernel, tiles, x_nchw, work, out_nchw, stage.problems, stage.weights,
+                             stage.bias, stage.col_dst, stage.col_flags, config, "ieee", True, False, False)
+
+    def cuda_stage_call(i):
+        stage = stages[i % 2]
+        torch.ops.inception_fast.cuda_conv_stage(sets[i % 2][0], out.new_empty(0), out, stage.rows[0],
+                                                 stage.weights, stage.bias, stage.col_dst, stage.col_flags)
+
+    candidates = {f"triton_{c[0]}x{c[1]}x{c[2]}w{c[3]}s{c[4]}": (lambda i, c=c: triton_call(i, c))
+                  for c in TRITON_CONFIGS}
+    candidates["cuda_stage"] = cuda_stage_call
+    for name, call in candidates.items():
+        try:
+            out.zero_()
+            call(0)
+            torch.cuda.synchronize()
+            error = rel_l2(out[..., col_offset:col_offset + n], expected.double())
+            row[f"{name}_ms"] = median_ms(call) if error < 1e-2 else float("nan")
+            if error >= 1e-2:
+                print(f"{name}: differs from our op by {error:.2e}; not timed", flush=True)
+        except Exception as err:  # noqa: BLE001 - a baseline that cannot run is reported, not fatal
+            print(f"{name}: {type(err).__name__}: {str(err).splitlines()[0][:200]}", flush=True)
+            row[f"{name}_ms"] = float("nan")
+    triton_times = {name: row[f"{name}_ms"] for name in candidates if name.startswith("triton")}
+    best = min(triton_times, key=lambda name: (triton_times[name] != triton_times[name], triton_times[name]))
+    row["triton_config"] = best
+    row["triton_ms"] = triton_times[best]
+
+
 def time_problem(batch: int, k: int, size: int, n: int) -> dict:
     sets = [make_problem(batch, size, k, n, torch.float16, seed) for seed in (1, 2)]
     m = sets[0][0].numel() // k
@@ -155,11 +218,12 @@ def time_problem(batch: int, k: int, size: int, n: int) -> dict:
     row = {"batch": batch, "size": size, "m": m, "k": k, "n": n, "gflop": flops / 1e9}
 
     def median_ms(fn) -> float:
-        return timing.time_cuda(fn, budget_ms=100, warmup_ms=20, max_reps=200).median_ms
+        return timing.time_cuda(fn, budget_ms=80, warmup_ms=20, max_reps=200).median_ms
 
     for tile in TILES:
         row[f"ours_t{tile}_ms"] = median_ms(
             lambda i, tile=tile: gemm_conv1x1(*sets[i % 2], out, 32, True, tile))
+    time_project_kernels(row, sets, out, 32, median_ms)
     nchw = [(x.permute(0, 3, 1, 2), w.reshape(n, k, 1, 1)) for x, w, _ in sets]
     F.conv2d(*nchw[0])  # cuDNN's algorithm search, outside the timed calls
     row["cudnn_ms"] = median_ms(lambda i: F.conv2d(*nchw[i % 2]))
@@ -167,7 +231,7 @@ def time_problem(batch: int, k: int, size: int, n: int) -> dict:
     row["cublas_ms"] = median_ms(lambda i: torch.mm(*mats[i % 2]))
     best_tile = min((t for t in TILES if t), key=lambda t: row[f"ours_t{t}_ms"])
     row["best_tile"] = best_tile
-    for name in ("ours_t0", f"ours_t{best_tile}", "cudnn", "cublas"):
+    for name in ("ours_t0", f"ours_t{best_tile}", "triton", "cuda_stage", "cudnn", "cublas"):
         row[f"{name}_tflops"] = flops / (row[f"{name}_ms"] * 1e-3) / 1e12
     return row
 
@@ -182,8 +246,9 @@ def time_ops() -> list[dict]:
                 rows.append(row)
                 best = row["best_tile"]
                 print(f"batch {batch:>3} K={k:>4} N={n:>4} M={row['m']:>6}: ours {row['ours_t0_ms']:.4f} ms "
-                      f"(best tile {best}: {row[f'ours_t{best}_ms']:.4f}), cuDNN {row['cudnn_ms']:.4f}, "
-                      f"cuBLAS {row['cublas_ms']:.4f}", flush=True)
+                      f"(best tile {best}: {row[f'ours_t{best}_ms']:.4f}), triton {row['triton_ms']:.4f} "
+                      f"({row['triton_config']}), cuda stage {row['cuda_stage_ms']:.4f}, "
+                      f"cuDNN {row['cudnn_ms']:.4f}, cuBLAS {row['cublas_ms']:.4f}", flush=True)
                 torch.cuda.empty_cache()
     return rows
 
@@ -207,20 +272,22 @@ def markdown(check_rows, failures, time_rows, header) -> str:
     if time_rows:
         lines.append("## Timing (fp16, ms, median, L2 flushed before each call)\n")
         lines.append("ours = bias + ReLU + store into a channel slice, tile chosen by the op (t64/t128/t256: "
-                     "forced); cuDNN = F.conv2d without bias, channels_last; cuBLAS = torch.mm without bias. "
-                     "Ratios > 1: ours is faster.\n")
-        lines.append("| batch | map | M | K | N | ours | t64 | t128 | t256 | cuDNN | cuBLAS | ours TFLOP/s | "
-                     "cuDNN TFLOP/s | cuBLAS TFLOP/s | cuDNN/ours | cuBLAS/ours | cuBLAS/best tile |")
-        lines.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+                     "forced); triton / cuda stage = the project's stage kernels on the same one-conv "
+                     "stage (same work; triton: best of its configs); cuDNN = F.conv2d without bias, "
+                     "channels_last; cuBLAS = torch.mm without bias. x/ours > 1: ours is faster.\n")
+        lines.append("| batch | map | M | K | N | ours | t64 | t128 | t256 | triton | cuda stage | cuDNN | "
+                     "cuBLAS | ours TFLOP/s | triton TFLOP/s | cuBLAS TFLOP/s | triton/ours | cuDNN/ours | "
+                     "cuBLAS/ours |")
+        lines.append("|" + "---:|" * 19)
         for r in time_rows:
-            best = r[f"ours_t{r['best_tile']}_ms"]
             lines.append(
                 f"| {r['batch']} | {r['size']}x{r['size']} | {r['m']} | {r['k']} | {r['n']} | "
                 f"{r['ours_t0_ms']:.4f} | {r['ours_t64_ms']:.4f} | {r['ours_t128_ms']:.4f} | "
-                f"{r['ours_t256_ms']:.4f} | {r['cudnn_ms']:.4f} | "
-                f"{r['cublas_ms']:.4f} | {r['ours_t0_tflops']:.0f} | {r['cudnn_tflops']:.0f} | "
-                f"{r['cublas_tflops']:.0f} | {r['cudnn_ms'] / r['ours_t0_ms']:.2f} | "
-                f"{r['cublas_ms'] / r['ours_t0_ms']:.2f} | {r['cublas_ms'] / best:.2f} |")
+                f"{r['ours_t256_ms']:.4f} | {r['triton_ms']:.4f} | {r['cuda_stage_ms']:.4f} | "
+                f"{r['cudnn_ms']:.4f} | {r['cublas_ms']:.4f} | {r['ours_t0_tflops']:.0f} | "
+                f"{r['triton_tflops']:.0f} | {r['cublas_tflops']:.0f} | "
+                f"{r['triton_ms'] / r['ours_t0_ms']:.2f} | "
+                f"{r['cudnn_ms'] / r['ours_t0_ms']:.2f} | {r['cublas_ms'] / r['ours_t0_ms']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
