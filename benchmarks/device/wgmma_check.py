@@ -1,6 +1,7 @@
 """The CUTLASS sm90 1x1-conv GEMM (`torch.ops.inception_fast.cuda_gemm_conv1x1`) on a Hopper GPU:
-correctness, then times against cuDNN and cuBLAS. Run through wgmma_check.sh (it installs the
-CUTLASS headers and builds the extension first), or, where both are present:
+correctness, then times against the project's stage kernels, cuDNN and cuBLAS. Run through
+wgmma_check.sh (it installs the CUTLASS headers and builds the extension first), or, where both
+are present:
 
     python benchmarks/device/wgmma_check.py [--skip-timing]
 

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The CUTLASS sm90 1x1-conv GEMM on a Hopper GPU, in one go (about 2 minutes on an H100):
+# The CUTLASS sm90 1x1-conv GEMM on a Hopper GPU, in one go (about 3 minutes on an H100):
 #   1. the nvidia-cutlass wheel from WHEELS (default .whl; no network needed) unpacked into a
 #      scratch directory, for its headers;
 #   2. the extension built just in time into a fresh cache directory (MAX_JOBS=16);
 #   3. benchmarks/device/wgmma_check.py: correctness against float64 (the 2x rule against cuDNN),
-#      then times against cuDNN and cuBLAS; with OUT set, OUT/wgmma_check.md and .json;
+#      then times against the project's Triton and CUDA stage kernels, cuDNN and cuBLAS; with OUT
+#      set, OUT/wgmma_check.md and .json;
 #   4. the op's GPU tests (tests/test_gpu_gemm_conv1x1.py), on the same build.
 # Usage, from the repository root:  OUT=dir bash benchmarks/device/wgmma_check.sh [--skip-timing]
 set -u
