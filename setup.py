@@ -5,6 +5,8 @@ Switches (environment variables):
   INCEPTION_FAST_FORCE_BUILD=1      the extension must build: no nvcc or a compile error fails
   INCEPTION_FAST_CUDA_ARCH_LIST     e.g. "9.0a;8.0+PTX" (else TORCH_CUDA_ARCH_LIST, else sm_90a
                                     SASS plus compute_80 PTX)
+  INCEPTION_FAST_CUTLASS_DIR        CUTLASS headers for the sm90 GEMM op (else the nvidia-cutlass
+                                    wheel's, if installed; without either that op is left out)
   MAX_JOBS                          parallel ninja jobs (default: all cores)
 
 Use `pip install --no-build-isolation -e .` so the build sees the installed torch. Without a
@@ -91,10 +93,10 @@ def _cuda_build():
     try:  # CUDAExtension looks for the toolkit's libraries and raises OSError without them
         extension = CUDAExtension(
             name=f"inception_fast._C_{helpers.sources_hash()}",
-            sources=[f"csrc/{name}" for name in helpers.SOURCES],
+            sources=[f"csrc/{name}" for name in helpers.build_sources()],
             extra_compile_args={
-                "cxx": list(helpers.CXX_FLAGS),
-                "nvcc": [*helpers.NVCC_FLAGS, *helpers.arch_flags()],
+                "cxx": [*helpers.CXX_FLAGS, *helpers.cutlass_flags()],
+                "nvcc": [*helpers.NVCC_FLAGS, *helpers.arch_flags(), *helpers.cutlass_flags()],
             },
         )
     except (OSError, RuntimeError, ValueError) as err:

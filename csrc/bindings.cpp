@@ -1,5 +1,7 @@
-// Torch op `inception_fast::cuda_conv_stage`: checks its arguments, turns the packed problem
-// table (inception_fast/packing.py) into a launch schedule and calls the stage kernel.
+// Torch ops `inception_fast::cuda_conv_stage`: checks its arguments, turns the packed problem
+// table (inception_fast/packing.py) into a launch schedule and calls the stage kernel; and
+// `inception_fast::cuda_gemm_conv1x1`: one 1x1 convolution as a CUTLASS sm90 GEMM into a
+// channel slice of a wider NHWC output.
 #include <ATen/core/Tensor.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -9,9 +11,11 @@
 #include <array>
 #include <cstdint>
 #include <numeric>
+#include <utility>
 #include <vector>
 
 #include "check_text.h"
+#include "gemm_conv1x1.h"
 #include "stage_args.h"
 
 namespace inception_fast {
@@ -224,14 +228,118 @@ void cuda_conv_stage(const at::Tensor& input, const at::Tensor& work, const at::
   OP_CHECK(err == cudaSuccess, "cuda_conv_stage: kernel launch failed: ", cudaGetErrorString(err));
 }
 
+// Arguments of cuda_gemm_conv1x1 on any device (the Meta kernel runs these too, so a bad call
+// fails while tracing). Pointer alignment is checked where there are pointers (CUDA).
+void check_gemm_conv1x1(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                        const at::Tensor& out, int64_t col_offset, int64_t tile_n) {
+  OP_CHECK(x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16,
+           "cuda_gemm_conv1x1: x must be float16 or bfloat16, got ", x.scalar_type());
+  OP_CHECK(x.dim() >= 2 && x.is_contiguous(), "cuda_gemm_conv1x1: x must be a contiguous NHWC (or [M, K]) "
+           "tensor, channels last, got shape ", x.sizes());
+  const int64_t k = x.size(-1), m = x.numel() / std::max<int64_t>(k, 1);
+  OP_CHECK(k > 0 && k % 8 == 0, "cuda_gemm_conv1x1: x has ", k, " channels; the kernel needs a positive multiple of 8");
+  OP_CHECK(m < (int64_t{1} << 31), "cuda_gemm_conv1x1: x has ", m, " pixels, more than the kernel's 2^31 - 1 rows");
+  OP_CHECK(weight.device() == x.device() && weight.scalar_type() == x.scalar_type(), "cuda_gemm_conv1x1: weight is ",
+           weight.scalar_type(), " on ", weight.device(), ", x is ", x.scalar_type(), " on ", x.device());
+  OP_CHECK(weight.dim() == 2 && weight.size(1) == k && weight.is_contiguous(),
+           "cuda_gemm_conv1x1: weight must be a contiguous [Cout, Cin] = [N, ", k,
+           "] tensor (a 1x1 conv weight flattened), got shape ", weight.sizes());
+  const int64_t n = weight.size(0);
+  OP_CHECK(n > 0 && n % 8 == 0, "cuda_gemm_conv1x1: weight has ", n,
+           " output channels; the kernel needs a positive multiple of 8");
+  OP_CHECK(bias.device() == x.device() && bias.scalar_type() == at::kFloat, "cuda_gemm_conv1x1: bias must be float32 on ",
+           x.device(), ", got ", bias.scalar_type(), " on ", bias.device());
+  OP_CHECK(bias.dim() == 1 && bias.size(0) == n && bias.is_contiguous(),
+           "cuda_gemm_conv1x1: bias must be a contiguous 1-D tensor of ", n, " entries, got shape ", bias.sizes());
+  OP_CHECK(out.device() == x.device() && out.scalar_type() == x.scalar_type(), "cuda_gemm_conv1x1: out is ",
+           out.scalar_type(), " on ", out.device(), ", x is ", x.scalar_type(), " on ", x.device());
+  OP_CHECK(out.dim() == x.dim() && out.is_contiguous() && out.sizes().slice(0, out.dim() - 1).equals(
+               x.sizes().slice(0, x.dim() - 1)),
+           "cuda_gemm_conv1x1: out must be contiguous with x's pixels and its own channel count, got shape ",
+           out.sizes(), " for x of shape ", x.sizes());
+  const int64_t channels = out.size(-1);
+  OP_CHECK(channels % 8 == 0, "cuda_gemm_conv1x1: out has ", channels,
+           " channels; its rows must be 16-byte aligned for TMA (a multiple of 8 channels)");
+  OP_CHECK(col_offset >= 0 && col_offset % 8 == 0 && col_offset + n <= channels, "cuda_gemm_conv1x1: col_offset ",
+           col_offset, " must be a multiple of 8 (16-byte aligned for TMA) with col_offset + ", n,
+           " output channels within out's ", channels);
+  OP_CHECK(tile_n == 0 || tile_n == 64 || tile_n == 128 || tile_n == 256, "cuda_gemm_conv1x1: tile_n must be 0 "
+           "(chosen per problem), 64, 128 or 256, got ", tile_n);
+  if (x.is_cuda()) {
+    for (const auto& [t, name] : {std::pair<const at::Tensor*, const char*>{&x, "x"}, {&weight, "weight"},
+                                  {&bias, "bias"}, {&out, "out"}}) {
+      OP_CHECK(reinterpret_cast<uintptr_t>(t->data_ptr()) % 16 == 0, "cuda_gemm_conv1x1: ", name,
+               " must be 16-byte aligned (TMA)");
+    }
+  }
+}
+
+void cuda_gemm_conv1x1_meta(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                            const at::Tensor& out, int64_t col_offset, bool /*relu*/, int64_t tile_n) {
+  check_gemm_conv1x1(x, weight, bias, out, col_offset, tile_n);
+}
+
+void cuda_gemm_conv1x1(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                       const at::Tensor& out, int64_t col_offset, [[maybe_unused]] bool relu, int64_t tile_n) {
+  check_gemm_conv1x1(x, weight, bias, out, col_offset, tile_n);
+#if defined(INCEPTION_FAST_WITH_CUTLASS)
+  const int64_t k = x.size(-1), n = weight.size(0), m = x.numel() / k;
+  if (m == 0) return;
+  GemmConv1x1Args args{};
+  args.a = x.data_ptr();
+  args.b = weight.data_ptr();
+  args.bias = bias.data_ptr<float>();
+  args.d = static_cast<char*>(out.data_ptr()) + col_offset * out.element_size();
+  args.m = m;
+  args.n = n;
+  args.k = k;
+  args.ldd = out.size(-1);
+  args.relu = relu;
+  const c10::cuda::CUDAGuard guard(x.device());
+  int sm_count = 0;
+  OP_CHECK(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, x.device().index()) == cudaSuccess,
+           "cuda_gemm_conv1x1: cannot query the SM count of ", x.device());
+  args.tile_n = tile_n != 0 ? static_cast<int>(tile_n) : gemm_conv1x1_tile_n(m, n, sm_count);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const bool half = x.scalar_type() == at::kHalf;
+  const char* error = nullptr;
+  switch (args.tile_n) {
+    case 64:
+      error = half ? launch_gemm_conv1x1<GemmDtype::kHalf, 64>(args, stream)
+                   : launch_gemm_conv1x1<GemmDtype::kBFloat16, 64>(args, stream);
+      break;
+    case 128:
+      error = half ? launch_gemm_conv1x1<GemmDtype::kHalf, 128>(args, stream)
+                   : launch_gemm_conv1x1<GemmDtype::kBFloat16, 128>(args, stream);
+      break;
+    default:
+      error = half ? launch_gemm_conv1x1<GemmDtype::kHalf, 256>(args, stream)
+                   : launch_gemm_conv1x1<GemmDtype::kBFloat16, 256>(args, stream);
+  }
+  OP_CHECK(error == nullptr, "cuda_gemm_conv1x1: ", error);
+#else
+  OP_CHECK(false, "cuda_gemm_conv1x1: the extension was built without CUTLASS headers: pip install "
+           "nvidia-cutlass and rebuild (or set INCEPTION_FAST_CUTLASS_DIR to a CUTLASS checkout)");
+#endif
+}
+
 }  // namespace
 
 TORCH_LIBRARY(inception_fast, m) {
   m.def(
       "cuda_conv_stage(Tensor input, Tensor(a!) work, Tensor(b!) output, int[] problems, Tensor weights, "
       "Tensor bias, Tensor col_dst, Tensor col_flags) -> ()");
+  m.def(
+      "cuda_gemm_conv1x1(Tensor x, Tensor weight, Tensor bias, Tensor(a!) out, int col_offset, bool relu, "
+      "int tile_n=0) -> ()");
 }
 
-TORCH_LIBRARY_IMPL(inception_fast, CUDA, m) { m.impl("cuda_conv_stage", &cuda_conv_stage); }
+TORCH_LIBRARY_IMPL(inception_fast, CUDA, m) {
+  m.impl("cuda_conv_stage", &cuda_conv_stage);
+  m.impl("cuda_gemm_conv1x1", &cuda_gemm_conv1x1);
+}
+
+// The argument checks, without a launch: FakeTensor (torch.compile) and meta tensors run them.
+TORCH_LIBRARY_IMPL(inception_fast, Meta, m) { m.impl("cuda_gemm_conv1x1", &cuda_gemm_conv1x1_meta); }
 
 }  // namespace inception_fast

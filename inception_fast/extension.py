@@ -10,7 +10,12 @@ the process that holds the build lock. A cached library that does not load (an i
 link, a damaged file) is rebuilt.
 
 The ops land in the ``inception_fast`` namespace (``torch.ops.inception_fast.cuda_*``) with
-fake implementations registered here, so they trace under torch.compile.
+fake implementations (registered here, or Meta kernels in C++), so they trace under torch.compile.
+
+``cuda_gemm_conv1x1`` runs CUTLASS 3.x sm90 kernels; they are compiled only where the CUTLASS
+headers are found (``$INCEPTION_FAST_CUTLASS_DIR``, a CUTLASS checkout or its ``include``
+directory, else the ``nvidia-cutlass`` wheel's ``cutlass_library`` package). Without them the
+extension builds as before and that op raises, saying how to get them.
 
 This module imports nothing from the package at import time: setup.py loads it by file path
 before the package is installed, for `arch_flags()` and `sources_hash()`.
@@ -20,7 +25,9 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import importlib.util
 import os
+import re
 import shutil
 import sys
 import time
@@ -29,8 +36,13 @@ from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 CSRC_DIR = PACKAGE_DIR.parent / "csrc"
-SOURCES = ("bindings.cpp", "conv_stage_fp16.cu", "conv_stage_bf16.cu")
-HEADERS = ("stage_args.h", "conv_stage.cuh", "check_text.h")
+# The 1x1-conv GEMM on CUTLASS: one file per (dtype, tile width), compiled in parallel, and only
+# with the CUTLASS headers.
+CUTLASS_SOURCES = tuple(
+    f"gemm_conv1x1_{dtype}_n{tile}.cu" for dtype in ("fp16", "bf16") for tile in (64, 128, 256)
+)
+SOURCES = ("bindings.cpp", "conv_stage_fp16.cu", "conv_stage_bf16.cu", *CUTLASS_SOURCES)
+HEADERS = ("stage_args.h", "conv_stage.cuh", "check_text.h", "gemm_conv1x1.h", "gemm_conv1x1.cuh")
 EXTENSION_NAME = "inception_fast_cuda"
 
 # Hopper SASS with the sm_90a feature set, plus PTX for every other card from Ampere on (the
@@ -71,13 +83,66 @@ def arch_flags(arch_list: str | None = None) -> list[str]:
     return flags
 
 
+def cutlass_include_dir() -> Path | None:
+    """The CUTLASS headers' include directory (holding cutlass/cutlass.h and cute/), or None.
+
+    From $INCEPTION_FAST_CUTLASS_DIR (a CUTLASS checkout or its include directory), else from the
+    nvidia-cutlass wheel, whose `cutlass_library` package carries them under source/include (found
+    without importing it).
+    """
+    candidates = []
+    configured = os.environ.get("INCEPTION_FAST_CUTLASS_DIR")
+    if configured:
+        candidates += [Path(configured), Path(configured) / "include"]
+    else:
+        try:
+            spec = importlib.util.find_spec("cutlass_library")
+        except (ImportError, ValueError):
+            spec = None
+        if spec is not None and spec.origin:
+            candidates.append(Path(spec.origin).parent / "source" / "include")
+    for directory in candidates:
+        if (directory / "cutlass" / "cutlass.h").is_file() and (directory / "cute" / "tensor.hpp").is_file():
+            return directory.resolve()
+    return None
+
+
+def cutlass_version(include_dir: Path | None = None) -> str | None:
+    """"major.minor.patch" of the CUTLASS headers found (None without them)."""
+    include_dir = include_dir or cutlass_include_dir()
+    if include_dir is None:
+        return None
+    version_h = include_dir / "cutlass" / "version.h"
+    text = version_h.read_text() if version_h.is_file() else ""
+    parts = [re.search(rf"#define CUTLASS_{part} (\d+)", text) for part in ("MAJOR", "MINOR", "PATCH")]
+    return ".".join(match.group(1) if match else "?" for match in parts)
+
+
+def cutlass_flags() -> list[str]:
+    """Compiler flags for the CUTLASS kernels: the include directory and the switch that compiles
+    them (bindings.cpp too: it then dispatches to them); [] without the headers."""
+    include_dir = cutlass_include_dir()
+    if include_dir is None:
+        return []
+    return [f"-I{include_dir}", "-DINCEPTION_FAST_WITH_CUTLASS=1"]
+
+
+def build_sources() -> list[str]:
+    """The csrc/ files compiled here: all of them with the CUTLASS headers, else all but those."""
+    if cutlass_include_dir() is not None:
+        return list(SOURCES)
+    return [name for name in SOURCES if name not in CUTLASS_SOURCES]
+
+
 def sources_hash() -> str:
-    """Short hash of csrc/ and the arch flags: names the build, so a stale build is never used."""
+    """Short hash of csrc/, the arch flags and the CUTLASS version (or its absence): names the
+    build, so a stale build is never used."""
     digest = hashlib.sha256()
     for name in (*SOURCES, *HEADERS):
         digest.update(name.encode())
         digest.update((CSRC_DIR / name).read_bytes())
     digest.update(" ".join(arch_flags()).encode())
+    digest.update(f"cutlass {cutlass_version()}".encode())
     return digest.hexdigest()[:12]
 
 
@@ -99,13 +164,13 @@ def find_cuda_home() -> str | None:
 
 
 def build_directory() -> Path:
-    """Build cache of this Python, torch, CUDA and arch list (a temporary directory, with a
-    warning, when the cache directory cannot be used)."""
+    """Build cache of this Python, torch, CUDA, arch list and CUTLASS version (a temporary
+    directory, with a warning, when the cache directory cannot be used)."""
     import torch
 
     from . import cache  # here, not at the top: setup.py loads this file outside the package
 
-    arch = hashlib.sha256(" ".join(arch_flags()).encode()).hexdigest()[:8]
+    arch = hashlib.sha256(f"{' '.join(arch_flags())} cutlass {cutlass_version()}".encode()).hexdigest()[:8]
     python = f"py{sys.version_info[0]}{sys.version_info[1]}"
     tag = f"{python}-torch{torch.__version__}-cuda{torch.version.cuda}-{arch}"
     return cache.build_directory(tag.replace("+", "_"))
@@ -233,9 +298,9 @@ def _compile_and_load(directory: Path, verbose: bool) -> str:
 
     return cpp.load(
         name=EXTENSION_NAME,
-        sources=[str(CSRC_DIR / n) for n in SOURCES],
-        extra_cflags=list(CXX_FLAGS),
-        extra_cuda_cflags=[*NVCC_FLAGS, *arch_flags()],
+        sources=[str(CSRC_DIR / n) for n in build_sources()],
+        extra_cflags=[*CXX_FLAGS, *cutlass_flags()],
+        extra_cuda_cflags=[*NVCC_FLAGS, *arch_flags(), *cutlass_flags()],
         build_directory=str(directory),
         is_python_module=False,
         verbose=verbose,
@@ -248,6 +313,8 @@ def _register_fakes() -> None:
     @torch.library.register_fake("inception_fast::cuda_conv_stage")
     def _cuda_conv_stage_fake(input, work, output, problems, weights, bias, col_dst, col_flags):
         return None
+
+    # cuda_gemm_conv1x1 has a Meta kernel in C++ (its argument checks), which FakeTensor uses.
 
 
 def load() -> Path:

@@ -22,6 +22,10 @@ SCHEMA = (
     "inception_fast::cuda_conv_stage(Tensor input, Tensor(a!) work, Tensor(b!) output, int[] problems, "
     "Tensor weights, Tensor bias, Tensor col_dst, Tensor col_flags) -> ()"
 )
+GEMM_SCHEMA = (
+    "inception_fast::cuda_gemm_conv1x1(Tensor x, Tensor weight, Tensor bias, Tensor(a!) out, int col_offset, "
+    "bool relu, int tile_n=0) -> ()"
+)
 
 
 def _build_in_a_child(directory: Path) -> subprocess.CompletedProcess:
@@ -33,6 +37,7 @@ def _build_in_a_child(directory: Path) -> subprocess.CompletedProcess:
         library = extension.build(Path({str(directory)!r}), verbose=True)
         print("LIBRARY", library)
         print("SCHEMA", torch.ops.inception_fast.cuda_conv_stage.default._schema)
+        print("GEMM_SCHEMA", torch.ops.inception_fast.cuda_gemm_conv1x1.default._schema)
     """)
     return subprocess.run(
         [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=900
@@ -51,7 +56,11 @@ def test_fresh_build_is_warning_free_and_survives_a_stale_lock_and_a_damaged_lib
     log = done.stdout + done.stderr
     assert done.returncode == 0, log[-6000:]
     assert f"SCHEMA {SCHEMA}" in done.stdout
-    compiler_warnings = [line for line in log.splitlines() if "warning:" in line or "warning #" in line]
+    assert f"GEMM_SCHEMA {GEMM_SCHEMA}" in done.stdout
+    # ptxas reports serialized WGMMA (C7510, e.g. a device assert() in CUTLASS) as "info", not
+    # as a warning: it costs the CUTLASS kernels most of their speed, so it counts here too.
+    compiler_warnings = [line for line in log.splitlines()
+                         if "warning:" in line or "warning #" in line or "C7510" in line]
     assert not compiler_warnings, "\n".join(compiler_warnings)
     library = Path(done.stdout.split("LIBRARY ")[1].split()[0])
     assert library.exists()
@@ -129,6 +138,77 @@ def test_load_registers_the_stage_op_with_a_fake_kernel():
         bias, dst = torch.empty(64, device="cuda"), torch.empty(64, dtype=torch.int32, device="cuda")
         maxpool = [2, 0, 0, 64, 64, 3, 3, 2, 0, 0, -1, 0, 0]
         assert op(x, x.new_empty(0), out, maxpool, x.new_empty(0), bias, dst, dst) is None
+
+
+@needs_nvcc
+def test_gemm_conv1x1_checks_its_arguments_without_a_gpu():
+    """The op's Meta kernel runs its argument checks: meta tensors and FakeTensor (torch.compile's
+    tracing) see a bad call fail, naming the argument, with or without the CUTLASS headers."""
+    extension.load()
+    op = torch.ops.inception_fast.cuda_gemm_conv1x1.default
+    assert str(op._schema) == GEMM_SCHEMA
+
+    def tensors(device="meta", **changes):
+        half = torch.float16
+        shapes = {"x": ((3, 5, 5, 64), half), "weight": ((32, 64), half), "bias": ((32,), torch.float32),
+                  "out": ((3, 5, 5, 48), half)}
+        shapes.update(changes)
+        return [torch.empty(shape, dtype=dtype, device=device) for shape, dtype in shapes.values()]
+
+    assert op(*tensors(), 8, True) is None  # channels [8, 40) of 48
+    assert op(*tensors(), 16, False, 256) is None
+    half, bf16, f32 = torch.float16, torch.bfloat16, torch.float32
+    bad = [
+        ({"x": ((3, 5, 5, 64), f32)}, 8, 0, "x must be float16 or bfloat16"),
+        ({"x": ((3, 5, 5, 60), half), "weight": ((32, 60), half)}, 8, 0, "x has 60 channels"),
+        ({"weight": ((32, 32), half)}, 8, 0, r"weight must be a contiguous \[Cout, Cin\]"),
+        ({"weight": ((32, 64), bf16)}, 8, 0, "weight is BFloat16"),
+        ({"weight": ((30, 64), half), "bias": ((30,), f32)}, 8, 0, "weight has 30 output channels"),
+        ({"bias": ((32,), half)}, 8, 0, "bias must be float32"),
+        ({"bias": ((16,), f32)}, 8, 0, "bias must be a contiguous 1-D tensor of 32 entries"),
+        ({"out": ((3, 5, 5, 48), bf16)}, 8, 0, "out is BFloat16"),
+        ({"out": ((3, 5, 4, 48), half)}, 8, 0, "out must be contiguous with x's pixels"),
+        ({"out": ((3, 5, 5, 44), half)}, 8, 0, "out has 44 channels"),
+        ({}, 4, 0, "col_offset 4 must be a multiple of 8"),
+        ({}, 24, 0, "col_offset 24 must be .* within out's 48"),
+        ({}, 8, 96, "tile_n must be 0"),
+    ]
+    for changes, col_offset, tile_n, message in bad:
+        with pytest.raises(RuntimeError, match=message):
+            op(*tensors(**changes), col_offset, True, tile_n)
+
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        assert op(*tensors("cuda"), 8, True) is None
+        with pytest.raises(RuntimeError, match="col_offset 4"):
+            op(*tensors("cuda"), 4, True)
+
+
+def test_cutlass_headers_come_from_the_variable_or_the_wheel_and_name_the_build(monkeypatch, tmp_path):
+    """Without CUTLASS headers the extension builds without its files; with them it compiles them
+    too, and the sources hash and build directory change (no build of the other kind is reused)."""
+    assert set(extension.CUTLASS_SOURCES) <= set(extension.SOURCES)
+    assert {"gemm_conv1x1_fp16_n128.cu", "gemm_conv1x1_bf16_n256.cu"} <= set(extension.CUTLASS_SOURCES)
+    monkeypatch.setenv("INCEPTION_FAST_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("INCEPTION_FAST_CUTLASS_DIR", str(tmp_path / "cutlass"))
+    assert extension.cutlass_include_dir() is None and extension.cutlass_flags() == []
+    assert not set(extension.build_sources()) & set(extension.CUTLASS_SOURCES)
+    hash_without, directory_without = extension.sources_hash(), extension.build_directory()
+
+    include = tmp_path / "cutlass" / "include"
+    (include / "cutlass").mkdir(parents=True)
+    (include / "cute").mkdir()
+    (include / "cute" / "tensor.hpp").write_text("")
+    (include / "cutlass" / "cutlass.h").write_text("")
+    (include / "cutlass" / "version.h").write_text(
+        "#define CUTLASS_MAJOR 4\n#define CUTLASS_MINOR 2\n#define CUTLASS_PATCH 0\n")
+    assert extension.cutlass_include_dir() == include.resolve()
+    assert extension.cutlass_version() == "4.2.0"
+    assert extension.cutlass_flags() == [f"-I{include.resolve()}", "-DINCEPTION_FAST_WITH_CUTLASS=1"]
+    assert extension.build_sources() == list(extension.SOURCES)
+    assert extension.sources_hash() != hash_without
+    assert extension.build_directory() != directory_without
 
 
 def test_arch_flags_default_to_hopper_sass_and_portable_ptx(monkeypatch):

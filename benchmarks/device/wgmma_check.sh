@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The CUTLASS sm90 1x1-conv GEMM on a Hopper GPU, in one go (about 3 minutes on an H100):
+#   1. the nvidia-cutlass wheel from WHEELS (default .whl; no network needed) unpacked into a
+#      scratch directory, for its headers;
+#   2. the extension built just in time into a fresh cache directory (MAX_JOBS=16);
+#   3. benchmarks/device/wgmma_check.py: correctness against float64 (the 2x rule against cuDNN),
+#      then times against the project's Triton and CUDA stage kernels, cuDNN and cuBLAS; with OUT
+#      set, OUT/wgmma_check.md and .json;
+#   4. the op's GPU tests (tests/test_gpu_gemm_conv1x1.py), on the same build.
+# Usage, from the repository root:  OUT=dir bash benchmarks/device/wgmma_check.sh [--skip-timing]
+set -u
+cd "$(dirname "$0")/../.." || exit 2
+PY="${PYTHON:-python3}"
+WHEELS=${WHEELS:-.whl}
+SITE=$(mktemp -d /tmp/cutlass_site.XXXXXX)
+export PYTHONPATH="$PWD:$SITE${PYTHONPATH:+:$PYTHONPATH}"
+export INCEPTION_FAST_CACHE_DIR="${INCEPTION_FAST_CACHE_DIR:-$(mktemp -d /tmp/inception_fast_wgmma.XXXXXX)}"
+export MAX_JOBS=${MAX_JOBS:-16}
+[ -n "${OUT:-}" ] && mkdir -p "$OUT"
+
+echo "=== environment ($(date +%T))"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+wheel=$(ls "$WHEELS"/nvidia_cutlass-*.whl 2>/dev/null | head -1)
+if [ -z "$wheel" ]; then
+  echo "no nvidia_cutlass-*.whl in $WHEELS"; exit 2
+fi
+"$PY" -m pip install -q --no-index --no-deps --target "$SITE" "$wheel" || { echo "installing $wheel failed"; exit 2; }
+"$PY" - <<'PYEOF' || exit 2
+import torch
+from inception_fast import extension
+print("torch", torch.__version__, "cuda", torch.version.cuda,
+      "device", torch.cuda.get_device_name() if torch.cuda.is_available() else "none")
+print("cuda toolkit", extension.find_cuda_home(), "| CUTLASS", extension.cutlass_version(), "at", extension.cutlass_include_dir())
+if extension.cutlass_include_dir() is None:
+    raise SystemExit("the CUTLASS headers were not found")
+PYEOF
+
+echo "=== build ($(date +%T), MAX_JOBS=$MAX_JOBS)"
+start=$(date +%s)
+if ! timeout 600 "$PY" -c "from inception_fast.extension import load; print('loaded', load())" 2>&1 | tee "${OUT:-/tmp}/wgmma_build.log" | tail -5; then
+  echo "build: FAILED"; exit 1
+fi
+grep -q "^loaded" "${OUT:-/tmp}/wgmma_build.log" || { echo "build: FAILED"; tail -60 "${OUT:-/tmp}/wgmma_build.log"; exit 1; }
+echo "build: OK in $(( $(date +%s) - start )) s"
+
+echo "=== check ($(date +%T))"
+timeout 420 "$PY" benchmarks/device/wgmma_check.py "$@"
+status=$?
+
+echo "=== GPU tests ($(date +%T))"
+timeout 300 "$PY" -m pytest -q -p no:cacheprovider --tb=short tests/test_gpu_gemm_conv1x1.py 2>&1 | tail -15
+test_status=${PIPESTATUS[0]}
+[ "$status" -ne 0 ] || status=$test_status
+echo "=== done ($(date +%T)), exit $status"
+exit $status

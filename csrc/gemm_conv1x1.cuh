@@ -1,0 +1,210 @@
+// The CUTLASS 3.x sm90 kernels behind gemm_conv1x1.h: TMA loads into a multi-stage smem ring
+// filled by a producer warp, WGMMA in two consumer warpgroups, fp32 accumulation, and a TMA-store
+// epilogue that adds the per-channel bias and clamps (ReLU or not) before writing the input dtype.
+// Included by one .cu file per (dtype, tile), so ninja compiles the instantiations in parallel.
+#pragma once
+
+// CUTLASS's device-side assert()s are calls that ptxas cannot keep inside a WGMMA pipeline: it
+// then serializes every wgmma (ptxas C7510) and spills. Only these files include CUTLASS.
+#ifndef NDEBUG
+#define NDEBUG
+#endif
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <limits>
+#include <type_traits>
+
+#include "gemm_conv1x1.h"
+
+#if defined(INCEPTION_FAST_WITH_CUTLASS)
+
+// torch builds extensions as C++20, where CUTLASS's (never instantiated here) sm100 collectives
+// capture `this` implicitly, a deprecation warning (#2908-D) when the headers are parsed.
+#pragma nv_diag_suppress 2908
+#include <cute/tensor.hpp>
+#include <cutlass/cluster_launch.hpp>
+#include <cutlass/cutlass.h>
+#include <cutlass/epilogue/collective/collective_builder.hpp>
+#include <cutlass/epilogue/fusion/operations.hpp>
+#include <cutlass/epilogue/thread/activation.h>
+#include <cutlass/gemm/collective/collective_builder.hpp>
+#include <cutlass/gemm/kernel/gemm_universal.hpp>
+#pragma nv_diag_default 2908
+
+namespace inception_fast {
+namespace gemm_conv1x1 {
+
+template <typename T>
+struct CutlassElement;
+template <>
+struct CutlassElement<__half> {
+  using type = cutlass::half_t;
+};
+template <>
+struct CutlassElement<__nv_bfloat16> {
+  using type = cutlass::bfloat16_t;
+};
+
+// One GEMM kernel: a 128 x TileN x 64 CTA tile, persistent CTAs over the tiles. The 128- and
+// 256-wide tiles run in clusters of 2 CTAs along M that share each weight tile through TMA
+// multicast: per k-block the weight tile is as large as (128) or twice (256) the activation
+// tile, and without sharing, L2 bandwidth can bound the deep GEMMs (K = 1024, 1536) before
+// WGMMA does. The 64-wide tile is for narrow, memory-bound GEMMs: no cluster.
+template <typename T, int TileN>
+struct GemmKernel {
+  using Element = typename CutlassElement<T>::type;
+  // The activation is A = [M, K] with K contiguous: row-major. The weight [N, K] is B = [K, N]
+  // with K contiguous: column-major in CUTLASS's K x N view (the "TN" GEMM that WGMMA reads
+  // straight from K-major smem). D = [M, N] row-major with a leading dimension of the output's
+  // channel count.
+  using LayoutA = cutlass::layout::RowMajor;
+  using LayoutB = cutlass::layout::ColumnMajor;
+  using LayoutD = cutlass::layout::RowMajor;
+  static constexpr int kAlignment = 8;  // elements per 16 bytes: TMA's alignment of rows and bases
+  using TileShape = cute::Shape<cute::_128, cute::Int<TileN>, cute::_64>;
+  static constexpr int kClusterM = TileN == 64 ? 1 : 2;
+  using ClusterShape = cute::Shape<cute::Int<kClusterM>, cute::_1, cute::_1>;
+  // 128 x 256: both consumer warpgroups share the tile (64 x 256 accumulators each fit in
+  // registers). Narrower tiles: ping-pong, one warpgroup per tile, so one tile's epilogue
+  // overlaps the other's mainloop; that matters here, where K is short (6 to 24 k-blocks).
+  static constexpr bool kCooperative = TileN == 256;
+  using MainloopSchedule = std::conditional_t<kCooperative, cutlass::gemm::KernelTmaWarpSpecializedCooperative,
+                                              cutlass::gemm::KernelTmaWarpSpecializedPingpong>;
+  using EpilogueSchedule = std::conditional_t<kCooperative, cutlass::epilogue::TmaWarpSpecializedCooperative,
+                                              cutlass::epilogue::TmaWarpSpecialized>;
+  // Bias per output channel = per column n of D, broadcast down the rows (CUTLASS's bias stride
+  // (_0, _1): "PerCol"; "PerRow" would index it by pixel). Clamp with a runtime lower bound is
+  // ReLU (0) or the identity (-inf) without a second instantiation.
+  using Fusion = cutlass::epilogue::fusion::LinCombPerColBiasEltAct<cutlass::epilogue::thread::Clamp, Element,
+                                                                    float, float>;
+  using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
+      cutlass::epilogue::collective::EpilogueTileAuto, float, float,
+      void, LayoutD, kAlignment,  // no source C: D = act(acc + bias)
+      Element, LayoutD, kAlignment, EpilogueSchedule, Fusion>::CollectiveOp;
+  using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, Element, LayoutA, kAlignment, Element, LayoutB,
+      kAlignment, float, TileShape, ClusterShape,
+      cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
+      MainloopSchedule>::CollectiveOp;
+  using Kernel = cutlass::gemm::kernel::GemmUniversal<cute::Shape<int, int, int, int>, Mainloop, Epilogue>;
+};
+
+// The kernel entry; its body exists only in the sm_90a pass (WGMMA and TMA need the "a"
+// features), so the compute_80 PTX carries an empty stub that the host never launches.
+template <class Kernel>
+__global__ void __launch_bounds__(Kernel::MaxThreadsPerBlock, Kernel::MinBlocksPerMultiprocessor)
+    gemm_entry(CUTLASS_GRID_CONSTANT typename Kernel::Params const params) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  extern __shared__ char smem[];
+  Kernel{}(params, smem);
+#endif
+}
+
+constexpr int kMaxDevices = 64;
+
+// Per device: whether it is Hopper (sm_90) and its SM count, asked once.
+struct DeviceInfo {
+  int sm_count = 0;  // 0: not asked yet
+  bool hopper = false;
+};
+
+inline const char* device_info(int device, DeviceInfo& out) {
+  static DeviceInfo known[kMaxDevices];
+  if (device < 0 || device >= kMaxDevices) return "device index out of range";
+  DeviceInfo& info = known[device];
+  if (info.sm_count == 0) {
+    int major = 0, minor = 0, sms = 0;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
+      return "cannot query the device";
+    }
+    info.hopper = major == 9 && minor == 0;
+    info.sm_count = sms;
+  }
+  out = info;
+  return nullptr;
+}
+
+template <typename T, int TileN>
+const char* launch(const GemmConv1x1Args& args, cudaStream_t stream) {
+  using Kernel = typename GemmKernel<T, TileN>::Kernel;
+  using Element = typename GemmKernel<T, TileN>::Element;
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return "no current CUDA device";
+  DeviceInfo info;
+  if (const char* error = device_info(device, info)) return error;
+  // sm_90a SASS runs on compute capability 9.0 only; elsewhere the empty PTX stub would run.
+  if (!info.hopper) return "the CUTLASS kernels need a Hopper GPU (compute capability 9.0)";
+
+  using StrideA = typename Kernel::StrideA;
+  using StrideB = typename Kernel::StrideB;
+  using StrideC = typename Kernel::StrideC;
+  using StrideD = typename Kernel::StrideD;
+  // (row, column, batch) strides; one batch.
+  const StrideA stride_a = cute::make_stride(args.k, cute::Int<1>{}, args.m * args.k);
+  const StrideB stride_b = cute::make_stride(args.k, cute::Int<1>{}, args.n * args.k);
+  const StrideD stride_d = cute::make_stride(args.ldd, cute::Int<1>{}, args.m * args.ldd);
+  const StrideC stride_c = stride_d;
+
+  typename Kernel::Arguments arguments{};
+  arguments.mode = cutlass::gemm::GemmUniversalMode::kGemm;
+  arguments.problem_shape = {static_cast<int>(args.m), static_cast<int>(args.n), static_cast<int>(args.k), 1};
+  arguments.mainloop = {static_cast<const Element*>(args.a), stride_a, static_cast<const Element*>(args.b), stride_b};
+  arguments.epilogue.ptr_C = nullptr;
+  arguments.epilogue.dC = stride_c;
+  arguments.epilogue.ptr_D = static_cast<Element*>(args.d);
+  arguments.epilogue.dD = stride_d;
+  auto& fusion = arguments.epilogue.thread;
+  fusion.alpha = 1.0f;
+  fusion.beta = 0.0f;
+  fusion.bias_ptr = args.bias;
+  fusion.activation.lower_bound = args.relu ? 0.0f : -std::numeric_limits<float>::infinity();
+  fusion.activation.upper_bound = std::numeric_limits<float>::infinity();
+  arguments.hw_info.device_id = device;
+  arguments.hw_info.sm_count = info.sm_count;
+
+  if (!Kernel::can_implement(arguments)) {
+    return "CUTLASS cannot run this problem (sizes or alignment)";
+  }
+  // The persistent data-parallel scheduler and this epilogue keep no state in global memory.
+  if (Kernel::get_workspace_size(arguments) != 0) return "the kernel unexpectedly needs a workspace";
+  const typename Kernel::Params params = Kernel::to_underlying_arguments(arguments, nullptr);
+
+  constexpr int kSmemBytes = Kernel::SharedStorageSize;
+  static bool smem_set[kMaxDevices] = {};
+  if (!smem_set[device]) {
+    if (cudaFuncSetAttribute(gemm_entry<Kernel>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes) !=
+        cudaSuccess) {
+      return "cannot reserve the kernel's shared memory";
+    }
+    smem_set[device] = true;
+  }
+  const dim3 grid = Kernel::get_grid_shape(params);  // persistent: about one CTA per SM, whole clusters
+  const dim3 block = Kernel::get_block_shape();
+  constexpr int kClusterM = GemmKernel<T, TileN>::kClusterM;
+  if constexpr (kClusterM == 1) {
+    gemm_entry<Kernel><<<grid, block, kSmemBytes, stream>>>(params);
+  } else {
+    void* kernel_params[] = {const_cast<typename Kernel::Params*>(&params)};
+    const cutlass::Status status = cutlass::ClusterLauncher::launch(
+        grid, dim3(kClusterM, 1, 1), block, kSmemBytes, stream, reinterpret_cast<const void*>(&gemm_entry<Kernel>),
+        kernel_params);
+    if (status != cutlass::Status::kSuccess) {
+      const cudaError_t err = cudaGetLastError();
+      return err != cudaSuccess ? cudaGetErrorString(err) : "the cluster launch was refused";
+    }
+  }
+  const cudaError_t err = cudaGetLastError();
+  return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
+}
+
+}  // namespace gemm_conv1x1
+}  // namespace inception_fast
+
+#endif  // INCEPTION_FAST_WITH_CUTLASS

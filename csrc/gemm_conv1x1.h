@@ -1,0 +1,63 @@
+// A 1x1 convolution over an NHWC activation as one GEMM on Hopper (CUTLASS 3.x sm90 kernels:
+// TMA loads, WGMMA, a warp-specialized producer), shared by the host bindings and the kernels.
+// Plain data only: this header is included from .cu files that must not see torch headers.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace inception_fast {
+
+// D[m, n] = act(sum_k A[m, k] * B[n, k] + bias[n]) with A = the activation [M, K] (K contiguous),
+// B = the weight [N, K] (K contiguous) and D = rows of the output, ldd elements apart, starting
+// at its channel slice (so the branch lands straight in the concatenation).
+struct GemmConv1x1Args {
+  const void* a;
+  const void* b;
+  const float* bias;
+  void* d;
+  int64_t m, n, k, ldd;
+  bool relu;
+  int tile_n;  // CTA tile width: 64, 128 or 256 (gemm_conv1x1_tile_n picks one)
+};
+
+// Output channels per CTA tile (64, 128 or 256; tiles are 128 rows) for an m x n GEMM on
+// `sm_count` SMs, by a model of its time: rounds of persistent CTAs over the SMs times the work of
+// one tile (its width plus a fixed cost of about 64 columns: prologue, epilogue). Ties go to the
+// wider tile, which reads the activation fewer times. Small GEMMs get narrow tiles to fill the SMs.
+inline int gemm_conv1x1_tile_n(int64_t m, int64_t n, int sm_count) {
+  const int64_t sms = sm_count > 0 ? sm_count : 1;
+  int best = 256;
+  int64_t best_cost = -1;
+  for (const int tile : {256, 128, 64}) {
+    const int64_t tiles = (m + 127) / 128 * ((n + tile - 1) / tile);
+    const int64_t rounds = (tiles + sms - 1) / sms;
+    const int64_t cost = rounds * (tile + 64);
+    if (best_cost < 0 || cost < best_cost) {
+      best = tile;
+      best_cost = cost;
+    }
+  }
+  return best;
+}
+
+enum class GemmDtype : int { kHalf, kBFloat16 };
+
+// One kernel per (dtype, tile width), each in its own .cu file; built only with the CUTLASS
+// headers (INCEPTION_FAST_WITH_CUTLASS). nullptr on success, else why the launch failed.
+template <GemmDtype Dtype, int TileN>
+const char* launch_gemm_conv1x1(const GemmConv1x1Args& args, cudaStream_t stream);
+
+#define INCEPTION_FAST_DECLARE_GEMM_CONV1X1(DTYPE, TILE_N) \
+  template <>                                             \
+  const char* launch_gemm_conv1x1<GemmDtype::DTYPE, TILE_N>(const GemmConv1x1Args& args, cudaStream_t stream);
+INCEPTION_FAST_DECLARE_GEMM_CONV1X1(kHalf, 64)
+INCEPTION_FAST_DECLARE_GEMM_CONV1X1(kHalf, 128)
+INCEPTION_FAST_DECLARE_GEMM_CONV1X1(kHalf, 256)
+INCEPTION_FAST_DECLARE_GEMM_CONV1X1(kBFloat16, 64)
+INCEPTION_FAST_DECLARE_GEMM_CONV1X1(kBFloat16, 128)
+INCEPTION_FAST_DECLARE_GEMM_CONV1X1(kBFloat16, 256)
+#undef INCEPTION_FAST_DECLARE_GEMM_CONV1X1
+
+}  // namespace inception_fast

@@ -1,0 +1,11 @@
+// bf16, 128 x 256 tiles of the 1x1-conv GEMM: one instantiation per file, so ninja compiles them in parallel.
+#include "gemm_conv1x1.cuh"
+
+namespace inception_fast {
+
+template <>
+const char* launch_gemm_conv1x1<GemmDtype::kBFloat16, 256>(const GemmConv1x1Args& args, cudaStream_t stream) {
+  return gemm_conv1x1::launch<__nv_bfloat16, 256>(args, stream);
+}
+
+}  // namespace inception_fast

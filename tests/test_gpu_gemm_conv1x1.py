@@ -1,0 +1,74 @@
+"""The CUTLASS sm90 1x1-conv GEMM op on a Hopper GPU: Inception-v4's 1x1 shapes at odd pixel counts,
+fp16 and bf16, ReLU on and off, every tile width, written into a channel slice of a wider output.
+Against float64: at most twice cuDNN's own error (F.conv2d in the same dtype) plus 1e-6, and the
+channels outside the slice keep their sentinel. Skipped without the CUTLASS headers or off Hopper
+(the kernels are sm_90a only); benchmarks/device/wgmma_check.py runs the full grid and times it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from inception_fast import extension
+from inception_fast.testing import relative_l2
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(extension.cutlass_include_dir() is None,
+                       reason="no CUTLASS headers (pip install nvidia-cutlass)"),
+]
+SENTINEL = 1234.0
+
+
+@pytest.fixture(scope="module", autouse=True)
+def hopper():
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the CUTLASS kernels are built for sm_90a (Hopper) only")
+    extension.load()
+
+
+def _problem(batch, size, k, n, dtype, seed):
+    generator = torch.Generator(device="cuda").manual_seed(seed)
+    x = torch.randn(batch, size, size, k, device="cuda", generator=generator).relu_().to(dtype)
+    weight = (torch.randn(n, k, device="cuda", generator=generator) / k**0.5).to(dtype)
+    bias = torch.randn(n, device="cuda", generator=generator) * 0.1
+    return x, weight, bias
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize(("batch", "size", "k", "n"), [
+    (3, 35, 384, 96), (3, 35, 384, 224), (1, 17, 1024, 192), (5, 17, 1024, 768), (3, 8, 1536, 384),
+    (1, 8, 1536, 1024),
+])
+def test_matches_float64_within_twice_cudnn_error_and_keeps_other_channels(batch, size, k, n, dtype):
+    x, weight, bias = _problem(batch, size, k, n, dtype, seed=k + n + batch)
+    m = x.numel() // k
+    exact = x.reshape(m, k).double() @ weight.double().T + bias.double()
+    cudnn = F.conv2d(x.permute(0, 3, 1, 2), weight.reshape(n, k, 1, 1), bias.to(dtype))
+    cudnn = cudnn.permute(0, 2, 3, 1).reshape(m, n)
+    for relu in (False, True):
+        reference = exact.relu() if relu else exact
+        cudnn_error = relative_l2(cudnn.relu() if relu else cudnn, reference)
+        for col_offset, extra in ((0, 0), (40, 24)):
+            channels = col_offset + n + extra
+            for tile in (0, 64, 128, 256):
+                out = torch.full((batch, size, size, channels), SENTINEL, device="cuda", dtype=dtype)
+                torch.ops.inception_fast.cuda_gemm_conv1x1(x, weight, bias, out, col_offset, relu, tile)
+                flat = out.reshape(m, channels)
+                error = relative_l2(flat[:, col_offset:col_offset + n], reference)
+                case = f"relu={relu} col_offset={col_offset} tile={tile}"
+                assert error <= 2 * cudnn_error + 1e-6, (case, error, cudnn_error)
+                assert (flat[:, :col_offset] == SENTINEL).all(), case
+                assert (flat[:, col_offset + n:] == SENTINEL).all(), case
+
+
+def test_rejects_a_slice_that_tma_cannot_address():
+    x, weight, bias = _problem(2, 8, 64, 32, torch.float16, seed=0)
+    out = torch.zeros(2, 8, 8, 64, device="cuda", dtype=torch.float16)
+    with pytest.raises(RuntimeError, match="col_offset 4 must be a multiple of 8"):
+        torch.ops.inception_fast.cuda_gemm_conv1x1(x, weight, bias, out, 4, False)
+    with pytest.raises(RuntimeError, match="16-byte aligned"):
+        misaligned = x.flatten()[4:4 + 127 * 64].view(127, 64)  # 8 bytes past an aligned start
+        out_rows = out.flatten()[64:].view(127, 64)
+        torch.ops.inception_fast.cuda_gemm_conv1x1(misaligned, weight, bias, out_rows, 0, False)
