@@ -158,9 +158,11 @@ def gemm_op_status(device) -> tuple[bool, str]:
     """Whether the loaded extension has the GEMM op compiled in, asked once per device with an
     empty problem (no launch either way)."""
     device = torch.device(device)
+    if device.index is None:  # "cuda" and "cuda:0" are one device: one question
+        device = torch.device(device.type, torch.cuda.current_device())
     if device not in _op_status:
         try:
-            op = torch.ops.inception_fast.cuda_gemm_conv1x1
+            op = torch.ops.inception_fast.cuda_gemm_conv1x1.default
         except (AttributeError, RuntimeError):
             _op_status[device] = (False, "the loaded CUDA extension has no cuda_gemm_conv1x1 op; rebuild it "
                                          "(pip install -e . or clear the extension's build cache)")
