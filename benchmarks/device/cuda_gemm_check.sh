@@ -50,10 +50,11 @@ grep -q "^loaded" "$OUT/cuda_gemm_build.log" || { echo "build: FAILED"; tail -40
 echo "build: OK at $(( $(date +%s) - START )) s"
 
 echo "=== tests ($(date +%T))"
-timeout "$(( $(left) < 270 ? $(left) : 270 ))" "$PY" -m pytest -q -p no:cacheprovider --tb=short \
+# One line per test, so a run stopped by its limit still shows what passed.
+timeout "$(( $(left) < 270 ? $(left) : 270 ))" "$PY" -m pytest -v -rf --durations=5 -p no:cacheprovider --tb=short \
   tests/test_gpu_cuda_gemm.py tests/test_cuda_gemm_routing.py > "$OUT/cuda_gemm_tests.log" 2>&1
 test_status=$?
-tail -15 "$OUT/cuda_gemm_tests.log"
+grep -E "^(FAILED|ERROR)|passed|failed|skipped" "$OUT/cuda_gemm_tests.log" | tail -15
 echo "tests: exit $test_status"
 [ "$test_status" -eq 0 ] || status=1
 
