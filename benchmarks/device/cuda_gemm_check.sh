@@ -5,7 +5,7 @@
 #   2. the extension built just in time into a fresh cache directory (MAX_JOBS=16);
 #   3. the backend's GPU tests (tests/test_gpu_cuda_gemm.py: every distinct block of the four
 #      family networks in fp16 and bf16, the whole model plain, under a CUDA graph and
-#      torch.compile, inside `auto`) and its CPU routing tests;
+#      torch.compile, inside `auto`; its CPU tests run anywhere);
 #   4. Inception-v4 at batch 1, 8, 32, 256 on `--backend cuda-gemm`, then the same on
 #      `--backend cuda` for comparison (no torch.compile anchors, no floor), both with OUT set:
 #      OUT/v4-cuda-gemm.json and OUT/v4-cuda.json.
@@ -52,7 +52,7 @@ echo "build: OK at $(( $(date +%s) - START )) s"
 echo "=== tests ($(date +%T))"
 # One line per test, so a run stopped by its limit still shows what passed.
 timeout "$(( $(left) < 270 ? $(left) : 270 ))" "$PY" -m pytest -v -rf --durations=5 -p no:cacheprovider --tb=short \
-  tests/test_gpu_cuda_gemm.py tests/test_cuda_gemm_routing.py > "$OUT/cuda_gemm_tests.log" 2>&1
+  tests/test_gpu_cuda_gemm.py > "$OUT/cuda_gemm_tests.log" 2>&1
 test_status=$?
 grep -E "^(FAILED|ERROR)|passed|failed|skipped" "$OUT/cuda_gemm_tests.log" | tail -15
 echo "tests: exit $test_status"
