@@ -14,13 +14,14 @@ import importlib
 
 import torch
 
-BACKENDS = ("torch", "triton", "cuda", "triton-block", "triton-tma", "auto")
+BACKENDS = ("torch", "triton", "cuda", "triton-block", "triton-tma", "cuda-gemm", "auto")
 _MODULES = {
     "torch": ".torch_backend",
     "triton": ".triton_backend",
     "triton-block": ".triton_block_backend",  # one persistent launch per block
     "triton-tma": ".triton_tma_backend",  # stride-1 convs on the TMA conv kernel
     "cuda": ".cuda_backend",
+    "cuda-gemm": ".cuda_gemm_backend",  # 1x1 convs on the CUTLASS sm90 GEMM op
     "auto": ".auto_backend",  # per block and batch bucket, the fastest of the kernels and torch
 }
 

@@ -136,6 +136,15 @@ def run_block(block, x: torch.Tensor) -> torch.Tensor:
     if x.dtype not in SUPPORTED_DTYPES:
         _explain_once(f"backend 'cuda' runs float16 and bfloat16; {x.dtype} blocks run on PyTorch ops")
         return torch_backend.run_block(block, x)
+    packed, inp_nhwc, work_nhwc, out_nhwc, out = block_buffers(block, x)
+    for s in packed.stages:
+        run_stage(s, inp_nhwc, work_nhwc, out_nhwc)
+    return out
+
+
+def block_buffers(block, x: torch.Tensor) -> tuple:
+    """(packed block, input, work, output as NHWC views, the output to return) of one call on a
+    float16 or bfloat16 input: the buffers every stage kernel launch of the call shares."""
     if not torch.compiler.is_compiling():
         extension.load()
     plan = block.plan
@@ -155,8 +164,12 @@ def run_block(block, x: torch.Tensor) -> torch.Tensor:
         work.fill_(float("nan"))
     inp_nhwc, out_nhwc = x.permute(0, 2, 3, 1), out.permute(0, 2, 3, 1)
     work_nhwc = work.permute(0, 2, 3, 1) if plan.work_channels else work
-    stage_op = torch.ops.inception_fast.cuda_conv_stage.default
-    for s in packed.stages:
-        p = s.packed
-        stage_op(inp_nhwc, work_nhwc, out_nhwc, s.problems, p.weights, p.bias, p.col_dst, p.col_flags)
-    return out
+    return packed, inp_nhwc, work_nhwc, out_nhwc, out
+
+
+def run_stage(stage: _Stage, inp_nhwc, work_nhwc, out_nhwc) -> None:
+    """One launch of the stage kernel on a packed stage (or a part of one)."""
+    p = stage.packed
+    torch.ops.inception_fast.cuda_conv_stage.default(
+        inp_nhwc, work_nhwc, out_nhwc, stage.problems, p.weights, p.bias, p.col_dst, p.col_flags
+    )

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# The `cuda-gemm` backend on a Hopper GPU, in one go (about 8 minutes on an H100, no network):
+#   1. the nvidia-cutlass wheel from WHEELS (default .whl) unpacked into a scratch directory, for
+#      its headers;
+#   2. the extension built just in time into a fresh cache directory (MAX_JOBS=16);
+#   3. the backend's GPU tests (tests/test_gpu_cuda_gemm.py: every distinct block of the four
+#      family networks in fp16 and bf16, the whole model plain, under a CUDA graph and
+#      torch.compile, inside `auto`; its CPU tests run anywhere);
+#   4. Inception-v4 at batch 1, 8, 32, 256 on `--backend cuda-gemm`, then the same on
+#      `--backend cuda` for comparison (no torch.compile anchors, no floor), both with OUT set:
+#      OUT/v4-cuda-gemm.json and OUT/v4-cuda.json.
+# Logs: OUT/cuda_gemm_build.log, OUT/cuda_gemm_tests.log, OUT/v4-cuda-gemm.log, OUT/v4-cuda.log.
+# Each step gets what is left of DEADLINE_S (default 480) and is cut off past it.
+# Usage, from the repository root:  OUT=dir bash benchmarks/device/cuda_gemm_check.sh
+set -u
+cd "$(dirname "$0")/../.." || exit 2
+PY="${PYTHON:-python3}"
+WHEELS=${WHEELS:-.whl}
+OUT=${OUT:-$PWD/cuda_gemm_out}
+mkdir -p "$OUT"
+SITE=$(mktemp -d /tmp/cutlass_site.XXXXXX)
+export PYTHONPATH="$PWD:$SITE${PYTHONPATH:+:$PYTHONPATH}"
+export INCEPTION_FAST_CACHE_DIR="${INCEPTION_FAST_CACHE_DIR:-$(mktemp -d /tmp/inception_fast_cuda_gemm.XXXXXX)}"
+export INCEPTION_FAST_COMMIT=${INCEPTION_FAST_COMMIT:-$(git rev-parse --verify -q HEAD 2>/dev/null || echo unknown)}
+export MAX_JOBS=${MAX_JOBS:-16}
+DEADLINE_S=${DEADLINE_S:-480}
+START=$(date +%s)
+left() { echo $(( DEADLINE_S - ($(date +%s) - START) )); }
+status=0
+
+echo "=== environment ($(date +%T))"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+wheel=$(ls "$WHEELS"/nvidia_cutlass-*.whl 2>/dev/null | head -1)
+if [ -z "$wheel" ]; then
+  echo "no nvidia_cutlass-*.whl in $WHEELS"; exit 2
+fi
+"$PY" -m pip install -q --no-index --no-deps --target "$SITE" "$wheel" || { echo "installing $wheel failed"; exit 2; }
+"$PY" - <<'PYEOF' || exit 2
+from inception_fast import extension
+print("CUTLASS", extension.cutlass_version(), "at", extension.cutlass_include_dir())
+if extension.cutlass_include_dir() is None:
+    raise SystemExit("the CUTLASS headers were not found")
+PYEOF
+
+echo "=== build ($(date +%T), MAX_JOBS=$MAX_JOBS)"
+timeout "$(left)" "$PY" -c "from inception_fast.extension import load; print('loaded', load())" \
+  > "$OUT/cuda_gemm_build.log" 2>&1
+grep -q "^loaded" "$OUT/cuda_gemm_build.log" || { echo "build: FAILED"; tail -40 "$OUT/cuda_gemm_build.log"; exit 1; }
+"$PY" -c "from inception_fast.backends import backend_status; print('cuda-gemm:', *backend_status('cuda-gemm', 'cuda'))"
+echo "build: OK at $(( $(date +%s) - START )) s"
+
+echo "=== tests ($(date +%T))"
+# One line per test, so a run stopped by its limit still shows what passed.
+timeout "$(( $(left) < 270 ? $(left) : 270 ))" "$PY" -m pytest -v -rf --durations=5 -p no:cacheprovider --tb=short \
+  tests/test_gpu_cuda_gemm.py > "$OUT/cuda_gemm_tests.log" 2>&1
+test_status=$?
+grep -E "^(FAILED|ERROR)|passed|failed|skipped" "$OUT/cuda_gemm_tests.log" | tail -15
+echo "tests: exit $test_status"
+[ "$test_status" -eq 0 ] || status=1
+
+for backend in cuda-gemm cuda; do
+  budget=$(left)
+  if [ "$budget" -lt 45 ]; then
+    echo "=== bench --backend $backend: skipped, ${budget} s left of DEADLINE_S=$DEADLINE_S"; status=1; continue
+  fi
+  echo "=== bench --backend $backend ($(date +%T), at most $budget s)"
+  timeout "$budget" "$PY" -m inception_fast bench --model inception_v4 --batch 1,8,32,256 --backend "$backend" \
+    --no-compile --no-floor --budget-ms 400 --json "$OUT/v4-$backend.json" > "$OUT/v4-$backend.log" 2>&1
+  bench_status=$?
+  grep -E "^(configuration|fused|timm)" "$OUT/v4-$backend.log" | cut -c1-110
+  echo "bench --backend $backend: exit $bench_status (0 ok, 1 accuracy check failed, 124 time limit)"
+  [ "$bench_status" -eq 0 ] || status=1
+done
+echo "=== done ($(date +%T), $(( $(date +%s) - START )) s), exit $status"
+exit $status

@@ -1,0 +1,255 @@
+"""The `cuda-gemm` backend's host side on the CPU: which packed problems go to the CUTLASS GEMM
+op and which stay on the stage kernel, on the `cuda` backend's own packing of real blocks of
+the four family networks; that the split covers every row once and that its GEMM launches
+compute what the packed rows describe; the registry and availability off a GPU. The launches
+themselves run in test_gpu_cuda_gemm.py."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from inception_fast import architectures, bench, optimize
+from inception_fast import packing as pk
+from inception_fast import reference as R
+from inception_fast.backends import BACKENDS, auto_backend, backend_status, cuda_backend
+from inception_fast.backends import cuda_gemm_backend as gemm
+from inception_fast.modules import fuse_block
+from inception_fast.testing import randomize_batchnorm
+
+NETWORKS = ["inception_v4", "inception_v3", "inception_resnet_v2", "googlenet"]
+
+
+def packed_of(block, dtype=torch.float16):
+    size = (8, 8) if pk.sized(block.plan) else None  # the head's global pool: any size routes alike
+    return cuda_backend._pack(block, "cpu", dtype, size)
+
+
+def split_of(block):
+    packed = packed_of(block)
+    return packed, gemm.split_block(block, packed)
+
+
+def reference_block(factory, seed=0):
+    torch.manual_seed(seed)
+    return fuse_block(randomize_batchnorm(factory()).eval())
+
+
+@pytest.fixture(scope="module")
+def network_blocks():
+    """name -> the distinct fused blocks of that network (fp32, CPU)."""
+    found = {}
+
+    def get(name):
+        if name not in found:
+            torch.manual_seed(0)
+            fused = optimize(architectures.create(name).eval(), backend="torch")
+            distinct = {}
+            for block in fused.blocks:
+                distinct.setdefault(block.plan, block)
+            found[name] = list(distinct.values())
+        return found[name]
+
+    return get
+
+
+def _row(kind=pk.CONV, kernel=(1, 1), stride=1, pad=(0, 0), cin=16, cols=16, src_c0=0,
+         src=pk.BUF_INPUT):
+    return [kind, src, src_c0, cin, cols, *kernel, stride, *pad, 0, 0, 0]
+
+
+RELU_OUT = pk.FLAG_RELU | pk.FLAG_TO_OUTPUT
+
+
+@pytest.mark.parametrize(
+    "row,dst,flags,takes",
+    [
+        (_row(), list(range(16)), [RELU_OUT] * 16, True),
+        (_row(src=pk.BUF_WORK, cin=32), list(range(8, 24)), [pk.FLAG_RELU] * 16, True),
+        (_row(), list(range(8)) + list(range(32, 40)), [RELU_OUT] * 8 + [0] * 8, True),  # two runs
+        (_row(kernel=(3, 3), pad=(1, 1)), list(range(16)), [RELU_OUT] * 16, False),
+        (_row(kernel=(1, 7), pad=(0, 3)), list(range(16)), [RELU_OUT] * 16, False),
+        (_row(stride=2), list(range(16)), [RELU_OUT] * 16, False),
+        (_row(pad=(1, 1)), list(range(16)), [RELU_OUT] * 16, False),
+        (_row(kind=pk.AVG_POOL, kernel=(1, 1)), list(range(16)), [pk.FLAG_TO_OUTPUT] * 16, False),
+        (_row(cin=8), list(range(16)), [RELU_OUT] * 16, False),  # half of the input
+        (_row(src=pk.BUF_WORK, cin=16, src_c0=16), list(range(16)), [RELU_OUT] * 16, False),
+        (_row(), list(range(16)), [RELU_OUT | pk.FLAG_RESIDUAL] * 16, False),
+        (_row(), list(range(4, 20)), [RELU_OUT] * 16, False),  # channel offset not a multiple of 8
+        (_row(), list(range(4)) + list(range(8, 20)), [RELU_OUT] * 16, False),  # a run of 4 columns
+    ],
+    ids=["1x1-input", "1x1-whole-work", "two-runs", "3x3", "1x7", "stride2", "padded", "pool", "input-slice",
+         "work-slice", "residual", "unaligned-dst", "short-run"],
+)
+def test_row_reason(row, dst, flags, takes):
+    channels = {pk.BUF_INPUT: 16, pk.BUF_WORK: 32, pk.BUF_OUTPUT: 64}
+    reason = gemm.row_reason(row, dst, flags, channels)
+    assert (reason is None) == takes, reason
+
+
+def test_inception_a_stacked_1x1_stage_is_taken_its_3x3_and_pool_stages_are_not():
+    block = reference_block(R.InceptionA)
+    packed, stages = split_of(block)
+    first = stages[0]
+    assert first.taken == [0] and first.rest is None
+    # one stacked problem, one launch per branch: out[0:96] with ReLU, work[0:128] with ReLU,
+    # and the pool branch's 1x1 raw into work[128:224] (its bias and ReLU come after the pool)
+    assert [(g.src, g.dst, g.col_offset, g.weight.shape[0], g.relu) for g in first.launches] == [
+        (pk.BUF_INPUT, pk.BUF_OUTPUT, 0, 96, True),
+        (pk.BUF_INPUT, pk.BUF_WORK, 0, 128, True),
+        (pk.BUF_INPUT, pk.BUF_WORK, 128, 96, False),
+    ]
+    for later, stage in zip(stages[1:], packed.stages[1:]):
+        assert later.taken == [] and later.launches == [] and later.rest is stage  # untouched, no copy
+
+
+def test_reduction_a_mixed_stage_splits():
+    """Stage 0 holds a 3x3/s2 conv, the 1x1 and a max pool: the 1x1 goes to the GEMM op, the
+    others stay on the stage kernel with their weight and column offsets."""
+    block = reference_block(R.ReductionA)
+    packed, stages = split_of(block)
+    stage, split = packed.stages[0], stages[0]
+    kinds = [(row[pk.KIND], row[pk.KH]) for row in stage.packed.rows]
+    assert kinds == [(pk.CONV, 3), (pk.CONV, 1), (pk.MAX_POOL, 3)]
+    assert split.taken == [1]
+    rest = split.rest.packed
+    assert rest.rows == [stage.packed.rows[0], stage.packed.rows[2]]
+    assert rest.problems.tolist() == rest.rows
+    assert split.rest.problems == [v for row in rest.rows for v in row]
+    assert split.rest.destinations == [stage.destinations[0], stage.destinations[2]]
+    assert rest.weights is stage.packed.weights and rest.bias is stage.packed.bias
+    assert rest.col_dst is stage.packed.col_dst and rest.col_flags is stage.packed.col_flags
+
+
+def test_padded_block_input_counts_as_the_whole_input():
+    """A 1x1 conv on a 3-channel input reads the 8 channels of the zero-padded input that the
+    cuda backend hands the kernels: the GEMM takes it, with K = 8."""
+    torch.manual_seed(0)
+    block = fuse_block(nn.Sequential(nn.Conv2d(3, 16, 1), nn.ReLU()).eval())
+    packed, stages = split_of(block)
+    assert packed.in_channels == 8 and stages[0].taken == [0]
+    (launch,) = stages[0].launches
+    assert launch.weight.shape == (16, 8) and not launch.weight[:, 3:].any()
+
+
+def _residual_rows(stage: pk.PackedStage) -> list[int]:
+    flags = stage.col_flags.tolist()
+    columns = [range(row[pk.COL_OFF], row[pk.COL_OFF] + row[pk.COLS]) for row in stage.rows]
+    return [p for p, cols in enumerate(columns) if any(flags[j] & pk.FLAG_RESIDUAL for j in cols)]
+
+
+def test_resnet_residual_1x1_stays_on_the_stage_kernel(network_blocks):
+    residual = 0
+    for block in network_blocks("inception_resnet_v2"):
+        packed, stages = split_of(block)
+        for stage, split in zip(packed.stages, stages):
+            rows = _residual_rows(stage.packed)
+            residual += len(rows)
+            assert not set(rows) & set(split.taken), block.plan.label
+            if rows:
+                assert split.rest is not None and split.rest.packed.residual
+    assert residual >= 3  # Block35, Block17, Block8
+
+
+def _views_of(view: torch.Tensor, base: torch.Tensor) -> bool:
+    return view.untyped_storage().data_ptr() == base.untyped_storage().data_ptr()
+
+
+def _run_row(row, source, col_dst, col_flags, packed, buffers):
+    """A 1x1 conv row as the packed format defines it (float64): acc + bias, ReLU per column,
+    each column to its destination channel."""
+    k, cols = row[pk.CIN], row[pk.COLS]
+    weight = packed.weights[row[pk.W_OFF]:row[pk.W_OFF] + cols * k].view(cols, k).double()
+    acc = source @ weight.T + packed.bias[row[pk.COL_OFF]:row[pk.COL_OFF] + cols].double()
+    for n in range(cols):
+        j = row[pk.COL_OFF] + n
+        value = acc[:, n].relu() if col_flags[j] & pk.FLAG_RELU else acc[:, n]
+        buffers[pk.BUF_OUTPUT if col_flags[j] & pk.FLAG_TO_OUTPUT else pk.BUF_WORK][:, col_dst[j]] = value
+
+
+@pytest.mark.parametrize("name", NETWORKS)
+def test_split_covers_every_row_once_and_launches_compute_the_rows(network_blocks, name):
+    taken_rows = 0
+    for block in network_blocks(name):
+        packed, stages = split_of(block)
+        channels = gemm.buffer_channels(block, packed)
+        for stage, split in zip(packed.stages, stages):
+            rows = stage.packed.rows
+            rest_rows = split.rest.packed.rows if split.rest is not None else []
+            left = [p for p in range(len(rows)) if p not in split.taken]
+            assert sorted(rows.index(r) for r in rest_rows) == left
+            assert len(split.taken) + len(rest_rows) == len(rows)
+            col_dst, col_flags = stage.packed.col_dst.tolist(), stage.packed.col_flags.tolist()
+            taken_rows += len(split.taken)
+            launches = iter(split.launches)
+            for p in split.taken:
+                row = rows[p]
+                assert gemm.row_reason(row, col_dst, col_flags, channels) is None
+                runs = gemm.column_runs(row, col_dst, col_flags)
+                mine = [next(launches) for _ in runs]
+                assert sum(g.weight.shape[0] for g in mine) == row[pk.COLS]
+                for g in mine:
+                    assert _views_of(g.weight, stage.packed.weights) and _views_of(g.bias, stage.packed.bias)
+                    assert g.weight.is_contiguous() and g.weight.shape[1] == channels[row[pk.SRC_BUF]]
+                    assert g.bias.dtype == torch.float32
+                # the launches write what the row describes, and nothing else
+                gen = torch.Generator().manual_seed(p)
+                source = torch.randn(5, row[pk.CIN], generator=gen, dtype=torch.float64)
+                width = {pk.BUF_WORK: block.plan.work_channels, pk.BUF_OUTPUT: block.plan.out_channels}
+                expected = {b: torch.full((5, c), float("nan"), dtype=torch.float64)
+                            for b, c in width.items()}
+                got = {b: t.clone() for b, t in expected.items()}
+                _run_row(row, source, col_dst, col_flags, stage.packed, expected)
+                for g in mine:
+                    value = source @ g.weight.double().T + g.bias.double()
+                    columns = slice(g.col_offset, g.col_offset + g.weight.shape[0])
+                    got[g.dst][:, columns] = value.relu() if g.relu else value
+                for b in width:
+                    torch.testing.assert_close(got[b], expected[b], equal_nan=True)
+            assert next(launches, None) is None
+    assert taken_rows > 0
+
+
+def test_inception_v4_routing(network_blocks):
+    """Every Inception-v4 block's first stage of stacked 1x1 convs on the block input goes to
+    the GEMM op; no kxk conv, strided conv or pool does."""
+    taken = {}
+    for block in network_blocks("inception_v4"):
+        _, stages = split_of(block)
+        taken[block.plan.label] = [len(s.taken) for s in stages]
+    for label, counts in taken.items():
+        if label.startswith(("InceptionA", "InceptionB", "InceptionC")):
+            assert counts[0] == 1 and not any(counts[1:]), (label, counts)
+    assert sum(map(sum, taken.values())) >= 7, taken
+
+
+def test_no_gemm_leaves_every_stage_whole():
+    block = reference_block(R.InceptionB)
+    packed = packed_of(block)
+    stages = gemm.split_block(block, packed, use_gemm=False)
+    assert all(s.taken == [] and s.rest is stage for s, stage in zip(stages, packed.stages))
+
+
+def test_registered_as_an_experiment_auto_weighs_only_when_named():
+    assert "cuda-gemm" in BACKENDS
+    assert "cuda-gemm" in auto_backend.EXPERIMENTS and "cuda-gemm" in bench.EXPERIMENTAL_BACKENDS
+    assert "cuda-gemm" not in auto_backend.candidates(None)
+    assert auto_backend.candidates("cuda-gemm") == ("triton", "cuda", "cuda-gemm", "torch")
+    assert {"fused-cuda-gemm", "fused-cuda-gemm-graph"} <= set(bench.EXPERIMENTAL_IDS)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only answer")
+def test_says_why_it_is_unusable_without_a_gpu():
+    usable, reason = backend_status("cuda-gemm", "cpu")
+    assert not usable and reason
+
+
+def test_fp32_runs_like_the_cuda_backend(monkeypatch):
+    """float32 is not the GEMM op's: the block goes where the cuda backend sends it (PyTorch ops)."""
+    block = reference_block(R.InceptionA)
+    x = torch.randn(1, 384, 5, 5)
+    monkeypatch.setattr(cuda_backend, "_explain_once", lambda message: None)
+    expected = block(x)
+    block.backend = "cuda-gemm"
+    torch.testing.assert_close(block(x), expected, rtol=0, atol=0)
