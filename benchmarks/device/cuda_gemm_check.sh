@@ -15,11 +15,8 @@
 set -u
 cd "$(dirname "$0")/../.." || exit 2
 PY="${PYTHON:-python3}"
-WHEELS=${WHEELS:-.whl}
 OUT=${OUT:-$PWD/cuda_gemm_out}
 mkdir -p "$OUT"
-SITE=$(mktemp -d /tmp/cutlass_site.XXXXXX)
-export PYTHONPATH="$PWD:$SITE${PYTHONPATH:+:$PYTHONPATH}"
 export INCEPTION_FAST_CACHE_DIR="${INCEPTION_FAST_CACHE_DIR:-$(mktemp -d /tmp/inception_fast_cuda_gemm.XXXXXX)}"
 export INCEPTION_FAST_COMMIT=${INCEPTION_FAST_COMMIT:-$(git rev-parse --verify -q HEAD 2>/dev/null || echo unknown)}
 export MAX_JOBS=${MAX_JOBS:-16}
@@ -30,11 +27,8 @@ status=0
 
 echo "=== environment ($(date +%T))"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-wheel=$(ls "$WHEELS"/nvidia_cutlass-*.whl 2>/dev/null | head -1)
-if [ -z "$wheel" ]; then
-  echo "no nvidia_cutlass-*.whl in $WHEELS"; exit 2
-fi
-"$PY" -m pip install -q --no-index --no-deps --target "$SITE" "$wheel" || { echo "installing $wheel failed"; exit 2; }
+# shellcheck source=benchmarks/device/cutlass_site.sh
+source benchmarks/device/cutlass_site.sh
 "$PY" - <<'PYEOF' || exit 2
 from inception_fast import extension
 print("CUTLASS", extension.cutlass_version(), "at", extension.cutlass_include_dir())

@@ -11,20 +11,14 @@
 set -u
 cd "$(dirname "$0")/../.." || exit 2
 PY="${PYTHON:-python3}"
-WHEELS=${WHEELS:-.whl}
-SITE=$(mktemp -d /tmp/cutlass_site.XXXXXX)
-export PYTHONPATH="$PWD:$SITE${PYTHONPATH:+:$PYTHONPATH}"
 export INCEPTION_FAST_CACHE_DIR="${INCEPTION_FAST_CACHE_DIR:-$(mktemp -d /tmp/inception_fast_wgmma.XXXXXX)}"
 export MAX_JOBS=${MAX_JOBS:-16}
 [ -n "${OUT:-}" ] && mkdir -p "$OUT"
 
 echo "=== environment ($(date +%T))"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-wheel=$(ls "$WHEELS"/nvidia_cutlass-*.whl 2>/dev/null | head -1)
-if [ -z "$wheel" ]; then
-  echo "no nvidia_cutlass-*.whl in $WHEELS"; exit 2
-fi
-"$PY" -m pip install -q --no-index --no-deps --target "$SITE" "$wheel" || { echo "installing $wheel failed"; exit 2; }
+# shellcheck source=benchmarks/device/cutlass_site.sh
+source benchmarks/device/cutlass_site.sh
 "$PY" - <<'PYEOF' || exit 2
 import torch
 from inception_fast import extension
