@@ -7,6 +7,7 @@ import threading
 
 import torch
 
+from .backends import precision_key
 from .timing import capture_graph
 
 # One graph's static input and output serve every caller: threads that share a model take turns
@@ -41,9 +42,9 @@ def run_graphed(model, x: torch.Tensor) -> torch.Tensor:
     two eager warm-up runs (which tune kernels and fill every cache); the input is copied into
     the graph's static channels_last buffer, and the outputs are returned as fresh tensors.
     Safe to call from several threads on several streams."""
-    # fp32 blocks follow the TF32 switch: a graph captured with it on is not the one for off.
-    tf32 = torch.backends.cudnn.allow_tf32 if x.dtype == torch.float32 else None
-    key = (tuple(x.shape), x.dtype, x.device, tf32)
+    # precision_key: fp32 blocks follow the TF32 switch, so a graph captured with it on is not
+    # the one for off.
+    key = (tuple(x.shape), precision_key(x), x.device)
     with _replay_lock:
         entry = model.graph_cache.pop(key, None)  # re-inserted below: the dict keeps use order
         if entry is None:

@@ -155,7 +155,7 @@ def run_block(block, x: torch.Tensor) -> torch.Tensor:
     # The choice is kept on the block per input kind: a call that finds it does no key building,
     # hashing or cache reading (a choice made where nothing could be timed is not kept).
     n, _, h, w = x.shape
-    key = ("auto", x.device, x.dtype, torch.backends.cudnn.allow_tf32, h, w, batch_bucket(n))
+    key = ("auto", x.device, precision_key(x), h, w, batch_bucket(n))
     name = block.backend_cache.get(key)
     if name is None:
         backends = _backends(block, x.device)
