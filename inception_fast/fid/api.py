@@ -109,13 +109,16 @@ def compute_features(
     order (a folder's files sorted as pytorch-fid sorts them, a list as given), less the skipped
     files.
     """
-    rows = _feature_rows(source, weights, model, dims, batch_size, device, num_workers, precision,
-                         backend, gpu_decode, progress)
+    rows = _feature_rows(source, weights, model=model, dims=dims, batch_size=batch_size, device=device,
+                         num_workers=num_workers, precision=precision, backend=backend,
+                         gpu_decode=gpu_decode, progress=progress)
     return rows if isinstance(rows, np.ndarray) else rows.cpu().double().numpy()
 
 
-def _feature_rows(source, weights, model, dims, batch_size, device, num_workers, precision, backend,
-                  gpu_decode, progress) -> np.ndarray | torch.Tensor:
+def _feature_rows(source, weights=None, *, model=None, dims: int = 2048, batch_size: int = 50,
+                  device=None, num_workers: int | None = None, precision: str = "fp32",
+                  backend: str = "auto", gpu_decode: bool = False,
+                  progress: bool | None = None) -> np.ndarray | torch.Tensor:
     """compute_features' rows where they were made: on the network's device for files (the
     statistics reduce them there), as float64 numpy for a tensor of images."""
     feature_model = _feature_model(model, weights, dims, device, precision, backend)
@@ -158,21 +161,14 @@ def compute_statistics(
         if not Path(source).is_file():
             raise FileNotFoundError(f"statistics file not found: {source}")
         return load_statistics(source)
-    return feature_statistics(_feature_rows_of(source, weights, **options))
-
-
-def _feature_rows_of(source: Source, weights=None, *, model=None, dims: int = 2048, batch_size: int = 50,
-                     device=None, num_workers: int | None = None, precision: str = "fp32",
-                     backend: str = "auto", gpu_decode: bool = False, progress: bool | None = None):
-    return _feature_rows(source, weights, model, dims, batch_size, device, num_workers, precision,
-                         backend, gpu_decode, progress)
+    return feature_statistics(_feature_rows(source, weights, **options))
 
 
 def main_rank_statistics(source: Source, **options) -> tuple[np.ndarray, np.ndarray] | None:
     """compute_statistics on the main rank; the other ranks only help extract the features."""
     if is_statistics_file(source) or current_ranks().is_main:
         return compute_statistics(source, **options)
-    compute_features(source, **options)
+    _feature_rows(source, **options)  # gathered on every rank; only the main rank reduces them
     return None
 
 
