@@ -23,7 +23,11 @@ def test_first_inference(results, device, image_size, pytestconfig, config):
         pytest.skip("compiles for minutes: run with --max-autotune")
     dtype = "fp16" if device.type == "cuda" else "fp32"
     settings = {
-        "device": device.type, "dtype": dtype, "batch": 1, "image_size": image_size, "backend": "auto",
+        "device": device.type,
+        "dtype": dtype,
+        "batch": 1,
+        "image_size": image_size or 299,
+        "backend": "auto",
     }
     runs = cold_and_warm(config, **settings)
     for run in runs:
@@ -38,7 +42,13 @@ def test_first_inference_at_batch_2048(results, device, image_size):
     4 GB of fp16 activations at the stem)."""
     if device.type != "cuda":
         pytest.skip("batch 2048 at 299x299 is a GPU case")
-    settings = {"device": "cuda", "dtype": "fp16", "batch": 2048, "image_size": image_size, "backend": "auto"}
+    settings = {
+        "device": "cuda",
+        "dtype": "fp16",
+        "batch": 2048,
+        "image_size": image_size or 299,
+        "backend": "auto",
+    }
     runs = cold_and_warm("fused", **settings)
     for run in runs:
         results.add_first_inference({**run, **settings})

@@ -8,6 +8,12 @@ Measured in child processes so nothing is already imported, compiled or cached i
   TORCHINDUCTOR_CACHE_DIR, TORCH_EXTENSIONS_DIR) points into a new, empty temporary directory;
 - warm: a second fresh process on the same directories.
 
+Python's bytecode (`__pycache__`) belongs to the installation, not to these caches: `pip install`
+writes it. Where the installed packages have none (a read-only or stripped environment), every
+process would compile their sources again (seconds for torch alone), so the runs share a
+bytecode directory (PYTHONPYCACHEPREFIX) that an untimed priming run, on caches of its own,
+fills first. Each result says which ("bytecode": "installed" or "primed").
+
 The parent notes the wall clock just before starting the child; the child prints the wall clock
 when its first logits are on the host. The difference is the time to first inference.
 """
@@ -67,12 +73,24 @@ def child_main(config: str, backend: str, device: str, dtype: str, batch: int, i
     return 0
 
 
+def bytecode_is_installed() -> bool:
+    """Whether the installed torch came with its bytecode (what every import would else compile)."""
+    import importlib.util
+
+    import torch
+
+    return os.path.exists(importlib.util.cache_from_source(torch.__file__))
+
+
 def measure(
     config: str, *, cache_root: str, backend: str = "auto", device: str = "cuda", dtype: str = "fp16",
-    batch: int = 1, image_size: int = 299, timeout_s: float = 900.0,
+    batch: int = 1, image_size: int = 299, timeout_s: float = 900.0, bytecode_dir: str | None = None,
 ) -> dict:
-    """One fresh process with its caches under `cache_root`; returns seconds and a breakdown."""
+    """One fresh process with its caches under `cache_root` (and Python's bytecode under
+    `bytecode_dir` when given); returns seconds and a breakdown."""
     env = dict(os.environ)
+    if bytecode_dir is not None:
+        env["PYTHONPYCACHEPREFIX"] = bytecode_dir
     for name in CACHE_VARIABLES:
         path = os.path.join(cache_root, name.lower())
         os.makedirs(path, exist_ok=True)
@@ -99,10 +117,16 @@ def measure(
 
 
 def cold_and_warm(config: str, **kwargs) -> list[dict]:
-    """The same configuration twice: first on empty caches, then on the caches it filled."""
+    """The same configuration twice: first on empty caches, then on the caches it filled (after
+    an untimed priming run for the bytecode where the installation has none)."""
     results = []
     with tempfile.TemporaryDirectory(prefix="inception-fast-ttfi-") as root:
+        bytecode = "installed"
+        if not bytecode_is_installed():
+            bytecode = "primed"
+            kwargs["bytecode_dir"] = os.path.join(root, "bytecode")
+            measure(config, cache_root=os.path.join(root, "priming"), **kwargs)
         for cache in ("cold", "warm"):
-            result = measure(config, cache_root=root, **kwargs)
-            results.append({"cache": cache, **result})
+            result = measure(config, cache_root=os.path.join(root, "caches"), **kwargs)
+            results.append({"cache": cache, "bytecode": bytecode, **result})
     return results

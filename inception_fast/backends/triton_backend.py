@@ -23,7 +23,7 @@ import torch
 
 from .. import packing as pk
 from ..graphs import capturing
-from ..kernels.triton import ops as _registered_ops  # noqa: F401 - registers torch.ops.inception_fast.triton_*
+from ..kernels.triton import ops as triton_ops
 from ..kernels.triton import tma_conv, tuning
 from ..kernels.triton.launch_state import StageLaunchState
 from ..kernels.triton.stage_kernel import split_k_buffers, stage_kinds, stage_tiles
@@ -88,7 +88,7 @@ def to_kernel_layout(x: torch.Tensor, channels: int) -> torch.Tensor:
         (x.shape[0], channels, x.shape[2], x.shape[3]), dtype=x.dtype, device=x.device,
         memory_format=torch.channels_last,
     )
-    torch.ops.inception_fast.triton_to_nhwc_padded(x, out, uses_tf32(x))
+    triton_ops.triton_to_nhwc_padded(x, out, uses_tf32(x))
     return out
 
 
@@ -119,13 +119,12 @@ def _aligned(channels: int) -> int:
 def _run_stage(stage, state: StageLaunchState, x, work, out, key: str):
     n, _, h, w = x.shape
     tf32 = uses_tf32(x)
-    ops = torch.ops.inception_fast
     kinds = stage_kinds(stage)
 
     def launch(config):
         tiles = stage_tiles(stage, n, h, w, config[0], config[1], config[5])
         scratch, counts = _split_k_buffers(stage, state, n, h, w, config, x)
-        ops.triton_stage(
+        triton_ops.triton_stage(
             x, work, out, stage.problems, state.weights_for(stage, tf32), stage.bias, stage.col_dst,
             stage.col_flags, scratch, counts, tiles, *config, tf32, *kinds,
         )
@@ -212,7 +211,7 @@ def _run_tma_stage(tma, state: StageLaunchState, x, work, out, signature: str) -
         tma_conv.check_config(config)
         if not torch.compiler.is_compiling():
             tma.configs[shape] = config
-    torch.ops.inception_fast.triton_tma_stage(
+    triton_ops.triton_tma_stage(
         x, work, out, tma.problems, state.weights_for(tma.stage, tf32), tma.stage.bias, tma.stage.col_dst,
         tma.stage.col_flags, tma_conv.num_programs(tma, x, config), list(config), tf32,
         *tma.kernel_flags(config),

@@ -17,7 +17,7 @@ import torch
 
 from .. import packing as pk
 from ..graphs import capturing, outside_capture
-from ..kernels.triton import ops as _registered_ops  # noqa: F401 - registers torch.ops.inception_fast.triton_*
+from ..kernels.triton import ops as triton_ops
 from ..kernels.triton import tuning
 from ..kernels.triton.block_kernel import block_schedule, programs_per_sm, split_k_buffers
 from ..kernels.triton.launch_state import StageLaunchState
@@ -188,11 +188,9 @@ def _run(packed: PackedBlock, x, work, out) -> None:
     n, _, h, w = x.shape
     tf32 = uses_tf32(x)
     table = packed.table
-    ops = torch.ops.inception_fast
-
     def launch(config):
         b = _launch_buffers(packed, n, h, w, config, x)
-        ops.triton_block(
+        triton_ops.triton_block(
             x, work, out, table.problems, packed.state.weights_for(table, tf32), table.bias, table.col_dst,
             table.col_flags, b.schedule, b.deps, b.counters, b.scratch, b.counts,
             num_programs(b.tickets, config, x), b.tickets, *config, tf32, *packed.kinds,

@@ -1,9 +1,16 @@
 """The Triton kernels as `torch.library` custom ops (namespace `inception_fast`), so that
-torch.compile(fullgraph=True) traces through them (as opaque mutating ops) and CUDA graphs
-capture them. `custom_op` rather than `triton_op`: the latter imports Inductor (about 2 s) in
-every process that loads the backend, compiling or not."""
+torch.compile(fullgraph=True) traces through them (as opaque mutating ops). `custom_op` rather
+than `triton_op`: the latter imports Inductor (about 2 s) in every process that loads the
+backend, compiling or not.
+
+The backends call the routed names below (`triton_stage`, ...): while torch.compile traces, or
+on tensors of a tracing mode (fake, functional), they call the custom op; on plain tensors they
+launch the kernel directly. A custom op's first eager call imports torch._dynamo (about 3 s of
+a process's first inference), and every call pays the dispatcher's autograd and view layers."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch.library import custom_op
@@ -14,8 +21,7 @@ from .stage_kernel import _stage_kernel, launch_stage_tensors
 from .tma_conv import _tma_stage_kernel, launch_tma_tensors
 
 
-@custom_op("inception_fast::triton_stage", mutates_args={"work", "out", "scratch", "counts"})
-def triton_stage(
+def _triton_stage(
     x: torch.Tensor,
     work: torch.Tensor,
     out: torch.Tensor,
@@ -48,8 +54,7 @@ def triton_stage(
     )
 
 
-@custom_op("inception_fast::triton_tma_stage", mutates_args={"work", "out"})
-def triton_tma_stage(
+def _triton_tma_stage(
     x: torch.Tensor,
     work: torch.Tensor,
     out: torch.Tensor,
@@ -75,8 +80,7 @@ def triton_tma_stage(
     )
 
 
-@custom_op("inception_fast::triton_block", mutates_args={"work", "out", "counters", "scratch", "counts"})
-def triton_block(
+def _triton_block(
     x: torch.Tensor,
     work: torch.Tensor,
     out: torch.Tensor,
@@ -116,13 +120,31 @@ def triton_block(
     )
 
 
-@custom_op("inception_fast::triton_to_nhwc_padded", mutates_args={"out"})
-def triton_to_nhwc_padded(x: torch.Tensor, out: torch.Tensor, round_tf32: bool = False) -> None:
+def _triton_to_nhwc_padded(x: torch.Tensor, out: torch.Tensor, round_tf32: bool = False) -> None:
     """x [N,C,H,W] (any strides) -> out [N,C_PAD,H,W] channels_last, extra channels zero;
     fp32 values rounded to TF32 when round_tf32."""
     launch_to_nhwc_padded(_to_nhwc_padded_kernel, x, out, round_tf32)
 
 
-# Mutating ops return nothing: their fake (meta) implementations have nothing to compute.
-for _op in (triton_stage, triton_tma_stage, triton_block, triton_to_nhwc_padded):
-    _op.register_fake(lambda *args, **kwargs: None)
+def _routed(launch: Callable[..., None], mutates: set[str]) -> Callable[..., None]:
+    """`launch` registered as the custom op inception_fast::<name> (mutating `mutates`), and the
+    callable the backends use: the op where tracing needs it, else `launch` itself."""
+    op = custom_op(f"inception_fast::{launch.__name__.lstrip('_')}", launch, mutates_args=mutates)
+    # Mutating ops return nothing: their fake (meta) implementation has nothing to compute.
+    op.register_fake(lambda *args, **kwargs: None)
+
+    def call(x: torch.Tensor, *args) -> None:
+        if not torch.compiler.is_compiling() and type(x) is torch.Tensor:
+            launch(x, *args)
+        else:
+            op(x, *args)
+
+    call.__name__ = call.__qualname__ = launch.__name__.lstrip("_")
+    call.__doc__ = launch.__doc__
+    return call
+
+
+triton_stage = _routed(_triton_stage, {"work", "out", "scratch", "counts"})
+triton_tma_stage = _routed(_triton_tma_stage, {"work", "out"})
+triton_block = _routed(_triton_block, {"work", "out", "counters", "scratch", "counts"})
+triton_to_nhwc_padded = _routed(_triton_to_nhwc_padded, {"out"})
