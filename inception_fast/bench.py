@@ -37,7 +37,7 @@ import torch
 
 from . import anchors as anchor_kinds
 from . import bench_models, conv_floor, layer_census, timing
-from .backends import backend_status, resolve_backend
+from .backends import EXPERIMENTAL, backend_status, resolve_backend
 from .optimize import optimize
 from .testing import random_images
 
@@ -53,7 +53,7 @@ DTYPES = {
 SLACK = {torch.float16: 5e-4, torch.bfloat16: 5e-3, torch.float32: 1e-5, torch.float64: 1e-10}
 INPUT_SETS = 3  # inputs rotated between timed calls
 FUSED_BACKENDS = ("torch", "triton", "cuda", "auto")
-EXPERIMENTAL_BACKENDS = ("triton-block", "triton-tma", "cuda-gemm")  # rows only where --backend names them
+EXPERIMENTAL_BACKENDS = EXPERIMENTAL  # rows only where --backend names them
 FUSED_IDS = ("fused-default", *(f"fused-{b}" for b in FUSED_BACKENDS),
              *(f"fused-{b}-graph" for b in FUSED_BACKENDS if b != "torch"))
 EXPERIMENTAL_IDS = (*(f"fused-{b}" for b in EXPERIMENTAL_BACKENDS),

@@ -40,6 +40,8 @@ def _batches(values: list[str] | None) -> tuple[int, ...] | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .backends import BACKENDS
+
     parser = argparse.ArgumentParser(prog="inception-fast", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command")
 
@@ -62,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     ttfi.add_argument("--dtype", choices=["fp16", "bf16", "fp32", "fp32-tf32"],
                       help="default: fp16 on a GPU, fp32 on the CPU")
     ttfi.add_argument("--backend", default="auto",
-                      help="auto, torch, triton, cuda, triton-block, triton-tma or cuda-gemm (default auto)")
+                      help=f"{', '.join(BACKENDS[:-1])} or {BACKENDS[-1]} (default auto)")
     ttfi.add_argument("--batch", type=int, default=1, dest="ttfi_batch", metavar="N",
                       help="batch size (default 1)")
     ttfi.add_argument("--image-size", type=int, default=299, metavar="N",
@@ -248,6 +250,7 @@ network that optimize() does not accept yet is reported as not supported (exit s
 
 def add_bench_parser(sub) -> argparse.ArgumentParser:
     from .anchors import COMPILE_ANCHORS, DEFAULT_COMPILE_ANCHORS
+    from .backends import EXPERIMENTAL
     from .bench_models import MODELS
 
     bench = sub.add_parser(
@@ -268,7 +271,7 @@ def add_bench_parser(sub) -> argparse.ArgumentParser:
                             "(GPU default 1,32,256; CPU 1,2)")
     bench.add_argument("--backend", default="auto",
                        help="the backend of the 'fused BACKEND' rows (auto, torch, triton, cuda, or an "
-                            "experimental one: triton-block, triton-tma, cuda-gemm); the "
+                            f"experimental one: {', '.join(EXPERIMENTAL)}); the "
                             "'fused default' row always calls optimize(model, dtype=...) (default auto)")
     bench.add_argument("--image-size", type=int,
                        help="square input size (default: the model's own, e.g. 299; Inception-v4 "

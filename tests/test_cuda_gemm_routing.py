@@ -13,7 +13,7 @@ from torch import nn
 from inception_fast import architectures, bench, optimize
 from inception_fast import packing as pk
 from inception_fast import reference as R
-from inception_fast.backends import BACKENDS, auto_backend, backend_status, cuda_backend
+from inception_fast.backends import BACKENDS, auto_backend, backend_status, cuda_backend, gemm_routing
 from inception_fast.backends import cuda_gemm_backend as gemm
 from inception_fast.modules import fuse_block
 from inception_fast.testing import randomize_batchnorm
@@ -84,8 +84,20 @@ RELU_OUT = pk.FLAG_RELU | pk.FLAG_TO_OUTPUT
 )
 def test_row_reason(row, dst, flags, takes):
     channels = {pk.BUF_INPUT: 16, pk.BUF_WORK: 32, pk.BUF_OUTPUT: 64}
-    reason = gemm.row_reason(row, dst, flags, channels)
+    reason = gemm_routing.row_reason(row, dst, flags, channels)
     assert (reason is None) == takes, reason
+
+
+def test_buffers_of_unaligned_width_are_refused():
+    """The op's TMA rows are whole buffers: a source or destination buffer whose channel count
+    is not a multiple of 8 keeps the problem on the stage kernel."""
+    row = _row(src=pk.BUF_WORK, cin=20)
+    reason = gemm_routing.row_reason(row, list(range(16)), [RELU_OUT] * 16,
+                                     {pk.BUF_INPUT: 16, pk.BUF_WORK: 20, pk.BUF_OUTPUT: 64})
+    assert reason == "reads 20 channels, not a multiple of 8"
+    reason = gemm_routing.row_reason(_row(), list(range(16)), [RELU_OUT] * 16,
+                                     {pk.BUF_INPUT: 16, pk.BUF_WORK: 32, pk.BUF_OUTPUT: 60})
+    assert reason == "writes a buffer of 60 channels, not a multiple of 8"
 
 
 def test_inception_a_stacked_1x1_stage_is_taken_its_3x3_and_pool_stages_are_not():
@@ -185,8 +197,8 @@ def test_split_covers_every_row_once_and_launches_compute_the_rows(network_block
             launches = iter(split.launches)
             for p in split.taken:
                 row = rows[p]
-                assert gemm.row_reason(row, col_dst, col_flags, channels) is None
-                runs = gemm.column_runs(row, col_dst, col_flags)
+                assert gemm_routing.row_reason(row, col_dst, col_flags, channels) is None
+                runs = gemm_routing.column_runs(row, col_dst, col_flags)
                 mine = [next(launches) for _ in runs]
                 assert sum(g.weight.shape[0] for g in mine) == row[pk.COLS]
                 for g in mine:

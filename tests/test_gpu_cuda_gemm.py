@@ -1,10 +1,12 @@
-"""The `cuda-gemm` backend on a Hopper GPU: every distinct block of Inception-v4, Inception-v3,
-Inception-ResNet-v2 and GoogLeNet in fp16 and bf16 at an odd batch and input size, within 2x
-the error of the same block on PyTorch ops in that dtype (NaN-poisoned buffers: a channel the
-split leaves unwritten fails); the whole model plain, under a CUDA graph and under
-torch.compile; `auto` weighing it where INCEPTION_FAST_AUTO_EXPERIMENTS names it. Each checks
-that the GEMM op really ran. Skipped off Hopper and without the CUTLASS headers (the op is then
-not compiled in); with both, the backend must be usable."""
+"""The backends that put 1x1 convs on the CUTLASS GEMM op (`cuda-gemm`: the rest on the CUDA
+stage kernel; `triton-gemm`: the rest on the Triton stage kernel) on a Hopper GPU: every
+distinct block of Inception-v4, Inception-v3, Inception-ResNet-v2 and GoogLeNet in fp16 and
+bf16 at an odd batch and input size, within 2x the error of the same block on PyTorch ops in
+that dtype (NaN-poisoned buffers: a channel the split leaves unwritten fails); the whole model
+plain, under a CUDA graph and under torch.compile; `auto` weighing it where
+INCEPTION_FAST_AUTO_EXPERIMENTS names it. Each checks that the GEMM op really ran. Skipped off
+Hopper and without the CUTLASS headers (the op is then not compiled in); with both, the
+backends must be usable."""
 
 from __future__ import annotations
 
@@ -21,7 +23,6 @@ from inception_fast.modules import FusedBlock
 from inception_fast.testing import calibrated_model
 
 pytestmark = pytest.mark.cuda
-BACKEND = "cuda-gemm"
 # network -> (constructor kwargs, odd batch, odd input size)
 NETWORKS = {
     "inception_v4": ({}, 3, 235),
@@ -31,15 +32,17 @@ NETWORKS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _gemm_backend_usable():
+@pytest.fixture(params=["cuda-gemm", "triton-gemm"])
+def backend(request):
+    """The backend under test, usable wherever the GEMM op can be."""
     if torch.cuda.is_available() and torch.cuda.get_device_capability() != (9, 0):
         pytest.skip("the CUTLASS GEMM kernels are built for sm_90a (Hopper) only")
     if extension.cutlass_include_dir() is None:
         pytest.skip("no CUTLASS headers, so the GEMM op is not compiled in (pip install nvidia-cutlass)")
-    ok, reason = backend_status(BACKEND, "cuda")
+    ok, reason = backend_status(request.param, "cuda")
     if not ok:
-        pytest.fail(f"the {BACKEND} backend must work on Hopper with the CUTLASS headers: {reason}")
+        pytest.fail(f"the {request.param} backend must work on Hopper with the CUTLASS headers: {reason}")
+    return request.param
 
 
 @pytest.fixture(autouse=True)
@@ -74,8 +77,8 @@ def source_models():
     return get
 
 
-def launches_planned(block: FusedBlock) -> int:
-    return sum(len(stage.launches) for key, stages in block.backend_cache.items() if key[0] == BACKEND
+def launches_planned(block: FusedBlock, backend: str) -> int:
+    return sum(len(stage.launches) for key, stages in block.backend_cache.items() if key[0] == backend
                for stage in stages)
 
 
@@ -96,7 +99,7 @@ def distinct_blocks(model, batch: int, size: int) -> list[tuple[FusedBlock, torc
 @pytest.mark.parametrize("dtype", LOW_PRECISION, ids=["fp16", "bf16"])
 @pytest.mark.parametrize("name", list(NETWORKS))
 @torch.no_grad()
-def test_every_distinct_block(source_models, gemm_calls, name, dtype):
+def test_every_distinct_block(source_models, gemm_calls, backend, name, dtype):
     _, batch, size = NETWORKS[name]
     taken = 0
     with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # an fp32 reference without TF32
@@ -105,11 +108,11 @@ def test_every_distinct_block(source_models, gemm_calls, name, dtype):
     for (block, x), ref in zip(blocks, references):
         low = copy.deepcopy(block).to(dtype)
         eager = low(x.to(dtype))  # the torch backend in this dtype: cuDNN on the folded weights
-        low.backend = BACKEND
+        low.backend = backend
         before = len(gemm_calls)
         out = low(x.to(dtype))
-        assert len(gemm_calls) - before == launches_planned(low), block.plan.label
-        taken += launches_planned(low)
+        assert len(gemm_calls) - before == launches_planned(low, backend), block.plan.label
+        taken += launches_planned(low, backend)
         assert out.shape == ref.shape and out.is_contiguous(memory_format=torch.channels_last)
         assert torch.isfinite(out).all(), f"{block.plan.label}: a channel never written, or a NaN"
         two_x_rule(out, eager, ref)
@@ -117,25 +120,25 @@ def test_every_distinct_block(source_models, gemm_calls, name, dtype):
 
 
 @torch.no_grad()
-def test_whole_model_plain_and_under_a_cuda_graph(calibrated_model, gemm_calls):
+def test_whole_model_plain_and_under_a_cuda_graph(calibrated_model, gemm_calls, backend):
     model = copy.deepcopy(calibrated_model).cuda()
     x = torch.randn(3, 3, 299, 299, device="cuda")
     ref = model(x)
     eager = copy.deepcopy(model).half()(x.half())
-    plain = optimize(model, backend=BACKEND, dtype=torch.float16, cuda_graph=False)
+    plain = optimize(model, backend=backend, dtype=torch.float16, cuda_graph=False)
     out = plain(x.half())
     assert len(gemm_calls) > 0
     two_x_rule(out, eager, ref)
-    graphed = optimize(model, backend=BACKEND, dtype=torch.float16, cuda_graph=True)
+    graphed = optimize(model, backend=backend, dtype=torch.float16, cuda_graph=True)
     for batch in (3, 1, 3):  # capture, a new shape captures anew, then replay on fresh inputs
         x = torch.randn(batch, 3, 299, 299, device="cuda", dtype=torch.float16)
         torch.testing.assert_close(graphed(x), plain(x), rtol=0, atol=0)
 
 
 @torch.no_grad()
-def test_torch_compile_fullgraph(calibrated_model):
+def test_torch_compile_fullgraph(calibrated_model, backend):
     model = copy.deepcopy(calibrated_model).cuda()
-    fused = optimize(model, backend=BACKEND, dtype=torch.float16, cuda_graph=False)
+    fused = optimize(model, backend=backend, dtype=torch.float16, cuda_graph=False)
     x = torch.randn(2, 3, 299, 299, device="cuda", dtype=torch.float16)
     expected = fused(x)  # splits the stages outside the trace
     compiled = torch.compile(fused, fullgraph=True)
@@ -143,7 +146,7 @@ def test_torch_compile_fullgraph(calibrated_model):
 
 
 @torch.no_grad()
-def test_auto_weighs_it_where_named(calibrated_model, monkeypatch, tmp_path):
+def test_auto_weighs_it_where_named(calibrated_model, monkeypatch, tmp_path, backend):
     from inception_fast.backends import auto_backend
 
     model = copy.deepcopy(calibrated_model).cuda()
@@ -154,10 +157,10 @@ def test_auto_weighs_it_where_named(calibrated_model, monkeypatch, tmp_path):
     for name in ("_path", "_table", "_memory_only"):  # read afresh here, restored after
         monkeypatch.setattr(cache.BACKEND_CHOICES, name, getattr(cache.BACKEND_CHOICES, name))
     cache.BACKEND_CHOICES.reset()
-    monkeypatch.setattr(auto_backend, "CANDIDATES", auto_backend.candidates(BACKEND))
+    monkeypatch.setattr(auto_backend, "CANDIDATES", auto_backend.candidates(backend))
     monkeypatch.setattr(auto_backend, "_usable_on", {})
     auto = optimize(model, backend="auto", dtype=torch.float16, cuda_graph=False)
     two_x_rule(auto(x.half()), eager, ref)
     rows = [row for row in auto_backend.choice_table() if len(row["ms"]) > 1]  # blocks the kernels take
     # A candidate that raised while timed shows as inf: it must have been timed for real.
-    assert rows and all(row["ms"].get(BACKEND, float("inf")) < float("inf") for row in rows)
+    assert rows and all(row["ms"].get(backend, float("inf")) < float("inf") for row in rows)

@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
-# The `cuda-gemm` backend on a Hopper GPU, in one go (about 8 minutes on an H100, no network):
+# The backends that put 1x1 convs on the CUTLASS GEMM op (`cuda-gemm`, `triton-gemm`) on a Hopper
+# GPU, in one go (about 9 minutes on an H100, no network):
 #   1. the nvidia-cutlass wheel from WHEELS (default .whl) unpacked into a scratch directory, for
 #      its headers;
 #   2. the extension built just in time into a fresh cache directory (MAX_JOBS=16);
-#   3. the backend's GPU tests (tests/test_gpu_cuda_gemm.py: every distinct block of the four
+#   3. both backends' GPU tests (tests/test_gpu_cuda_gemm.py: every distinct block of the four
 #      family networks in fp16 and bf16, the whole model plain, under a CUDA graph and
-#      torch.compile, inside `auto`; its CPU tests run anywhere);
-#   4. Inception-v4 at batch 1, 8, 32, 256 on `--backend cuda-gemm`, then the same on
-#      `--backend cuda` for comparison (no torch.compile anchors, no floor), both with OUT set:
-#      OUT/v4-cuda-gemm.json and OUT/v4-cuda.json.
-# Logs: OUT/cuda_gemm_build.log, OUT/cuda_gemm_tests.log, OUT/v4-cuda-gemm.log, OUT/v4-cuda.log.
-# Each step gets what is left of DEADLINE_S (default 480) and is cut off past it.
+#      torch.compile, inside `auto`; their CPU tests run anywhere);
+#   4. Inception-v4 at batch 1, 8, 32, 256 on `--backend` cuda-gemm, cuda, triton-gemm and
+#      triton, each against the stage kernel alone (no torch.compile anchors, no floor):
+#      OUT/v4-<backend>.json and .log.
+# Logs: OUT/cuda_gemm_build.log, OUT/cuda_gemm_tests.log, OUT/v4-<backend>.log.
+# Each step gets what is left of DEADLINE_S (default 540) and is cut off past it.
 # Usage, from the repository root:  OUT=dir bash benchmarks/device/cuda_gemm_check.sh
 set -u
 cd "$(dirname "$0")/../.." || exit 2
@@ -20,7 +21,7 @@ mkdir -p "$OUT"
 export INCEPTION_FAST_CACHE_DIR="${INCEPTION_FAST_CACHE_DIR:-$(mktemp -d /tmp/inception_fast_cuda_gemm.XXXXXX)}"
 export INCEPTION_FAST_COMMIT=${INCEPTION_FAST_COMMIT:-$(git rev-parse --verify -q HEAD 2>/dev/null || echo unknown)}
 export MAX_JOBS=${MAX_JOBS:-16}
-DEADLINE_S=${DEADLINE_S:-480}
+DEADLINE_S=${DEADLINE_S:-540}
 START=$(date +%s)
 left() { echo $(( DEADLINE_S - ($(date +%s) - START) )); }
 status=0
@@ -40,7 +41,7 @@ echo "=== build ($(date +%T), MAX_JOBS=$MAX_JOBS)"
 timeout "$(left)" "$PY" -c "from inception_fast.extension import load; print('loaded', load())" \
   > "$OUT/cuda_gemm_build.log" 2>&1
 grep -q "^loaded" "$OUT/cuda_gemm_build.log" || { echo "build: FAILED"; tail -40 "$OUT/cuda_gemm_build.log"; exit 1; }
-"$PY" -c "from inception_fast.backends import backend_status; print('cuda-gemm:', *backend_status('cuda-gemm', 'cuda'))"
+"$PY" -c "from inception_fast.backends import backend_status as s; [print(b + ':', *s(b, 'cuda')) for b in ('cuda-gemm', 'triton-gemm')]"
 echo "build: OK at $(( $(date +%s) - START )) s"
 
 echo "=== tests ($(date +%T))"
@@ -52,7 +53,7 @@ grep -E "^(FAILED|ERROR)|passed|failed|skipped" "$OUT/cuda_gemm_tests.log" | tai
 echo "tests: exit $test_status"
 [ "$test_status" -eq 0 ] || status=1
 
-for backend in cuda-gemm cuda; do
+for backend in cuda-gemm cuda triton-gemm triton; do
   budget=$(left)
   if [ "$budget" -lt 45 ]; then
     echo "=== bench --backend $backend: skipped, ${budget} s left of DEADLINE_S=$DEADLINE_S"; status=1; continue

@@ -3,8 +3,8 @@ the `triton` and `cuda` kernels and the `torch` backend (cuDNN's convolutions on
 weights: no block runs slower than the library can run it), timed once on the first input of
 that kind and remembered in ``autoselect.json`` of the cache directory (see
 `inception_fast.cache`). The experimental backends `triton-block` (one launch per block),
-`triton-tma` (stride-1 convs on the TMA kernel) and `cuda-gemm` (1x1 convs on the CUTLASS GEMM
-op) join the candidates where INCEPTION_FAST_AUTO_EXPERIMENTS names them (comma-separated):
+`triton-tma` (stride-1 convs on the TMA kernel), `cuda-gemm` and `triton-gemm` (1x1 convs on
+the CUTLASS GEMM op) join the candidates where INCEPTION_FAST_AUTO_EXPERIMENTS names them (comma-separated):
 each lengthens a first call by its compiling and timing, and none is a default. A cached
 entry that lacks a candidate of this process has that candidate timed and added.
 `choice_table()` lists the choices for `inception-fast info`.
@@ -26,9 +26,9 @@ import torch
 from .. import cache, timing
 from ..graphs import capturing
 from ..packing import unsupported_reason
-from . import backend_status, get_backend, precision_key
+from . import EXPERIMENTAL, backend_status, get_backend, precision_key
 
-EXPERIMENTS = ("triton-block", "triton-tma", "cuda-gemm")
+EXPERIMENTS = EXPERIMENTAL
 ENV_EXPERIMENTS = "INCEPTION_FAST_AUTO_EXPERIMENTS"
 
 

@@ -1,59 +1,20 @@
 """The `cuda-gemm` backend: the `cuda` backend with every 1x1 conv that is a plain GEMM on the
-CUTLASS sm90 op `torch.ops.inception_fast.cuda_gemm_conv1x1` (csrc/gemm_conv1x1*.cu: TMA,
-WGMMA), the rest of each stage on the stage kernel in a second launch (none when nothing is
-left). Hopper (compute capability 9.0) only, fp16 and bf16, and only where the extension was
-built with the CUTLASS headers. Experimental: `auto` weighs it only where
+CUTLASS sm90 op `torch.ops.inception_fast.cuda_gemm_conv1x1` (which problems, and how:
+`gemm_routing`), the rest of each stage on the stage kernel in a second launch (none when
+nothing is left). Hopper (compute capability 9.0) only, fp16 and bf16, and only where the
+extension was built with the CUTLASS headers. Experimental: `auto` weighs it only where
 INCEPTION_FAST_AUTO_EXPERIMENTS names it.
-
-A packed problem goes to the GEMM op when the op computes it exactly as the stage kernel would:
-a 1x1 conv, stride 1, no padding, that reads the whole of its source buffer (channel 0 on, as
-many channels as the buffer holds, the zero-padded channels of the block input included), so
-the source is a plain [pixels, K] matrix. Its columns are cut into runs, each one GEMM launch:
-columns going to consecutive channels of one buffer with the same flags (a stacked 1x1 problem,
-one conv per branch, writes a run per branch). Every run must start and span multiples of 8
-channels and carry no residual column (Inception-ResNet's residual epilogue is the stage
-kernel's); otherwise the whole problem stays on the stage kernel.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
 
 from .. import packing as pk
 from ..graphs import outside_capture
-from . import cuda_backend
-
-ALIGN = 8  # the op's TMA rows and channel offsets: 16 bytes of fp16/bf16
-
-
-@dataclass(frozen=True)
-class ColumnRun:
-    """Columns [start, start + count) of a problem (relative to its first column), written to
-    channels [dst_channel, dst_channel + count) of one buffer with the same flags."""
-
-    start: int
-    count: int
-    dst_channel: int
-    flags: int
-
-    @property
-    def buffer(self) -> int:
-        return pk.BUF_OUTPUT if self.flags & pk.FLAG_TO_OUTPUT else pk.BUF_WORK
-
-
-@dataclass
-class GemmLaunch:
-    """One call of the GEMM op: views into the packed stage, made once per block, device, dtype."""
-
-    src: int  # pk.BUF_INPUT / BUF_WORK / BUF_OUTPUT
-    dst: int  # pk.BUF_WORK / BUF_OUTPUT
-    col_offset: int
-    relu: bool
-    weight: torch.Tensor  # [N, K] rows of the stage's weights
-    bias: torch.Tensor  # fp32 [N] of the stage's bias
+from . import cuda_backend, gemm_routing
 
 
 @dataclass
@@ -66,71 +27,16 @@ class GemmStage:
     rest: cuda_backend._Stage | None
 
 
-def column_runs(row, col_dst: list, col_flags: list) -> list[ColumnRun]:
-    """The runs of a problem's columns: consecutive destination channels, one set of flags."""
-    runs: list[ColumnRun] = []
-    first = row[pk.COL_OFF]
-    for j in range(first, first + row[pk.COLS]):
-        last = runs[-1] if runs else None
-        if last is not None and last.flags == col_flags[j] and last.dst_channel + last.count == col_dst[j]:
-            runs[-1] = dataclasses.replace(last, count=last.count + 1)
-        else:
-            runs.append(ColumnRun(j - first, 1, col_dst[j], col_flags[j]))
-    return runs
-
-
-def row_reason(row, col_dst: list, col_flags: list, buffer_channels: dict) -> str | None:
-    """Why the GEMM op cannot compute packed problem `row` exactly (None: it can).
-    `buffer_channels`: channels of each source buffer as the kernels see them (pk.BUF_* ->
-    count; the block input's after padding)."""
-    if row[pk.KIND] != pk.CONV:
-        return "a pool"
-    if (row[pk.KH], row[pk.KW], row[pk.STRIDE], row[pk.PAD_H], row[pk.PAD_W]) != (1, 1, 1, 0, 0):
-        return "not a 1x1 conv with stride 1 and no padding"
-    if row[pk.SRC_C0] != 0 or row[pk.CIN] != buffer_channels[row[pk.SRC_BUF]]:
-        return "reads a slice of its source buffer, not all of it"
-    for run in column_runs(row, col_dst, col_flags):
-        if run.flags & pk.FLAG_RESIDUAL:
-            return "adds the residual in its epilogue"
-        if run.dst_channel % ALIGN or run.count % ALIGN:
-            stop = run.dst_channel + run.count
-            return f"writes channels {run.dst_channel}:{stop}, not multiples of {ALIGN}"
-    return None
-
-
 def split_stage(stage: cuda_backend._Stage, buffer_channels: dict) -> GemmStage:
     """The GEMM launches of a packed stage and the stage-kernel launch of what is left."""
-    packed = stage.packed
-    col_dst, col_flags = packed.col_dst.tolist(), packed.col_flags.tolist()
-    taken = [p for p, row in enumerate(packed.rows)
-             if row_reason(row, col_dst, col_flags, buffer_channels) is None]
-    launches = []
-    for p in taken:
-        row = packed.rows[p]
-        k = row[pk.CIN]
-        for run in column_runs(row, col_dst, col_flags):
-            w0 = row[pk.W_OFF] + run.start * k
-            b0 = row[pk.COL_OFF] + run.start
-            launches.append(GemmLaunch(
-                src=row[pk.SRC_BUF], dst=run.buffer, col_offset=run.dst_channel,
-                relu=bool(run.flags & pk.FLAG_RELU),
-                weight=packed.weights[w0:w0 + run.count * k].view(run.count, k),
-                bias=packed.bias[b0:b0 + run.count],
-            ))
-    if not taken:
+    split = gemm_routing.split_rows(stage.packed, buffer_channels)
+    if not split.taken:
         return GemmStage([], [], stage)
-    others = [p for p in range(len(packed.rows)) if p not in taken]
     rest = None
-    if others:
-        rows = [packed.rows[p] for p in others]
-        residual = any(col_flags[j] & pk.FLAG_RESIDUAL for r in rows
-                       for j in range(r[pk.COL_OFF], r[pk.COL_OFF] + r[pk.COLS]))
-        # The rows keep their weight and column offsets into the whole stage's tables.
-        rest_packed = dataclasses.replace(packed, problems=packed.problems[others], rows=rows,
-                                          residual=residual)
-        rest = cuda_backend._Stage(rest_packed, [int(v) for r in rows for v in r],
-                                   [stage.destinations[p] for p in others])
-    return GemmStage(taken, launches, rest)
+    if split.rest is not None:
+        rest = cuda_backend._Stage(split.rest, [int(v) for r in split.rest.rows for v in r],
+                                   [stage.destinations[p] for p in split.others])
+    return GemmStage(split.taken, split.launches, rest)
 
 
 def buffer_channels(block, packed: cuda_backend._PackedBlock) -> dict:
@@ -150,48 +56,9 @@ def split_block(block, packed: cuda_backend._PackedBlock, use_gemm: bool = True)
 
 # --- availability -----------------------------------------------------------------------------
 
-_op_status: dict = {}  # device -> (compiled in, reason)
-
-
-@torch.compiler.disable  # a question to the library, not a computation to trace
-def gemm_op_status(device) -> tuple[bool, str]:
-    """Whether the loaded extension has the GEMM op compiled in, asked once per device with an
-    empty problem (no launch either way)."""
-    device = torch.device(device)
-    if device.index is None:  # "cuda" and "cuda:0" are one device: one question
-        device = torch.device(device.type, torch.cuda.current_device())
-    if device not in _op_status:
-        try:
-            op = torch.ops.inception_fast.cuda_gemm_conv1x1.default
-        except (AttributeError, RuntimeError):
-            _op_status[device] = (False, "the loaded CUDA extension has no cuda_gemm_conv1x1 op; rebuild it "
-                                         "(pip install -e . or clear the extension's build cache)")
-            return _op_status[device]
-        x = torch.empty((0, ALIGN), dtype=torch.float16, device=device)
-        weight = torch.empty((ALIGN, ALIGN), dtype=torch.float16, device=device)
-        bias = torch.zeros(ALIGN, dtype=torch.float32, device=device)
-        try:
-            op(x, weight, bias, torch.empty_like(x), 0, False)
-            _op_status[device] = (True, "the CUTLASS 1x1-conv GEMM is compiled in")
-        except RuntimeError as err:
-            reason = str(err).splitlines()[0].removeprefix("cuda_gemm_conv1x1: ")
-            _op_status[device] = (False, reason)
-    return _op_status[device]
-
 
 def availability(device=None) -> tuple[bool, str]:
-    ok, reason = cuda_backend.availability(device)
-    if not ok:
-        return ok, reason
-    device = torch.device(device) if device is not None else torch.device("cuda", torch.cuda.current_device())
-    major, minor = torch.cuda.get_device_capability(device)
-    if (major, minor) != (9, 0):
-        return False, (f"the CUTLASS GEMM kernels are built for compute capability 9.0 (Hopper), {device} "
-                       f"has {major}.{minor}")
-    ok, why = gemm_op_status(device)
-    if not ok:
-        return False, why
-    return True, f"{reason}; {why}"
+    return gemm_routing.op_availability(device)
 
 
 # --- running ----------------------------------------------------------------------------------
@@ -221,12 +88,9 @@ def run_block(block, x: torch.Tensor) -> torch.Tensor:
         return cuda_backend.run_block(block, x)  # it says why, then runs PyTorch ops
     packed, inp_nhwc, work_nhwc, out_nhwc, out = cuda_backend.block_buffers(block, x)
     buffers = {pk.BUF_INPUT: inp_nhwc, pk.BUF_WORK: work_nhwc, pk.BUF_OUTPUT: out_nhwc}
-    gemm_op = torch.ops.inception_fast.cuda_gemm_conv1x1.default
     # A later stage reads what earlier ones wrote: stage by stage, on the current stream.
     for stage in gemm_stages(block, packed, x):
-        for launch in stage.launches:
-            gemm_op(buffers[launch.src], launch.weight, launch.bias, buffers[launch.dst], launch.col_offset,
-                    launch.relu)
+        gemm_routing.run_launches(stage.launches, buffers)
         if stage.rest is not None:
             cuda_backend.run_stage(stage.rest, inp_nhwc, work_nhwc, out_nhwc)
     return out

@@ -1,0 +1,109 @@
+"""The `triton-gemm` backend: the `triton` backend with every 1x1 conv that is a plain GEMM on the
+CUTLASS sm90 op `torch.ops.inception_fast.cuda_gemm_conv1x1` (which problems, and how:
+`gemm_routing`), the rest of each stage on the Triton stage kernel in a second launch (none
+when nothing is left). On an H100 at batch 32 and 256 the op runs Inception-v4's 1x1 convs
+1.05-2.9x faster than the stage kernel; whether a split stage (two launches, the rest tiled on
+its own) wins a block is for `auto` to time. Hopper (compute capability 9.0) only, fp16 and
+bf16, and only where the CUDA extension was built with the CUTLASS headers; other dtypes, and
+buffers the op cannot address, run as the `triton` backend. Experimental: `auto` weighs it only
+where INCEPTION_FAST_AUTO_EXPERIMENTS names it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .. import packing as pk
+from ..graphs import outside_capture
+from ..kernels.triton.launch_state import StageLaunchState
+from . import cuda_backend, gemm_routing, triton_backend
+
+
+@dataclass
+class SplitStage:
+    """A stage as this backend runs it: the GEMM launches, then `rest` (packed stage, tuning
+    signature, launch state) on the stage kernel; `rest` is the whole stage when the op takes
+    nothing, None when it takes everything."""
+
+    launches: list  # gemm_routing.GemmLaunch
+    rest: tuple | None
+
+
+def availability(device=None) -> tuple[bool, str]:
+    ok, reason = triton_backend.availability(device)
+    if not ok:
+        return ok, reason
+    ok, why = gemm_routing.op_availability(device)
+    if not ok:
+        return False, why
+    return True, f"{reason}; {why}"
+
+
+def _usable_here(device) -> bool:
+    ok, reason = availability(device)
+    if not ok:
+        cuda_backend._explain_once(f"backend 'triton-gemm' runs every stage on the stage kernel: {reason}")
+    return ok
+
+
+def split_stages(block, stages: list, in_channels: int, use_gemm: bool = True) -> list[SplitStage]:
+    """Each `triton_backend` stage (packed, signature, launch state) split between the GEMM op
+    and the stage kernel; `in_channels`: the block input's channels as the kernels get them."""
+    if not use_gemm:
+        return [SplitStage([], stage) for stage in stages]
+    plan = block.plan
+    channels = {pk.BUF_INPUT: in_channels, pk.BUF_WORK: plan.work_channels, pk.BUF_OUTPUT: plan.out_channels}
+    found = []
+    for stage in stages:
+        split = gemm_routing.split_rows(stage[0], channels)
+        if not split.taken:
+            found.append(SplitStage([], stage))
+        elif split.rest is None:
+            found.append(SplitStage(split.launches, None))
+        else:
+            rest = (split.rest, pk.stage_signature(split.rest), StageLaunchState())
+            found.append(SplitStage(split.launches, rest))
+    return found
+
+
+def _split_block(block, x_kernel: torch.Tensor, stages: list) -> list[SplitStage]:
+    """The split, kept per block, device, dtype and (with a global pool) input size; views of the
+    packed tables only, made outside any CUDA graph capture."""
+    size = tuple(x_kernel.shape[2:]) if pk.sized(block.plan) else None
+    key = ("triton-gemm", x_kernel.device, x_kernel.dtype, size)
+    found = block.backend_cache.get(key)
+    if found is None:
+        what = f"splitting {block.plan.label} between the GEMM op and the stage kernel"
+        outside_capture(x_kernel.device, what)
+        found = block.backend_cache[key] = split_stages(
+            block, stages, x_kernel.shape[1], _usable_here(x_kernel.device)
+        )
+    return found
+
+
+def _nhwc(t: torch.Tensor) -> torch.Tensor:
+    """A channels_last NCHW buffer as the op's [N, H, W, C] (the same memory)."""
+    return t.permute(0, 2, 3, 1)
+
+
+def run_block(block, x: torch.Tensor) -> torch.Tensor:
+    if x.dtype not in gemm_routing.DTYPES:
+        return triton_backend.run_block(block, x)
+    stages = triton_backend._packed_block(block, x)
+    x, work, out = triton_backend.kernel_buffers(block, x)
+    # The op's tensor maps need 16-byte aligned buffers; a caller's unaligned view runs whole
+    # on the stage kernel (the backend's own buffers are always aligned).
+    if torch.compiler.is_compiling() or x.data_ptr() % 16 == 0:
+        splits = _split_block(block, x, stages)
+    else:
+        splits = [SplitStage([], stage) for stage in stages]
+    buffers = {pk.BUF_INPUT: _nhwc(x), pk.BUF_WORK: _nhwc(work), pk.BUF_OUTPUT: _nhwc(out)}
+    # A later stage reads what earlier ones wrote: stage by stage, on the current stream.
+    for split in splits:
+        gemm_routing.run_launches(split.launches, buffers)
+        if split.rest is not None:
+            stage, signature, state = split.rest
+            triton_backend._run_stage(stage, state, x, work, out, signature)
+    return out

@@ -1,0 +1,171 @@
+"""The `triton-gemm` backend on the CPU: which of the `triton` backend's packed problems go to
+the CUTLASS GEMM op and what is left for the stage kernel (a fresh tuning signature and launch
+state), and its real run_block in float64 with both ops emulated (the GEMM op by its contract,
+the stage kernel by test_cuda_kernel_emulation's model of it) against the `torch` backend, so
+the buffers, channel offsets, weight rows and launch order are checked without a GPU. The GPU
+runs the real ops in test_gpu_cuda_gemm.py."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_cuda_gemm_emulated import V4_CASES, EmulatedGemm, emulated_stage
+from test_cuda_kernel_emulation import _family_block
+from torch import nn
+
+pytest.importorskip("triton")
+
+from inception_fast import packing as pk
+from inception_fast import reference as R
+from inception_fast.backends import gemm_routing, torch_backend, triton_backend
+from inception_fast.backends import triton_gemm_backend as tg
+from inception_fast.kernels.triton import ops as triton_ops
+from inception_fast.modules import fuse_block
+from inception_fast.reference import InceptionV4
+from inception_fast.testing import randomize_batchnorm, relative_l2
+
+
+def triton_stages(block, dtype=torch.float16):
+    padded = triton_backend.padded_channels(block.plan)
+    size = (8, 8) if pk.sized(block.plan) else (None, None)
+    packed = pk.pack_block(block, "cpu", dtype, padded, *size)
+    return [(stage, pk.stage_signature(stage), None) for stage in packed], padded or block.plan.in_channels
+
+
+def reference_block(factory):
+    torch.manual_seed(0)
+    return fuse_block(randomize_batchnorm(factory()).eval())
+
+
+def test_inception_a_first_stage_goes_whole_to_the_gemm_op_the_others_stay():
+    block = reference_block(R.InceptionA)
+    stages, channels = triton_stages(block)
+    splits = tg.split_stages(block, stages, channels)
+    assert splits[0].rest is None and len(splits[0].launches) == 3
+    for split, stage in zip(splits[1:], stages[1:]):
+        assert split.launches == [] and split.rest is stage  # untouched: the triton backend's own
+
+
+def test_reduction_a_mixed_stage_leaves_its_other_rows_to_a_stage_of_their_own():
+    block = reference_block(R.ReductionA)
+    stages, channels = triton_stages(block)
+    whole = stages[0][0]
+    split = tg.split_stages(block, stages, channels)[0]
+    rest, signature, state = split.rest
+    assert [(r[pk.KIND], r[pk.KH]) for r in whole.rows] == [(pk.CONV, 3), (pk.CONV, 1), (pk.MAX_POOL, 3)]
+    assert len(split.launches) == 1 and rest.rows == [whole.rows[0], whole.rows[2]]
+    assert rest.problems.tolist() == rest.rows and rest.weights is whole.weights
+    assert signature == pk.stage_signature(rest) != stages[0][1]  # tuned as the stage it is
+    assert state is not None and not state.configs
+
+
+def test_without_the_op_every_stage_runs_whole():
+    block = reference_block(R.InceptionB)
+    stages, channels = triton_stages(block)
+    assert all(s.launches == [] and s.rest is stage
+               for s, stage in zip(tg.split_stages(block, stages, channels, use_gemm=False), stages))
+
+
+@pytest.fixture
+def emulated(monkeypatch):
+    """run_block of triton-gemm in float64 on the emulated ops; returns the GEMM op."""
+    gemm_op = EmulatedGemm()
+
+    def stage_kernel(stage, state, x, work, out, key):
+        problems = [v for row in stage.rows for v in row]
+        nhwc = [t.permute(0, 2, 3, 1) for t in (x, work, out)]
+        emulated_stage(*nhwc, problems, stage.weights, stage.bias, stage.col_dst, stage.col_flags)
+
+    def to_nhwc_padded(x, out, round_tf32):
+        out.zero_()
+        out[:, : x.shape[1]] = x
+
+    monkeypatch.setattr(gemm_routing, "DTYPES", (torch.float64,))
+    monkeypatch.setattr(tg, "availability", lambda device=None: (True, "emulated"))
+    monkeypatch.setattr(triton_backend, "_run_stage", stage_kernel)
+    monkeypatch.setattr(triton_ops, "triton_to_nhwc_padded", to_nhwc_padded)
+    monkeypatch.setattr(torch.ops.inception_fast, "cuda_gemm_conv1x1",
+                        type("Op", (), {"default": gemm_op}), raising=False)
+    monkeypatch.setenv("INCEPTION_FAST_POISON", "1")  # a channel never written shows as NaN
+    return gemm_op
+
+
+def check(block, x, gemm_op, min_launches=1):
+    got = tg.run_block(block, x)
+    assert not torch.isnan(got).any(), "an output channel was never written"
+    assert relative_l2(got, torch_backend.run_block(block, x)) < 1e-12
+    planned = sum(len(s.launches) for key, splits in block.backend_cache.items() if key[0] == "triton-gemm"
+                  for s in splits)
+    assert gemm_op.calls == planned >= min_launches
+
+
+@pytest.fixture(scope="module")
+def v4():
+    torch.manual_seed(0)
+    return randomize_batchnorm(InceptionV4().eval(), torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize(("index", "batch", "height", "width"), V4_CASES)
+def test_inception_v4_blocks(v4, emulated, index, batch, height, width):
+    block = fuse_block(v4.features[index]).to(torch.float64)
+    check(block, torch.randn(batch, block.plan.in_channels, height, width, dtype=torch.float64), emulated)
+
+
+@pytest.mark.parametrize(("name", "path", "hw"), [
+    ("inception_resnet_v2", "repeat.0", (6, 5)),  # the residual 1x1 stays on the stage kernel
+    ("googlenet", "inception3a", (9, 7)),
+    ("inception_v3", "Mixed_7c", (5, 6)),
+])
+def test_family_blocks(emulated, name, path, hw):
+    block = _family_block(name, path)
+    check(block, torch.randn(2, block.plan.in_channels, *hw, dtype=torch.float64), emulated)
+
+
+def test_padded_network_input(emulated):
+    """The 3-channel input is padded to 8 channels: the GEMM reads all 8 (zeros after 3)."""
+    torch.manual_seed(0)
+    block = fuse_block(nn.Sequential(nn.Conv2d(3, 16, 1), nn.ReLU()).eval()).double()
+    check(block, torch.randn(2, 3, 5, 7, dtype=torch.float64), emulated)
+
+
+def test_a_broken_relu_flag_fails_the_check(emulated, monkeypatch):
+    """The emulated comparison can fail: a launch that drops its ReLU differs from the torch backend."""
+    block = reference_block(R.InceptionA).double()
+    x = torch.randn(1, 384, 5, 5, dtype=torch.float64)
+    real_split = gemm_routing.split_rows
+
+    def without_relu(packed, channels):
+        split = real_split(packed, channels)
+        for launch in split.launches:
+            launch.relu = False
+        return split
+
+    monkeypatch.setattr(gemm_routing, "split_rows", without_relu)
+    with pytest.raises(AssertionError):
+        check(block, x, emulated)
+
+
+def test_other_dtypes_run_as_the_triton_backend(monkeypatch):
+    calls = []
+    monkeypatch.setattr(triton_backend, "run_block", lambda block, x: calls.append(x.dtype) or x)
+    block = reference_block(R.InceptionA)
+    tg.run_block(block, torch.randn(1, 384, 5, 5))
+    assert calls == [torch.float32]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only answer")
+def test_says_why_it_is_unusable_without_a_gpu():
+    from inception_fast.backends import backend_status
+
+    usable, reason = backend_status("triton-gemm", "cpu")
+    assert not usable and reason
+
+
+def test_registered_as_an_experiment_auto_weighs_only_when_named():
+    from inception_fast import bench
+    from inception_fast.backends import BACKENDS, EXPERIMENTAL, auto_backend
+
+    assert "triton-gemm" in BACKENDS and "triton-gemm" in EXPERIMENTAL
+    assert "triton-gemm" not in auto_backend.candidates(None)
+    assert auto_backend.candidates("triton-gemm") == ("triton", "cuda", "triton-gemm", "torch")
+    assert {"fused-triton-gemm", "fused-triton-gemm-graph"} <= set(bench.EXPERIMENTAL_IDS)
