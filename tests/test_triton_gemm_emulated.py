@@ -111,6 +111,14 @@ def test_inception_v4_blocks(v4, emulated, index, batch, height, width):
     check(block, torch.randn(batch, block.plan.in_channels, height, width, dtype=torch.float64), emulated)
 
 
+def test_inception_v4_classifier(v4, emulated):
+    """The head: global average pool, then the classifier as a 1x1 conv on the GEMM op."""
+    from inception_fast import optimize
+
+    block = optimize(v4, backend="torch").double().blocks[-1]
+    check(block, torch.randn(3, 1536, 5, 4, dtype=torch.float64), emulated)
+
+
 @pytest.mark.parametrize(("name", "path", "hw"), [
     ("inception_resnet_v2", "repeat.0", (6, 5)),  # the residual 1x1 stays on the stage kernel
     ("googlenet", "inception3a", (9, 7)),
