@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "check_text.h"
+#include "conv_fprop.h"
 #include "gemm_conv1x1.h"
 #include "stage_args.h"
 
@@ -323,6 +324,100 @@ void cuda_gemm_conv1x1(const at::Tensor& x, const at::Tensor& weight, const at::
 #endif
 }
 
+// Arguments of cuda_conv_fprop on any device (the Meta kernel runs these too). x [N, H, W, Cx]
+// and out [N, P, Q, Cout] contiguous (NHWC), weight [K, R, S, C] contiguous; the conv reads
+// x's channels [in_c0, in_c0 + C) and writes out's [out_c0, out_c0 + K).
+void check_conv_fprop(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& out,
+                      int64_t in_c0, int64_t out_c0, int64_t stride, int64_t pad_h, int64_t pad_w) {
+  OP_CHECK(x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16,
+           "cuda_conv_fprop: x must be float16 or bfloat16, got ", x.scalar_type());
+  OP_CHECK(x.dim() == 4 && x.is_contiguous(), "cuda_conv_fprop: x must be a contiguous NHWC tensor, got shape ",
+           x.sizes());
+  OP_CHECK(weight.device() == x.device() && weight.scalar_type() == x.scalar_type() && weight.dim() == 4 &&
+               weight.is_contiguous(),
+           "cuda_conv_fprop: weight must be a contiguous [K, R, S, C] tensor of x's dtype on x's device, got ",
+           weight.scalar_type(), " ", weight.sizes(), " on ", weight.device());
+  OP_CHECK(out.device() == x.device() && out.scalar_type() == x.scalar_type() && out.dim() == 4 &&
+               out.is_contiguous(),
+           "cuda_conv_fprop: out must be a contiguous NHWC tensor of x's dtype on x's device, got ",
+           out.scalar_type(), " ", out.sizes(), " on ", out.device());
+  OP_CHECK(bias.device() == x.device() && bias.scalar_type() == at::kFloat && bias.dim() == 1 &&
+               bias.size(0) == weight.size(0) && bias.is_contiguous(),
+           "cuda_conv_fprop: bias must be a contiguous float32 tensor of ", weight.size(0), " entries on ",
+           x.device(), ", got ", bias.scalar_type(), " ", bias.sizes(), " on ", bias.device());
+  const int64_t k = weight.size(0), r = weight.size(1), s = weight.size(2), c = weight.size(3);
+  OP_CHECK(c > 0 && c % 8 == 0 && k > 0 && k % 8 == 0, "cuda_conv_fprop: ", c, " input and ", k,
+           " output channels; the kernel needs positive multiples of 8");
+  OP_CHECK(x.size(3) % 8 == 0 && out.size(3) % 8 == 0, "cuda_conv_fprop: x has ", x.size(3), " and out ",
+           out.size(3), " channels; their rows must be 16-byte aligned for TMA (multiples of 8 channels)");
+  OP_CHECK(in_c0 >= 0 && in_c0 % 8 == 0 && in_c0 + c <= x.size(3), "cuda_conv_fprop: in_c0 ", in_c0,
+           " must be a multiple of 8 with in_c0 + ", c, " channels within x's ", x.size(3));
+  OP_CHECK(out_c0 >= 0 && out_c0 % 8 == 0 && out_c0 + k <= out.size(3), "cuda_conv_fprop: out_c0 ", out_c0,
+           " must be a multiple of 8 with out_c0 + ", k, " channels within out's ", out.size(3));
+  OP_CHECK(stride >= 1 && pad_h >= 0 && pad_w >= 0 && pad_h < r && pad_w < s, "cuda_conv_fprop: stride ", stride,
+           " and padding (", pad_h, ", ", pad_w, ") must be positive and smaller than the ", r, "x", s, " window");
+  const int64_t p = (x.size(1) + 2 * pad_h - r) / stride + 1, q = (x.size(2) + 2 * pad_w - s) / stride + 1;
+  OP_CHECK(x.size(1) + 2 * pad_h >= r && x.size(2) + 2 * pad_w >= s && out.size(0) == x.size(0) &&
+               out.size(1) == p && out.size(2) == q,
+           "cuda_conv_fprop: out must be [", x.size(0), ", ", p, ", ", q, ", C] for x of shape ", x.sizes(),
+           ", got ", out.sizes());
+  OP_CHECK(x.numel() < (int64_t{1} << 31) && out.numel() < (int64_t{1} << 31),
+           "cuda_conv_fprop: tensors of 2^31 or more elements are not supported; split the batch");
+  if (x.is_cuda()) {
+    for (const auto& [t, name] : {std::pair<const at::Tensor*, const char*>{&x, "x"}, {&weight, "weight"},
+                                  {&bias, "bias"}, {&out, "out"}}) {
+      OP_CHECK(reinterpret_cast<uintptr_t>(t->data_ptr()) % 16 == 0, "cuda_conv_fprop: ", name,
+               " must be 16-byte aligned (TMA)");
+    }
+  }
+}
+
+void cuda_conv_fprop_meta(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& out,
+                          int64_t in_c0, int64_t out_c0, int64_t stride, int64_t pad_h, int64_t pad_w,
+                          bool /*relu*/) {
+  check_conv_fprop(x, weight, bias, out, in_c0, out_c0, stride, pad_h, pad_w);
+}
+
+void cuda_conv_fprop(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& out,
+                     int64_t in_c0, int64_t out_c0, int64_t stride, int64_t pad_h, int64_t pad_w,
+                     [[maybe_unused]] bool relu) {
+  check_conv_fprop(x, weight, bias, out, in_c0, out_c0, stride, pad_h, pad_w);
+#if defined(INCEPTION_FAST_WITH_CUTLASS_CONV)
+  if (out.numel() == 0) return;
+  ConvFpropArgs args{};
+  args.x = x.data_ptr();
+  args.w = weight.data_ptr();
+  args.bias = bias.data_ptr<float>();
+  args.out = out.data_ptr();
+  args.n = static_cast<int>(x.size(0));
+  args.h = static_cast<int>(x.size(1));
+  args.w_in = static_cast<int>(x.size(2));
+  args.k = static_cast<int>(weight.size(0));
+  args.r = static_cast<int>(weight.size(1));
+  args.s = static_cast<int>(weight.size(2));
+  args.c = static_cast<int>(weight.size(3));
+  args.stride = static_cast<int>(stride);
+  args.pad_h = static_cast<int>(pad_h);
+  args.pad_w = static_cast<int>(pad_w);
+  args.p = static_cast<int>(out.size(1));
+  args.q = static_cast<int>(out.size(2));
+  args.in_pitch = x.size(3);
+  args.in_c0 = in_c0;
+  args.out_pitch = out.size(3);
+  args.out_c0 = out_c0;
+  args.relu = relu;
+  const c10::cuda::CUDAGuard guard(x.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const char* error = x.scalar_type() == at::kHalf ? launch_conv_fprop<ConvDtype::kHalf>(args, stream)
+                                                   : launch_conv_fprop<ConvDtype::kBFloat16>(args, stream);
+  OP_CHECK(error == nullptr, "cuda_conv_fprop: ", error);
+#else
+  OP_CHECK(false, "cuda_conv_fprop: the extension was built without CUTLASS's headers (include/ and "
+           "tools/util/include/): pip install nvidia-cutlass and rebuild (or set INCEPTION_FAST_CUTLASS_DIR to a "
+           "CUTLASS checkout)");
+#endif
+}
+
 }  // namespace
 
 TORCH_LIBRARY(inception_fast, m) {
@@ -332,14 +427,21 @@ TORCH_LIBRARY(inception_fast, m) {
   m.def(
       "cuda_gemm_conv1x1(Tensor x, Tensor weight, Tensor bias, Tensor(a!) out, int col_offset, bool relu, "
       "int tile_n=0) -> ()");
+  m.def(
+      "cuda_conv_fprop(Tensor x, Tensor weight, Tensor bias, Tensor(a!) out, int in_c0, int out_c0, int stride, "
+      "int pad_h, int pad_w, bool relu) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(inception_fast, CUDA, m) {
   m.impl("cuda_conv_stage", &cuda_conv_stage);
   m.impl("cuda_gemm_conv1x1", &cuda_gemm_conv1x1);
+  m.impl("cuda_conv_fprop", &cuda_conv_fprop);
 }
 
 // The argument checks, without a launch: FakeTensor (torch.compile) and meta tensors run them.
-TORCH_LIBRARY_IMPL(inception_fast, Meta, m) { m.impl("cuda_gemm_conv1x1", &cuda_gemm_conv1x1_meta); }
+TORCH_LIBRARY_IMPL(inception_fast, Meta, m) {
+  m.impl("cuda_gemm_conv1x1", &cuda_gemm_conv1x1_meta);
+  m.impl("cuda_conv_fprop", &cuda_conv_fprop_meta);
+}
 
 }  // namespace inception_fast

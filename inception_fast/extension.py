@@ -38,11 +38,15 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 CSRC_DIR = PACKAGE_DIR.parent / "csrc"
 # The 1x1-conv GEMM on CUTLASS: one file per (dtype, tile width), compiled in parallel, and only
 # with the CUTLASS headers.
-CUTLASS_SOURCES = tuple(
-    f"gemm_conv1x1_{dtype}_n{tile}.cu" for dtype in ("fp16", "bf16") for tile in (64, 128, 256)
+CUTLASS_SOURCES = (
+    *(f"gemm_conv1x1_{dtype}_n{tile}.cu" for dtype in ("fp16", "bf16") for tile in (64, 128, 256)),
+    "conv_fprop_fp16.cu", "conv_fprop_bf16.cu",
 )
 SOURCES = ("bindings.cpp", "conv_stage_fp16.cu", "conv_stage_bf16.cu", *CUTLASS_SOURCES)
-HEADERS = ("stage_args.h", "conv_stage.cuh", "check_text.h", "gemm_conv1x1.h", "gemm_conv1x1.cuh")
+HEADERS = (
+    "stage_args.h", "conv_stage.cuh", "check_text.h", "gemm_conv1x1.h", "gemm_conv1x1.cuh", "conv_fprop.h",
+    "conv_fprop.cuh",
+)
 EXTENSION_NAME = "inception_fast_cuda"
 
 # Hopper SASS with the sm_90a feature set, plus PTX for every other card from Ampere on (the
@@ -124,7 +128,19 @@ def cutlass_flags() -> list[str]:
     include_dir = cutlass_include_dir()
     if include_dir is None:
         return []
-    return [f"-I{include_dir}", "-DINCEPTION_FAST_WITH_CUTLASS=1"]
+    flags = [f"-I{include_dir}", "-DINCEPTION_FAST_WITH_CUTLASS=1"]
+    # The conv kernels also need CUTLASS's util headers (tools/util/include beside include/, in
+    # a checkout and in the wheel); without them only the GEMM is compiled in.
+    util_dir = cutlass_util_include_dir(include_dir)
+    if util_dir is not None:
+        flags += [f"-I{util_dir}", "-DINCEPTION_FAST_WITH_CUTLASS_CONV=1"]
+    return flags
+
+
+def cutlass_util_include_dir(include_dir: Path) -> Path | None:
+    """CUTLASS's util headers (cutlass/util/...) next to its `include_dir`, or None."""
+    util_dir = include_dir.parent / "tools" / "util" / "include"
+    return util_dir if (util_dir / "cutlass" / "util" / "packed_stride.hpp").is_file() else None
 
 
 def build_sources() -> list[str]:

@@ -26,6 +26,10 @@ GEMM_SCHEMA = (
     "inception_fast::cuda_gemm_conv1x1(Tensor x, Tensor weight, Tensor bias, Tensor(a!) out, int col_offset, "
     "bool relu, int tile_n=0) -> ()"
 )
+CONV_SCHEMA = (
+    "inception_fast::cuda_conv_fprop(Tensor x, Tensor weight, Tensor bias, Tensor(a!) out, int in_c0, "
+    "int out_c0, int stride, int pad_h, int pad_w, bool relu) -> ()"
+)
 
 
 def _build_in_a_child(directory: Path) -> subprocess.CompletedProcess:
@@ -38,6 +42,7 @@ def _build_in_a_child(directory: Path) -> subprocess.CompletedProcess:
         print("LIBRARY", library)
         print("SCHEMA", torch.ops.inception_fast.cuda_conv_stage.default._schema)
         print("GEMM_SCHEMA", torch.ops.inception_fast.cuda_gemm_conv1x1.default._schema)
+        print("CONV_SCHEMA", torch.ops.inception_fast.cuda_conv_fprop.default._schema)
     """)
     return subprocess.run(
         [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=900
@@ -57,6 +62,7 @@ def test_fresh_build_is_warning_free_and_survives_a_stale_lock_and_a_damaged_lib
     assert done.returncode == 0, log[-6000:]
     assert f"SCHEMA {SCHEMA}" in done.stdout
     assert f"GEMM_SCHEMA {GEMM_SCHEMA}" in done.stdout
+    assert f"CONV_SCHEMA {CONV_SCHEMA}" in done.stdout
     # ptxas reports serialized WGMMA (C7510, e.g. a device assert() in CUTLASS) as "info", not
     # as a warning: it costs the CUTLASS kernels most of their speed, so it counts here too.
     compiler_warnings = [line for line in log.splitlines()
@@ -185,6 +191,41 @@ def test_gemm_conv1x1_checks_its_arguments_without_a_gpu():
             op(*tensors("cuda"), 4, True)
 
 
+@needs_nvcc
+def test_conv_fprop_checks_its_arguments_without_a_gpu():
+    """The k x k conv op's Meta kernel runs its argument checks (channel slices, sizes, alignment)."""
+    extension.load()
+    op = torch.ops.inception_fast.cuda_conv_fprop.default
+    assert str(op._schema) == CONV_SCHEMA
+
+    def tensors(device="meta", **changes):
+        half = torch.float16
+        shapes = {"x": ((3, 9, 7, 64), half), "weight": ((32, 3, 3, 16), half),
+                  "bias": ((32,), torch.float32), "out": ((3, 9, 7, 48), half)}
+        shapes.update(changes)
+        return [torch.empty(shape, dtype=dtype, device=device) for shape, dtype in shapes.values()]
+
+    assert op(*tensors(), 8, 16, 1, 1, 1, True) is None  # x[..., 8:24] -> out[..., 16:48], 3x3 pad 1
+    assert op(*tensors(out=((3, 4, 3, 32), torch.float16)), 0, 0, 2, 0, 0, False) is None  # 3x3 stride 2
+    seven = {"weight": ((32, 1, 7, 16), torch.float16)}
+    assert op(*tensors(**seven), 48, 0, 1, 0, 3, True) is None  # 1x7, padding (0, 3)
+    half, f32 = torch.float16, torch.float32
+    bad = [
+        ({"x": ((3, 9, 7, 64), f32)}, (8, 16, 1, 1, 1), "x must be float16 or bfloat16"),
+        ({"weight": ((32, 3, 3, 12), half)}, (8, 16, 1, 1, 1), "12 input and 32 output channels"),
+        ({"bias": ((16,), f32)}, (8, 16, 1, 1, 1), "bias must be a contiguous float32 tensor of 32"),
+        ({}, (4, 16, 1, 1, 1), "in_c0 4 must be a multiple of 8"),
+        ({}, (56, 16, 1, 1, 1), "in_c0 56 must be .* within x's 64"),
+        ({}, (8, 24, 1, 1, 1), "out_c0 24 must be .* within out's 48"),
+        ({}, (8, 16, 1, 3, 1), r"padding \(3, 1\) must be"),
+        ({}, (8, 16, 2, 1, 1), r"out must be \[3, 5, 4, C\]"),
+        ({"out": ((3, 9, 7, 44), half)}, (8, 0, 1, 1, 1), "out 44 channels"),
+    ]
+    for changes, args, message in bad:
+        with pytest.raises(RuntimeError, match=message):
+            op(*tensors(**changes), *args, True)
+
+
 def test_cutlass_headers_come_from_the_variable_or_the_wheel_and_name_the_build(monkeypatch, tmp_path):
     """Without CUTLASS headers the extension builds without its files; with them it compiles them
     too, and the sources hash and build directory change (no build of the other kind is reused)."""
@@ -207,6 +248,11 @@ def test_cutlass_headers_come_from_the_variable_or_the_wheel_and_name_the_build(
     assert extension.cutlass_version() == "4.2.0"
     assert extension.cutlass_flags() == [f"-I{include.resolve()}", "-DINCEPTION_FAST_WITH_CUTLASS=1"]
     assert extension.build_sources() == list(extension.SOURCES)
+    # The conv kernels also need the util headers beside include/ (a checkout's layout, the wheel's).
+    util = tmp_path / "cutlass" / "tools" / "util" / "include"
+    (util / "cutlass" / "util").mkdir(parents=True)
+    (util / "cutlass" / "util" / "packed_stride.hpp").write_text("")
+    assert extension.cutlass_flags()[2:] == [f"-I{util.resolve()}", "-DINCEPTION_FAST_WITH_CUTLASS_CONV=1"]
     assert extension.sources_hash() != hash_without
     assert extension.build_directory() != directory_without
 

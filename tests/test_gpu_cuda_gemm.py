@@ -52,15 +52,17 @@ def heuristic_tiles(monkeypatch):
 
 @pytest.fixture
 def gemm_calls(monkeypatch):
-    """Counts the GEMM op's calls (the backend looks the op up on every block call)."""
+    """Counts the CUTLASS ops' calls, the GEMM's and the k x k conv's (triton-gemm's k x k convs;
+    the backends look the ops up on every launch)."""
     calls = []
-    real = torch.ops.inception_fast.cuda_gemm_conv1x1.default
+    for name in ("cuda_gemm_conv1x1", "cuda_conv_fprop"):
+        real = getattr(torch.ops.inception_fast, name).default
 
-    def counted(*args):
-        calls.append(args[1].shape)
-        return real(*args)
+        def counted(*args, real=real, name=name):
+            calls.append((name, args[1].shape))
+            return real(*args)
 
-    monkeypatch.setattr(torch.ops.inception_fast, "cuda_gemm_conv1x1", types.SimpleNamespace(default=counted))
+        monkeypatch.setattr(torch.ops.inception_fast, name, types.SimpleNamespace(default=counted))
     return calls
 
 

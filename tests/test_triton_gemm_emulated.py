@@ -82,12 +82,44 @@ def emulated(monkeypatch):
 
     monkeypatch.setattr(gemm_routing, "DTYPES", (torch.float64,))
     monkeypatch.setattr(tg, "availability", lambda device=None: (True, "emulated"))
+    monkeypatch.setattr(tg, "_kxk_usable", lambda device: False)
     monkeypatch.setattr(triton_backend, "_run_stage", stage_kernel)
     monkeypatch.setattr(triton_ops, "triton_to_nhwc_padded", to_nhwc_padded)
     monkeypatch.setattr(torch.ops.inception_fast, "cuda_gemm_conv1x1",
                         type("Op", (), {"default": gemm_op}), raising=False)
     monkeypatch.setenv("INCEPTION_FAST_POISON", "1")  # a channel never written shows as NaN
     return gemm_op
+
+
+class EmulatedConv:
+    """The k x k conv op's checks (bindings.cpp: check_conv_fprop) and result, counting its calls."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, x, weight, bias, out, in_c0, out_c0, stride, pad_h, pad_w, relu):
+        k, _, _, c = weight.shape
+        assert x.is_contiguous() and weight.is_contiguous() and out.is_contiguous() and bias.is_contiguous()
+        assert bias.shape == (k,) and bias.dtype == torch.float32 and weight.dtype == x.dtype == out.dtype
+        assert c % 8 == 0 and k % 8 == 0 and in_c0 % 8 == 0 and out_c0 % 8 == 0
+        assert x.shape[3] % 8 == 0 and out.shape[3] % 8 == 0
+        assert in_c0 + c <= x.shape[3] and out_c0 + k <= out.shape[3]
+        source = x[..., in_c0:in_c0 + c].permute(0, 3, 1, 2)
+        kernel = weight.permute(0, 3, 1, 2)
+        value = torch.nn.functional.conv2d(source, kernel, bias.double(), stride, (pad_h, pad_w))
+        assert value.shape[0] == out.shape[0] and value.shape[2:] == out.shape[1:3], "out: [N, P, Q, C]"
+        out[..., out_c0:out_c0 + k] = (value.clamp_min(0) if relu else value).permute(0, 2, 3, 1)
+        self.calls += 1
+
+
+@pytest.fixture
+def emulated_kxk(emulated, monkeypatch):
+    """As `emulated`, with the k x k convs on the emulated conv op; returns (gemm op, conv op)."""
+    conv_op = EmulatedConv()
+    monkeypatch.setattr(tg, "_kxk_usable", lambda device: True)
+    monkeypatch.setattr(torch.ops.inception_fast, "cuda_conv_fprop", type("Op", (), {"default": conv_op}),
+                        raising=False)
+    return emulated, conv_op
 
 
 def check(block, x, gemm_op, min_launches=1):
@@ -129,6 +161,59 @@ def test_family_blocks(emulated, name, path, hw):
     check(block, torch.randn(2, block.plan.in_channels, *hw, dtype=torch.float64), emulated)
 
 
+def check_kxk(block, x, ops, min_convs=1):
+    """Every fitting conv on the emulated ops, the rest on the emulated stage kernel."""
+    gemm_op, conv_op = ops
+    got = tg.run_block(block, x)
+    assert not torch.isnan(got).any(), "an output channel was never written"
+    assert relative_l2(got, torch_backend.run_block(block, x)) < 1e-12
+    launches = [launch for key, splits in block.backend_cache.items() if key[0] == "triton-gemm"
+                for s in splits for launch in s.launches]
+    convs = sum(isinstance(launch, gemm_routing.ConvLaunch) for launch in launches)
+    assert conv_op.calls == convs >= min_convs
+    assert gemm_op.calls == len(launches) - convs
+
+
+@pytest.mark.parametrize(("index", "batch", "height", "width"), V4_CASES)
+def test_inception_v4_blocks_with_the_kxk_convs_on_the_conv_op(v4, emulated_kxk, index, batch, height, width):
+    block = fuse_block(v4.features[index]).to(torch.float64)
+    x = torch.randn(batch, block.plan.in_channels, height, width, dtype=torch.float64)
+    check_kxk(block, x, emulated_kxk)
+
+
+@pytest.mark.parametrize(("name", "path", "hw"), [
+    ("inception_resnet_v2", "repeat.0", (6, 5)),
+    ("googlenet", "inception3a", (9, 7)),
+    ("inception_v3", "Mixed_7c", (5, 6)),  # the split 1x3 / 3x1 branches
+    ("inception_v3", "Mixed_6a", (9, 9)),  # 3x3 stride 2
+])
+def test_family_blocks_with_the_kxk_convs_on_the_conv_op(emulated_kxk, name, path, hw):
+    block = _family_block(name, path)
+    check_kxk(block, torch.randn(2, block.plan.in_channels, *hw, dtype=torch.float64), emulated_kxk)
+
+
+def _conv_row(kernel=(3, 3), stride=1, pad=(1, 1), cin=16, cols=16, src_c0=0, src=pk.BUF_INPUT):
+    return [pk.CONV, src, src_c0, cin, cols, *kernel, stride, *pad, 0, 0, 0]
+
+
+RELU_OUT = pk.FLAG_RELU | pk.FLAG_TO_OUTPUT
+
+
+@pytest.mark.parametrize(("row", "dst", "reason"), [
+    (_conv_row(), list(range(16)), None),
+    (_conv_row(kernel=(1, 7), pad=(0, 3), src=pk.BUF_WORK, src_c0=8), list(range(16)), None),  # a slice
+    (_conv_row(stride=2, pad=(0, 0)), list(range(16)), None),
+    (_conv_row(src=pk.BUF_WORK, src_c0=4), list(range(16)), "not multiples of 8"),
+    (_conv_row(cin=12), list(range(16)), "not multiples of 8"),
+    (_conv_row(kernel=(1, 1), pad=(1, 1)), list(range(16)), "pads as wide as its window"),
+    (_conv_row(), list(range(4, 20)), "not multiples of 8"),  # the output channels
+], ids=["3x3", "1x7-slice", "stride2", "unaligned-slice", "12-channels", "wide-pad", "unaligned-dst"])
+def test_kxk_routing_keeps_what_the_conv_op_cannot_address(row, dst, reason):
+    channels = {pk.BUF_INPUT: 16, pk.BUF_WORK: 32, pk.BUF_OUTPUT: 64}
+    found = gemm_routing.conv_row_reason(row, dst, [RELU_OUT] * 16, channels)
+    assert (found is None) if reason is None else (found is not None and reason in found), found
+
+
 def test_padded_network_input(emulated):
     """The 3-channel input is padded to 8 channels: the GEMM reads all 8 (zeros after 3)."""
     torch.manual_seed(0)
@@ -142,8 +227,8 @@ def test_a_broken_relu_flag_fails_the_check(emulated, monkeypatch):
     x = torch.randn(1, 384, 5, 5, dtype=torch.float64)
     real_split = gemm_routing.split_rows
 
-    def without_relu(packed, channels):
-        split = real_split(packed, channels)
+    def without_relu(packed, channels, kxk=False):
+        split = real_split(packed, channels, kxk)
         for launch in split.launches:
             launch.relu = False
         return split

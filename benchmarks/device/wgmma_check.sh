@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# The CUTLASS sm90 1x1-conv GEMM on a Hopper GPU, in one go (about 3 minutes on an H100):
+# The CUTLASS sm90 ops on a Hopper GPU, the 1x1-conv GEMM and the k x k implicit-GEMM conv, in
+# one go (about 5 minutes on an H100):
 #   1. the nvidia-cutlass wheel from WHEELS (default .whl; no network needed) unpacked into a
 #      scratch directory, for its headers;
 #   2. the extension built just in time into a fresh cache directory (MAX_JOBS=16);
 #   3. benchmarks/device/wgmma_check.py: correctness against float64 (the 2x rule against cuDNN),
 #      then times against the project's Triton and CUDA stage kernels, cuDNN and cuBLAS; with OUT
 #      set, OUT/wgmma_check.md and .json;
-#   4. the op's GPU tests (tests/test_gpu_gemm_conv1x1.py), on the same build.
+#   4. the op's GPU tests (tests/test_gpu_gemm_conv1x1.py), on the same build;
+#   5. benchmarks/device/conv_fprop_check.py (the k x k conv op against float64 and cuDNN on
+#      Inception-v4's k x k convs; OUT/conv_fprop_check.md and .json) and its GPU tests
+#      (tests/test_gpu_conv_fprop.py).
 # Usage, from the repository root:  OUT=dir bash benchmarks/device/wgmma_check.sh [--skip-timing]
 set -u
 cd "$(dirname "$0")/../.." || exit 2
@@ -43,6 +47,14 @@ status=$?
 
 echo "=== GPU tests ($(date +%T))"
 timeout 300 "$PY" -m pytest -q -p no:cacheprovider --tb=short tests/test_gpu_gemm_conv1x1.py 2>&1 | tail -15
+test_status=${PIPESTATUS[0]}
+[ "$status" -ne 0 ] || status=$test_status
+echo "=== k x k conv op: check and timing ($(date +%T))"
+timeout 300 "$PY" benchmarks/device/conv_fprop_check.py
+conv_status=$?
+[ "$status" -ne 0 ] || status=$conv_status
+echo "=== k x k conv op: GPU tests ($(date +%T))"
+timeout 240 "$PY" -m pytest -q -p no:cacheprovider --tb=short tests/test_gpu_conv_fprop.py 2>&1 | tail -15
 test_status=${PIPESTATUS[0]}
 [ "$status" -ne 0 ] || status=$test_status
 echo "=== done ($(date +%T)), exit $status"

@@ -11,6 +11,11 @@ one conv per branch, writes a run per branch). Every buffer it touches must hold
 8 channels and every run must start and span multiples of 8 channels and carry no residual
 column (Inception-ResNet's residual epilogue is the stage kernels'); otherwise the whole problem
 stays on the stage kernel.
+
+The k x k conv op `torch.ops.inception_fast.cuda_conv_fprop` (csrc/conv_fprop*: CUTLASS's sm90
+implicit GEMM, im2col TMA) can take the other convs, where a backend asks for it (`kxk`): any
+window, stride and padding, reading channels [c0, c0 + C) of its source buffer, with the same
+rules for channel counts, offsets and runs as the GEMM.
 """
 
 from __future__ import annotations
@@ -52,11 +57,37 @@ class GemmLaunch:
     weight: torch.Tensor  # [N, K] rows of the stage's weights
     bias: torch.Tensor  # fp32 [N] of the stage's bias
 
+    def run(self, buffers: dict) -> None:
+        op = torch.ops.inception_fast.cuda_gemm_conv1x1.default  # looked up per call: tests count it
+        op(buffers[self.src], self.weight, self.bias, buffers[self.dst], self.col_offset, self.relu)
+
+
+@dataclass
+class ConvLaunch:
+    """One call of the k x k conv op: channels [in_c0, in_c0 + C) of `src` into channels
+    [out_c0, out_c0 + K) of `dst`; views into the packed stage."""
+
+    src: int
+    dst: int
+    in_c0: int
+    out_c0: int
+    relu: bool
+    weight: torch.Tensor  # [K, R, S, C] rows of the stage's (OHWI) weights
+    bias: torch.Tensor  # fp32 [K]
+    stride: int
+    pad_h: int
+    pad_w: int
+
+    def run(self, buffers: dict) -> None:
+        op = torch.ops.inception_fast.cuda_conv_fprop.default  # looked up per call: tests count it
+        op(buffers[self.src], self.weight, self.bias, buffers[self.dst], self.in_c0, self.out_c0, self.stride,
+           self.pad_h, self.pad_w, self.relu)
+
 
 @dataclass
 class RowSplit:
-    """A packed stage split: the GEMM launches of the `taken` rows (in row order), and the
-    stage of the `others` for a stage kernel (None when the GEMM op takes every row)."""
+    """A packed stage split: the launches of the `taken` rows (GemmLaunch / ConvLaunch, in row
+    order), and the stage of the `others` for a stage kernel (None when the ops take every row)."""
 
     taken: list
     launches: list
@@ -89,6 +120,22 @@ def row_reason(row, col_dst: list, col_flags: list, buffer_channels: dict) -> st
         return "reads a slice of its source buffer, not all of it"
     if row[pk.CIN] % ALIGN:
         return f"reads {row[pk.CIN]} channels, not a multiple of {ALIGN}"
+    return _runs_reason(row, col_dst, col_flags, buffer_channels)
+
+
+def conv_row_reason(row, col_dst: list, col_flags: list, buffer_channels: dict) -> str | None:
+    """Why the k x k conv op cannot compute packed problem `row` exactly (None: it can)."""
+    if row[pk.KIND] != pk.CONV:
+        return "a pool"
+    c0, cin, source = row[pk.SRC_C0], row[pk.CIN], buffer_channels[row[pk.SRC_BUF]]
+    if c0 % ALIGN or cin % ALIGN or source % ALIGN:
+        return f"reads channels {c0}:{c0 + cin} of {source}, not multiples of {ALIGN}"
+    if row[pk.PAD_H] >= row[pk.KH] or row[pk.PAD_W] >= row[pk.KW]:
+        return "pads as wide as its window"
+    return _runs_reason(row, col_dst, col_flags, buffer_channels)
+
+
+def _runs_reason(row, col_dst: list, col_flags: list, buffer_channels: dict) -> str | None:
     for run in column_runs(row, col_dst, col_flags):
         if run.flags & pk.FLAG_RESIDUAL:
             return "adds the residual in its epilogue"
@@ -100,25 +147,20 @@ def row_reason(row, col_dst: list, col_flags: list, buffer_channels: dict) -> st
     return None
 
 
-def split_rows(packed: pk.PackedStage, buffer_channels: dict) -> RowSplit:
-    """The GEMM launches of a packed stage, and a packed stage of the rows left for a stage
-    kernel (they keep their weight and column offsets into the whole stage's tables)."""
+def split_rows(packed: pk.PackedStage, buffer_channels: dict, kxk: bool = False) -> RowSplit:
+    """The launches of a packed stage on the GEMM op (and, with `kxk`, the k x k conv op), and
+    a packed stage of the rows left for a stage kernel (they keep their weight and column
+    offsets into the whole stage's tables)."""
     col_dst, col_flags = packed.col_dst.tolist(), packed.col_flags.tolist()
-    taken = [p for p, row in enumerate(packed.rows)
-             if row_reason(row, col_dst, col_flags, buffer_channels) is None]
-    launches = []
-    for p in taken:
-        row = packed.rows[p]
-        k = row[pk.CIN]
-        for run in column_runs(row, col_dst, col_flags):
-            w0 = row[pk.W_OFF] + run.start * k
-            b0 = row[pk.COL_OFF] + run.start
-            launches.append(GemmLaunch(
-                src=row[pk.SRC_BUF], dst=run.buffer, col_offset=run.dst_channel,
-                relu=bool(run.flags & pk.FLAG_RELU),
-                weight=packed.weights[w0:w0 + run.count * k].view(run.count, k),
-                bias=packed.bias[b0:b0 + run.count],
-            ))
+    taken, launches = [], []
+    for p, row in enumerate(packed.rows):
+        if row_reason(row, col_dst, col_flags, buffer_channels) is None:
+            launches += _gemm_launches(packed, row, col_dst, col_flags)
+        elif kxk and conv_row_reason(row, col_dst, col_flags, buffer_channels) is None:
+            launches += _conv_launches(packed, row, col_dst, col_flags)
+        else:
+            continue
+        taken.append(p)
     others = [p for p in range(len(packed.rows)) if p not in taken]
     rest = packed
     if taken and others:
@@ -131,11 +173,42 @@ def split_rows(packed: pk.PackedStage, buffer_channels: dict) -> RowSplit:
     return RowSplit(taken, launches, others, rest)
 
 
+def _gemm_launches(packed, row, col_dst, col_flags) -> list[GemmLaunch]:
+    k = row[pk.CIN]
+    launches = []
+    for run in column_runs(row, col_dst, col_flags):
+        w0 = row[pk.W_OFF] + run.start * k
+        b0 = row[pk.COL_OFF] + run.start
+        launches.append(GemmLaunch(
+            src=row[pk.SRC_BUF], dst=run.buffer, col_offset=run.dst_channel,
+            relu=bool(run.flags & pk.FLAG_RELU),
+            weight=packed.weights[w0:w0 + run.count * k].view(run.count, k),
+            bias=packed.bias[b0:b0 + run.count],
+        ))
+    return launches
+
+
+def _conv_launches(packed, row, col_dst, col_flags) -> list[ConvLaunch]:
+    kh, kw, cin = row[pk.KH], row[pk.KW], row[pk.CIN]
+    k = kh * kw * cin  # one output channel's OHWI weights
+    launches = []
+    for run in column_runs(row, col_dst, col_flags):
+        w0 = row[pk.W_OFF] + run.start * k
+        b0 = row[pk.COL_OFF] + run.start
+        launches.append(ConvLaunch(
+            src=row[pk.SRC_BUF], dst=run.buffer, in_c0=row[pk.SRC_C0], out_c0=run.dst_channel,
+            relu=bool(run.flags & pk.FLAG_RELU),
+            weight=packed.weights[w0:w0 + run.count * k].view(run.count, kh, kw, cin),
+            bias=packed.bias[b0:b0 + run.count],
+            stride=row[pk.STRIDE], pad_h=row[pk.PAD_H], pad_w=row[pk.PAD_W],
+        ))
+    return launches
+
+
 def run_launches(launches: list, buffers: dict) -> None:
-    """The GEMM launches of one stage on `buffers` (pk.BUF_* -> an NHWC-contiguous tensor)."""
-    op = torch.ops.inception_fast.cuda_gemm_conv1x1.default  # looked up per call: tests count it
-    for g in launches:
-        op(buffers[g.src], g.weight, g.bias, buffers[g.dst], g.col_offset, g.relu)
+    """The op launches of one stage on `buffers` (pk.BUF_* -> an NHWC-contiguous tensor)."""
+    for launch in launches:
+        launch.run(buffers)
 
 
 # --- availability -----------------------------------------------------------------------------
@@ -167,6 +240,30 @@ def op_status(device) -> tuple[bool, str]:
             reason = str(err).splitlines()[0].removeprefix("cuda_gemm_conv1x1: ")
             _op_status[device] = (False, reason)
     return _op_status[device]
+
+
+_conv_status: dict = {}  # device -> (compiled in, reason)
+
+
+@torch.compiler.disable  # a question to the library, not a computation to trace
+def conv_op_status(device) -> tuple[bool, str]:
+    """Whether the loaded extension has the k x k conv op compiled in (CUTLASS's util headers were
+    found at build time), asked once per device with an empty problem."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return False, f"the CUTLASS kernels run on CUDA devices, not {device.type}"
+    if device.index is None:
+        device = torch.device(device.type, torch.cuda.current_device())
+    if device not in _conv_status:
+        try:
+            op = torch.ops.inception_fast.cuda_conv_fprop.default
+            x = torch.empty((0, 1, 1, ALIGN), dtype=torch.float16, device=device)
+            weight = torch.empty((ALIGN, 1, 1, ALIGN), dtype=torch.float16, device=device)
+            op(x, weight, torch.zeros(ALIGN, device=device), torch.empty_like(x), 0, 0, 1, 0, 0, False)
+            _conv_status[device] = (True, "the CUTLASS k x k conv is compiled in")
+        except (AttributeError, RuntimeError) as err:
+            _conv_status[device] = (False, str(err).splitlines()[0].removeprefix("cuda_conv_fprop: "))
+    return _conv_status[device]
 
 
 def op_availability(device=None) -> tuple[bool, str]:

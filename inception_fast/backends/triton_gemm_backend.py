@@ -1,7 +1,9 @@
 """The `triton-gemm` backend: the `triton` backend with every 1x1 conv that is a plain GEMM on the
 CUTLASS sm90 op `torch.ops.inception_fast.cuda_gemm_conv1x1` (which problems, and how:
-`gemm_routing`), the rest of each stage on the Triton stage kernel in a second launch (none
-when nothing is left). On an H100 at batch 32 and 256 the op runs Inception-v4's 1x1 convs
+`gemm_routing`), and the k x k convs that fit it on the CUTLASS implicit-GEMM conv op
+`cuda_conv_fprop` (where that is compiled in; INCEPTION_FAST_CUTLASS_KXK=0 keeps them on the
+stage kernel), the rest of each stage on the Triton stage kernel in a second launch (none when
+nothing is left). On an H100 at batch 32 and 256 the op runs Inception-v4's 1x1 convs
 1.05-2.9x faster than the stage kernel; whether a split stage (two launches, the rest tiled on
 its own) wins a block is for `auto` to time. Hopper (compute capability 9.0) only, fp16 and
 bf16, and only where the CUDA extension was built with the CUTLASS headers; other dtypes, and
@@ -11,6 +13,7 @@ where INCEPTION_FAST_AUTO_EXPERIMENTS names it.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -48,16 +51,19 @@ def _usable_here(device) -> bool:
     return ok
 
 
-def split_stages(block, stages: list, in_channels: int, use_gemm: bool = True) -> list[SplitStage]:
-    """Each `triton_backend` stage (packed, signature, launch state) split between the GEMM op
-    and the stage kernel; `in_channels`: the block input's channels as the kernels get them."""
+def split_stages(
+    block, stages: list, in_channels: int, use_gemm: bool = True, kxk: bool = False
+) -> list[SplitStage]:
+    """Each `triton_backend` stage (packed, signature, launch state) split between the CUTLASS
+    ops (the GEMM; with `kxk` the k x k conv too) and the stage kernel; `in_channels`: the block
+    input's channels as the kernels get them."""
     if not use_gemm:
         return [SplitStage([], stage) for stage in stages]
     plan = block.plan
     channels = {pk.BUF_INPUT: in_channels, pk.BUF_WORK: plan.work_channels, pk.BUF_OUTPUT: plan.out_channels}
     found = []
     for stage in stages:
-        split = gemm_routing.split_rows(stage[0], channels)
+        split = gemm_routing.split_rows(stage[0], channels, kxk)
         if not split.taken:
             found.append(SplitStage([], stage))
         elif split.rest is None:
@@ -77,10 +83,20 @@ def _split_block(block, x_kernel: torch.Tensor, stages: list) -> list[SplitStage
     if found is None:
         what = f"splitting {block.plan.label} between the GEMM op and the stage kernel"
         outside_capture(x_kernel.device, what)
+        use_gemm = _usable_here(x_kernel.device)
         found = block.backend_cache[key] = split_stages(
-            block, stages, x_kernel.shape[1], _usable_here(x_kernel.device)
+            block, stages, x_kernel.shape[1], use_gemm, use_gemm and _kxk_usable(x_kernel.device)
         )
     return found
+
+
+def _kxk_usable(device) -> bool:
+    if os.environ.get("INCEPTION_FAST_CUTLASS_KXK", "1") == "0":
+        return False
+    ok, reason = gemm_routing.conv_op_status(device)
+    if not ok:
+        cuda_backend._explain_once(f"backend 'triton-gemm' keeps k x k convs on the stage kernel: {reason}")
+    return ok
 
 
 def _nhwc(t: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,136 @@
+"""The CUTLASS sm90 implicit-GEMM k x k conv op (`torch.ops.inception_fast.cuda_conv_fprop`)
+against cuDNN on Inception-v4's k x k convs, fp16, batch 32 and 256. Run through
+wgmma_check.sh (it installs the CUTLASS headers and builds the extension first), or, where both
+are present:
+
+    python benchmarks/device/conv_fprop_check.py
+
+Each case first checks the op against float64 (at most twice cuDNN's own error plus 1e-6; a case
+that fails is reported and not timed), then times both: medians of CUDA-event timings with the
+L2 flushed before every call (`inception_fast.timing`). Ours reads a channel slice of a wider
+input and writes a channel slice of a wider output, with bias and ReLU; cuDNN is F.conv2d with
+bias (channels_last, cudnn.benchmark), without the ReLU and the slices. Writes
+$OUT/conv_fprop_check.md and .json when OUT is set; exits non-zero when a case fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import torch
+import torch.nn.functional as F
+
+from inception_fast import extension, timing
+from inception_fast.testing import relative_l2
+
+# Inception-v4's k x k convs: (name, height, width, in, out, (r, s), stride, (pad_h, pad_w))
+CASES = [
+    ("Stem1 3x3", 147, 147, 32, 32, (3, 3), 1, (0, 0)),
+    ("Stem2 3x3", 147, 147, 32, 64, (3, 3), 1, (1, 1)),
+    ("Mixed3a 3x3/2", 147, 147, 64, 96, (3, 3), 2, (0, 0)),
+    ("Mixed4a 3x3", 73, 73, 64, 96, (3, 3), 1, (0, 0)),
+    ("Mixed4a 1x7", 73, 73, 64, 64, (1, 7), 1, (0, 3)),
+    ("Mixed4a 7x1", 73, 73, 64, 64, (7, 1), 1, (3, 0)),
+    ("Mixed5a 3x3/2", 71, 71, 192, 192, (3, 3), 2, (0, 0)),
+    ("InceptionA 3x3 64-96", 35, 35, 64, 96, (3, 3), 1, (1, 1)),
+    ("InceptionA 3x3 96-96", 35, 35, 96, 96, (3, 3), 1, (1, 1)),
+    ("ReductionA 3x3/2 384", 35, 35, 384, 384, (3, 3), 2, (0, 0)),
+    ("ReductionA 3x3 192-224", 35, 35, 192, 224, (3, 3), 1, (1, 1)),
+    ("InceptionB 1x7 192-224", 17, 17, 192, 224, (1, 7), 1, (0, 3)),
+    ("InceptionB 7x1 224-256", 17, 17, 224, 256, (7, 1), 1, (3, 0)),
+    ("ReductionB 3x3/2 192", 17, 17, 192, 192, (3, 3), 2, (0, 0)),
+    ("InceptionC 1x3 384-256", 8, 8, 384, 256, (1, 3), 1, (0, 1)),
+    ("InceptionC 3x1 448-512", 8, 8, 448, 512, (3, 1), 1, (1, 0)),
+]
+PAD_CHANNELS = 16  # the slice sits 8 channels into a buffer 16 channels wider, on both sides
+
+
+def case_tensors(batch, height, width, c, k, r, s, dtype, seed=0):
+    generator = torch.Generator(device="cuda").manual_seed(seed)
+    x = torch.randn(batch, height, width, c + PAD_CHANNELS, device="cuda", generator=generator).to(dtype)
+    weight = (torch.randn(k, r, s, c, device="cuda", generator=generator) / (r * s * c) ** 0.5).to(dtype)
+    bias = torch.randn(k, device="cuda", generator=generator) * 0.1
+    return x, weight, bias
+
+
+def _median_ms(fn) -> float:
+    return timing.time_cuda(lambda i: fn(), budget_ms=100, warmup_ms=20, max_reps=200).median_ms
+
+
+def run_case(op, name, batch, height, width, c, k, r, s, stride, pad_h, pad_w) -> dict:
+    """Check one case against float64 on a few images, then time it against cuDNN."""
+    x, weight, bias = case_tensors(batch, height, width, c, k, r, s, torch.float16)
+    source = x[..., 8:8 + c].permute(0, 3, 1, 2)
+    kernel = weight.permute(0, 3, 1, 2)
+    cudnn_in = source.contiguous(memory_format=torch.channels_last)
+    conv = dict(stride=stride, padding=(pad_h, pad_w))
+    p = (height + 2 * pad_h - r) // stride + 1
+    q = (width + 2 * pad_w - s) // stride + 1
+    out = torch.zeros(batch, p, q, k + PAD_CHANNELS, device="cuda", dtype=torch.float16)
+    row = {"case": name, "batch": batch}
+
+    def ours():
+        op(x, weight, bias, out, 8, 8, stride, pad_h, pad_w, True)
+
+    try:
+        ours()
+    except RuntimeError as err:
+        return {**row, "ok": False, "error": str(err).splitlines()[0][:200]}
+    few = slice(0, min(batch, 4))  # the float64 reference on a few images
+    exact = F.conv2d(source[few].double(), kernel.double(), bias.double(), **conv).relu()
+    cudnn = F.conv2d(cudnn_in[few], kernel, bias.half(), **conv).relu()
+    error = relative_l2(out[few, ..., 8:8 + k].permute(0, 3, 1, 2), exact)
+    bound = 2 * relative_l2(cudnn, exact) + 1e-6
+    row.update(error=error, bound=bound, ok=error <= bound)
+    if row["ok"]:
+        row["ours_ms"] = _median_ms(ours)
+        row["cudnn_ms"] = _median_ms(lambda: F.conv2d(cudnn_in, kernel, bias.half(), **conv))
+        row["tflops"] = 2.0 * batch * p * q * k * r * s * c / row["ours_ms"] / 1e9
+    return row
+
+
+def table(rows) -> list[str]:
+    lines = ["| case | batch | ours ms | cuDNN ms | ours / cuDNN | TFLOP/s | error (bound) |",
+             "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        if "ours_ms" in row:
+            ratio = row["ours_ms"] / row["cudnn_ms"]
+            lines.append(f"| {row['case']} | {row['batch']} | {row['ours_ms']:.4f} | {row['cudnn_ms']:.4f} | "
+                         f"{ratio:.2f} | {row['tflops']:.0f} | {row['error']:.2e} ({row['bound']:.2e}) |")
+        else:
+            error = row["error"]
+            if not isinstance(error, str):
+                error = f"{error:.2e} > {row['bound']:.2e}"
+            lines.append(f"| {row['case']} | {row['batch']} | FAILED | | | | {error} |")
+    return lines
+
+
+def main() -> int:
+    torch.backends.cudnn.benchmark = True
+    extension.load()
+    op = torch.ops.inception_fast.cuda_conv_fprop
+    rows = []
+    for name, height, width, c, k, (r, s), stride, (pad_h, pad_w) in CASES:
+        for batch in (32, 256):
+            rows.append(run_case(op, name, batch, height, width, c, k, r, s, stride, pad_h, pad_w))
+            print(table(rows[-1:])[-1], flush=True)
+    lines = table(rows)
+    print("\n".join(lines), flush=True)
+    out_dir = os.environ.get("OUT")
+    if out_dir:
+        document = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+                    "commit": os.environ.get("INCEPTION_FAST_COMMIT", "unknown"), "rows": rows}
+        Path(out_dir, "conv_fprop_check.json").write_text(json.dumps(document, indent=1) + "\n")
+        Path(out_dir, "conv_fprop_check.md").write_text("\n".join(lines) + "\n")
+    failures = sum(not row["ok"] for row in rows)
+    print(f"{len(rows)} cases, {failures} failed", flush=True)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

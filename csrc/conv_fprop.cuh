@@ -1,0 +1,131 @@
+// The CUTLASS 3.x sm90 implicit-GEMM convolution behind conv_fprop.h: the activation tile
+// arrives by im2col TMA (the padding is its out-of-bounds zero fill), the weight tile by TMA,
+// both into a multi-stage smem ring filled by a producer warp; two consumer warpgroups run WGMMA
+// with fp32 accumulation; a TMA-store epilogue adds the per-channel bias, clamps (ReLU or not)
+// and writes the input dtype into the output's channel slice. Included by one .cu file per dtype.
+#pragma once
+
+#include "conv_fprop.h"
+#include "gemm_conv1x1.cuh"  // NDEBUG before CUTLASS, the element types, the device query
+
+#if defined(INCEPTION_FAST_WITH_CUTLASS_CONV)
+
+#pragma nv_diag_suppress 2908
+#include <cutlass/conv/collective/collective_builder.hpp>
+#include <cutlass/conv/convnd_problem_shape.hpp>
+#include <cutlass/conv/kernel/conv_universal.hpp>
+#pragma nv_diag_default 2908
+
+namespace inception_fast {
+namespace conv_fprop {
+
+template <typename T>
+struct ConvKernel {
+  using Element = typename gemm_conv1x1::CutlassElement<T>::type;
+  // GEMM view: M = N*P*Q output pixels, N = K output channels, K = R*S*C; the activation
+  // [N, H, W, C] and the weight [K, R, S, C] are both channel-innermost (NHWC / KRSC).
+  using Layout = cutlass::layout::TensorNHWC;
+  static constexpr int kAlignment = 8;  // elements per 16 bytes: TMA's alignment
+  using TileShape = cute::Shape<cute::_128, cute::_128, cute::Shape<cute::_64>>;
+  using ClusterShape = cute::Shape<cute::_1, cute::_1, cute::_1>;
+  using Fusion = cutlass::epilogue::fusion::LinCombPerColBiasEltAct<cutlass::epilogue::thread::Clamp, Element,
+                                                                    float, float>;
+  using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
+      cutlass::epilogue::collective::EpilogueTileAuto, float, float,
+      void, Layout, kAlignment,  // no source C: D = act(acc + bias)
+      Element, Layout, kAlignment, cutlass::epilogue::TmaWarpSpecialized, Fusion>::CollectiveOp;
+  using Mainloop = typename cutlass::conv::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, cutlass::conv::Operator::kFprop,
+      Element, Layout, kAlignment, Element, Layout, kAlignment, float, TileShape, ClusterShape,
+      cutlass::conv::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
+      cutlass::conv::KernelImplicitTmaWarpSpecializedSm90>::CollectiveOp;
+  using ProblemShape =
+      cutlass::conv::ConvProblemShape<cutlass::conv::Operator::kFprop, Mainloop::DispatchPolicy::NumSpatialDimensions>;
+  using Kernel = cutlass::conv::kernel::ConvUniversal<ProblemShape, Mainloop, Epilogue>;
+};
+
+template <class Kernel>
+__global__ void __launch_bounds__(Kernel::MaxThreadsPerBlock, Kernel::MinBlocksPerMultiprocessor)
+    conv_entry(CUTLASS_GRID_CONSTANT typename Kernel::Params const params) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  extern __shared__ char smem[];
+  Kernel{}(params, smem);
+#endif
+}
+
+template <typename T>
+const char* launch(const ConvFpropArgs& a, cudaStream_t stream) {
+  using Types = ConvKernel<T>;
+  using Kernel = typename Types::Kernel;
+  using Element = typename Types::Element;
+  using ProblemShape = typename Types::ProblemShape;
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return "no current CUDA device";
+  gemm_conv1x1::DeviceInfo info;
+  if (const char* error = gemm_conv1x1::device_info(device, info)) return error;
+  if (!info.hopper) return "the CUTLASS kernels need a Hopper GPU (compute capability 9.0)";
+
+  // Channel slices: the activation and output strides are their buffers' pitches, and the base
+  // pointers start at the slices' first channels.
+  const ProblemShape problem(
+      cutlass::conv::Mode::kCrossCorrelation,
+      {a.n, a.h, a.w_in, a.c}, {int64_t(a.h) * a.w_in * a.in_pitch, int64_t(a.w_in) * a.in_pitch, a.in_pitch, 1},
+      {a.k, a.r, a.s, a.c}, {int64_t(a.r) * a.s * a.c, int64_t(a.s) * a.c, a.c, 1},
+      {int64_t(a.p) * a.q * a.out_pitch, int64_t(a.q) * a.out_pitch, a.out_pitch, 1},
+      {a.pad_h, a.pad_w}, {a.pad_h, a.pad_w}, {a.stride, a.stride}, {1, 1}, 1);
+  const auto out_shape = problem.shape_C;  // [n, p, q, k] as CUTLASS computed it
+  if (out_shape[1] != a.p || out_shape[2] != a.q || out_shape[3] != a.k) {
+    return "the output size does not match the convolution's";
+  }
+
+  typename Kernel::Arguments arguments{};
+  arguments.mode = cutlass::gemm::GemmUniversalMode::kGemm;
+  arguments.problem_shape = problem;
+  arguments.mainloop.ptr_A = static_cast<const Element*>(a.x) + a.in_c0;
+  arguments.mainloop.ptr_B = static_cast<const Element*>(a.w);
+  using StrideD = typename Kernel::StrideD;
+  StrideD stride_d{};
+  // The epilogue's M mode is (q, p, n): CUTLASS's own packing of the output strides, here the pitched ones.
+  cute::for_each(cute::make_seq<cute::rank<0>(StrideD{})>{}, [&](auto i) {
+    cute::get<0, i>(stride_d) = problem.stride_C[ProblemShape::RankT - 2 - i];
+  });
+  arguments.epilogue.ptr_C = nullptr;
+  arguments.epilogue.dC = stride_d;
+  arguments.epilogue.ptr_D = static_cast<Element*>(a.out) + a.out_c0;
+  arguments.epilogue.dD = stride_d;
+  auto& fusion = arguments.epilogue.thread;
+  fusion.alpha = 1.0f;
+  fusion.beta = 0.0f;
+  fusion.bias_ptr = a.bias;
+  fusion.activation.lower_bound = a.relu ? 0.0f : -std::numeric_limits<float>::infinity();
+  fusion.activation.upper_bound = std::numeric_limits<float>::infinity();
+  arguments.hw_info.device_id = device;
+  arguments.hw_info.sm_count = info.sm_count;
+
+  if (!Kernel::can_implement(arguments)) {
+    return "CUTLASS cannot run this convolution (sizes, padding or alignment)";
+  }
+  if (Kernel::get_workspace_size(arguments) != 0) return "the kernel unexpectedly needs a workspace";
+  const typename Kernel::Params params = Kernel::to_underlying_arguments(arguments, nullptr);
+
+  constexpr int kSmemBytes = Kernel::SharedStorageSize;
+  static bool smem_set[gemm_conv1x1::kMaxDevices] = {};
+  if (!smem_set[device]) {
+    if (cudaFuncSetAttribute(conv_entry<Kernel>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes) !=
+        cudaSuccess) {
+      return "cannot reserve the kernel's shared memory";
+    }
+    smem_set[device] = true;
+  }
+  const dim3 grid = Kernel::get_grid_shape(params);
+  const dim3 block = Kernel::get_block_shape();
+  conv_entry<Kernel><<<grid, block, kSmemBytes, stream>>>(params);
+  const cudaError_t err = cudaGetLastError();
+  return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
+}
+
+}  // namespace conv_fprop
+}  // namespace inception_fast
+
+#endif  // INCEPTION_FAST_WITH_CUTLASS_CONV

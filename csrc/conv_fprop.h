@@ -1,0 +1,41 @@
+// A k x k convolution over NHWC activations as one implicit GEMM on Hopper (CUTLASS 3.x sm90
+// conv kernels: im2col TMA loads of the activation, TMA loads of the weight, WGMMA, a
+// warp-specialized producer), reading a channel slice of its input buffer and writing a channel
+// slice of its output buffer. Plain data only: included from .cu files that must not see torch.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace inception_fast {
+
+// out[n, p, q, out_c0 + k] = act(bias[k] + sum_{r,s,c} x[n, p*stride - pad_h + r, q*stride - pad_w + s,
+// in_c0 + c] * w[k, r, s, c]), zero outside the input (the padding). x: [N, H, W, in_pitch];
+// w: [K, R, S, C] contiguous; out: [N, P, Q, out_pitch]. C, K, the pitches and the channel
+// offsets are multiples of 8 (TMA's 16 bytes); the base pointers are 16-byte aligned.
+struct ConvFpropArgs {
+  const void* x;
+  const void* w;
+  const float* bias;
+  void* out;
+  int n, h, w_in, c, k, r, s;
+  int stride, pad_h, pad_w;
+  int p, q;  // the output size: (h + 2 pad_h - r) / stride + 1, the same for q
+  int64_t in_pitch, in_c0, out_pitch, out_c0;
+  bool relu;
+};
+
+enum class ConvDtype : int { kHalf, kBFloat16 };
+
+// One kernel per dtype, each in its own .cu file; built only with the CUTLASS headers
+// and util headers (INCEPTION_FAST_WITH_CUTLASS_CONV). nullptr on success, else why it failed.
+template <ConvDtype Dtype>
+const char* launch_conv_fprop(const ConvFpropArgs& args, cudaStream_t stream);
+
+template <>
+const char* launch_conv_fprop<ConvDtype::kHalf>(const ConvFpropArgs& args, cudaStream_t stream);
+template <>
+const char* launch_conv_fprop<ConvDtype::kBFloat16>(const ConvFpropArgs& args, cudaStream_t stream);
+
+}  // namespace inception_fast
