@@ -43,6 +43,8 @@ def _build_in_a_child(directory: Path) -> subprocess.CompletedProcess:
         print("SCHEMA", torch.ops.inception_fast.cuda_conv_stage.default._schema)
         print("GEMM_SCHEMA", torch.ops.inception_fast.cuda_gemm_conv1x1.default._schema)
         print("CONV_SCHEMA", torch.ops.inception_fast.cuda_conv_fprop.default._schema)
+        import sys
+        print("NINJA_CHECKED", "torch.utils.cpp_extension" in sys.modules)
     """)
     return subprocess.run(
         [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=900
@@ -70,6 +72,18 @@ def test_fresh_build_is_warning_free_and_survives_a_stale_lock_and_a_damaged_lib
     assert not compiler_warnings, "\n".join(compiler_warnings)
     library = Path(done.stdout.split("LIBRARY ")[1].split()[0])
     assert library.exists()
+
+    # A later process loads the up-to-date build directly: no ninja run, no cpp_extension import.
+    again = _build_in_a_child(tmp_path)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-6000:]
+    assert f"SCHEMA {SCHEMA}" in again.stdout and "NINJA_CHECKED False" in again.stdout
+    # Other flags (here: another file list) make it build again, through ninja.
+    stamp = tmp_path / extension.STAMP_NAME
+    stamp.write_text("a build with other flags")
+    again = _build_in_a_child(tmp_path)
+    log = (again.stdout + again.stderr)[-6000:]
+    assert again.returncode == 0 and "NINJA_CHECKED True" in again.stdout, log
+    assert stamp.read_text() != "a build with other flags"
 
     for damage in (b"", b"not an ELF file"):  # an interrupted link; a damaged file
         library.write_bytes(damage)
