@@ -94,11 +94,12 @@ struct GemmKernel {
   using Kernel = cutlass::gemm::kernel::GemmUniversal<cute::Shape<int, int, int, int>, Mainloop, Epilogue>;
 };
 
-// The kernel entry; its body exists only in the sm_90a pass (WGMMA and TMA need the "a"
-// features), so the compute_80 PTX carries an empty stub that the host never launches.
+// The entry of a CUTLASS 3.x kernel (this GEMM, conv_fprop.cuh's conv); its body exists only in
+// the sm_90a pass (WGMMA and TMA need the "a" features), so the compute_80 PTX carries an empty
+// stub that the host never launches.
 template <class Kernel>
 __global__ void __launch_bounds__(Kernel::MaxThreadsPerBlock, Kernel::MinBlocksPerMultiprocessor)
-    gemm_entry(CUTLASS_GRID_CONSTANT typename Kernel::Params const params) {
+    kernel_entry(CUTLASS_GRID_CONSTANT typename Kernel::Params const params) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ char smem[];
   Kernel{}(params, smem);
@@ -131,6 +132,35 @@ inline const char* device_info(int device, DeviceInfo& out) {
   return nullptr;
 }
 
+// The epilogue both ops run, D = act(acc + bias) without a source C (ReLU: clamp at 0, else at
+// -inf), and the device the kernel runs on.
+template <class Arguments>
+void set_bias_act_and_device(Arguments& arguments, const float* bias, bool relu, int device, int sm_count) {
+  arguments.epilogue.ptr_C = nullptr;
+  auto& fusion = arguments.epilogue.thread;
+  fusion.alpha = 1.0f;
+  fusion.beta = 0.0f;
+  fusion.bias_ptr = bias;
+  fusion.activation.lower_bound = relu ? 0.0f : -std::numeric_limits<float>::infinity();
+  fusion.activation.upper_bound = std::numeric_limits<float>::infinity();
+  arguments.hw_info.device_id = device;
+  arguments.hw_info.sm_count = sm_count;
+}
+
+// The kernel's dynamic shared memory, reserved once per device; nullptr on success.
+template <class Kernel>
+const char* reserve_shared_memory(int device) {
+  static bool reserved[kMaxDevices] = {};
+  if (!reserved[device]) {
+    if (cudaFuncSetAttribute(kernel_entry<Kernel>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             Kernel::SharedStorageSize) != cudaSuccess) {
+      return "cannot reserve the kernel's shared memory";
+    }
+    reserved[device] = true;
+  }
+  return nullptr;
+}
+
 template <typename T, int TileN>
 const char* launch(const GemmConv1x1Args& args, cudaStream_t stream) {
   using Kernel = typename GemmKernel<T, TileN>::Kernel;
@@ -156,18 +186,10 @@ const char* launch(const GemmConv1x1Args& args, cudaStream_t stream) {
   arguments.mode = cutlass::gemm::GemmUniversalMode::kGemm;
   arguments.problem_shape = {static_cast<int>(args.m), static_cast<int>(args.n), static_cast<int>(args.k), 1};
   arguments.mainloop = {static_cast<const Element*>(args.a), stride_a, static_cast<const Element*>(args.b), stride_b};
-  arguments.epilogue.ptr_C = nullptr;
   arguments.epilogue.dC = stride_c;
   arguments.epilogue.ptr_D = static_cast<Element*>(args.d);
   arguments.epilogue.dD = stride_d;
-  auto& fusion = arguments.epilogue.thread;
-  fusion.alpha = 1.0f;
-  fusion.beta = 0.0f;
-  fusion.bias_ptr = args.bias;
-  fusion.activation.lower_bound = args.relu ? 0.0f : -std::numeric_limits<float>::infinity();
-  fusion.activation.upper_bound = std::numeric_limits<float>::infinity();
-  arguments.hw_info.device_id = device;
-  arguments.hw_info.sm_count = info.sm_count;
+  set_bias_act_and_device(arguments, args.bias, args.relu, device, info.sm_count);
 
   if (!Kernel::can_implement(arguments)) {
     return "CUTLASS cannot run this problem (sizes or alignment)";
@@ -177,23 +199,16 @@ const char* launch(const GemmConv1x1Args& args, cudaStream_t stream) {
   const typename Kernel::Params params = Kernel::to_underlying_arguments(arguments, nullptr);
 
   constexpr int kSmemBytes = Kernel::SharedStorageSize;
-  static bool smem_set[kMaxDevices] = {};
-  if (!smem_set[device]) {
-    if (cudaFuncSetAttribute(gemm_entry<Kernel>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes) !=
-        cudaSuccess) {
-      return "cannot reserve the kernel's shared memory";
-    }
-    smem_set[device] = true;
-  }
+  if (const char* error = reserve_shared_memory<Kernel>(device)) return error;
   const dim3 grid = Kernel::get_grid_shape(params);  // persistent: about one CTA per SM, whole clusters
   const dim3 block = Kernel::get_block_shape();
   constexpr int kClusterM = GemmKernel<T, TileN>::kClusterM;
   if constexpr (kClusterM == 1) {
-    gemm_entry<Kernel><<<grid, block, kSmemBytes, stream>>>(params);
+    kernel_entry<Kernel><<<grid, block, kSmemBytes, stream>>>(params);
   } else {
     void* kernel_params[] = {const_cast<typename Kernel::Params*>(&params)};
     const cutlass::Status status = cutlass::ClusterLauncher::launch(
-        grid, dim3(kClusterM, 1, 1), block, kSmemBytes, stream, reinterpret_cast<const void*>(&gemm_entry<Kernel>),
+        grid, dim3(kClusterM, 1, 1), block, kSmemBytes, stream, reinterpret_cast<const void*>(&kernel_entry<Kernel>),
         kernel_params);
     if (status != cutlass::Status::kSuccess) {
       const cudaError_t err = cudaGetLastError();
