@@ -53,11 +53,10 @@ DTYPES = {
 SLACK = {torch.float16: 5e-4, torch.bfloat16: 5e-3, torch.float32: 1e-5, torch.float64: 1e-10}
 INPUT_SETS = 3  # inputs rotated between timed calls
 FUSED_BACKENDS = ("torch", "triton", "cuda", "auto")
-EXPERIMENTAL_BACKENDS = EXPERIMENTAL  # rows only where --backend names them
 FUSED_IDS = ("fused-default", *(f"fused-{b}" for b in FUSED_BACKENDS),
              *(f"fused-{b}-graph" for b in FUSED_BACKENDS if b != "torch"))
-EXPERIMENTAL_IDS = (*(f"fused-{b}" for b in EXPERIMENTAL_BACKENDS),
-                    *(f"fused-{b}-graph" for b in EXPERIMENTAL_BACKENDS))
+EXPERIMENTAL_IDS = (*(f"fused-{b}" for b in EXPERIMENTAL),  # rows only where --backend names them
+                    *(f"fused-{b}-graph" for b in EXPERIMENTAL))
 ANCHOR_IDS = ("eager", "eager-graph", "eager-nchw", *anchor_kinds.COMPILE_ANCHORS)
 FLOOR_ID = "floor"
 CONFIG_IDS = (*FUSED_IDS, *EXPERIMENTAL_IDS, *ANCHOR_IDS, FLOOR_ID)

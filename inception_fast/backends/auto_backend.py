@@ -28,7 +28,6 @@ from ..graphs import capturing
 from ..packing import unsupported_reason
 from . import EXPERIMENTAL, backend_status, get_backend, precision_key
 
-EXPERIMENTS = EXPERIMENTAL
 ENV_EXPERIMENTS = "INCEPTION_FAST_AUTO_EXPERIMENTS"
 
 
@@ -37,11 +36,11 @@ def candidates(setting: str | None) -> tuple[str, ...]:
     of INCEPTION_FAST_AUTO_EXPERIMENTS), then torch. The first usable one runs where nothing
     can be timed."""
     named = [name.strip() for name in (setting or "").split(",") if name.strip()]
-    unknown = [name for name in named if name not in EXPERIMENTS]
+    unknown = [name for name in named if name not in EXPERIMENTAL]
     if unknown:
         raise ValueError(f"{ENV_EXPERIMENTS}={setting!r}: {', '.join(unknown)} is not an experimental "
-                         f"backend; name any of {', '.join(EXPERIMENTS)}, comma-separated")
-    return ("triton", "cuda", *[name for name in EXPERIMENTS if name in named], "torch")
+                         f"backend; name any of {', '.join(EXPERIMENTAL)}, comma-separated")
+    return ("triton", "cuda", *[name for name in EXPERIMENTAL if name in named], "torch")
 
 
 CANDIDATES = candidates(os.environ.get(ENV_EXPERIMENTS))

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import packing as pk
+from . import cuda_backend  # the extension's loader and its reasons
 
 ALIGN = 8  # the op's TMA rows and channel offsets: 16 bytes of fp16/bf16
 DTYPES = (torch.float16, torch.bfloat16)
@@ -213,64 +214,66 @@ def run_launches(launches: list, buffers: dict) -> None:
 
 # --- availability -----------------------------------------------------------------------------
 
-_op_status: dict = {}  # device -> (compiled in, reason)
+_asked: dict = {}  # (op name, device) -> (compiled in, reason)
+
+
+def _gemm_probe(op, device) -> None:
+    x = torch.empty((0, ALIGN), dtype=torch.float16, device=device)
+    weight = torch.empty((ALIGN, ALIGN), dtype=torch.float16, device=device)
+    op(x, weight, torch.zeros(ALIGN, device=device), torch.empty_like(x), 0, False)
+
+
+def _conv_probe(op, device) -> None:
+    x = torch.empty((0, 1, 1, ALIGN), dtype=torch.float16, device=device)
+    weight = torch.empty((ALIGN, 1, 1, ALIGN), dtype=torch.float16, device=device)
+    op(x, weight, torch.zeros(ALIGN, device=device), torch.empty_like(x), 0, 0, 1, 0, 0, False)
+
+
+_PROBES = {  # op name -> (what it is, a call with an empty problem: no launch either way)
+    "cuda_gemm_conv1x1": ("the CUTLASS 1x1-conv GEMM", _gemm_probe),
+    "cuda_conv_fprop": ("the CUTLASS k x k conv", _conv_probe),
+}
 
 
 @torch.compiler.disable  # a question to the library, not a computation to trace
-def op_status(device) -> tuple[bool, str]:
-    """Whether the loaded extension has the GEMM op compiled in, asked once per device with an
-    empty problem (no launch either way)."""
-    device = torch.device(device)
-    if device.index is None:  # "cuda" and "cuda:0" are one device: one question
-        device = torch.device(device.type, torch.cuda.current_device())
-    if device not in _op_status:
-        try:
-            op = torch.ops.inception_fast.cuda_gemm_conv1x1.default
-        except (AttributeError, RuntimeError):
-            _op_status[device] = (False, "the loaded CUDA extension has no cuda_gemm_conv1x1 op; rebuild it "
-                                         "(pip install -e . or clear the extension's build cache)")
-            return _op_status[device]
-        x = torch.empty((0, ALIGN), dtype=torch.float16, device=device)
-        weight = torch.empty((ALIGN, ALIGN), dtype=torch.float16, device=device)
-        bias = torch.zeros(ALIGN, dtype=torch.float32, device=device)
-        try:
-            op(x, weight, bias, torch.empty_like(x), 0, False)
-            _op_status[device] = (True, "the CUTLASS 1x1-conv GEMM is compiled in")
-        except RuntimeError as err:
-            reason = str(err).splitlines()[0].removeprefix("cuda_gemm_conv1x1: ")
-            _op_status[device] = (False, reason)
-    return _op_status[device]
-
-
-_conv_status: dict = {}  # device -> (compiled in, reason)
-
-
-@torch.compiler.disable  # a question to the library, not a computation to trace
-def conv_op_status(device) -> tuple[bool, str]:
-    """Whether the loaded extension has the k x k conv op compiled in (CUTLASS's util headers were
-    found at build time), asked once per device with an empty problem."""
+def _compiled_in(name: str, device) -> tuple[bool, str]:
+    """Whether the loaded extension has op `name` with its kernels compiled in (the CUTLASS
+    headers, for the conv also CUTLASS's util headers, were found at build time), asked once
+    per device with an empty problem."""
     device = torch.device(device)
     if device.type != "cuda":
         return False, f"the CUTLASS kernels run on CUDA devices, not {device.type}"
-    if device.index is None:
+    if device.index is None:  # "cuda" and "cuda:0" are one device: one question
         device = torch.device(device.type, torch.cuda.current_device())
-    if device not in _conv_status:
+    if (name, device) not in _asked:
+        what, probe = _PROBES[name]
         try:
-            op = torch.ops.inception_fast.cuda_conv_fprop.default
-            x = torch.empty((0, 1, 1, ALIGN), dtype=torch.float16, device=device)
-            weight = torch.empty((ALIGN, 1, 1, ALIGN), dtype=torch.float16, device=device)
-            op(x, weight, torch.zeros(ALIGN, device=device), torch.empty_like(x), 0, 0, 1, 0, 0, False)
-            _conv_status[device] = (True, "the CUTLASS k x k conv is compiled in")
-        except (AttributeError, RuntimeError) as err:
-            _conv_status[device] = (False, str(err).splitlines()[0].removeprefix("cuda_conv_fprop: "))
-    return _conv_status[device]
+            op = getattr(torch.ops.inception_fast, name).default
+        except (AttributeError, RuntimeError):
+            _asked[name, device] = (False, f"the loaded CUDA extension has no {name} op; rebuild it "
+                                           "(pip install -e . or clear the extension's build cache)")
+            return _asked[name, device]
+        try:
+            probe(op, device)
+            _asked[name, device] = (True, f"{what} is compiled in")
+        except RuntimeError as err:
+            _asked[name, device] = (False, str(err).splitlines()[0].removeprefix(f"{name}: "))
+    return _asked[name, device]
+
+
+def op_status(device) -> tuple[bool, str]:
+    """Whether the GEMM op's kernels are compiled in (see `_compiled_in`)."""
+    return _compiled_in("cuda_gemm_conv1x1", device)
+
+
+def conv_op_status(device) -> tuple[bool, str]:
+    """Whether the k x k conv op's kernels are compiled in (see `_compiled_in`)."""
+    return _compiled_in("cuda_conv_fprop", device)
 
 
 def op_availability(device=None) -> tuple[bool, str]:
     """(usable, reason) of the GEMM op on `device`: the CUDA extension loads, the card is
     Hopper, and the op is compiled in."""
-    from . import cuda_backend  # the extension's loader and its reasons
-
     ok, reason = cuda_backend.availability(device)
     if not ok:
         return ok, reason
