@@ -18,7 +18,7 @@ import torch
 from gpu_blocks import LOW_PRECISION, two_x_rule
 
 from inception_fast import cache, extension, optimize
-from inception_fast.backends import backend_status
+from inception_fast.backends import backend_status, gemm_routing
 from inception_fast.modules import FusedBlock
 from inception_fast.testing import calibrated_model
 
@@ -51,9 +51,12 @@ def heuristic_tiles(monkeypatch):
 
 
 @pytest.fixture
-def gemm_calls(monkeypatch):
+def gemm_calls(monkeypatch, backend):
     """Counts the CUTLASS ops' calls, the GEMM's and the k x k conv's (triton-gemm's k x k convs;
-    the backends look the ops up on every launch)."""
+    the backends look the ops up on every launch). Taken after `backend`, which loads the
+    extension; each op's one-time probe call is made here, so it is not counted as a launch."""
+    gemm_routing.op_status("cuda")
+    gemm_routing.conv_op_status("cuda")
     calls = []
     for name in ("cuda_gemm_conv1x1", "cuda_conv_fprop"):
         real = getattr(torch.ops.inception_fast, name).default
