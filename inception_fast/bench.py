@@ -37,7 +37,7 @@ import torch
 
 from . import anchors as anchor_kinds
 from . import bench_models, conv_floor, layer_census, timing
-from .backends import EXPERIMENTAL, backend_status, resolve_backend
+from .backends import BACKENDS, backend_status, resolve_backend
 from .optimize import optimize
 from .testing import random_images
 
@@ -55,8 +55,9 @@ INPUT_SETS = 3  # inputs rotated between timed calls
 FUSED_BACKENDS = ("torch", "triton", "cuda", "auto")
 FUSED_IDS = ("fused-default", *(f"fused-{b}" for b in FUSED_BACKENDS),
              *(f"fused-{b}-graph" for b in FUSED_BACKENDS if b != "torch"))
-EXPERIMENTAL_IDS = (*(f"fused-{b}" for b in EXPERIMENTAL),  # rows only where --backend names them
-                    *(f"fused-{b}-graph" for b in EXPERIMENTAL))
+OTHER_BACKENDS = tuple(b for b in BACKENDS if b not in FUSED_BACKENDS)  # the experiments, triton-gemm
+EXPERIMENTAL_IDS = (*(f"fused-{b}" for b in OTHER_BACKENDS),  # rows only where --backend names them
+                    *(f"fused-{b}-graph" for b in OTHER_BACKENDS))
 ANCHOR_IDS = ("eager", "eager-graph", "eager-nchw", *anchor_kinds.COMPILE_ANCHORS)
 FLOOR_ID = "floor"
 CONFIG_IDS = (*FUSED_IDS, *EXPERIMENTAL_IDS, *ANCHOR_IDS, FLOOR_ID)

@@ -270,8 +270,8 @@ def add_bench_parser(sub) -> argparse.ArgumentParser:
                        help="batch sizes, repeatable or comma-separated, e.g. 1,8,32,256 "
                             "(GPU default 1,32,256; CPU 1,2)")
     bench.add_argument("--backend", default="auto",
-                       help="the backend of the 'fused BACKEND' rows (auto, torch, triton, cuda, or an "
-                            f"experimental one: {', '.join(EXPERIMENTAL)}); the "
+                       help="the backend of the 'fused BACKEND' rows (auto, torch, triton, cuda, "
+                            f"triton-gemm, or an experimental one: {', '.join(EXPERIMENTAL)}); the "
                             "'fused default' row always calls optimize(model, dtype=...) (default auto)")
     bench.add_argument("--image-size", type=int,
                        help="square input size (default: the model's own, e.g. 299; Inception-v4 "

@@ -97,10 +97,10 @@ def test_whole_model_on_auto(calibrated_model):
 
 
 def test_experiments_join_the_candidates_only_where_named():
-    assert auto_backend.candidates(None) == ("triton", "cuda", "torch")
-    assert auto_backend.candidates("") == ("triton", "cuda", "torch")
+    assert auto_backend.candidates(None) == ("triton", "triton-gemm", "cuda", "torch")
+    assert auto_backend.candidates("") == ("triton", "triton-gemm", "cuda", "torch")
     assert auto_backend.candidates(" triton-tma ,triton-block") == (
-        "triton", "cuda", "triton-block", "triton-tma", "torch")
+        "triton", "triton-gemm", "cuda", "triton-block", "triton-tma", "torch")
     with pytest.raises(ValueError, match=r"INCEPTION_FAST_AUTO_EXPERIMENTS='tma': tma is not an experimental "
                                          r"backend; name any of triton-block, triton-tma"):
         auto_backend.candidates("tma")

@@ -254,7 +254,7 @@ def test_registered_as_an_experiment_auto_weighs_only_when_named():
     assert "cuda-gemm" in BACKENDS
     assert "cuda-gemm" in EXPERIMENTAL
     assert "cuda-gemm" not in auto_backend.candidates(None)
-    assert auto_backend.candidates("cuda-gemm") == ("triton", "cuda", "cuda-gemm", "torch")
+    assert auto_backend.candidates("cuda-gemm") == ("triton", "triton-gemm", "cuda", "cuda-gemm", "torch")
     assert {"fused-cuda-gemm", "fused-cuda-gemm-graph"} <= set(bench.EXPERIMENTAL_IDS)
 
 

@@ -18,7 +18,7 @@ import torch
 from gpu_blocks import LOW_PRECISION, two_x_rule
 
 from inception_fast import cache, extension, optimize
-from inception_fast.backends import backend_status, gemm_routing
+from inception_fast.backends import EXPERIMENTAL, backend_status, gemm_routing
 from inception_fast.modules import FusedBlock
 from inception_fast.testing import calibrated_model
 
@@ -151,7 +151,7 @@ def test_torch_compile_fullgraph(calibrated_model, backend):
 
 
 @torch.no_grad()
-def test_auto_weighs_it_where_named(calibrated_model, monkeypatch, tmp_path, backend):
+def test_auto_weighs_it(calibrated_model, monkeypatch, tmp_path, backend):
     from inception_fast.backends import auto_backend
 
     model = copy.deepcopy(calibrated_model).cuda()
@@ -162,7 +162,8 @@ def test_auto_weighs_it_where_named(calibrated_model, monkeypatch, tmp_path, bac
     for name in ("_path", "_table", "_memory_only"):  # read afresh here, restored after
         monkeypatch.setattr(cache.BACKEND_CHOICES, name, getattr(cache.BACKEND_CHOICES, name))
     cache.BACKEND_CHOICES.reset()
-    monkeypatch.setattr(auto_backend, "CANDIDATES", auto_backend.candidates(backend))
+    named = backend if backend in EXPERIMENTAL else None  # cuda-gemm where named; triton-gemm always
+    monkeypatch.setattr(auto_backend, "CANDIDATES", auto_backend.candidates(named))
     monkeypatch.setattr(auto_backend, "_usable_on", {})
     auto = optimize(model, backend="auto", dtype=torch.float16, cuda_graph=False)
     two_x_rule(auto(x.half()), eager, ref)

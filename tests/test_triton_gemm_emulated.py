@@ -254,11 +254,12 @@ def test_says_why_it_is_unusable_without_a_gpu():
     assert not usable and reason
 
 
-def test_registered_as_an_experiment_auto_weighs_only_when_named():
+def test_a_default_candidate_of_auto_and_a_bench_row_where_named():
     from inception_fast import bench
     from inception_fast.backends import BACKENDS, EXPERIMENTAL, auto_backend
 
-    assert "triton-gemm" in BACKENDS and "triton-gemm" in EXPERIMENTAL
-    assert "triton-gemm" not in auto_backend.candidates(None)
-    assert auto_backend.candidates("triton-gemm") == ("triton", "cuda", "triton-gemm", "torch")
+    assert "triton-gemm" in BACKENDS and "triton-gemm" not in EXPERIMENTAL
+    assert auto_backend.candidates(None) == ("triton", "triton-gemm", "cuda", "torch")
+    with pytest.raises(ValueError, match="triton-gemm is not an experimental backend"):
+        auto_backend.candidates("triton-gemm")
     assert {"fused-triton-gemm", "fused-triton-gemm-graph"} <= set(bench.EXPERIMENTAL_IDS)

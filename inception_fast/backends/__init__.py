@@ -21,13 +21,16 @@ _MODULES = {
     "triton-block": ".triton_block_backend",  # one persistent launch per block
     "triton-tma": ".triton_tma_backend",  # stride-1 convs on the TMA conv kernel
     "cuda-gemm": ".cuda_gemm_backend",  # 1x1 convs on the CUTLASS sm90 GEMM op, the rest on cuda's
-    "triton-gemm": ".triton_gemm_backend",  # 1x1 convs on the CUTLASS sm90 GEMM op, the rest on triton's
+    "triton-gemm": ".triton_gemm_backend",  # convs on the CUTLASS sm90 ops, the rest on triton's
     "auto": ".auto_backend",  # per block and batch bucket, the fastest of the kernels and torch
 }
 BACKENDS = tuple(_MODULES)
+# The backends `auto` weighs per block by default, in order of preference where nothing can be
+# timed (triton-gemm only where the extension has the CUTLASS ops compiled in).
+AUTO_CANDIDATES = ("triton", "triton-gemm", "cuda", "torch")
 # Correct but not a default anywhere: `auto` weighs them where INCEPTION_FAST_AUTO_EXPERIMENTS
 # names them, the bench times them where --backend names them.
-EXPERIMENTAL = ("triton-block", "triton-tma", "cuda-gemm", "triton-gemm")
+EXPERIMENTAL = ("triton-block", "triton-tma", "cuda-gemm")
 
 
 _loaded: dict = {}  # a plain dict lookup on the hot path, which torch.compile traces

@@ -1,12 +1,14 @@
 """backend="auto" on a GPU: for each block, batch-size bucket, dtype and card, the fastest of
-the `triton` and `cuda` kernels and the `torch` backend (cuDNN's convolutions on the folded
-weights: no block runs slower than the library can run it), timed once on the first input of
-that kind and remembered in ``autoselect.json`` of the cache directory (see
-`inception_fast.cache`). The experimental backends `triton-block` (one launch per block),
-`triton-tma` (stride-1 convs on the TMA kernel), `cuda-gemm` and `triton-gemm` (1x1 convs on
-the CUTLASS GEMM op) join the candidates where INCEPTION_FAST_AUTO_EXPERIMENTS names them (comma-separated):
-each lengthens a first call by its compiling and timing, and none is a default. A cached
-entry that lacks a candidate of this process has that candidate timed and added.
+the `triton` kernels, `triton-gemm` (the same with the convs that fit on the CUTLASS sm90 GEMM
+and implicit-GEMM conv ops; only where the extension was built with the CUTLASS headers), the
+`cuda` kernels and the `torch` backend (cuDNN's convolutions on the folded weights: no block
+runs slower than the library can run it), timed once on the first input of that kind and
+remembered in ``autoselect.json`` of the cache directory (see `inception_fast.cache`). The
+experimental backends `triton-block` (one launch per block), `triton-tma` (stride-1 convs on
+the TMA kernel) and `cuda-gemm` (1x1 convs on the CUTLASS GEMM op beside the cuda kernels)
+join the candidates where INCEPTION_FAST_AUTO_EXPERIMENTS names them (comma-separated): each
+lengthens a first call by its compiling and timing, and none is a default. A cached entry that
+lacks a candidate of this process has that candidate timed and added.
 `choice_table()` lists the choices for `inception-fast info`.
 
 This module is itself a backend (availability / run_block), so a model whose blocks
@@ -26,7 +28,7 @@ import torch
 from .. import cache, timing
 from ..graphs import capturing
 from ..packing import unsupported_reason
-from . import EXPERIMENTAL, backend_status, get_backend, precision_key
+from . import AUTO_CANDIDATES, EXPERIMENTAL, backend_status, get_backend, precision_key
 
 ENV_EXPERIMENTS = "INCEPTION_FAST_AUTO_EXPERIMENTS"
 
@@ -35,12 +37,13 @@ def candidates(setting: str | None) -> tuple[str, ...]:
     """The backends `auto` weighs: the kernels, the experiments named in `setting` (the value
     of INCEPTION_FAST_AUTO_EXPERIMENTS), then torch. The first usable one runs where nothing
     can be timed."""
+    *kernels, library = AUTO_CANDIDATES
     named = [name.strip() for name in (setting or "").split(",") if name.strip()]
     unknown = [name for name in named if name not in EXPERIMENTAL]
     if unknown:
         raise ValueError(f"{ENV_EXPERIMENTS}={setting!r}: {', '.join(unknown)} is not an experimental "
                          f"backend; name any of {', '.join(EXPERIMENTAL)}, comma-separated")
-    return ("triton", "cuda", *[name for name in EXPERIMENTAL if name in named], "torch")
+    return (*kernels, *[name for name in EXPERIMENTAL if name in named], library)
 
 
 CANDIDATES = candidates(os.environ.get(ENV_EXPERIMENTS))
