@@ -133,6 +133,23 @@ def test_a_candidate_new_to_an_entry_is_timed_and_added(monkeypatch):
     assert row["ms"] == {"triton": 2.0, "torch": 3.0, "triton-tma": 1.0}
 
 
+def test_timing_says_so_once_per_batch_bucket(monkeypatch, capsys):
+    """A first call at a new size times every block: one progress line says so, not one per
+    block, and nothing is printed where the choices are already known."""
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "card")
+    monkeypatch.setattr(auto_backend, "_median_ms", lambda run, x: run(x))
+    monkeypatch.setattr(auto_backend, "_can_time", lambda: True)
+    monkeypatch.setattr(auto_backend, "_announced", set())
+    runners = {"triton": lambda x: 2.0, "torch": lambda x: 3.0}
+    for kind in ("BlockA", "BlockB"):
+        auto_backend.choose(kind, torch.empty(3, 8, 5, 5), runners)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and "timing triton, torch per block for batch 3 (float32)" in lines[0]
+    auto_backend.choose("BlockA", torch.empty(4, 8, 5, 5), runners)  # same bucket, known
+    auto_backend.choose("BlockA", torch.empty(5, 8, 5, 5), runners)  # a new bucket: timed
+    assert len(capsys.readouterr().err.splitlines()) == 1
+
+
 def test_without_timing_the_fastest_timed_usable_backend_runs(monkeypatch):
     """Under graph capture or tracing nothing is timed: the remembered times still choose."""
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "card")

@@ -21,6 +21,7 @@ import hashlib
 import logging
 import os
 import statistics
+import sys
 from pathlib import Path
 
 import torch
@@ -50,6 +51,7 @@ CANDIDATES = candidates(os.environ.get(ENV_EXPERIMENTS))
 WARMUP, REPEATS = 2, 5
 logger = logging.getLogger("inception_fast")
 _usable_on: dict = {}  # device -> usable candidate names (availability is checked once)
+_announced: set = set()  # (device, dtype, batch bucket) whose timing was announced in this process
 
 
 def cache_file() -> Path:
@@ -119,6 +121,7 @@ def choose(kind: str, x: torch.Tensor, runners: dict) -> str:
     ms = dict(entry["ms"]) if entry is not None else {}
     missing = [name for name in usable if name not in ms]
     if missing and len(usable) > 1 and _can_time():
+        _announce(x, missing)
         with torch.no_grad():
             for name in missing:
                 try:
@@ -133,6 +136,16 @@ def choose(kind: str, x: torch.Tensor, runners: dict) -> str:
     if timed:
         return min(timed, key=ms.get)
     return usable[0]  # nothing to compare, or no timing possible now: remember nothing
+
+
+def _announce(x: torch.Tensor, names: list) -> None:
+    """One progress line per device, dtype and batch bucket: a first call at a new size times
+    every block's candidates (seconds, more where their kernels still compile)."""
+    what = (x.device, precision_key(x), batch_bucket(x.shape[0]))
+    if what not in _announced:
+        _announced.add(what)
+        print(f"inception_fast: timing {', '.join(names)} per block for batch {x.shape[0]} "
+              f"({what[1]}), once; the choices are kept in {cache_file()}", file=sys.stderr)
 
 
 def block_kind(block) -> str:
