@@ -328,7 +328,9 @@ void cuda_gemm_conv1x1(const at::Tensor& x, const at::Tensor& weight, const at::
 // and out [N, P, Q, Cout] contiguous (NHWC), weight [K, R, S, C] contiguous; the conv reads
 // x's channels [in_c0, in_c0 + C) and writes out's [out_c0, out_c0 + K).
 void check_conv_fprop(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& out,
-                      int64_t in_c0, int64_t out_c0, int64_t stride, int64_t pad_h, int64_t pad_w) {
+                      int64_t in_c0, int64_t out_c0, int64_t stride, int64_t pad_h, int64_t pad_w, int64_t tile_n) {
+  OP_CHECK(tile_n == 0 || tile_n == 64 || tile_n == 128, "cuda_conv_fprop: tile_n must be 0 (chosen per problem), "
+           "64 or 128, got ", tile_n);
   OP_CHECK(x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16,
            "cuda_conv_fprop: x must be float16 or bfloat16, got ", x.scalar_type());
   OP_CHECK(x.dim() == 4 && x.is_contiguous(), "cuda_conv_fprop: x must be a contiguous NHWC tensor, got shape ",
@@ -374,14 +376,14 @@ void check_conv_fprop(const at::Tensor& x, const at::Tensor& weight, const at::T
 
 void cuda_conv_fprop_meta(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& out,
                           int64_t in_c0, int64_t out_c0, int64_t stride, int64_t pad_h, int64_t pad_w,
-                          bool /*relu*/) {
-  check_conv_fprop(x, weight, bias, out, in_c0, out_c0, stride, pad_h, pad_w);
+                          bool /*relu*/, int64_t tile_n) {
+  check_conv_fprop(x, weight, bias, out, in_c0, out_c0, stride, pad_h, pad_w, tile_n);
 }
 
 void cuda_conv_fprop(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& out,
                      int64_t in_c0, int64_t out_c0, int64_t stride, int64_t pad_h, int64_t pad_w,
-                     [[maybe_unused]] bool relu) {
-  check_conv_fprop(x, weight, bias, out, in_c0, out_c0, stride, pad_h, pad_w);
+                     [[maybe_unused]] bool relu, [[maybe_unused]] int64_t tile_n) {
+  check_conv_fprop(x, weight, bias, out, in_c0, out_c0, stride, pad_h, pad_w, tile_n);
 #if defined(INCEPTION_FAST_WITH_CUTLASS_CONV)
   if (out.numel() == 0) return;
   ConvFpropArgs args{};
@@ -407,9 +409,21 @@ void cuda_conv_fprop(const at::Tensor& x, const at::Tensor& weight, const at::Te
   args.out_c0 = out_c0;
   args.relu = relu;
   const c10::cuda::CUDAGuard guard(x.device());
+  int sm_count = 0;
+  OP_CHECK(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, x.device().index()) == cudaSuccess,
+           "cuda_conv_fprop: cannot query the SM count of ", x.device());
+  args.tile_n = tile_n != 0 ? static_cast<int>(tile_n)
+                            : conv_fprop_tile_n(int64_t(args.n) * args.p * args.q, args.k, sm_count);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const char* error = x.scalar_type() == at::kHalf ? launch_conv_fprop<ConvDtype::kHalf>(args, stream)
-                                                   : launch_conv_fprop<ConvDtype::kBFloat16>(args, stream);
+  const bool half = x.scalar_type() == at::kHalf;
+  const char* error = nullptr;
+  if (args.tile_n == 64) {
+    error = half ? launch_conv_fprop<ConvDtype::kHalf, 64>(args, stream)
+                 : launch_conv_fprop<ConvDtype::kBFloat16, 64>(args, stream);
+  } else {
+    error = half ? launch_conv_fprop<ConvDtype::kHalf, 128>(args, stream)
+                 : launch_conv_fprop<ConvDtype::kBFloat16, 128>(args, stream);
+  }
   OP_CHECK(error == nullptr, "cuda_conv_fprop: ", error);
 #else
   OP_CHECK(false, "cuda_conv_fprop: the extension was built without CUTLASS's headers (include/ and "
@@ -429,7 +443,7 @@ TORCH_LIBRARY(inception_fast, m) {
       "int tile_n=0) -> ()");
   m.def(
       "cuda_conv_fprop(Tensor x, Tensor weight, Tensor bias, Tensor(a!) out, int in_c0, int out_c0, int stride, "
-      "int pad_h, int pad_w, bool relu) -> ()");
+      "int pad_h, int pad_w, bool relu, int tile_n=0) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(inception_fast, CUDA, m) {

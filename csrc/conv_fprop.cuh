@@ -2,7 +2,8 @@
 // arrives by im2col TMA (the padding is its out-of-bounds zero fill), the weight tile by TMA,
 // both into a multi-stage smem ring filled by a producer warp; a consumer warpgroup runs WGMMA
 // with fp32 accumulation (one CTA per output tile: CUTLASS 4.2 has no persistent sm90 conv); a TMA-store epilogue adds the per-channel bias, clamps (ReLU or not)
-// and writes the input dtype into the output's channel slice. Included by one .cu file per dtype.
+// and writes the input dtype into the output's channel slice. Included by one .cu file per dtype
+// and tile width.
 #pragma once
 
 #include "conv_fprop.h"
@@ -19,14 +20,14 @@
 namespace inception_fast {
 namespace conv_fprop {
 
-template <typename T>
+template <typename T, int TileN>
 struct ConvKernel {
   using Element = typename gemm_conv1x1::CutlassElement<T>::type;
   // GEMM view: M = N*P*Q output pixels, N = K output channels, K = R*S*C; the activation
   // [N, H, W, C] and the weight [K, R, S, C] are both channel-innermost (NHWC / KRSC).
   using Layout = cutlass::layout::TensorNHWC;
   static constexpr int kAlignment = 8;  // elements per 16 bytes: TMA's alignment
-  using TileShape = cute::Shape<cute::_128, cute::_128, cute::Shape<cute::_64>>;
+  using TileShape = cute::Shape<cute::_128, cute::Int<TileN>, cute::Shape<cute::_64>>;
   using ClusterShape = cute::Shape<cute::_1, cute::_1, cute::_1>;
   using Fusion = cutlass::epilogue::fusion::LinCombPerColBiasEltAct<cutlass::epilogue::thread::Clamp, Element,
                                                                     float, float>;
@@ -45,9 +46,9 @@ struct ConvKernel {
   using Kernel = cutlass::conv::kernel::ConvUniversal<ProblemShape, Mainloop, Epilogue>;
 };
 
-template <typename T>
+template <typename T, int TileN>
 const char* launch(const ConvFpropArgs& a, cudaStream_t stream) {
-  using Types = ConvKernel<T>;
+  using Types = ConvKernel<T, TileN>;
   using Kernel = typename Types::Kernel;
   using Element = typename Types::Element;
   using ProblemShape = typename Types::ProblemShape;
@@ -108,7 +109,7 @@ const char* launch(const ConvFpropArgs& a, cudaStream_t stream) {
 namespace inception_fast {
 namespace conv_fprop {
 
-template <typename T>
+template <typename T, int TileN>
 const char* launch(const ConvFpropArgs&, cudaStream_t) {
   return "built without the CUTLASS headers (include/ and tools/util/include/)";
 }

@@ -8,6 +8,8 @@
 
 #include <cstdint>
 
+#include "gemm_conv1x1.h"  // cta_tile_n
+
 namespace inception_fast {
 
 // out[n, p, q, out_c0 + k] = act(bias[k] + sum_{r,s,c} x[n, p*stride - pad_h + r, q*stride - pad_w + s,
@@ -24,18 +26,27 @@ struct ConvFpropArgs {
   int p, q;  // the output size: (h + 2 pad_h - r) / stride + 1, the same for q
   int64_t in_pitch, in_c0, out_pitch, out_c0;
   bool relu;
+  int tile_n;  // output channels per CTA tile: 64 or 128 (conv_fprop_tile_n picks one)
 };
+
+// The tile width for a conv of m = N*P*Q output pixels and k output channels on `sm_count` SMs:
+// the GEMM op's model over the widths this op is built for (a 64-wide tile wastes less of a
+// narrow conv, and makes more CTAs where 128-wide ones would leave SMs idle).
+inline int conv_fprop_tile_n(int64_t m, int64_t k, int sm_count) { return cta_tile_n(m, k, sm_count, {128, 64}); }
 
 enum class ConvDtype : int { kHalf, kBFloat16 };
 
-// One kernel per dtype, each in its own .cu file; built only with the CUTLASS headers
-// and util headers (INCEPTION_FAST_WITH_CUTLASS_CONV). nullptr on success, else why it failed.
-template <ConvDtype Dtype>
+// One kernel per (dtype, tile width), each in its own .cu file; built only with the CUTLASS
+// headers and util headers (INCEPTION_FAST_WITH_CUTLASS_CONV). nullptr on success, else why it failed.
+template <ConvDtype Dtype, int TileN>
 const char* launch_conv_fprop(const ConvFpropArgs& args, cudaStream_t stream);
 
-template <>
-const char* launch_conv_fprop<ConvDtype::kHalf>(const ConvFpropArgs& args, cudaStream_t stream);
-template <>
-const char* launch_conv_fprop<ConvDtype::kBFloat16>(const ConvFpropArgs& args, cudaStream_t stream);
+#define INCEPTION_FAST_DECLARE_CONV_FPROP(DTYPE, TILE_N) \
+  template <>                                           \
+  const char* launch_conv_fprop<ConvDtype::DTYPE, TILE_N>(const ConvFpropArgs& args, cudaStream_t stream);
+INCEPTION_FAST_DECLARE_CONV_FPROP(kHalf, 64)
+INCEPTION_FAST_DECLARE_CONV_FPROP(kHalf, 128)
+INCEPTION_FAST_DECLARE_CONV_FPROP(kBFloat16, 64)
+INCEPTION_FAST_DECLARE_CONV_FPROP(kBFloat16, 128)
 
 }  // namespace inception_fast

@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <initializer_list>
 
 namespace inception_fast {
 
@@ -22,15 +23,15 @@ struct GemmConv1x1Args {
   int tile_n;  // CTA tile width: 64, 128 or 256 (gemm_conv1x1_tile_n picks one)
 };
 
-// Output channels per CTA tile (64, 128 or 256; tiles are 128 rows) for an m x n GEMM on
-// `sm_count` SMs, by a model of its time: rounds of persistent CTAs over the SMs times the work of
+// Output channels per CTA tile, of `widths` (widest first; tiles are 128 rows), for an m x n
+// GEMM on `sm_count` SMs, by a model of its time: rounds of CTAs over the SMs times the work of
 // one tile (its width plus a fixed cost of about 64 columns: prologue, epilogue). Ties go to the
 // wider tile, which reads the activation fewer times. Small GEMMs get narrow tiles to fill the SMs.
-inline int gemm_conv1x1_tile_n(int64_t m, int64_t n, int sm_count) {
+inline int cta_tile_n(int64_t m, int64_t n, int sm_count, std::initializer_list<int> widths) {
   const int64_t sms = sm_count > 0 ? sm_count : 1;
-  int best = 256;
+  int best = *widths.begin();
   int64_t best_cost = -1;
-  for (const int tile : {256, 128, 64}) {
+  for (const int tile : widths) {
     const int64_t tiles = (m + 127) / 128 * ((n + tile - 1) / tile);
     const int64_t rounds = (tiles + sms - 1) / sms;
     const int64_t cost = rounds * (tile + 64);
@@ -40,6 +41,11 @@ inline int gemm_conv1x1_tile_n(int64_t m, int64_t n, int sm_count) {
     }
   }
   return best;
+}
+
+// The GEMM op's tile width: 64, 128 or 256.
+inline int gemm_conv1x1_tile_n(int64_t m, int64_t n, int sm_count) {
+  return cta_tile_n(m, n, sm_count, {256, 128, 64});
 }
 
 enum class GemmDtype : int { kHalf, kBFloat16 };

@@ -28,7 +28,7 @@ GEMM_SCHEMA = (
 )
 CONV_SCHEMA = (
     "inception_fast::cuda_conv_fprop(Tensor x, Tensor weight, Tensor bias, Tensor(a!) out, int in_c0, "
-    "int out_c0, int stride, int pad_h, int pad_w, bool relu) -> ()"
+    "int out_c0, int stride, int pad_h, int pad_w, bool relu, int tile_n=0) -> ()"
 )
 
 
@@ -238,6 +238,10 @@ def test_conv_fprop_checks_its_arguments_without_a_gpu():
     for changes, args, message in bad:
         with pytest.raises(RuntimeError, match=message):
             op(*tensors(**changes), *args, True)
+    assert op(*tensors(), 8, 16, 1, 1, 1, True, 64) is None  # the tile widths it is built for
+    assert op(*tensors(), 8, 16, 1, 1, 1, True, 128) is None
+    with pytest.raises(RuntimeError, match=r"tile_n must be 0 \(chosen per problem\), 64 or 128, got 96"):
+        op(*tensors(), 8, 16, 1, 1, 1, True, 96)
 
 
 def test_cutlass_headers_come_from_the_variable_or_the_wheel_and_name_the_build(monkeypatch, tmp_path):

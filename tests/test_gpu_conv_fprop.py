@@ -1,9 +1,10 @@
 """The CUTLASS sm90 implicit-GEMM k x k conv op (`cuda_conv_fprop`) on a Hopper GPU: the kxk
 conv shapes of the Inception family (3x3 stride 1 and 2, 1x7 / 7x1, 1x3 / 3x1, 5x5; padded and
-not) at odd batches and sizes, fp16 and bf16, ReLU on and off, reading a channel slice of a
-wider input and writing a channel slice of a wider output. Against float64: at most twice
-cuDNN's own error (F.conv2d in the same dtype) plus 1e-6, and the output channels outside the
-slice keep their sentinel. Skipped without the CUTLASS headers or off Hopper."""
+not) at odd batches and sizes, fp16 and bf16, each tile width (128, 64 and the op's own
+choice), ReLU on and off, reading a channel slice of a wider input and writing a channel slice
+of a wider output. Against float64: at most twice cuDNN's own error (F.conv2d in the same
+dtype) plus 1e-6, and the output channels outside the slice keep their sentinel. Skipped
+without the CUTLASS headers or off Hopper."""
 
 from __future__ import annotations
 
@@ -46,9 +47,10 @@ def _case_id(shape) -> str:
     return f"{r}x{s}s{stride}-{height}x{width}-{c}-{k}"
 
 
+@pytest.mark.parametrize("tile_n", [128, 64, 0], ids=["tile128", "tile64", "tile-chosen"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 @pytest.mark.parametrize("shape", SHAPES, ids=_case_id)
-def test_matches_float64_within_twice_cudnn_error_and_keeps_other_channels(shape, dtype):
+def test_matches_float64_within_twice_cudnn_error_and_keeps_other_channels(shape, dtype, tile_n):
     batch, height, width, c, k, (r, s), stride, (pad_h, pad_w) = shape
     generator = torch.Generator(device="cuda").manual_seed(c * 7 + k)
     in_c0, in_pitch = 8, c + 16  # the conv reads channels [8, 8 + c) of a wider buffer
@@ -68,7 +70,7 @@ def test_matches_float64_within_twice_cudnn_error_and_keeps_other_channels(shape
             channels = out_c0 + k + extra
             out = torch.full((batch, p, q, channels), SENTINEL, device="cuda", dtype=dtype)
             conv = torch.ops.inception_fast.cuda_conv_fprop
-            conv(x, weight, bias, out, in_c0, out_c0, stride, pad_h, pad_w, relu)
+            conv(x, weight, bias, out, in_c0, out_c0, stride, pad_h, pad_w, relu, tile_n)
             got = out[..., out_c0:out_c0 + k].permute(0, 3, 1, 2)
             error = relative_l2(got, reference)
             case = f"relu={relu} out_c0={out_c0}"

@@ -96,9 +96,12 @@ class EmulatedConv:
 
     def __init__(self):
         self.calls = 0
+        self.tiles = set()
 
-    def __call__(self, x, weight, bias, out, in_c0, out_c0, stride, pad_h, pad_w, relu):
+    def __call__(self, x, weight, bias, out, in_c0, out_c0, stride, pad_h, pad_w, relu, tile_n=0):
         k, _, _, c = weight.shape
+        assert tile_n in (0, 64, 128)
+        self.tiles.add(tile_n)
         assert x.is_contiguous() and weight.is_contiguous() and out.is_contiguous() and bias.is_contiguous()
         assert bias.shape == (k,) and bias.dtype == torch.float32 and weight.dtype == x.dtype == out.dtype
         assert c % 8 == 0 and k % 8 == 0 and in_c0 % 8 == 0 and out_c0 % 8 == 0
@@ -190,6 +193,24 @@ def test_inception_v4_blocks_with_the_kxk_convs_on_the_conv_op(v4, emulated_kxk,
 def test_family_blocks_with_the_kxk_convs_on_the_conv_op(emulated_kxk, name, path, hw):
     block = _family_block(name, path)
     check_kxk(block, torch.randn(2, block.plan.in_channels, *hw, dtype=torch.float64), emulated_kxk)
+
+
+@pytest.mark.parametrize(("setting", "tile_n"), [(None, 128), ("64", 64), ("auto", 0)])
+def test_the_conv_tile_setting_reaches_the_op(v4, emulated_kxk, monkeypatch, setting, tile_n):
+    """INCEPTION_FAST_CUTLASS_CONV_TILE: 128-wide tiles unless set, 64, or the op's own choice."""
+    if setting is None:
+        monkeypatch.delenv(gemm_routing.ENV_CONV_TILE, raising=False)
+    else:
+        monkeypatch.setenv(gemm_routing.ENV_CONV_TILE, setting)
+    block = fuse_block(v4.features[6]).to(torch.float64)  # InceptionA: 3x3 convs of 96 channels
+    check_kxk(block, torch.randn(2, block.plan.in_channels, 5, 5, dtype=torch.float64), emulated_kxk)
+    assert emulated_kxk[1].tiles == {tile_n}
+
+
+def test_a_conv_tile_setting_it_cannot_take_is_refused(monkeypatch):
+    monkeypatch.setenv(gemm_routing.ENV_CONV_TILE, "96")
+    with pytest.raises(ValueError, match="CUTLASS_CONV_TILE='96': choose one of 128, 64, auto"):
+        gemm_routing.conv_tile_n()
 
 
 def _conv_row(kernel=(3, 3), stride=1, pad=(1, 1), cin=16, cols=16, src_c0=0, src=pk.BUF_INPUT):

@@ -15,12 +15,14 @@ stays on the stage kernel.
 The k x k conv op `torch.ops.inception_fast.cuda_conv_fprop` (csrc/conv_fprop*: CUTLASS's sm90
 implicit GEMM, im2col TMA) can take the other convs, where a backend asks for it (`kxk`): any
 window, stride and padding, reading channels [c0, c0 + C) of its source buffer, with the same
-rules for channel counts, offsets and runs as the GEMM.
+rules for channel counts, offsets and runs as the GEMM, 128 or 64 output channels per CTA tile
+(INCEPTION_FAST_CUTLASS_CONV_TILE, `conv_tile_n`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +32,18 @@ from . import cuda_backend  # the extension's loader and its reasons
 
 ALIGN = 8  # the op's TMA rows and channel offsets: 16 bytes of fp16/bf16
 DTYPES = (torch.float16, torch.bfloat16)
+ENV_CONV_TILE = "INCEPTION_FAST_CUTLASS_CONV_TILE"
+CONV_TILES = {"128": 128, "64": 64, "auto": 0}  # 0: the op's model picks per conv
+
+
+def conv_tile_n() -> int:
+    """The k x k conv op's tile width, from INCEPTION_FAST_CUTLASS_CONV_TILE: 128 unless set
+    (the width its GPU measurements were made with), 64, or `auto` (the op's model per conv:
+    64-wide tiles for narrow convs and where 128-wide ones leave SMs idle)."""
+    setting = os.environ.get(ENV_CONV_TILE, "128")
+    if setting not in CONV_TILES:
+        raise ValueError(f"{ENV_CONV_TILE}={setting!r}: choose one of {', '.join(CONV_TILES)}")
+    return CONV_TILES[setting]
 
 
 @dataclass(frozen=True)
@@ -78,11 +92,12 @@ class ConvLaunch:
     stride: int
     pad_h: int
     pad_w: int
+    tile_n: int  # 64, 128, or 0: the op picks
 
     def run(self, buffers: dict) -> None:
         op = torch.ops.inception_fast.cuda_conv_fprop.default  # looked up per call: tests count it
         op(buffers[self.src], self.weight, self.bias, buffers[self.dst], self.in_c0, self.out_c0, self.stride,
-           self.pad_h, self.pad_w, self.relu)
+           self.pad_h, self.pad_w, self.relu, self.tile_n)
 
 
 @dataclass
@@ -192,6 +207,7 @@ def _gemm_launches(packed, row, col_dst, col_flags) -> list[GemmLaunch]:
 def _conv_launches(packed, row, col_dst, col_flags) -> list[ConvLaunch]:
     kh, kw, cin = row[pk.KH], row[pk.KW], row[pk.CIN]
     k = kh * kw * cin  # one output channel's OHWI weights
+    tile_n = conv_tile_n()
     launches = []
     for run in column_runs(row, col_dst, col_flags):
         w0 = row[pk.W_OFF] + run.start * k
@@ -201,7 +217,7 @@ def _conv_launches(packed, row, col_dst, col_flags) -> list[ConvLaunch]:
             relu=bool(run.flags & pk.FLAG_RELU),
             weight=packed.weights[w0:w0 + run.count * k].view(run.count, kh, kw, cin),
             bias=packed.bias[b0:b0 + run.count],
-            stride=row[pk.STRIDE], pad_h=row[pk.PAD_H], pad_w=row[pk.PAD_W],
+            stride=row[pk.STRIDE], pad_h=row[pk.PAD_H], pad_w=row[pk.PAD_W], tile_n=tile_n,
         ))
     return launches
 

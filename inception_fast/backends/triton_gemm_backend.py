@@ -7,8 +7,9 @@ nothing is left). On an H100 at batch 32 and 256 the op runs Inception-v4's 1x1 
 1.05-2.9x faster than the stage kernel; whether a split stage (two launches, the rest tiled on
 its own) wins a block is for `auto` to time. Hopper (compute capability 9.0) only, fp16 and
 bf16, and only where the CUDA extension was built with the CUTLASS headers; other dtypes, and
-buffers the op cannot address, run as the `triton` backend. Experimental: `auto` weighs it only
-where INCEPTION_FAST_AUTO_EXPERIMENTS names it.
+buffers the op cannot address, run as the `triton` backend. Slower than `triton` on a whole
+network (the stem's narrow convs, batch 1), faster on most Inception blocks at batch 32 and 256:
+`auto` weighs it per block by default.
 """
 
 from __future__ import annotations
