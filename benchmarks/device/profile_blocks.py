@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--dtype", default="fp16", choices=sorted(bench.DTYPES))
-    parser.add_argument("--backends", default="eager,torch,triton,cuda")
+    parser.add_argument("--backends", default="eager,torch,triton,triton-gemm,cuda")  # unusable: skipped
     args = parser.parse_args(argv)
     dtype, tf32_on = bench.DTYPES[args.dtype]
     device = torch.device("cuda")
