@@ -26,19 +26,14 @@ struct ConvKernel {
   // GEMM view: M = N*P*Q output pixels, N = K output channels, K = R*S*C; the activation
   // [N, H, W, C] and the weight [K, R, S, C] are both channel-innermost (NHWC / KRSC).
   using Layout = cutlass::layout::TensorNHWC;
-  static constexpr int kAlignment = 8;  // elements per 16 bytes: TMA's alignment
   using TileShape = cute::Shape<cute::_128, cute::Int<TileN>, cute::Shape<cute::_64>>;
   using ClusterShape = cute::Shape<cute::_1, cute::_1, cute::_1>;
-  using Fusion = cutlass::epilogue::fusion::LinCombPerColBiasEltAct<cutlass::epilogue::thread::Clamp, Element,
-                                                                    float, float>;
-  using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
-      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
-      cutlass::epilogue::collective::EpilogueTileAuto, float, float,
-      void, Layout, kAlignment,  // no source C: D = act(acc + bias)
-      Element, Layout, kAlignment, cutlass::epilogue::TmaWarpSpecialized, Fusion>::CollectiveOp;
+  using Epilogue = gemm_conv1x1::BiasActEpilogue<Element, TileShape, ClusterShape, Layout,
+                                                 cutlass::epilogue::TmaWarpSpecialized>;
   using Mainloop = typename cutlass::conv::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, cutlass::conv::Operator::kFprop,
-      Element, Layout, kAlignment, Element, Layout, kAlignment, float, TileShape, ClusterShape,
+      Element, Layout, gemm_conv1x1::kAlignment, Element, Layout, gemm_conv1x1::kAlignment, float, TileShape,
+      ClusterShape,
       cutlass::conv::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
       cutlass::conv::KernelImplicitTmaWarpSpecializedSm90>::CollectiveOp;
   using ProblemShape =

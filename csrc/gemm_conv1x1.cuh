@@ -49,6 +49,21 @@ struct CutlassElement<__nv_bfloat16> {
   using type = cutlass::bfloat16_t;
 };
 
+static constexpr int kAlignment = 8;  // elements per 16 bytes: TMA's alignment of rows and bases
+
+// The epilogue of both ops (this GEMM, conv_fprop.cuh's conv): D = act(acc + bias), no source
+// C, in D's dtype. The bias is per output channel = per column n of D, broadcast down the rows
+// (CUTLASS's bias stride (_0, _1): "PerCol"; "PerRow" would index it by pixel). Clamp with a
+// runtime lower bound is ReLU (0) or the identity (-inf) without a second instantiation
+// (set_bias_act_and_device sets it).
+template <class Element, class TileShape, class ClusterShape, class LayoutD, class Schedule>
+using BiasActEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
+    cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
+    cutlass::epilogue::collective::EpilogueTileAuto, float, float, void, LayoutD, kAlignment, Element, LayoutD,
+    kAlignment, Schedule,
+    cutlass::epilogue::fusion::LinCombPerColBiasEltAct<cutlass::epilogue::thread::Clamp, Element, float, float>>::
+    CollectiveOp;
+
 // One GEMM kernel: a 128 x TileN x 64 CTA tile, persistent CTAs over the tiles. The 128- and
 // 256-wide tiles run in clusters of 2 CTAs along M that share each weight tile through TMA
 // multicast: per k-block the weight tile is as large as (128) or twice (256) the activation
@@ -64,7 +79,6 @@ struct GemmKernel {
   using LayoutA = cutlass::layout::RowMajor;
   using LayoutB = cutlass::layout::ColumnMajor;
   using LayoutD = cutlass::layout::RowMajor;
-  static constexpr int kAlignment = 8;  // elements per 16 bytes: TMA's alignment of rows and bases
   using TileShape = cute::Shape<cute::_128, cute::Int<TileN>, cute::_64>;
   static constexpr int kClusterM = TileN == 64 ? 1 : 2;
   using ClusterShape = cute::Shape<cute::Int<kClusterM>, cute::_1, cute::_1>;
@@ -76,16 +90,7 @@ struct GemmKernel {
                                               cutlass::gemm::KernelTmaWarpSpecializedPingpong>;
   using EpilogueSchedule = std::conditional_t<kCooperative, cutlass::epilogue::TmaWarpSpecializedCooperative,
                                               cutlass::epilogue::TmaWarpSpecialized>;
-  // Bias per output channel = per column n of D, broadcast down the rows (CUTLASS's bias stride
-  // (_0, _1): "PerCol"; "PerRow" would index it by pixel). Clamp with a runtime lower bound is
-  // ReLU (0) or the identity (-inf) without a second instantiation.
-  using Fusion = cutlass::epilogue::fusion::LinCombPerColBiasEltAct<cutlass::epilogue::thread::Clamp, Element,
-                                                                    float, float>;
-  using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
-      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
-      cutlass::epilogue::collective::EpilogueTileAuto, float, float,
-      void, LayoutD, kAlignment,  // no source C: D = act(acc + bias)
-      Element, LayoutD, kAlignment, EpilogueSchedule, Fusion>::CollectiveOp;
+  using Epilogue = BiasActEpilogue<Element, TileShape, ClusterShape, LayoutD, EpilogueSchedule>;
   using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, Element, LayoutA, kAlignment, Element, LayoutB,
       kAlignment, float, TileShape, ClusterShape,

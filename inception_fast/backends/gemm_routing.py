@@ -189,34 +189,35 @@ def split_rows(packed: pk.PackedStage, buffer_channels: dict, kxk: bool = False)
     return RowSplit(taken, launches, others, rest)
 
 
+def _run_params(packed, row, run: ColumnRun) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weight rows ([count, KH * KW * CIN], OHWI) and the fp32 bias of one column run: views
+    into the packed stage."""
+    k = row[pk.KH] * row[pk.KW] * row[pk.CIN]  # one output channel's weights
+    w0 = row[pk.W_OFF] + run.start * k
+    b0 = row[pk.COL_OFF] + run.start
+    return packed.weights[w0:w0 + run.count * k].view(run.count, k), packed.bias[b0:b0 + run.count]
+
+
 def _gemm_launches(packed, row, col_dst, col_flags) -> list[GemmLaunch]:
-    k = row[pk.CIN]
     launches = []
     for run in column_runs(row, col_dst, col_flags):
-        w0 = row[pk.W_OFF] + run.start * k
-        b0 = row[pk.COL_OFF] + run.start
+        weight, bias = _run_params(packed, row, run)
         launches.append(GemmLaunch(
             src=row[pk.SRC_BUF], dst=run.buffer, col_offset=run.dst_channel,
-            relu=bool(run.flags & pk.FLAG_RELU),
-            weight=packed.weights[w0:w0 + run.count * k].view(run.count, k),
-            bias=packed.bias[b0:b0 + run.count],
+            relu=bool(run.flags & pk.FLAG_RELU), weight=weight, bias=bias,
         ))
     return launches
 
 
 def _conv_launches(packed, row, col_dst, col_flags) -> list[ConvLaunch]:
-    kh, kw, cin = row[pk.KH], row[pk.KW], row[pk.CIN]
-    k = kh * kw * cin  # one output channel's OHWI weights
     tile_n = conv_tile_n()
     launches = []
     for run in column_runs(row, col_dst, col_flags):
-        w0 = row[pk.W_OFF] + run.start * k
-        b0 = row[pk.COL_OFF] + run.start
+        weight, bias = _run_params(packed, row, run)
         launches.append(ConvLaunch(
             src=row[pk.SRC_BUF], dst=run.buffer, in_c0=row[pk.SRC_C0], out_c0=run.dst_channel,
             relu=bool(run.flags & pk.FLAG_RELU),
-            weight=packed.weights[w0:w0 + run.count * k].view(run.count, kh, kw, cin),
-            bias=packed.bias[b0:b0 + run.count],
+            weight=weight.view(run.count, row[pk.KH], row[pk.KW], row[pk.CIN]), bias=bias,
             stride=row[pk.STRIDE], pad_h=row[pk.PAD_H], pad_w=row[pk.PAD_W], tile_n=tile_n,
         ))
     return launches

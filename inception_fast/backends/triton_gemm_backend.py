@@ -27,11 +27,11 @@ from . import cuda_backend, gemm_routing, triton_backend
 
 @dataclass
 class SplitStage:
-    """A stage as this backend runs it: the GEMM launches, then `rest` (packed stage, tuning
+    """A stage as this backend runs it: the CUTLASS op launches, then `rest` (packed stage, tuning
     signature, launch state) on the stage kernel; `rest` is the whole stage when the op takes
     nothing, None when it takes everything."""
 
-    launches: list  # gemm_routing.GemmLaunch
+    launches: list  # gemm_routing.GemmLaunch / ConvLaunch
     rest: tuple | None
 
 
