@@ -1,0 +1,67 @@
+"""Measure backend="auto"'s per-block choices on this GPU for the family, at every batch bucket,
+into a fresh cache, for the table `inception_fast/backends/shipped_choices.json` (a first call
+on a card like this one then picks without timing):
+
+    INCEPTION_FAST_CACHE_DIR=dir python benchmarks/device/auto_choices.py \
+        [--models inception_v4,...] [--dtypes fp16,bf16] [--max-batch 4096] [--deadline-s 540]
+
+Each network runs once per power-of-two batch up to --max-batch (the buckets `auto` keys its
+choices by), plain launches (no whole-model CUDA graph: `auto` times each block in graphs of
+its own). The choices land in `autoselect.json` of the cache directory; stops cleanly at
+--deadline-s, so a call with a time limit keeps what it measured. Then
+
+    python -m inception_fast.backends.shipped_choices DIR/autoselect.json
+
+merges them into the shipped table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import torch
+
+from inception_fast import bench_models, optimize
+from inception_fast.bench import DTYPES
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default="inception_v4,googlenet,inception_v3,inception_resnet_v2")
+    parser.add_argument("--dtypes", default="fp16,bf16")
+    parser.add_argument("--max-batch", type=int, default=4096)
+    parser.add_argument("--deadline-s", type=float, default=540.0)
+    args = parser.parse_args()
+    start = time.perf_counter()
+    batches = [1 << i for i in range(args.max_batch.bit_length()) if 1 << i <= args.max_batch]
+    for name in args.models.split(","):
+        spec = bench_models.get(name)
+        source = spec.build().eval()  # random weights: choices depend on shapes only
+        for dtype_name in args.dtypes.split(","):
+            dtype, tf32 = DTYPES[dtype_name]
+            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
+            fused = optimize(source, dtype=dtype, device="cuda", backend="auto", cuda_graph=False)
+            for batch in batches:
+                if time.perf_counter() - start > args.deadline_s:
+                    print(f"deadline reached before {name} {dtype_name} batch {batch}", flush=True)
+                    return 0
+                t = time.perf_counter()
+                x = torch.randn(batch, 3, spec.image_size, spec.image_size, device="cuda", dtype=dtype)
+                with torch.inference_mode():
+                    fused(x.contiguous(memory_format=torch.channels_last))
+                torch.cuda.synchronize()
+                print(f"{name} {dtype_name} batch {batch}: {time.perf_counter() - t:.1f} s "
+                      f"(at {time.perf_counter() - start:.0f} s)", flush=True)
+                del x
+            del fused
+            torch.cuda.empty_cache()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
