@@ -75,10 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     ttfi.add_argument("--timeout", type=float, default=900.0, help="seconds allowed per fresh process")
 
     tune = sub.add_parser(
-        "tune", help="time the Triton kernel's tile configs ahead of time, into the cache",
-        description="A first call never waits for tuning: it uses cached, shipped or heuristic tile "
+        "tune", help="time the Triton kernel's tile configs and auto's backend choices ahead of time",
+        description="A first call never waits for tile tuning: it uses cached, shipped or heuristic tile "
                     "configs. This times every stage of a network at the given batch sizes on this GPU "
-                    "and keeps the fastest configs in the tuning cache (INCEPTION_FAST_CACHE_DIR).",
+                    "and keeps the fastest configs in the tuning cache (INCEPTION_FAST_CACHE_DIR), then "
+                    "times backend=auto's candidates for every block where no shipped choice applies.",
     )
     tune.add_argument("--model", default="inception_v4",
                       help="network name (default inception_v4); see `inception-fast bench --list-models`")
@@ -88,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="dtype to tune for (default fp16)")
     tune.add_argument("--image-size", type=int, metavar="N", help="square input size (default: the model's)")
     tune.add_argument("--force", action="store_true",
-                      help="ignore the shipped choices and re-time keys already in the cache")
+                      help="ignore the shipped tables and re-time tile configs already in the cache")
     register_fid(sub)
     return parser
 

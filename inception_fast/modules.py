@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import compile_ahead
 from .backends import get_backend
 from .checks import check_inference_input, explain_cuda_moves
 from .compiler import CompiledBlock, CompiledNetwork, UnsupportedModel, compile_model
@@ -130,6 +131,7 @@ class FusedNetwork(nn.Module):
         self.cuda_graph_max_batch = 64
         self.graph_cache = {}
         self._checked_sizes: set = set()
+        self._compiled_ahead: set = set()  # (shape, dtype, device, steps) compiled ahead
         last = self.steps[self.outputs[-1][0]]
         self.num_classes = last.plan.out_channels if isinstance(last, FusedBlock) else None
         pool = self.steps[self.global_pool_step] if self.global_pool_step is not None else None
@@ -138,6 +140,7 @@ class FusedNetwork(nn.Module):
 
     def _apply(self, fn, *args, **kwargs):
         self.graph_cache = {}
+        self._compiled_ahead = set()
         return super()._apply(fn, *args, **kwargs)
 
     def __prepare_scriptable__(self):
@@ -156,6 +159,7 @@ class FusedNetwork(nn.Module):
         for block in self.blocks:
             block.backend = backend
         self.graph_cache = {}
+        self._compiled_ahead = set()
         return self
 
     @torch.no_grad()
@@ -231,6 +235,15 @@ class FusedNetwork(nn.Module):
         return self._run(x, 0, len(self.steps), self.outputs)
 
     def _run(self, x: torch.Tensor, first: int, stop: int, outputs: list):
+        if x.is_cuda and not torch.compiler.is_compiling():
+            key = (tuple(x.shape), x.dtype, x.device, first, stop)
+            if key not in self._compiled_ahead and not capturing():  # a first call at this shape
+                self._compiled_ahead.add(key)
+                if compile_ahead.wanted({block.backend for block in self.blocks}, x):
+                    compile_ahead.compile_ahead(lambda t: self._run_steps(t, first, stop, outputs), x)
+        return self._run_steps(x, first, stop, outputs)
+
+    def _run_steps(self, x: torch.Tensor, first: int, stop: int, outputs: list):
         wanted = {index for index, _ in outputs}
         kept = {}
         if first - 1 in wanted:

@@ -55,6 +55,21 @@ def backend(request):
     return request.param
 
 
+@pytest.fixture
+def fresh_backend_choices(monkeypatch, tmp_path):
+    """`auto` on an empty choice cache in `tmp_path` and without the shipped table: every
+    block is timed here (restored after)."""
+    from inception_fast import cache
+    from inception_fast.backends import shipped_choices
+
+    monkeypatch.setenv("INCEPTION_FAST_CACHE_DIR", str(tmp_path))
+    for name in ("_path", "_table", "_memory_only"):  # read afresh here
+        monkeypatch.setattr(cache.BACKEND_CHOICES, name, getattr(cache.BACKEND_CHOICES, name))
+    cache.BACKEND_CHOICES.reset()
+    monkeypatch.setattr(shipped_choices, "_table", {"card": None, "choices": {}})
+    return tmp_path
+
+
 @pytest.fixture(autouse=True)
 def poison_outputs(monkeypatch):
     """The GPU backends fill every buffer they allocate with NaN first, so a channel slice

@@ -7,7 +7,6 @@ import json
 import pytest
 import torch
 
-from inception_fast import cache
 from inception_fast import reference as R
 from inception_fast.backends import auto_backend
 from inception_fast.modules import fuse_block
@@ -15,12 +14,8 @@ from inception_fast.testing import randomize_batchnorm, relative_l2
 
 
 @pytest.fixture(autouse=True)
-def fresh_cache(monkeypatch, tmp_path):
-    monkeypatch.setenv("INCEPTION_FAST_CACHE_DIR", str(tmp_path))
-    for name in ("_path", "_table", "_memory_only"):  # read afresh here, restored after
-        monkeypatch.setattr(cache.BACKEND_CHOICES, name, getattr(cache.BACKEND_CHOICES, name))
-    cache.BACKEND_CHOICES.reset()
-    return tmp_path
+def fresh_cache(fresh_backend_choices):
+    return fresh_backend_choices
 
 
 def test_batch_buckets_are_powers_of_two():

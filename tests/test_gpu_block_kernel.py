@@ -26,7 +26,7 @@ from gpu_blocks import (
     two_x_rule,
 )
 
-from inception_fast import cache, optimize
+from inception_fast import optimize
 from inception_fast.backends import backend_status
 from inception_fast.backends import triton_block_backend as tb
 from inception_fast.modules import fuse_block
@@ -265,16 +265,12 @@ def test_torch_compile_fullgraph():
 
 
 @torch.no_grad()
-def test_auto_times_triton_block(monkeypatch, tmp_path):
+def test_auto_times_triton_block(monkeypatch, fresh_backend_choices):
     from inception_fast.backends import auto_backend
 
-    monkeypatch.setenv("INCEPTION_FAST_CACHE_DIR", str(tmp_path))
     # An opt-in candidate of auto until its race tests have run on a device.
     monkeypatch.setattr(auto_backend, "CANDIDATES", ("triton", "cuda", "triton-block", "torch"))
     monkeypatch.setattr(auto_backend, "_usable_on", {})
-    for name in ("_path", "_table", "_memory_only"):  # read afresh here, restored after
-        monkeypatch.setattr(cache.BACKEND_CHOICES, name, getattr(cache.BACKEND_CHOICES, name))
-    cache.BACKEND_CHOICES.reset()
     block, cin, size = make_block("InceptionB")
     fused = fused_on(block, torch.float16, "auto")
     x = block_input(1, cin, size, torch.float16)

@@ -17,7 +17,7 @@ import pytest
 import torch
 from gpu_blocks import LOW_PRECISION, two_x_rule
 
-from inception_fast import cache, extension, optimize
+from inception_fast import extension, optimize
 from inception_fast.backends import EXPERIMENTAL, backend_status, gemm_routing
 from inception_fast.modules import FusedBlock
 from inception_fast.testing import calibrated_model
@@ -151,17 +151,13 @@ def test_torch_compile_fullgraph(calibrated_model, backend):
 
 
 @torch.no_grad()
-def test_auto_weighs_it(calibrated_model, monkeypatch, tmp_path, backend):
+def test_auto_weighs_it(calibrated_model, monkeypatch, fresh_backend_choices, backend):
     from inception_fast.backends import auto_backend
 
     model = copy.deepcopy(calibrated_model).cuda()
     x = torch.randn(3, 3, 299, 299, device="cuda")
     ref = model(x)
     eager = copy.deepcopy(model).half()(x.half())
-    monkeypatch.setenv("INCEPTION_FAST_CACHE_DIR", str(tmp_path))
-    for name in ("_path", "_table", "_memory_only"):  # read afresh here, restored after
-        monkeypatch.setattr(cache.BACKEND_CHOICES, name, getattr(cache.BACKEND_CHOICES, name))
-    cache.BACKEND_CHOICES.reset()
     named = backend if backend in EXPERIMENTAL else None  # cuda-gemm where named; triton-gemm always
     monkeypatch.setattr(auto_backend, "CANDIDATES", auto_backend.candidates(named))
     monkeypatch.setattr(auto_backend, "_usable_on", {})

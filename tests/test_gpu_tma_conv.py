@@ -12,7 +12,7 @@ import pytest
 import torch
 from gpu_blocks import BLOCKS, LOW_PRECISION, block_input, make_block, two_x_rule
 
-from inception_fast import architectures, cache, optimize
+from inception_fast import architectures, optimize
 from inception_fast import packing as pk
 from inception_fast.backends import backend_status
 from inception_fast.kernels.triton import ops as _registered_ops  # noqa: F401 - registers the ops
@@ -209,7 +209,7 @@ def test_whole_model_and_cuda_graph(calibrated_model, monkeypatch):
 
 
 @torch.no_grad()
-def test_triton_tma_backend_is_the_split_mode(calibrated_model, monkeypatch, tmp_path):
+def test_triton_tma_backend_is_the_split_mode(calibrated_model, monkeypatch, fresh_backend_choices):
     """backend="triton-tma" runs what INCEPTION_FAST_TMA=split runs on the triton backend, and
     `auto` weighs it where INCEPTION_FAST_AUTO_EXPERIMENTS names it."""
     from inception_fast.backends import auto_backend
@@ -227,10 +227,6 @@ def test_triton_tma_backend_is_the_split_mode(calibrated_model, monkeypatch, tmp
     split = optimize(model, backend="triton", dtype=torch.float16, cuda_graph=False)
     torch.testing.assert_close(split(x.half()), out, rtol=0, atol=0)
     monkeypatch.delenv(tma_conv.ENV_MODE)
-    monkeypatch.setenv("INCEPTION_FAST_CACHE_DIR", str(tmp_path))
-    for name in ("_path", "_table", "_memory_only"):  # read afresh here, restored after
-        monkeypatch.setattr(cache.BACKEND_CHOICES, name, getattr(cache.BACKEND_CHOICES, name))
-    cache.BACKEND_CHOICES.reset()
     monkeypatch.setattr(auto_backend, "CANDIDATES", auto_backend.candidates("triton-tma"))
     monkeypatch.setattr(auto_backend, "_usable_on", {})
     auto = optimize(model, backend="auto", dtype=torch.float16, cuda_graph=False)

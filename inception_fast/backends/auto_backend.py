@@ -3,7 +3,9 @@ the `triton` kernels, `triton-gemm` (the same with the convs that fit on the CUT
 and implicit-GEMM conv ops; only where the extension was built with the CUTLASS headers), the
 `cuda` kernels and the `torch` backend (cuDNN's convolutions on the folded weights: no block
 runs slower than the library can run it), timed once on the first input of that kind and
-remembered in ``autoselect.json`` of the cache directory (see `inception_fast.cache`). The
+remembered in ``autoselect.json`` of the cache directory (see `inception_fast.cache`). On the
+kind of card `shipped_choices.json` was measured on (132-SM Hopper) the shipped times decide
+instead, so a first call times nothing; INCEPTION_FAST_AUTOTUNE=force times anew. The
 experimental backends `triton-block` (one launch per block), `triton-tma` (stride-1 convs on
 the TMA kernel) and `cuda-gemm` (1x1 convs on the CUTLASS GEMM op beside the cuda kernels)
 join the candidates where INCEPTION_FAST_AUTO_EXPERIMENTS names them (comma-separated): each
@@ -28,8 +30,11 @@ import torch
 
 from .. import cache, timing
 from ..graphs import capturing
+from ..kernels.triton import compile_only
 from ..packing import unsupported_reason
-from . import AUTO_CANDIDATES, EXPERIMENTAL, backend_status, get_backend, precision_key
+from . import AUTO_CANDIDATES, EXPERIMENTAL, backend_status, get_backend, precision_key, shipped_choices
+
+TRITON_KERNELS = True  # a first call compiles Triton kernels (see inception_fast.compile_ahead)
 
 ENV_EXPERIMENTS = "INCEPTION_FAST_AUTO_EXPERIMENTS"
 
@@ -104,22 +109,34 @@ def _key(kind: str, x: torch.Tensor) -> str:
 
 
 def _can_time() -> bool:
-    return not (torch.compiler.is_compiling() or capturing())
+    return not (torch.compiler.is_compiling() or capturing() or compile_only.active())
+
+
+def _known(kind: str, x: torch.Tensor, usable: list) -> tuple[str, dict, list]:
+    """(cache key, the block times known for inputs like `x`, the usable backends without one):
+    the times cached on this machine, else those shipped for this kind of card
+    (`shipped_choices`, which has a time for every usable backend or gives nothing)."""
+    key = _key(kind, x)
+    entry = _load().get(key)
+    if entry is not None:
+        ms = dict(entry["ms"])
+    else:
+        n, _, h, w = x.shape
+        bucket = batch_bucket(n)
+        ms = shipped_choices.lookup(x.device, precision_key(x), f"{kind}@{h}x{w}", bucket, usable) or {}
+    return key, ms, [name for name in usable if name not in ms]
 
 
 def choose(kind: str, x: torch.Tensor, runners: dict) -> str:
-    """The backend for `kind` on inputs like `x`: the fastest usable one by the remembered
-    times, timing now only the usable backends not timed before (an experiment switched on, the
-    CUDA extension built since) and merging their times into the entry, so processes with other
-    candidates add to one another's measurements. `runners` maps each usable backend's name to
-    a callable taking `x`."""
+    """The backend for `kind` on inputs like `x`: the fastest usable one by the remembered or
+    shipped times, timing now only the usable backends without one (an experiment switched on,
+    the CUDA extension built since, a card the table was not made on) and merging their times
+    into the cache's entry, so processes with other candidates add to one another's
+    measurements. `runners` maps each usable backend's name to a callable taking `x`."""
     usable = list(runners)
     if not usable:
         raise RuntimeError("backend 'auto' found no usable backend here")
-    key = _key(kind, x)
-    entry = _load().get(key)
-    ms = dict(entry["ms"]) if entry is not None else {}
-    missing = [name for name in usable if name not in ms]
+    key, ms, missing = _known(kind, x, usable)
     if missing and len(usable) > 1 and _can_time():
         _announce(x, missing)
         with torch.no_grad():
@@ -136,6 +153,13 @@ def choose(kind: str, x: torch.Tensor, runners: dict) -> str:
     if timed:
         return min(timed, key=ms.get)
     return usable[0]  # nothing to compare, or no timing possible now: remember nothing
+
+
+def _to_compile(kind: str, x: torch.Tensor, runners: dict) -> list:
+    """In a compile-only pass: the backends the real call will run, so that their kernels
+    compile now: those it will time, else its choice."""
+    _, _, missing = _known(kind, x, list(runners))
+    return missing if len(runners) > 1 and missing else [choose(kind, x, runners)]
 
 
 def _announce(x: torch.Tensor, names: list) -> None:
@@ -175,6 +199,9 @@ def run_block(block, x: torch.Tensor) -> torch.Tensor:
     if name is None:
         backends = _backends(block, x.device)
         runners = {name: (lambda t, b=b: b.run_block(block, t)) for name, b in backends.items()}
+        if compile_only.active():
+            outs = [runners[name](x) for name in _to_compile(block_kind(block), x, runners)]
+            return outs[-1]  # never written: only its shape matters to the blocks after
         name = choose(block_kind(block), x, runners)
         if _can_time():
             block.backend_cache[key] = name

@@ -29,6 +29,8 @@ from ..kernels.triton.launch_state import StageLaunchState
 from ..kernels.triton.stage_kernel import split_k_buffers, stage_kinds, stage_tiles
 from . import precision_key
 
+TRITON_KERNELS = True  # a first call compiles Triton kernels (see inception_fast.compile_ahead)
+
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 ALIGN = 8  # the kernels move 8 channels (16 bytes) at a time; the 3-channel input is padded
 
@@ -150,7 +152,7 @@ def stage_config(stage, state: StageLaunchState, x: torch.Tensor, key: str, laun
         name = torch.cuda.get_device_name(x.device).replace(" ", "_")
         full_key = f"{key}/{h}x{w}/b{tuning.batch_bucket(n)}/{precision_key(x)}/{name}"
         config = tuning.choose(full_key, launch, configs, fallback, x.device)
-        if not torch.compiler.is_compiling() and not (x.is_cuda and capturing()):  # untimed there
+        if tuning.can_time():  # a config chosen untimed (tracing, capture, compile-only) is not kept
             state.configs[shape] = config
     return config
 

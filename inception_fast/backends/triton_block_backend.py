@@ -32,6 +32,8 @@ from .triton_backend import (
     uses_tf32,
 )
 
+TRITON_KERNELS = True  # a first call compiles Triton kernels (see inception_fast.compile_ahead)
+
 # At most this many programs per launch (None: as the config says). Tests set it to show that
 # a handful of resident programs still finish a block.
 GRID_LIMIT: int | None = None
@@ -214,7 +216,7 @@ def _run(packed: PackedBlock, x, work, out) -> None:
         # "block:" keeps these choices apart from the stage kernel's.
         key = f"block:{packed.signature}/{h}x{w}/b{tuning.batch_bucket(n)}/{precision_key(x)}/{name}"
         config = tuning.choose(key, launch, configs, fallback, x.device)
-        if not torch.compiler.is_compiling() and not (x.is_cuda and capturing()):  # untimed there
+        if tuning.can_time():  # a config chosen untimed (tracing, capture, compile-only) is not kept
             packed.state.configs[shape] = config
     launch(config)
 

@@ -24,6 +24,8 @@ from ..graphs import outside_capture
 from ..kernels.triton.launch_state import StageLaunchState
 from . import cuda_backend, gemm_routing, triton_backend
 
+TRITON_KERNELS = True  # a first call compiles Triton kernels (see inception_fast.compile_ahead)
+
 
 @dataclass
 class SplitStage:

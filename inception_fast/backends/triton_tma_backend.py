@@ -13,6 +13,8 @@ import torch
 
 from . import triton_backend
 
+TRITON_KERNELS = True  # a first call compiles Triton kernels (see inception_fast.compile_ahead)
+
 
 def availability(device=None) -> tuple[bool, str]:
     ok, reason = triton_backend.availability(device)

@@ -16,6 +16,7 @@ import torch
 from torch.library import custom_op
 
 from .block_kernel import _block_kernel, launch_block_tensors
+from .compile_only import launcher
 from .layout_kernel import _to_nhwc_padded_kernel, launch_to_nhwc_padded
 from .stage_kernel import _stage_kernel, launch_stage_tensors
 from .tma_conv import _tma_stage_kernel, launch_tma_tensors
@@ -48,7 +49,7 @@ def _triton_stage(
     channels_last; the rest is a `packing.PackedStage`; num_tiles from `stage_tiles`;
     scratch / counts: split-K buffers from `split_k_buffers` (unused when k_parts == 1)."""
     launch_stage_tensors(
-        _stage_kernel, num_tiles, x, work, out, problems, weights, bias, col_dst,
+        launcher(_stage_kernel), num_tiles, x, work, out, problems, weights, bias, col_dst,
         col_flags, (block_m, block_n, block_k, num_warps, num_stages, k_parts),
         "tf32" if tf32 else "ieee", has_conv, has_pool, has_residual, scratch, counts,
     )
@@ -75,7 +76,7 @@ def _triton_tma_stage(
     triton_stage; `problems` holds only the rows of a `tma_conv.TmaStage`; config: a
     `tma_conv.TmaConfig` as a list; num_programs from `tma_conv.num_programs`."""
     launch_tma_tensors(
-        _tma_stage_kernel, num_programs, x, work, out, problems, weights, bias, col_dst,
+        launcher(_tma_stage_kernel), num_programs, x, work, out, problems, weights, bias, col_dst,
         col_flags, tuple(config), "tf32" if tf32 else "ieee", has_gemm, has_taps, tap_mask, has_residual,
     )
 
@@ -113,7 +114,7 @@ def _triton_block(
     (counters zero before the first launch; the kernel leaves them zero); scratch / counts:
     split-K buffers from `block_kernel.split_k_buffers` (unused when k_parts == 1)."""
     launch_block_tensors(
-        _block_kernel, num_programs, num_tickets, x, work, out, problems, weights, bias,
+        launcher(_block_kernel), num_programs, num_tickets, x, work, out, problems, weights, bias,
         col_dst, col_flags, schedule, deps, counters, scratch, counts,
         (block_m, block_n, block_k, num_warps, num_stages, k_parts), "tf32" if tf32 else "ieee",
         has_conv, has_pool, has_residual,
@@ -123,7 +124,7 @@ def _triton_block(
 def _triton_to_nhwc_padded(x: torch.Tensor, out: torch.Tensor, round_tf32: bool = False) -> None:
     """x [N,C,H,W] (any strides) -> out [N,C_PAD,H,W] channels_last, extra channels zero;
     fp32 values rounded to TF32 when round_tf32."""
-    launch_to_nhwc_padded(_to_nhwc_padded_kernel, x, out, round_tf32)
+    launch_to_nhwc_padded(launcher(_to_nhwc_padded_kernel), x, out, round_tf32)
 
 
 def _routed(launch: Callable[..., None], mutates: set[str]) -> Callable[..., None]:

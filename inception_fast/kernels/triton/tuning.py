@@ -23,6 +23,7 @@ import torch
 
 from ... import cache, timing
 from ...graphs import capturing
+from . import compile_only
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages); BLOCK_K and the split-K parts are added below.
 _TILES = (
@@ -167,6 +168,12 @@ def _time(launch, config, reps: int = 20) -> float:
     return sorted(timing.replay_ms(graph, 3))[1] / reps
 
 
+def can_time() -> bool:
+    """Whether launches can be timed and their configs kept now: not while torch.compile traces,
+    a CUDA graph records or a compile-only pass runs (`compile_only`: nothing launches)."""
+    return not (torch.compiler.is_compiling() or capturing() or compile_only.active())
+
+
 def enabled() -> bool:
     """Whether a first call may time tile configs (INCEPTION_FAST_AUTOTUNE=1 or force)."""
     return os.environ.get("INCEPTION_FAST_AUTOTUNE", "") in ("1", "force")
@@ -175,14 +182,14 @@ def enabled() -> bool:
 def choose(key: str, launch, configs: list[tuple], fallback: tuple, device=None) -> tuple:
     """The config for `key`: cached, shipped, cached or shipped at the nearest batch bucket,
     or (only where tuning is enabled) time every config with `launch(config)` and cache the
-    fastest; else `fallback`. Never times while tracing or under graph capture."""
+    fastest; else `fallback`. Never times where `can_time()` says no."""
     hit = cache.TUNING.get(key)  # validated on read: six positive ints
     if hit is not None:
         return tuple(hit)
     shipped = _shipped_config(key, device)
     if shipped is not None and shipped in configs:
         return shipped
-    if not enabled() or torch.compiler.is_compiling() or capturing():
+    if not enabled() or not can_time():
         return _nearest_bucket(key, device, configs) or fallback
     print(f"inception_fast: tuning {key} over {len(configs)} tile configs", file=sys.stderr)
     timings = {}

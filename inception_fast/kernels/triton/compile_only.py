@@ -1,0 +1,58 @@
+"""Launches that only compile: under `compiling_only(workers)`, every Triton launch of `ops`
+hands its kernel variant to a pool of `workers` threads to compile (Triton's
+AsyncCompileMode) and launches nothing; leaving the block waits for every compile and raises
+the first error. A first call at a new input shape otherwise compiles its variants one after
+another as its launches come, seconds each (`inception_fast.compile_ahead` runs a whole
+forward this way first).
+
+While it is active, nothing may be timed or remembered from the launches (their outputs are
+never written): `active()` is what the tuning and `auto` consult.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+_active = contextvars.ContextVar("inception_fast_compiling_only", default=False)
+
+
+def active() -> bool:
+    return _active.get()
+
+
+class _CompileOnly:
+    """`kernel[grid](*args, **kwargs)` that compiles the variant those arguments select
+    (`JITFunction.warmup`) instead of launching it."""
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.kernel.warmup(*args, grid=grid, **kwargs)
+
+
+def launcher(kernel):
+    """`kernel`, or its compile-only stand-in while `compiling_only` is active."""
+    return _CompileOnly(kernel) if _active.get() else kernel
+
+
+@contextmanager
+def compiling_only(workers: int):
+    """Launches inside compile only, in `workers` threads where this Triton can compile
+    asynchronously, else one after another."""
+    try:
+        from triton.runtime._async_compile import AsyncCompileMode
+    except ImportError:  # an older Triton: the variants still compile here, just not in parallel
+        AsyncCompileMode = None
+    token = _active.set(True)
+    try:
+        if AsyncCompileMode is None or workers < 2:
+            yield
+        else:
+            with ThreadPoolExecutor(workers, thread_name_prefix="inception_fast-compile") as pool:
+                with AsyncCompileMode(pool):
+                    yield
+    finally:
+        _active.reset(token)
