@@ -195,9 +195,9 @@ def test_family_blocks_with_the_kxk_convs_on_the_conv_op(emulated_kxk, name, pat
     check_kxk(block, torch.randn(2, block.plan.in_channels, *hw, dtype=torch.float64), emulated_kxk)
 
 
-@pytest.mark.parametrize(("setting", "tile_n"), [(None, 128), ("64", 64), ("auto", 0)])
+@pytest.mark.parametrize(("setting", "tile_n"), [(None, 0), ("128", 128), ("64", 64), ("auto", 0)])
 def test_the_conv_tile_setting_reaches_the_op(v4, emulated_kxk, monkeypatch, setting, tile_n):
-    """INCEPTION_FAST_CUTLASS_CONV_TILE: 128-wide tiles unless set, 64, or the op's own choice."""
+    """INCEPTION_FAST_CUTLASS_CONV_TILE: the op's own choice unless set, 128- or 64-wide tiles."""
     if setting is None:
         monkeypatch.delenv(gemm_routing.ENV_CONV_TILE, raising=False)
     else:
@@ -205,6 +205,19 @@ def test_the_conv_tile_setting_reaches_the_op(v4, emulated_kxk, monkeypatch, set
     block = fuse_block(v4.features[6]).to(torch.float64)  # InceptionA: 3x3 convs of 96 channels
     check_kxk(block, torch.randn(2, block.plan.in_channels, 5, 5, dtype=torch.float64), emulated_kxk)
     assert emulated_kxk[1].tiles == {tile_n}
+
+
+def test_a_batch_past_the_ops_32_bit_indexing_runs_whole_on_the_stage_kernel(v4, emulated_kxk, monkeypatch):
+    """Buffers of 2^31 elements or more (Inception-v4's stem from batch 2048) stay on the stage
+    kernel, whose wide-index variant takes them; the batch below the limit uses the ops."""
+    gemm_op, conv_op = emulated_kxk
+    block = fuse_block(v4.features[6]).to(torch.float64)
+    x = torch.randn(2, block.plan.in_channels, 5, 5, dtype=torch.float64)
+    monkeypatch.setattr(gemm_routing, "MAX_ELEMENTS", x.numel())  # as if this input were that large
+    assert relative_l2(tg.run_block(block, x), torch_backend.run_block(block, x)) < 1e-12
+    assert gemm_op.calls == conv_op.calls == 0
+    tg.run_block(block, x[:1])
+    assert gemm_op.calls > 0 and conv_op.calls > 0
 
 
 def test_a_conv_tile_setting_it_cannot_take_is_refused(monkeypatch):

@@ -1,0 +1,74 @@
+"""A first call on nothing cached but the CUDA extension: Inception-v4 through `optimize()`
+(backend auto) in fresh processes, as `inception-fast ttfi` runs them, with empty Triton,
+Inductor and choice caches, each of: the Triton kernels compiled one by one as launched
+(INCEPTION_FAST_COMPILE_THREADS=0) or ahead in threads (the default), with `auto`'s shipped
+table set aside or in place. The extension comes ready-built from the cache directory given,
+as it does from `pip install`, so what is timed is what a user's first call waits for.
+
+    python benchmarks/device/first_call.py --build-cache DIR [--batch 2048] [--dtype fp16] [--json F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from inception_fast import first_inference
+from inception_fast.backends import shipped_choices
+
+
+def run(batch: int, dtype: str, build_cache: Path, threads: str, shipped: bool) -> dict:
+    table, aside = shipped_choices.TABLE, shipped_choices.TABLE.with_suffix(".aside")
+    os.environ["INCEPTION_FAST_COMPILE_THREADS"] = threads
+    with tempfile.TemporaryDirectory(prefix="first-call-") as root:
+        choices = Path(root) / "inception_fast_cache_dir"  # measure() puts each cache variable here
+        choices.mkdir()
+        (choices / "build").symlink_to(build_cache / "build")
+        if not shipped:
+            table.rename(aside)
+        try:
+            result = first_inference.measure(
+                "fused", cache_root=root, backend="auto", device="cuda", dtype=dtype, batch=batch,
+            )
+        finally:
+            if not shipped:
+                aside.rename(table)
+    steps = result.get("steps_s", {})
+    first_call = steps["first_logits"] - steps["prepared"] if steps else None
+    return {"batch": batch, "dtype": dtype, "compile_threads": threads, "shipped_choices": shipped,
+            "first_call_s": first_call, **result}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--build-cache", type=Path, required=True,
+                        help="an INCEPTION_FAST_CACHE_DIR whose build/ holds the extension")
+    parser.add_argument("--batch", type=int, default=2048)
+    parser.add_argument("--dtype", default="fp16")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    rows = []
+    for shipped in (False, True):
+        for threads in ("0", ""):
+            row = run(args.batch, args.dtype, args.build_cache, threads, shipped)
+            rows.append(row)
+            label = f"threads={threads or 'default'} shipped={'on' if shipped else 'off'}"
+            if "error" in row:
+                print(f"{label}: {row['error']}", flush=True)
+            else:
+                steps = ", ".join(f"{k} {v:.1f}" for k, v in row["steps_s"].items())
+                print(f"{label}: {row['seconds']:.1f} s to first logits, first call "
+                      f"{row['first_call_s']:.1f} s ({steps})", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
