@@ -117,7 +117,10 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["inception_fast", "inception_fast.*"]),
-    package_data={"inception_fast.kernels.triton": ["tuned_configs.json"]},
+    package_data={
+        "inception_fast.kernels.triton": ["tuned_configs.json"],
+        "inception_fast.backends": ["shipped_choices.json"],
+    },
     install_requires=["torch", "timm", "safetensors"],
     extras_require={
         "test": ["pytest", "pytest-benchmark", "pytorch-fid"],
