@@ -54,6 +54,7 @@ def candidates(setting: str | None) -> tuple[str, ...]:
 
 CANDIDATES = candidates(os.environ.get(ENV_EXPERIMENTS))
 WARMUP, REPEATS = 2, 5
+CALLS_PER_GRAPH = 32  # calls of a block per timed graph at batch 1, fewer at larger batches
 logger = logging.getLogger("inception_fast")
 _usable_on: dict = {}  # device -> usable candidate names (availability is checked once)
 _announced: set = set()  # (device, dtype, batch bucket) whose timing was announced in this process
@@ -95,11 +96,16 @@ def _save(key: str, entry: dict) -> None:
 
 
 def _median_ms(run, x: torch.Tensor) -> float:
-    """Median ms of `run(x)` replayed from a CUDA graph: at small batches a block's kernels
+    """Median ms of one `run(x)`, replayed from a CUDA graph: at small batches a block's kernels
     take less GPU time than the host needs to launch them, and timing plain calls would
-    compare host overheads instead of the kernels. The warm-up calls may compile, tune and pack."""
-    graph, _ = timing.capture_graph(lambda: run(x), warmup=WARMUP, device=x.device)
-    return statistics.median(timing.replay_ms(graph, REPEATS))
+    compare host overheads instead of the kernels. A block at batch 1 takes 10-50 us, about
+    what a graph launch costs, so small batches put several calls in one graph
+    (CALLS_PER_GRAPH // bucket), and the first replay, at whatever clock the GPU was idling at,
+    is not timed. The warm-up calls may compile, tune and pack."""
+    calls = max(1, CALLS_PER_GRAPH // batch_bucket(x.shape[0]))
+    graph, _ = timing.capture_graph(lambda: [run(x) for _ in range(calls)], warmup=WARMUP, device=x.device)
+    graph.replay()
+    return statistics.median(timing.replay_ms(graph, REPEATS)) / calls
 
 
 def _key(kind: str, x: torch.Tensor) -> str:
