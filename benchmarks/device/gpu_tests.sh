@@ -22,7 +22,8 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 declare -A FILES=(
   [1]="tests/test_gpu_backends.py tests/test_gpu_stage_ops.py tests/test_gpu_bench.py"
   [2]="tests/test_gpu_stress.py tests/test_gpu_family.py tests/test_fid_features.py tests/test_cuda_backend.py
-       tests/test_auto_backend.py tests/test_errors.py tests/test_triton_backend.py tests/test_torch_backend.py"
+       tests/test_auto_backend.py tests/test_compile_ahead.py tests/test_errors.py tests/test_triton_backend.py
+       tests/test_torch_backend.py"
   [3]="tests/test_gpu_block_kernel.py tests/test_gpu_tma_conv.py"
 )
 parts=$PART
