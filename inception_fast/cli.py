@@ -140,20 +140,20 @@ def auto_choice_table(device) -> str | list[str]:
     import torch
 
     try:
-        from .backends import auto_backend
+        from .backends import auto_backend, shipped_choices
     except ValueError as err:  # a wrong INCEPTION_FAST_AUTO_EXPERIMENTS (the message says so)
         return str(err)
     try:
+        shipped = shipped_choices.describe(device)
         rows = auto_backend.choice_table()
     except Exception as err:  # noqa: BLE001 - info reports, never fails
         return f"choice_table() failed: {type(err).__name__}: {err}"
     if not rows:
-        return ("no choices yet: each is timed on first use of a block shape and kept in "
-                f"{auto_backend.cache_file()}")
+        return [shipped, f"no choices cached yet (they are kept in {auto_backend.cache_file()})"]
     # This card's rows first of all: the cache may hold choices made on other cards.
     wanted = torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else None
     mine = [r for r in rows if wanted is None or r.get("card") in (None, wanted)] or rows
-    return [" ".join(f"{k}={v}" for k, v in r.items()) for r in mine]
+    return [shipped] + [" ".join(f"{k}={v}" for k, v in r.items()) for r in mine]
 
 
 def _print_table_like(value, indent: str = "  ") -> None:
@@ -203,7 +203,7 @@ def cmd_info() -> int:
             print(f"  {name:<7} {'usable' if ok else 'NOT usable'}: {reason}")
             if ok and device == "cuda" and name != "torch":
                 gpu_backends.append(name)
-    print("per-block choices of backend 'auto' (timed once per shape):")
+    print("per-block choices of backend 'auto' (shipped for some cards, else timed once per shape):")
     _print_table_like(auto_choice_table(devices[0]), indent="  ")
     print(f"optimize(cuda_graph=True): {_cuda_graph_line(supports_cuda_graph_option(), gpu_backends)}")
     for name in ("TRITON_CACHE_DIR", "INCEPTION_FAST_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR"):

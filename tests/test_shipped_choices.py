@@ -88,3 +88,17 @@ def test_merge_keeps_one_cards_entries():
         "float16|Head1536-1000-x@8x8|b1": {"triton": 0.01, "torch": 0.02}}}
     with pytest.raises(ValueError, match="holds choices for"):
         shipped_choices.merge(autoselect, merged, {**CARD, "sms": 114})
+
+
+def test_info_says_what_the_table_holds_and_whether_it_applies(monkeypatch):
+    monkeypatch.setattr(shipped_choices, "_table", TABLE)
+    line = shipped_choices.describe("cpu")
+    assert "3 entries measured on NVIDIA H100 80GB HBM3 (compute capability 9.0, 132 SMs)" in line
+    assert line.endswith("; for GPUs")
+    monkeypatch.setattr(shipped_choices, "_same_card", lambda device: False)
+    assert shipped_choices.describe("cuda").endswith("not used on this card: its blocks are timed on their "
+                                                     "first use")
+    monkeypatch.setattr(shipped_choices, "_same_card", lambda device: True)
+    assert shipped_choices.describe("cuda").endswith("; used on this card")
+    monkeypatch.setattr(shipped_choices, "_table", {"card": None, "choices": {}})
+    assert shipped_choices.describe("cuda") == "no shipped block times"

@@ -40,6 +40,23 @@ def _same_card(device) -> bool:
     return [props.major, props.minor, props.multi_processor_count] == [*card["capability"], card["sms"]]
 
 
+def describe(device) -> str:
+    """One line for `inception-fast info`: what the table holds and whether it is used here."""
+    table = _load()
+    card = table["card"]
+    if card is None:
+        return "no shipped block times"
+    if torch.device(device).type != "cuda":
+        where = "for GPUs"
+    elif _same_card(device) and os.environ.get("INCEPTION_FAST_AUTOTUNE") != "force":
+        where = "used on this card"
+    else:
+        where = "not used on this card: its blocks are timed on their first use"
+    major, minor = card["capability"]
+    return (f"shipped block times: {len(table['choices'])} entries measured on {card['name']} "
+            f"(compute capability {major}.{minor}, {card['sms']} SMs); {where}")
+
+
 def _bucket_distance(a: int, b: int) -> int:
     return abs(a.bit_length() - b.bit_length())
 
