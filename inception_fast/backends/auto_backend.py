@@ -29,8 +29,7 @@ from pathlib import Path
 import torch
 
 from .. import cache, timing
-from ..graphs import capturing
-from ..kernels.triton import compile_only
+from ..kernels.triton import compile_only, tuning
 from ..packing import unsupported_reason
 from . import AUTO_CANDIDATES, EXPERIMENTAL, backend_status, get_backend, precision_key, shipped_choices
 
@@ -115,7 +114,7 @@ def _key(kind: str, x: torch.Tensor) -> str:
 
 
 def _can_time() -> bool:
-    return not (torch.compiler.is_compiling() or capturing() or compile_only.active())
+    return tuning.can_time()  # the same rule as the tile tuning's
 
 
 def _known(kind: str, x: torch.Tensor, usable: list) -> tuple[str, dict, list]:

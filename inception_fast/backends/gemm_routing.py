@@ -31,7 +31,9 @@ from .. import packing as pk
 from . import cuda_backend  # the extension's loader and its reasons
 
 ALIGN = 8  # the op's TMA rows and channel offsets: 16 bytes of fp16/bf16
-MAX_ELEMENTS = 2**31  # the ops index with 32 bits: a buffer this large stays on the stage kernel
+# A block with a buffer this large stays whole on the stage kernel: the conv op indexes with 32
+# bits, and the GEMM op (which limits rows, not elements) has not been checked past it on a GPU.
+MAX_ELEMENTS = 2**31
 DTYPES = (torch.float16, torch.bfloat16)
 ENV_CONV_TILE = "INCEPTION_FAST_CUTLASS_CONV_TILE"
 CONV_TILES = {"128": 128, "64": 64, "auto": 0}  # 0: the op's model picks per conv

@@ -32,6 +32,10 @@ def _load() -> dict:
     return _table
 
 
+def _applies(device) -> bool:
+    return os.environ.get("INCEPTION_FAST_AUTOTUNE") != "force" and _same_card(device)
+
+
 def _same_card(device) -> bool:
     card = _load()["card"]
     if card is None or torch.device(device).type != "cuda":
@@ -48,7 +52,7 @@ def describe(device) -> str:
         return "no shipped block times"
     if torch.device(device).type != "cuda":
         where = "for GPUs"
-    elif _same_card(device) and os.environ.get("INCEPTION_FAST_AUTOTUNE") != "force":
+    elif _applies(device):
         where = "used on this card"
     else:
         where = "not used on this card: its blocks are timed on their first use"
@@ -64,7 +68,7 @@ def _bucket_distance(a: int, b: int) -> int:
 def lookup(device, precision: str, kind_at_size: str, bucket: int, usable) -> dict | None:
     """The shipped times {backend: ms} for `kind_at_size` ("<block kind>@HxW") at `bucket`, or
     the nearest shipped bucket; None where the table does not apply (see the module doc)."""
-    if os.environ.get("INCEPTION_FAST_AUTOTUNE") == "force" or not _same_card(device):
+    if not _applies(device):
         return None
     prefix = f"{precision}|{kind_at_size}|b"
     found = {int(key[len(prefix):]): ms for key, ms in _load()["choices"].items() if key.startswith(prefix)}

@@ -114,7 +114,7 @@ def run_block(block, x: torch.Tensor) -> torch.Tensor:
     x, work, out = triton_backend.kernel_buffers(block, x)
     # The op's tensor maps need 16-byte aligned buffers; a caller's unaligned view runs whole
     # on the stage kernel (the backend's own buffers are always aligned). So does a batch whose
-    # buffers reach 2^31 elements: the ops index with 32 bits, the stage kernel has a wide variant.
+    # buffers reach gemm_routing.MAX_ELEMENTS; the stage kernel has a wide-index variant.
     small = max(x.numel(), work.numel(), out.numel()) < gemm_routing.MAX_ELEMENTS
     if small and (torch.compiler.is_compiling() or x.data_ptr() % 16 == 0):
         splits = _split_block(block, x, stages)
