@@ -6,8 +6,9 @@ on a card like this one then picks without timing):
         [--models inception_v4,...] [--dtypes fp16,bf16] [--max-batch 4096] [--deadline-s 540]
 
 Each network runs once per power-of-two batch up to --max-batch (the buckets `auto` keys its
-choices by), plain launches (no whole-model CUDA graph: `auto` times each block in graphs of
-its own). The choices land in `autoselect.json` of the cache directory; stops cleanly at
+choices by), smallest batches first across the networks, plain launches (no whole-model CUDA
+graph: `auto` times each block in graphs of its own). A batch that runs out of memory is
+skipped. The choices land in `autoselect.json` of the cache directory; stops cleanly at
 --deadline-s, so a call with a time limit keeps what it measured. Then
 
     python -m inception_fast.backends.shipped_choices DIR/autoselect.json
@@ -41,27 +42,36 @@ def main() -> int:
     shipped_choices._table = {"card": None, "choices": {}}  # remaking the table: time every block
     start = time.perf_counter()
     batches = [1 << i for i in range(args.max_batch.bit_length()) if 1 << i <= args.max_batch]
-    for name in args.models.split(","):
-        spec = bench_models.get(name)
-        source = spec.build().eval()  # random weights: choices depend on shapes only
-        for dtype_name in args.dtypes.split(","):
-            dtype, tf32 = DTYPES[dtype_name]
-            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
-            fused = optimize(source, dtype=dtype, device="cuda", backend="auto", cuda_graph=False)
-            for batch in batches:
+    specs = [bench_models.get(name) for name in args.models.split(",")]
+    sources = [spec.build().eval() for spec in specs]  # random weights: choices depend on shapes only
+    for dtype_name in args.dtypes.split(","):
+        dtype, tf32 = DTYPES[dtype_name]
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
+        fused = [optimize(source, dtype=dtype, device="cuda", backend="auto", cuda_graph=False)
+                 for source in sources]
+        # Batch-major, so that a deadline cuts the largest batches of every network (whose
+        # blocks then take the nearest bucket's choice) rather than whole networks.
+        for batch in batches:
+            for spec, model in zip(specs, fused):
                 if time.perf_counter() - start > args.deadline_s:
-                    print(f"deadline reached before {name} {dtype_name} batch {batch}", flush=True)
+                    print(f"deadline reached before {spec.name} {dtype_name} batch {batch}", flush=True)
                     return 0
                 t = time.perf_counter()
-                x = torch.randn(batch, 3, spec.image_size, spec.image_size, device="cuda", dtype=dtype)
-                with torch.inference_mode():
-                    fused(x.contiguous(memory_format=torch.channels_last))
-                torch.cuda.synchronize()
-                print(f"{name} {dtype_name} batch {batch}: {time.perf_counter() - t:.1f} s "
-                      f"(at {time.perf_counter() - start:.0f} s)", flush=True)
-                del x
-            del fused
-            torch.cuda.empty_cache()
+                try:
+                    x = torch.randn(batch, 3, spec.image_size, spec.image_size, device="cuda", dtype=dtype)
+                    with torch.inference_mode():
+                        model(x.contiguous(memory_format=torch.channels_last))
+                    torch.cuda.synchronize()
+                except torch.OutOfMemoryError:
+                    # Larger batches of this network take the nearest bucket's choices.
+                    print(f"{spec.name} {dtype_name} batch {batch}: out of memory", flush=True)
+                else:
+                    print(f"{spec.name} {dtype_name} batch {batch}: {time.perf_counter() - t:.1f} s "
+                          f"(at {time.perf_counter() - start:.0f} s)", flush=True)
+                x = None
+                torch.cuda.empty_cache()
+        del fused
+        torch.cuda.empty_cache()
     return 0
 
 
