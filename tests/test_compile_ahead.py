@@ -46,18 +46,18 @@ def test_the_flag_is_reset_when_the_pass_fails():
     assert not compile_only.active()
 
 
-def test_threads_setting(monkeypatch):
-    monkeypatch.delenv(compile_ahead.ENV_THREADS, raising=False)
-    assert 1 <= compile_ahead.threads() <= 16
-    monkeypatch.setenv(compile_ahead.ENV_THREADS, "0")
-    assert compile_ahead.threads() == 0
-    monkeypatch.setenv(compile_ahead.ENV_THREADS, "many")
-    with pytest.raises(ValueError, match="INCEPTION_FAST_COMPILE_THREADS='many': give a number"):
-        compile_ahead.threads()
+def test_workers_setting(monkeypatch):
+    monkeypatch.delenv(compile_ahead.ENV_WORKERS, raising=False)
+    assert 1 <= compile_ahead.workers() <= 16
+    monkeypatch.setenv(compile_ahead.ENV_WORKERS, "0")
+    assert compile_ahead.workers() == 0
+    monkeypatch.setenv(compile_ahead.ENV_WORKERS, "many")
+    with pytest.raises(ValueError, match="INCEPTION_FAST_COMPILE_WORKERS='many': give a number"):
+        compile_ahead.workers()
 
 
 def test_the_pass_runs_on_scratch_in_compile_only_mode_and_never_raises(monkeypatch):
-    monkeypatch.setattr(compile_ahead, "threads", lambda: 2)
+    monkeypatch.setattr(compile_ahead, "workers", lambda: 2)
     serial = compile_only.compiling_only  # Triton's asynchronous mode has nothing to compile on a CPU
     monkeypatch.setattr(compile_only, "compiling_only", lambda workers: serial(1))
     seen = []
@@ -69,7 +69,7 @@ def test_the_pass_runs_on_scratch_in_compile_only_mode_and_never_raises(monkeypa
     x = torch.ones(3, 8, 5, 5, dtype=torch.float16)
     compile_ahead.compile_ahead(run, x)
     assert seen == [(x.shape, x.dtype, True)] and not compile_only.active()
-    monkeypatch.setattr(compile_ahead, "threads", lambda: 0)  # off: nothing runs
+    monkeypatch.setattr(compile_ahead, "workers", lambda: 0)  # off: nothing runs
     compile_ahead.compile_ahead(run, x)
     assert len(seen) == 1
 
@@ -116,9 +116,10 @@ def test_auto_in_a_compile_only_pass_runs_what_the_real_call_will_and_keeps_noth
 @pytest.mark.parametrize("backend", ["triton", "auto"])
 @torch.no_grad()
 def test_a_first_call_compiles_nothing_after_the_pass(calibrated_model, monkeypatch, fresh_backend_choices,
-                                                      backend):
-    """With the kernels' compiled variants dropped, the pass compiles every variant the call
-    needs (in threads), the call itself compiles none, and its result keeps the 2x rule."""
+                                                      tmp_path, backend):
+    """With the kernels' compiled variants dropped and Triton's disk cache empty, the pass
+    compiles every variant the call needs (in worker processes), the call itself compiles
+    none, and its result keeps the 2x rule."""
     import triton.runtime.jit as jit
 
     from inception_fast.kernels.triton import ops
@@ -130,10 +131,14 @@ def test_a_first_call_compiles_nothing_after_the_pass(calibrated_model, monkeypa
         compiled.append(compile_only.active())
         return real(self, *args, **kwargs)
 
+    passes = []
+    real_ahead = compile_ahead.compile_ahead
+    monkeypatch.setattr(compile_ahead, "compile_ahead", lambda run, x: passes.append(real_ahead(run, x)))
     monkeypatch.setattr(jit.JITFunction, "_do_compile", counting)
     for kernel in (ops._stage_kernel, ops._tma_stage_kernel, ops._block_kernel, ops._to_nhwc_padded_kernel):
-        kernel.device_caches.clear()  # compiled in memory by earlier tests: compiled anew (from disk)
-    monkeypatch.setenv(compile_ahead.ENV_THREADS, "8")
+        kernel.device_caches.clear()  # compiled in memory by earlier tests
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton"))  # and on disk
+    monkeypatch.setenv(compile_ahead.ENV_WORKERS, "8")
     model = copy.deepcopy(calibrated_model).cuda()
     x = torch.randn(3, 3, 299, 299, device="cuda")
     ref = model(x)
@@ -141,7 +146,10 @@ def test_a_first_call_compiles_nothing_after_the_pass(calibrated_model, monkeypa
     fused = optimize(model, backend=backend, dtype=torch.float16, cuda_graph=False)
     out = fused(x.half())
     assert compiled and all(compiled), f"{compiled.count(False)} of {len(compiled)} compiles came in the call"
+    [counts] = passes
+    assert counts.variants > 0 and counts.in_workers == counts.variants, counts
+    assert 1 <= counts.processes <= 8 and counts.failures == []
     two_x_rule(out, eager, ref)
     compiled.clear()
     fused(x.half())  # the same shape again: no second pass
-    assert compiled == []
+    assert compiled == [] and len(passes) == 1

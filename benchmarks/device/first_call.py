@@ -1,8 +1,8 @@
 """A first call on nothing cached but the CUDA extension: Inception-v4 through `optimize()`
 (backend auto) in fresh processes, as `inception-fast ttfi` runs them, with empty Triton,
 Inductor and choice caches, each of: the Triton kernels compiled one by one as launched
-(INCEPTION_FAST_COMPILE_THREADS=0) or ahead in threads (the default), with `auto`'s shipped
-table set aside or in place. The extension comes ready-built from the cache directory given,
+(INCEPTION_FAST_COMPILE_WORKERS=0) or ahead in worker processes (the default), with `auto`'s
+shipped table set aside or in place. The extension comes ready-built from the cache directory given,
 as it does from `pip install`, so what is timed is what a user's first call waits for.
 
     python benchmarks/device/first_call.py --build-cache DIR [--batch 2048] [--dtype fp16] [--json F]
@@ -23,9 +23,9 @@ from inception_fast import first_inference
 from inception_fast.backends import shipped_choices
 
 
-def run(batch: int, dtype: str, build_cache: Path, threads: str, shipped: bool) -> dict:
+def run(batch: int, dtype: str, build_cache: Path, workers: str, shipped: bool) -> dict:
     table, aside = shipped_choices.TABLE, shipped_choices.TABLE.with_suffix(".aside")
-    os.environ["INCEPTION_FAST_COMPILE_THREADS"] = threads
+    os.environ["INCEPTION_FAST_COMPILE_WORKERS"] = workers
     with tempfile.TemporaryDirectory(prefix="first-call-") as root:
         choices = Path(root) / "inception_fast_cache_dir"  # measure() puts each cache variable here
         choices.mkdir()
@@ -41,7 +41,7 @@ def run(batch: int, dtype: str, build_cache: Path, threads: str, shipped: bool) 
                 aside.rename(table)
     steps = result.get("steps_s", {})
     first_call = steps["first_logits"] - steps["prepared"] if steps else None
-    return {"batch": batch, "dtype": dtype, "compile_threads": threads, "shipped_choices": shipped,
+    return {"batch": batch, "dtype": dtype, "compile_workers": workers, "shipped_choices": shipped,
             "first_call_s": first_call, **result}
 
 
@@ -55,10 +55,10 @@ def main() -> int:
     args = parser.parse_args()
     rows = []
     for shipped in (False, True):
-        for threads in ("0", ""):
-            row = run(args.batch, args.dtype, args.build_cache, threads, shipped)
+        for workers in ("0", ""):
+            row = run(args.batch, args.dtype, args.build_cache, workers, shipped)
             rows.append(row)
-            label = f"threads={threads or 'default'} shipped={'on' if shipped else 'off'}"
+            label = f"workers={workers or 'default'} shipped={'on' if shipped else 'off'}"
             if "error" in row:
                 print(f"{label}: {row['error']}", flush=True)
             else:

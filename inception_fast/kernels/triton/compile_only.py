@@ -1,9 +1,10 @@
 """Launches that only compile: under `compiling_only(workers)`, every Triton launch of `ops`
 hands its kernel variant to a pool of `workers` threads to compile (Triton's
-AsyncCompileMode) and launches nothing; leaving the block waits for every compile and raises
-the first error. A first call at a new input shape otherwise compiles its variants one after
-another as its launches come, seconds each (`inception_fast.compile_ahead` runs a whole
-forward this way first).
+AsyncCompileMode; the compile itself runs in worker processes, `compile_processes`) and
+launches nothing; leaving the block waits for every compile and raises the first error. A
+first call at a new input shape otherwise compiles its variants one after another as its
+launches come, seconds each (`inception_fast.compile_ahead` runs a whole forward this way
+first).
 
 While it is active, nothing may be timed or remembered from the launches (their outputs are
 never written): `active()` is what the tuning and `auto` consult.
@@ -40,19 +41,25 @@ def launcher(kernel):
 
 @contextmanager
 def compiling_only(workers: int):
-    """Launches inside compile only, in `workers` threads where this Triton can compile
-    asynchronously, else one after another."""
+    """Launches inside compile only, `workers` at a time (threads, each new variant compiled in
+    a worker process first: `compile_processes`) where this Triton can compile asynchronously,
+    else one after another. Yields the `CompileCounts`, complete once the block is left."""
     try:
-        from triton.runtime._async_compile import AsyncCompileMode
+        from .compile_processes import CompileCounts, InWorkers, WorkerPool
     except ImportError:  # an older Triton: the variants still compile here, just not in parallel
-        AsyncCompileMode = None
+        InWorkers = None
     token = _active.set(True)
     try:
-        if AsyncCompileMode is None or workers < 2:
-            yield
+        if InWorkers is None or workers < 2:
+            yield None
         else:
-            with ThreadPoolExecutor(workers, thread_name_prefix="inception_fast-compile") as pool:
-                with AsyncCompileMode(pool):
-                    yield
+            counts = CompileCounts()
+            pool = WorkerPool(workers, counts)
+            try:
+                with ThreadPoolExecutor(workers, thread_name_prefix="inception_fast-compile") as threads:
+                    with InWorkers(threads, pool, counts):
+                        yield counts
+            finally:
+                pool.close()
     finally:
         _active.reset(token)
