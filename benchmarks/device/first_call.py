@@ -2,10 +2,13 @@
 (backend auto) in fresh processes, as `inception-fast ttfi` runs them, with empty Triton,
 Inductor and choice caches, each of: the Triton kernels compiled one by one as launched
 (INCEPTION_FAST_COMPILE_WORKERS=0) or ahead in worker processes (the default), with `auto`'s
-shipped table set aside or in place. The extension comes ready-built from the cache directory given,
-as it does from `pip install`, so what is timed is what a user's first call waits for.
+shipped table set aside or in place. The extension comes ready-built from the cache directory
+given, as it does from `pip install`, so what is timed is what a user's first call waits for.
+With --warm-batch, a first call at that batch then runs twice on one set of caches: cold, then
+warm (the time to first inference of a process that finds everything cached).
 
-    python benchmarks/device/first_call.py --build-cache DIR [--batch 2048] [--dtype fp16] [--json F]
+    python benchmarks/device/first_call.py --build-cache DIR [--batch 2048] [--dtype fp16]
+        [--warm-batch 1] [--json F]
 """
 
 from __future__ import annotations
@@ -23,26 +26,35 @@ from inception_fast import first_inference
 from inception_fast.backends import shipped_choices
 
 
-def run(batch: int, dtype: str, build_cache: Path, workers: str, shipped: bool) -> dict:
+def run(batch: int, dtype: str, build_cache: Path, workers: str, shipped: bool, root: str) -> dict:
     table, aside = shipped_choices.TABLE, shipped_choices.TABLE.with_suffix(".aside")
     os.environ["INCEPTION_FAST_COMPILE_WORKERS"] = workers
-    with tempfile.TemporaryDirectory(prefix="first-call-") as root:
-        choices = Path(root) / "inception_fast_cache_dir"  # measure() puts each cache variable here
+    choices = Path(root) / "inception_fast_cache_dir"  # measure() puts each cache variable here
+    if not choices.exists():
         choices.mkdir()
         (choices / "build").symlink_to(build_cache / "build")
+    if not shipped:
+        table.rename(aside)
+    try:
+        result = first_inference.measure(
+            "fused", cache_root=root, backend="auto", device="cuda", dtype=dtype, batch=batch,
+        )
+    finally:
         if not shipped:
-            table.rename(aside)
-        try:
-            result = first_inference.measure(
-                "fused", cache_root=root, backend="auto", device="cuda", dtype=dtype, batch=batch,
-            )
-        finally:
-            if not shipped:
-                aside.rename(table)
+            aside.rename(table)
     steps = result.get("steps_s", {})
     first_call = steps["first_logits"] - steps["prepared"] if steps else None
     return {"batch": batch, "dtype": dtype, "compile_workers": workers, "shipped_choices": shipped,
             "first_call_s": first_call, **result}
+
+
+def report(label: str, row: dict) -> None:
+    if "error" in row:
+        print(f"{label}: {row['error']}", flush=True)
+    else:
+        steps = ", ".join(f"{k} {v:.1f}" for k, v in row["steps_s"].items())
+        print(f"{label}: {row['seconds']:.1f} s to first logits, first call "
+              f"{row['first_call_s']:.1f} s ({steps})", flush=True)
 
 
 def main() -> int:
@@ -51,20 +63,23 @@ def main() -> int:
                         help="an INCEPTION_FAST_CACHE_DIR whose build/ holds the extension")
     parser.add_argument("--batch", type=int, default=2048)
     parser.add_argument("--dtype", default="fp16")
+    parser.add_argument("--warm-batch", type=int, default=0,
+                        help="then a first call at this batch twice on the same caches: cold, warm")
     parser.add_argument("--json")
     args = parser.parse_args()
     rows = []
     for shipped in (False, True):
         for workers in ("0", ""):
-            row = run(args.batch, args.dtype, args.build_cache, workers, shipped)
+            with tempfile.TemporaryDirectory(prefix="first-call-") as root:
+                row = run(args.batch, args.dtype, args.build_cache, workers, shipped, root)
             rows.append(row)
-            label = f"workers={workers or 'default'} shipped={'on' if shipped else 'off'}"
-            if "error" in row:
-                print(f"{label}: {row['error']}", flush=True)
-            else:
-                steps = ", ".join(f"{k} {v:.1f}" for k, v in row["steps_s"].items())
-                print(f"{label}: {row['seconds']:.1f} s to first logits, first call "
-                      f"{row['first_call_s']:.1f} s ({steps})", flush=True)
+            report(f"workers={workers or 'default'} shipped={'on' if shipped else 'off'}", row)
+    if args.warm_batch:
+        with tempfile.TemporaryDirectory(prefix="first-call-") as root:
+            for caches in ("cold", "warm"):  # the second process finds what the first cached
+                row = run(args.warm_batch, args.dtype, args.build_cache, "", True, root)
+                rows.append({**row, "caches": caches})
+                report(f"batch {args.warm_batch}, {caches} caches", row)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0
