@@ -25,16 +25,18 @@ struct GemmConv1x1Args {
 
 // Output channels per CTA tile, of `widths` (widest first; tiles are 128 rows), for an m x n
 // GEMM on `sm_count` SMs, by a model of its time: rounds of CTAs over the SMs times the work of
-// one tile (its width plus a fixed cost of about 64 columns: prologue, epilogue). Ties go to the
-// wider tile, which reads the activation fewer times. Small GEMMs get narrow tiles to fill the SMs.
-inline int cta_tile_n(int64_t m, int64_t n, int sm_count, std::initializer_list<int> widths) {
+// one tile (its width plus a fixed cost of `fixed_columns`: prologue, epilogue; about 64 for a
+// GEMM). Ties go to the wider tile, which reads the activation fewer times. Small GEMMs get
+// narrow tiles to fill the SMs.
+inline int cta_tile_n(int64_t m, int64_t n, int sm_count, std::initializer_list<int> widths,
+                      int64_t fixed_columns = 64) {
   const int64_t sms = sm_count > 0 ? sm_count : 1;
   int best = *widths.begin();
   int64_t best_cost = -1;
   for (const int tile : widths) {
     const int64_t tiles = (m + 127) / 128 * ((n + tile - 1) / tile);
     const int64_t rounds = (tiles + sms - 1) / sms;
-    const int64_t cost = rounds * (tile + 64);
+    const int64_t cost = rounds * (tile + fixed_columns);
     if (best_cost < 0 || cost < best_cost) {
       best = tile;
       best_cost = cost;
