@@ -3,6 +3,8 @@ each block's backend from the table without timing anything."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -102,3 +104,16 @@ def test_info_says_what_the_table_holds_and_whether_it_applies(monkeypatch):
     assert shipped_choices.describe("cuda").endswith("; used on this card")
     monkeypatch.setattr(shipped_choices, "_table", {"card": None, "choices": {}})
     assert shipped_choices.describe("cuda") == "no shipped block times"
+
+
+def test_the_shipped_table_covers_every_block_in_each_dtype_at_every_bucket():
+    """fp16, bf16 and fp32 with TF32 ("float32"), the same blocks, batches 1 to 4096."""
+    table = json.loads(shipped_choices.TABLE.read_text())
+    buckets = {}
+    for key in table["choices"]:
+        precision, kind_at_size, bucket = key.split("|")
+        buckets.setdefault(precision, {}).setdefault(kind_at_size, set()).add(int(bucket[1:]))
+    assert set(buckets) == {"float16", "bfloat16", "float32"}
+    assert buckets["float16"].keys() == buckets["bfloat16"].keys() == buckets["float32"].keys()
+    every = {1 << i for i in range(13)}
+    assert all(found == every for kinds in buckets.values() for found in kinds.values())

@@ -3,7 +3,7 @@ into a fresh cache, for the table `inception_fast/backends/shipped_choices.json`
 on a card like this one then picks without timing):
 
     INCEPTION_FAST_CACHE_DIR=dir python benchmarks/device/auto_choices.py \
-        [--models inception_v4,...] [--dtypes fp16,bf16] [--max-batch 4096] [--deadline-s 540]
+        [--models inception_v4,...] [--dtypes fp16,bf16,fp32-tf32] [--max-batch 4096] [--deadline-s 540]
 
 Each network runs once per power-of-two batch up to --max-batch (the buckets `auto` keys its
 choices by), smallest batches first across the networks, plain launches (no whole-model CUDA
@@ -35,7 +35,7 @@ from inception_fast.bench import DTYPES
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="inception_v4,googlenet,inception_v3,inception_resnet_v2")
-    parser.add_argument("--dtypes", default="fp16,bf16")
+    parser.add_argument("--dtypes", default="fp16,bf16,fp32-tf32")
     parser.add_argument("--max-batch", type=int, default=4096)
     parser.add_argument("--deadline-s", type=float, default=540.0)
     args = parser.parse_args()
