@@ -272,3 +272,25 @@ def test_fp32_runs_like_the_cuda_backend(monkeypatch):
     expected = block(x)
     block.backend = "cuda-gemm"
     torch.testing.assert_close(block(x), expected, rtol=0, atol=0)
+
+
+def test_loading_every_backend_imports_no_dynamo():
+    """Loading the backends (a first call does) must not import torch._dynamo: seconds of every
+    process's first inference. The CUTLASS ops' question is therefore not
+    `torch.compiler.disable`d but asked before a trace (`resolve_backend`)."""
+    import subprocess
+    import sys
+
+    script = ("import sys\nfrom inception_fast.backends import BACKENDS, get_backend\n"
+              "[get_backend(name) for name in BACKENDS]\nprint('torch._dynamo' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "False"
+
+
+def test_the_cutlass_question_first_asked_inside_a_trace_answers_no(monkeypatch):
+    monkeypatch.setattr(gemm_routing, "_asked", {})
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    ok, reason = gemm_routing._compiled_in("cuda_conv_fprop", "cuda:0")
+    assert not ok and "inside a torch.compile trace" in reason
+    assert gemm_routing._asked == {}  # not kept: asked again outside a trace

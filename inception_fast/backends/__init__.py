@@ -68,6 +68,9 @@ def resolve_backend(name: str, device) -> str:
         if device.type != "cuda":
             return "torch"
         usable = [b for b in ("triton", "cuda") if backend_status(b, device)[0]]
+        # Whether the CUTLASS ops are compiled in is asked now, before any torch.compile trace
+        # (see gemm_routing._compiled_in).
+        backend_status("triton-gemm", device)
         # auto also weighs the torch backend (cuDNN), so one usable kernel backend is enough.
         return "auto" if usable else "torch"
     ok, reason = backend_status(name, device)

@@ -256,16 +256,21 @@ _PROBES = {  # op name -> (what it is, a call with an empty problem: no launch e
 }
 
 
-@torch.compiler.disable  # a question to the library, not a computation to trace
 def _compiled_in(name: str, device) -> tuple[bool, str]:
     """Whether the loaded extension has op `name` with its kernels compiled in (the CUTLASS
     headers, for the conv also CUTLASS's util headers, were found at build time), asked once
-    per device with an empty problem."""
+    per device with an empty problem. The question is a call into the library that a
+    torch.compile trace must not see: `optimize()` asks it first (`resolve_backend`), and one
+    first asked inside a trace answers no (the stage kernel then takes those convs). Not
+    `torch.compiler.disable`: that imports torch._dynamo, seconds of every process's first call."""
     device = torch.device(device)
     if device.type != "cuda":
         return False, f"the CUTLASS kernels run on CUDA devices, not {device.type}"
     if device.index is None:  # "cuda" and "cuda:0" are one device: one question
         device = torch.device(device.type, torch.cuda.current_device())
+    if (name, device) not in _asked and torch.compiler.is_compiling():
+        return False, (f"whether {name} is compiled in was first asked inside a torch.compile trace; "
+                       "optimize() the model on this device before compiling it")
     if (name, device) not in _asked:
         what, probe = _PROBES[name]
         try:
