@@ -167,11 +167,15 @@ def _pool_tile(
     """AVG_POOL (count_include_pad=False), AVG_POOL_INCLUDE_PAD or MAX_POOL over a kh x kw
     window, per channel; one accumulator live at a time keeps the registers for the conv path.
     Taps outside the input (padding, or past the end in ceil mode) read nothing."""
+    # Small tiles unroll the taps to keep loads in flight. A large tile has enough loads per
+    # tap already, and unrolling its tile 4x made LLVM take 5-6 s per such kernel variant (the
+    # longest compile of a first call).
+    UNROLL: tl.constexpr = 4 if BLOCK_M * BLOCK_N <= 8192 else 1
     c = col0 + tl.arange(0, BLOCK_N)
     c_mask = c < cols
     if kind == _MAX_POOL:
         acc = tl.full((BLOCK_M, BLOCK_N), float("-inf"), dtype=tl.float32)
-        for tap in tl.range(0, kh * kw, loop_unroll_factor=4):  # loads in flight
+        for tap in tl.range(0, kh * kw, loop_unroll_factor=UNROLL):
             v = _gather_tap(
                 src_ptr, src_stride, img, ih0, iw0, tap, kw, H, W, m_mask, c, c_mask, float("-inf"), INDEX
             )[0]
@@ -179,7 +183,7 @@ def _pool_tile(
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         count = tl.zeros((BLOCK_M,), dtype=tl.float32)
-        for tap in tl.range(0, kh * kw, loop_unroll_factor=4):  # loads in flight
+        for tap in tl.range(0, kh * kw, loop_unroll_factor=UNROLL):
             v, valid = _gather_tap(
                 src_ptr, src_stride, img, ih0, iw0, tap, kw, H, W, m_mask, c, c_mask, 0.0, INDEX
             )
