@@ -117,3 +117,18 @@ def test_the_shipped_table_covers_every_block_in_each_dtype_at_every_bucket():
     assert buckets["float16"].keys() == buckets["bfloat16"].keys() == buckets["float32"].keys()
     every = {1 << i for i in range(13)}
     assert all(found == every for kinds in buckets.values() for found in kinds.values())
+
+
+def test_the_reference_and_timm_inception_v4_find_every_block_in_the_table():
+    """Blocks are keyed by what they compute, not by module names or branch order: the
+    reference Inception-v4 (ConvBnRelu stems, InceptionC's 1x1 columns in another order) finds
+    the entries timed on timm's, so its first call on such a card times nothing."""
+    from inception_fast import bench_models, optimize
+    from inception_fast.reference import inception_v4
+
+    table = json.loads(shipped_choices.TABLE.read_text())
+    shipped = {key.split("|")[1].split("@")[0] for key in table["choices"]}
+    for model in (inception_v4(), bench_models.get("inception_v4").build()):
+        fused = optimize(model.eval(), backend="torch")
+        missing = {auto_backend.block_kind(block) for block in fused.blocks} - shipped
+        assert not missing, missing

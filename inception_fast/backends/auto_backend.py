@@ -19,6 +19,7 @@ are set to "auto" dispatches each call to the backend chosen for it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -178,10 +179,22 @@ def _announce(x: torch.Tensor, names: list) -> None:
 
 
 def block_kind(block) -> str:
-    """The block's name and a digest of its plan: blocks with the same plan share a choice."""
+    """What the block computes, as its channels and a digest of its plan without the name and
+    with each stage's ops and each conv's writes in a canonical order: blocks that compute the
+    same under other module names or branch orders (timm's Inception-v4 and the reference one)
+    share a choice, shipped or timed."""
     plan = block.plan
-    digest = hashlib.sha1(repr(plan).encode()).hexdigest()[:10]
-    return f"{plan.name}{plan.in_channels}-{plan.out_channels}-{digest}"
+    stages = tuple(
+        tuple(sorted((_canonical_op(op) for op in stage), key=repr)) for stage in plan.stages
+    )
+    canonical = (plan.in_channels, plan.out_channels, plan.work_channels, stages)
+    digest = hashlib.sha1(repr(canonical).encode()).hexdigest()[:10]
+    return f"{plan.in_channels}-{plan.out_channels}-{digest}"
+
+
+def _canonical_op(op):
+    writes = getattr(op, "writes", None)
+    return dataclasses.replace(op, writes=tuple(sorted(writes, key=repr))) if writes else op
 
 
 def _backends(block, device) -> dict:
