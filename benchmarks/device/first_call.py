@@ -8,7 +8,7 @@ With --warm-batch, a first call at that batch then runs twice on one set of cach
 warm (the time to first inference of a process that finds everything cached).
 
     python benchmarks/device/first_call.py --build-cache DIR [--batch 2048] [--dtype fp16]
-        [--warm-batch 1] [--json F]
+        [--default-only] [--warm-batch 1] [--json F]
 """
 
 from __future__ import annotations
@@ -63,17 +63,19 @@ def main() -> int:
                         help="an INCEPTION_FAST_CACHE_DIR whose build/ holds the extension")
     parser.add_argument("--batch", type=int, default=2048)
     parser.add_argument("--dtype", default="fp16")
+    parser.add_argument("--default-only", action="store_true",
+                        help="only the default setting (workers on, shipped table in place)")
     parser.add_argument("--warm-batch", type=int, default=0,
                         help="then a first call at this batch twice on the same caches: cold, warm")
     parser.add_argument("--json")
     args = parser.parse_args()
     rows = []
-    for shipped in (False, True):
-        for workers in ("0", ""):
-            with tempfile.TemporaryDirectory(prefix="first-call-") as root:
-                row = run(args.batch, args.dtype, args.build_cache, workers, shipped, root)
-            rows.append(row)
-            report(f"workers={workers or 'default'} shipped={'on' if shipped else 'off'}", row)
+    settings = [(True, "")] if args.default_only else [(s, w) for s in (False, True) for w in ("0", "")]
+    for shipped, workers in settings:
+        with tempfile.TemporaryDirectory(prefix="first-call-") as root:
+            row = run(args.batch, args.dtype, args.build_cache, workers, shipped, root)
+        rows.append(row)
+        report(f"workers={workers or 'default'} shipped={'on' if shipped else 'off'}", row)
     if args.warm_batch:
         with tempfile.TemporaryDirectory(prefix="first-call-") as root:
             for caches in ("cold", "warm"):  # the second process finds what the first cached
