@@ -175,11 +175,12 @@ class InWorkers(AsyncCompileMode):
             return self.future_kernels[key]
         self.counts.variants += 1
         job = _worker_job(key, compile_fn)
-        if job is not None:
-            pool, compile_here = self.pool, compile_fn
+        if job is None:
+            return super().submit(key, compile_fn, finalize_fn)
+        pool = self.pool
 
-            def compile_fn():
-                pool.compile(job)
-                return compile_here()  # from the disk where the worker compiled it
+        def in_a_worker_first():
+            pool.compile(job)
+            return compile_fn()  # loads it from the disk where the worker compiled it
 
-        return super().submit(key, compile_fn, finalize_fn)
+        return super().submit(key, in_a_worker_first, finalize_fn)
