@@ -96,3 +96,39 @@ def test_the_worker_protocol_round_trips_and_ends_at_the_end_of_input():
     stream = io.BytesIO(compile_worker._LENGTH.pack(10) + b"abc")
     with pytest.raises(EOFError, match="inside a message"):
         compile_worker.receive(stream)
+
+
+def tritons_closure(src, target, options, env_vars):
+    """A compile closure shaped as Triton's asynchronous mode makes it (`JITFunction._do_compile`):
+    the variant's source, target, options and cache-invalidating settings in its cells."""
+    def async_compile():
+        return triton.compile(src, target=target, options=options.__dict__, _env_vars=env_vars)
+
+    return async_compile
+
+
+def test_the_mode_sends_a_new_variant_to_a_worker_then_loads_it(variant):
+    from concurrent.futures import ThreadPoolExecutor
+
+    src, target, options, env_vars, key = variant
+    counts = compile_processes.CompileCounts()
+    pool = compile_processes.WorkerPool(2, counts)
+    finalized = []
+    try:
+        with ThreadPoolExecutor(2) as threads, compile_processes.InWorkers(threads, pool, counts) as mode:
+            closure = tritons_closure(src, target, options, env_vars)
+            future = mode.submit(key, closure, finalized.append)
+            assert mode.submit(key, closure, finalized.append) is future  # one compile per variant
+    finally:
+        pool.close()
+    assert (counts.variants, counts.in_workers, counts.processes, counts.failures) == (1, 1, 1, [])
+    assert finalized[0].hash == compile_processes.hashlib.sha256(key.encode()).hexdigest()
+
+
+def test_a_variant_already_on_disk_or_from_another_closure_stays_in_this_process(variant):
+    src, target, options, env_vars, key = variant
+    closure = tritons_closure(src, target, options, env_vars)
+    assert compile_processes._worker_job(key, closure) is not None
+    closure()  # now on disk: loading it here is cheaper than a worker's start
+    assert compile_processes._worker_job(key, closure) is None
+    assert compile_processes._worker_job(key, lambda: None) is None
