@@ -206,9 +206,22 @@ def cmd_info() -> int:
     print("per-block choices of backend 'auto' (shipped for some cards, else timed once per shape):")
     _print_table_like(auto_choice_table(devices[0]), indent="  ")
     print(f"optimize(cuda_graph=True): {_cuda_graph_line(supports_cuda_graph_option(), gpu_backends)}")
+    print(f"on a GPU, a first call's new Triton kernels: {_compile_line()}")
     for name in ("TRITON_CACHE_DIR", "INCEPTION_FAST_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR"):
         print(f"{name}={os.environ.get(name, '(default)')}")
     return 0
+
+
+def _compile_line() -> str:
+    from .compile_ahead import ENV_WORKERS, workers
+
+    try:
+        count = workers()
+    except ValueError as err:
+        return str(err)
+    if count < 2:
+        return f"compiled one by one as they are launched ({ENV_WORKERS}={count})"
+    return f"compiled ahead in up to {count} worker processes ({ENV_WORKERS}; 0: one by one)"
 
 
 def _auto_line(resolve_backend, device: str) -> str:

@@ -47,6 +47,18 @@ def test_info_without_a_gpu_is_truthful_about_auto_and_cuda_graphs():
     assert "not available here" in graphs and "GPU backend" in graphs
 
 
+@pytest.mark.parametrize(("setting", "said"), [
+    ("3", "compiled ahead in up to 3 worker processes"),
+    ("0", "compiled one by one as they are launched (INCEPTION_FAST_COMPILE_WORKERS=0)"),
+    ("many", "INCEPTION_FAST_COMPILE_WORKERS='many': give a number of processes"),
+])
+def test_info_says_how_a_first_call_compiles(setting, said):
+    proc = run_cli("info", env={**os.environ, "INCEPTION_FAST_COMPILE_WORKERS": setting})
+    assert proc.returncode == 0, proc.stderr
+    line = next(line for line in proc.stdout.splitlines() if "a first call's new Triton kernels" in line)
+    assert said in line, line
+
+
 def test_info_names_a_wrong_auto_experiments_setting_instead_of_failing():
     proc = run_cli("info", env={**os.environ, "INCEPTION_FAST_AUTO_EXPERIMENTS": "tma"})
     assert proc.returncode == 0, proc.stderr
