@@ -5,6 +5,7 @@ threads."""
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 
@@ -54,7 +55,7 @@ def test_a_worker_compiles_into_the_cache_under_the_key_asked(variant):
     assert counts.failures == ["add_one: this process would compile it under another cache key"]
     assert compile_processes._on_disk(key, src)
     kernel = triton.compile(src, target=target, options=options.__dict__, _env_vars=env_vars)
-    assert kernel.hash == compile_processes.hashlib.sha256(key.encode()).hexdigest()
+    assert kernel.hash == hashlib.sha256(key.encode()).hexdigest()
 
 
 def test_workers_that_cannot_start_leave_the_compiling_to_the_threads(variant, monkeypatch):
@@ -93,7 +94,7 @@ def test_the_worker_protocol_round_trips_and_ends_at_the_end_of_input():
     assert compile_worker.receive(stream) == ("compiled", None)
     assert compile_worker.receive(stream) == {"a": (1, 2)}
     assert compile_worker.receive(stream) is None
-    stream = io.BytesIO(compile_worker._LENGTH.pack(10) + b"abc")
+    stream = io.BytesIO(compile_worker.frame("a longer message")[:10])
     with pytest.raises(EOFError, match="inside a message"):
         compile_worker.receive(stream)
 
@@ -122,7 +123,7 @@ def test_the_mode_sends_a_new_variant_to_a_worker_then_loads_it(variant):
     finally:
         pool.close()
     assert (counts.variants, counts.in_workers, counts.processes, counts.failures) == (1, 1, 1, [])
-    assert finalized[0].hash == compile_processes.hashlib.sha256(key.encode()).hexdigest()
+    assert finalized[0].hash == hashlib.sha256(key.encode()).hexdigest()
 
 
 def test_a_variant_already_on_disk_or_from_another_closure_stays_in_this_process(variant):

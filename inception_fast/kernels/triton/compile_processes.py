@@ -11,7 +11,6 @@ work happens changes.
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import pickle
 import queue
@@ -26,7 +25,6 @@ from triton.runtime._async_compile import AsyncCompileMode
 
 from . import compile_worker
 
-logger = logging.getLogger("inception_fast")
 JOB_TIMEOUT_S = 600.0  # a worker silent this long is stopped and its variant compiled here
 
 
@@ -132,10 +130,9 @@ def _start_worker() -> subprocess.Popen:
 
 def _framed(obj) -> bytes | None:
     try:
-        blob = pickle.dumps(obj)
+        return compile_worker.frame(obj)
     except Exception:  # noqa: BLE001 - a constant that does not pickle: compiled here instead
         return None
-    return compile_worker._LENGTH.pack(len(blob)) + blob
 
 
 def _on_disk(key: str, src) -> bool:

@@ -22,9 +22,14 @@ import sys
 _LENGTH = struct.Struct(">I")
 
 
-def send(stream, obj) -> None:
+def frame(obj) -> bytes:
+    """`obj` as one message: its pickle's length, then the pickle."""
     blob = pickle.dumps(obj)
-    stream.write(_LENGTH.pack(len(blob)) + blob)
+    return _LENGTH.pack(len(blob)) + blob
+
+
+def send(stream, obj) -> None:
+    stream.write(frame(obj))
     stream.flush()
 
 
