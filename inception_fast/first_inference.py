@@ -84,19 +84,26 @@ def bytecode_is_installed() -> bool:
     return os.path.exists(importlib.util.cache_from_source(torch.__file__))
 
 
+def cache_env(cache_root) -> dict:
+    """This process's environment with every cache variable pointing into `cache_root` (one
+    directory each, made here), for a fresh process that finds only what is cached there."""
+    env = dict(os.environ)
+    for name in CACHE_VARIABLES:
+        path = os.path.join(cache_root, name.lower())
+        os.makedirs(path, exist_ok=True)
+        env[name] = path
+    return env
+
+
 def measure(
     config: str, *, cache_root: str, backend: str = "auto", device: str = "cuda", dtype: str = "fp16",
     batch: int = 1, image_size: int = 299, timeout_s: float = 900.0, bytecode_dir: str | None = None,
 ) -> dict:
     """One fresh process with its caches under `cache_root` (and Python's bytecode under
     `bytecode_dir` when given); returns seconds and a breakdown."""
-    env = dict(os.environ)
+    env = cache_env(cache_root)
     if bytecode_dir is not None:
         env["PYTHONPYCACHEPREFIX"] = bytecode_dir
-    for name in CACHE_VARIABLES:
-        path = os.path.join(cache_root, name.lower())
-        os.makedirs(path, exist_ok=True)
-        env[name] = path
     command = [
         sys.executable, "-m", "inception_fast", "_first-inference", "--config", config,
         "--backend", backend, "--device", device, "--dtype", dtype, "--batch", str(batch),

@@ -29,10 +29,9 @@ from inception_fast.backends import shipped_choices
 def run(batch: int, dtype: str, build_cache: Path, workers: str, shipped: bool, root: str) -> dict:
     table, aside = shipped_choices.TABLE, shipped_choices.TABLE.with_suffix(".aside")
     os.environ["INCEPTION_FAST_COMPILE_WORKERS"] = workers
-    choices = Path(root) / "inception_fast_cache_dir"  # measure() puts each cache variable here
-    if not choices.exists():
-        choices.mkdir()
-        (choices / "build").symlink_to(build_cache / "build")
+    build = Path(first_inference.cache_env(root)["INCEPTION_FAST_CACHE_DIR"]) / "build"
+    if not build.exists():  # the extension comes ready-built; the other caches start empty
+        build.symlink_to(build_cache / "build")
     if not shipped:
         table.rename(aside)
     try:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from inception_fast.first_inference import CACHE_VARIABLES, RESULT_PREFIX  # noqa: E402
+from inception_fast.first_inference import RESULT_PREFIX, cache_env  # noqa: E402
 
 HEAVY = ("torch._dynamo", "sympy", "torch._inductor", "torch.distributed.fsdp",
          "torch._higher_order_ops.triton_kernel_wrap", "torch.fx.experimental.symbolic_shapes")
@@ -72,12 +71,10 @@ runpy.run_module("inception_fast", run_name="__main__", alter_sys=True)
 
 
 def fresh_caches(build_cache: Path) -> dict:
-    root = Path(tempfile.mkdtemp(prefix="first-call-diagnosis-"))
-    env = dict(os.environ)
-    for name in CACHE_VARIABLES:
-        (root / name.lower()).mkdir()
-        env[name] = str(root / name.lower())
-    (root / "inception_fast_cache_dir" / "build").symlink_to(build_cache / "build")
+    """Empty caches but for the ready-built extension."""
+    root = tempfile.mkdtemp(prefix="first-call-diagnosis-")
+    env = cache_env(root)
+    (Path(env["INCEPTION_FAST_CACHE_DIR"]) / "build").symlink_to(build_cache / "build")
     return env
 
 
