@@ -11,6 +11,7 @@
 #include <array>
 #include <cstdint>
 #include <numeric>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -229,12 +230,36 @@ void cuda_conv_stage(const at::Tensor& input, const at::Tensor& work, const at::
   OP_CHECK(err == cudaSuccess, "cuda_conv_stage: kernel launch failed: ", cudaGetErrorString(err));
 }
 
+// The CUTLASS ops' dtypes: fp16, bf16, and fp32 only on TF32 tensor cores, which the caller asks
+// for (tf32=True) so that no fp32 caller gets TF32 by surprise.
+void check_cutlass_dtype(const char* op, const at::Tensor& x, bool tf32) {
+  const at::ScalarType dtype = x.scalar_type();
+  OP_CHECK(dtype == at::kHalf || dtype == at::kBFloat16 || dtype == at::kFloat, op,
+           ": x must be float16, bfloat16 or float32 (on TF32 tensor cores), got ", dtype);
+  OP_CHECK(dtype != at::kFloat || tf32, op, ": float32 runs on TF32 tensor cores only (inputs read truncated to "
+           "TF32, outputs rounded to TF32); pass tf32=True to ask for that, or use torch's convolution for exact fp32");
+  OP_CHECK(dtype == at::kFloat || !tf32, op, ": tf32=True is for float32 inputs, got ", dtype);
+}
+
+// Calls `launch` with the op's dtype as a type (std::integral_constant<Dtype, ...>): fp16, bf16,
+// or fp32 on TF32 (check_cutlass_dtype has ruled out the rest).
+template <typename Dtype, typename Launch>
+const char* by_dtype(at::ScalarType dtype, Launch&& launch) {
+  switch (dtype) {
+    case at::kHalf:
+      return launch(std::integral_constant<Dtype, Dtype::kHalf>{});
+    case at::kBFloat16:
+      return launch(std::integral_constant<Dtype, Dtype::kBFloat16>{});
+    default:
+      return launch(std::integral_constant<Dtype, Dtype::kTf32>{});
+  }
+}
+
 // Arguments of cuda_gemm_conv1x1 on any device (the Meta kernel runs these too, so a bad call
 // fails while tracing). Pointer alignment is checked where there are pointers (CUDA).
 void check_gemm_conv1x1(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
-                        const at::Tensor& out, int64_t col_offset, int64_t tile_n) {
-  OP_CHECK(x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16,
-           "cuda_gemm_conv1x1: x must be float16 or bfloat16, got ", x.scalar_type());
+                        const at::Tensor& out, int64_t col_offset, int64_t tile_n, bool tf32) {
+  check_cutlass_dtype("cuda_gemm_conv1x1", x, tf32);
   OP_CHECK(x.dim() >= 2 && x.is_contiguous(), "cuda_gemm_conv1x1: x must be a contiguous NHWC (or [M, K]) "
            "tensor, channels last, got shape ", x.sizes());
   const int64_t k = x.size(-1), m = x.numel() / std::max<int64_t>(k, 1);
@@ -276,13 +301,14 @@ void check_gemm_conv1x1(const at::Tensor& x, const at::Tensor& weight, const at:
 }
 
 void cuda_gemm_conv1x1_meta(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
-                            const at::Tensor& out, int64_t col_offset, bool /*relu*/, int64_t tile_n) {
-  check_gemm_conv1x1(x, weight, bias, out, col_offset, tile_n);
+                            const at::Tensor& out, int64_t col_offset, bool /*relu*/, int64_t tile_n, bool tf32) {
+  check_gemm_conv1x1(x, weight, bias, out, col_offset, tile_n, tf32);
 }
 
 void cuda_gemm_conv1x1(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
-                       const at::Tensor& out, int64_t col_offset, [[maybe_unused]] bool relu, int64_t tile_n) {
-  check_gemm_conv1x1(x, weight, bias, out, col_offset, tile_n);
+                       const at::Tensor& out, int64_t col_offset, [[maybe_unused]] bool relu, int64_t tile_n,
+                       bool tf32) {
+  check_gemm_conv1x1(x, weight, bias, out, col_offset, tile_n, tf32);
 #if defined(INCEPTION_FAST_WITH_CUTLASS)
   const int64_t k = x.size(-1), n = weight.size(0), m = x.numel() / k;
   if (m == 0) return;
@@ -302,20 +328,22 @@ void cuda_gemm_conv1x1(const at::Tensor& x, const at::Tensor& weight, const at::
            "cuda_gemm_conv1x1: cannot query the SM count of ", x.device());
   args.tile_n = tile_n != 0 ? static_cast<int>(tile_n) : gemm_conv1x1_tile_n(m, n, sm_count);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const bool half = x.scalar_type() == at::kHalf;
   const char* error = nullptr;
   switch (args.tile_n) {
     case 64:
-      error = half ? launch_gemm_conv1x1<GemmDtype::kHalf, 64>(args, stream)
-                   : launch_gemm_conv1x1<GemmDtype::kBFloat16, 64>(args, stream);
+      error = by_dtype<GemmDtype>(x.scalar_type(), [&](auto dtype) {
+        return launch_gemm_conv1x1<decltype(dtype)::value, 64>(args, stream);
+      });
       break;
     case 128:
-      error = half ? launch_gemm_conv1x1<GemmDtype::kHalf, 128>(args, stream)
-                   : launch_gemm_conv1x1<GemmDtype::kBFloat16, 128>(args, stream);
+      error = by_dtype<GemmDtype>(x.scalar_type(), [&](auto dtype) {
+        return launch_gemm_conv1x1<decltype(dtype)::value, 128>(args, stream);
+      });
       break;
     default:
-      error = half ? launch_gemm_conv1x1<GemmDtype::kHalf, 256>(args, stream)
-                   : launch_gemm_conv1x1<GemmDtype::kBFloat16, 256>(args, stream);
+      error = by_dtype<GemmDtype>(x.scalar_type(), [&](auto dtype) {
+        return launch_gemm_conv1x1<decltype(dtype)::value, 256>(args, stream);
+      });
   }
   OP_CHECK(error == nullptr, "cuda_gemm_conv1x1: ", error);
 #else
@@ -328,11 +356,11 @@ void cuda_gemm_conv1x1(const at::Tensor& x, const at::Tensor& weight, const at::
 // and out [N, P, Q, Cout] contiguous (NHWC), weight [K, R, S, C] contiguous; the conv reads
 // x's channels [in_c0, in_c0 + C) and writes out's [out_c0, out_c0 + K).
 void check_conv_fprop(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& out,
-                      int64_t in_c0, int64_t out_c0, int64_t stride, int64_t pad_h, int64_t pad_w, int64_t tile_n) {
+                      int64_t in_c0, int64_t out_c0, int64_t stride, int64_t pad_h, int64_t pad_w, int64_t tile_n,
+                      bool tf32) {
   OP_CHECK(tile_n == 0 || tile_n == 64 || tile_n == 128, "cuda_conv_fprop: tile_n must be 0 (chosen per problem), "
            "64 or 128, got ", tile_n);
-  OP_CHECK(x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16,
-           "cuda_conv_fprop: x must be float16 or bfloat16, got ", x.scalar_type());
+  check_cutlass_dtype("cuda_conv_fprop", x, tf32);
   OP_CHECK(x.dim() == 4 && x.is_contiguous(), "cuda_conv_fprop: x must be a contiguous NHWC tensor, got shape ",
            x.sizes());
   OP_CHECK(weight.device() == x.device() && weight.scalar_type() == x.scalar_type() && weight.dim() == 4 &&
@@ -376,14 +404,14 @@ void check_conv_fprop(const at::Tensor& x, const at::Tensor& weight, const at::T
 
 void cuda_conv_fprop_meta(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& out,
                           int64_t in_c0, int64_t out_c0, int64_t stride, int64_t pad_h, int64_t pad_w,
-                          bool /*relu*/, int64_t tile_n) {
-  check_conv_fprop(x, weight, bias, out, in_c0, out_c0, stride, pad_h, pad_w, tile_n);
+                          bool /*relu*/, int64_t tile_n, bool tf32) {
+  check_conv_fprop(x, weight, bias, out, in_c0, out_c0, stride, pad_h, pad_w, tile_n, tf32);
 }
 
 void cuda_conv_fprop(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& out,
                      int64_t in_c0, int64_t out_c0, int64_t stride, int64_t pad_h, int64_t pad_w,
-                     [[maybe_unused]] bool relu, [[maybe_unused]] int64_t tile_n) {
-  check_conv_fprop(x, weight, bias, out, in_c0, out_c0, stride, pad_h, pad_w, tile_n);
+                     [[maybe_unused]] bool relu, [[maybe_unused]] int64_t tile_n, bool tf32) {
+  check_conv_fprop(x, weight, bias, out, in_c0, out_c0, stride, pad_h, pad_w, tile_n, tf32);
 #if defined(INCEPTION_FAST_WITH_CUTLASS_CONV)
   if (out.numel() == 0) return;
   ConvFpropArgs args{};
@@ -415,14 +443,15 @@ void cuda_conv_fprop(const at::Tensor& x, const at::Tensor& weight, const at::Te
   args.tile_n = tile_n != 0 ? static_cast<int>(tile_n)
                             : conv_fprop_tile_n(int64_t(args.n) * args.p * args.q, args.k, sm_count);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const bool half = x.scalar_type() == at::kHalf;
   const char* error = nullptr;
   if (args.tile_n == 64) {
-    error = half ? launch_conv_fprop<ConvDtype::kHalf, 64>(args, stream)
-                 : launch_conv_fprop<ConvDtype::kBFloat16, 64>(args, stream);
+    error = by_dtype<ConvDtype>(x.scalar_type(), [&](auto dtype) {
+      return launch_conv_fprop<decltype(dtype)::value, 64>(args, stream);
+    });
   } else {
-    error = half ? launch_conv_fprop<ConvDtype::kHalf, 128>(args, stream)
-                 : launch_conv_fprop<ConvDtype::kBFloat16, 128>(args, stream);
+    error = by_dtype<ConvDtype>(x.scalar_type(), [&](auto dtype) {
+      return launch_conv_fprop<decltype(dtype)::value, 128>(args, stream);
+    });
   }
   OP_CHECK(error == nullptr, "cuda_conv_fprop: ", error);
 #else
@@ -440,10 +469,10 @@ TORCH_LIBRARY(inception_fast, m) {
       "Tensor bias, Tensor col_dst, Tensor col_flags) -> ()");
   m.def(
       "cuda_gemm_conv1x1(Tensor x, Tensor weight, Tensor bias, Tensor(a!) out, int col_offset, bool relu, "
-      "int tile_n=0) -> ()");
+      "int tile_n=0, bool tf32=False) -> ()");
   m.def(
       "cuda_conv_fprop(Tensor x, Tensor weight, Tensor bias, Tensor(a!) out, int in_c0, int out_c0, int stride, "
-      "int pad_h, int pad_w, bool relu, int tile_n=0) -> ()");
+      "int pad_h, int pad_w, bool relu, int tile_n=0, bool tf32=False) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(inception_fast, CUDA, m) {

@@ -1,9 +1,10 @@
 // The CUTLASS 3.x sm90 implicit-GEMM convolution behind conv_fprop.h: the activation tile
 // arrives by im2col TMA (the padding is its out-of-bounds zero fill), the weight tile by TMA,
 // both into a multi-stage smem ring filled by a producer warp; a consumer warpgroup runs WGMMA
-// with fp32 accumulation (one CTA per output tile: CUTLASS 4.2 has no persistent sm90 conv); a TMA-store epilogue adds the per-channel bias, clamps (ReLU or not)
-// and writes the input dtype into the output's channel slice. Included by one .cu file per dtype
-// and tile width.
+// with fp32 accumulation (one CTA per output tile: CUTLASS 4.2 has no persistent sm90 conv); a
+// TMA-store epilogue adds the per-channel bias, clamps (ReLU or not) and writes the input dtype
+// into the output's channel slice (fp32, on TF32 tensor cores: rounded to TF32). Included by one
+// .cu file per dtype and tile width.
 #pragma once
 
 #include "conv_fprop.h"
@@ -26,13 +27,14 @@ struct ConvKernel {
   // GEMM view: M = N*P*Q output pixels, N = K output channels, K = R*S*C; the activation
   // [N, H, W, C] and the weight [K, R, S, C] are both channel-innermost (NHWC / KRSC).
   using Layout = cutlass::layout::TensorNHWC;
-  using TileShape = cute::Shape<cute::_128, cute::Int<TileN>, cute::Shape<cute::_64>>;
+  using TileShape = cute::Shape<cute::_128, cute::Int<TileN>, cute::Shape<gemm_conv1x1::TileK<Element>>>;
   using ClusterShape = cute::Shape<cute::_1, cute::_1, cute::_1>;
   using Epilogue = gemm_conv1x1::BiasActEpilogue<Element, TileShape, ClusterShape, Layout,
                                                  cutlass::epilogue::TmaWarpSpecialized>;
   using Mainloop = typename cutlass::conv::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, cutlass::conv::Operator::kFprop,
-      Element, Layout, gemm_conv1x1::kAlignment, Element, Layout, gemm_conv1x1::kAlignment, float, TileShape,
+      Element, Layout, gemm_conv1x1::kAlignment<Element>, Element, Layout, gemm_conv1x1::kAlignment<Element>, float,
+      TileShape,
       ClusterShape,
       cutlass::conv::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
       cutlass::conv::KernelImplicitTmaWarpSpecializedSm90>::CollectiveOp;

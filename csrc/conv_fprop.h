@@ -40,7 +40,8 @@ inline int conv_fprop_tile_n(int64_t m, int64_t k, int sm_count) {
   return cta_tile_n(m, k, sm_count, {128, 64}, 128);
 }
 
-enum class ConvDtype : int { kHalf, kBFloat16 };
+// kTf32: fp32 operands on TF32 tensor cores (read truncated to TF32; out rounded to TF32, to nearest).
+enum class ConvDtype : int { kHalf, kBFloat16, kTf32 };
 
 // One kernel per (dtype, tile width), each in its own .cu file; built only with the CUTLASS
 // headers and util headers (INCEPTION_FAST_WITH_CUTLASS_CONV). nullptr on success, else why it failed.
@@ -54,5 +55,7 @@ INCEPTION_FAST_DECLARE_CONV_FPROP(kHalf, 64)
 INCEPTION_FAST_DECLARE_CONV_FPROP(kHalf, 128)
 INCEPTION_FAST_DECLARE_CONV_FPROP(kBFloat16, 64)
 INCEPTION_FAST_DECLARE_CONV_FPROP(kBFloat16, 128)
+INCEPTION_FAST_DECLARE_CONV_FPROP(kTf32, 64)
+INCEPTION_FAST_DECLARE_CONV_FPROP(kTf32, 128)
 
 }  // namespace inception_fast

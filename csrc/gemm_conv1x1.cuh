@@ -1,6 +1,7 @@
 // The CUTLASS 3.x sm90 kernels behind gemm_conv1x1.h: TMA loads into a multi-stage smem ring
 // filled by a producer warp, WGMMA in two consumer warpgroups, fp32 accumulation, and a TMA-store
-// epilogue that adds the per-channel bias and clamps (ReLU or not) before writing the input dtype.
+// epilogue that adds the per-channel bias and clamps (ReLU or not) before writing the input dtype
+// (fp32 on TF32 tensor cores: rounded to TF32 on the way out, see ClampRoundTf32).
 // Included by one .cu file per (dtype, tile), so ninja compiles the instantiations in parallel.
 #pragma once
 
@@ -15,6 +16,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <type_traits>
 
@@ -48,23 +50,83 @@ template <>
 struct CutlassElement<__nv_bfloat16> {
   using type = cutlass::bfloat16_t;
 };
+// fp32 operands run on TF32 WGMMA (CUTLASS's sm90 builders map float to tfloat32_t), which reads
+// the top 19 bits of each value: exact for values already rounded to TF32.
+template <>
+struct CutlassElement<float> {
+  using type = float;
+};
 
-static constexpr int kAlignment = 8;  // elements per 16 bytes: TMA's alignment of rows and bases
+// Elements per 16 bytes: TMA's alignment of rows and bases.
+template <class Element>
+constexpr int kAlignment = 16 / static_cast<int>(sizeof(Element));
+
+// The K extent of a CTA tile: one 128-byte row per k-block (64 fp16/bf16 or 32 fp32 values), the
+// widest smem swizzle, so a tile is the same bytes in every dtype and the pipeline as deep.
+template <class Element>
+using TileK = cute::Int<128 / static_cast<int>(sizeof(Element))>;
+
+// Clamp (ReLU or identity), then round to TF32 (10 mantissa bits) to nearest, ties away from
+// zero: the fp32 ops run on TF32 tensor cores, which truncate what they read, and a stored
+// activation rounded the way cuDNN rounds its TF32 inputs is read exactly by the next conv. The
+// Triton stage kernel stores its TF32-mode outputs the same way (kernels/triton/tf32.py).
+template <typename T>
+struct ClampRoundTf32 {
+  using Arguments = typename cutlass::epilogue::thread::Clamp<T>::Arguments;
+
+  CUTLASS_HOST_DEVICE static float round(float value) {
+    uint32_t bits;
+    memcpy(&bits, &value, sizeof(bits));
+    bits = (bits + 0x1000u) & 0xFFFFE000u;
+    memcpy(&value, &bits, sizeof(bits));
+    return value;
+  }
+
+  CUTLASS_HOST_DEVICE T operator()(T const& value, Arguments const& args = Arguments()) const {
+    return round(cutlass::epilogue::thread::Clamp<T>{}(value, args));
+  }
+};
+
+template <typename T, int N>
+struct ClampRoundTf32<cutlass::Array<T, N>> {
+  using Arguments = typename ClampRoundTf32<T>::Arguments;
+
+  CUTLASS_HOST_DEVICE cutlass::Array<T, N> operator()(cutlass::Array<T, N> const& values,
+                                                      Arguments const& args = Arguments()) const {
+    cutlass::Array<T, N> out = cutlass::epilogue::thread::Clamp<cutlass::Array<T, N>>{}(values, args);
+    CUTLASS_PRAGMA_UNROLL
+    for (int i = 0; i < N; ++i) out[i] = ClampRoundTf32<T>::round(out[i]);
+    return out;
+  }
+};
+
+// The epilogue's activation per output element type: a plain clamp, or the clamp that rounds fp32
+// to TF32.
+template <class Element>
+struct Activation {
+  template <class T>
+  using Fn = cutlass::epilogue::thread::Clamp<T>;
+};
+template <>
+struct Activation<float> {
+  template <class T>
+  using Fn = ClampRoundTf32<T>;
+};
 
 // The epilogue of both ops (this GEMM, conv_fprop.cuh's conv): D = act(acc + bias), no source
 // C, in D's dtype. The bias is per output channel = per column n of D, broadcast down the rows
 // (CUTLASS's bias stride (_0, _1): "PerCol"; "PerRow" would index it by pixel). Clamp with a
 // runtime lower bound is ReLU (0) or the identity (-inf) without a second instantiation
-// (set_bias_act_and_device sets it).
+// (set_bias_act_and_device sets it); for fp32 it also rounds to TF32.
 template <class Element, class TileShape, class ClusterShape, class LayoutD, class Schedule>
 using BiasActEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
     cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
-    cutlass::epilogue::collective::EpilogueTileAuto, float, float, void, LayoutD, kAlignment, Element, LayoutD,
-    kAlignment, Schedule,
-    cutlass::epilogue::fusion::LinCombPerColBiasEltAct<cutlass::epilogue::thread::Clamp, Element, float, float>>::
+    cutlass::epilogue::collective::EpilogueTileAuto, float, float, void, LayoutD, kAlignment<Element>, Element,
+    LayoutD, kAlignment<Element>, Schedule,
+    cutlass::epilogue::fusion::LinCombPerColBiasEltAct<Activation<Element>::template Fn, Element, float, float>>::
     CollectiveOp;
 
-// One GEMM kernel: a 128 x TileN x 64 CTA tile, persistent CTAs over the tiles. The 128- and
+// One GEMM kernel: a 128 x TileN x TileK CTA tile, persistent CTAs over the tiles. The 128- and
 // 256-wide tiles run in clusters of 2 CTAs along M that share each weight tile through TMA
 // multicast: per k-block the weight tile is as large as (128) or twice (256) the activation
 // tile, and without sharing, L2 bandwidth can bound the deep GEMMs (K = 1024, 1536) before
@@ -79,7 +141,7 @@ struct GemmKernel {
   using LayoutA = cutlass::layout::RowMajor;
   using LayoutB = cutlass::layout::ColumnMajor;
   using LayoutD = cutlass::layout::RowMajor;
-  using TileShape = cute::Shape<cute::_128, cute::Int<TileN>, cute::_64>;
+  using TileShape = cute::Shape<cute::_128, cute::Int<TileN>, TileK<Element>>;
   static constexpr int kClusterM = TileN == 64 ? 1 : 2;
   using ClusterShape = cute::Shape<cute::Int<kClusterM>, cute::_1, cute::_1>;
   // 128 x 256: both consumer warpgroups share the tile (64 x 256 accumulators each fit in
@@ -92,8 +154,8 @@ struct GemmKernel {
                                               cutlass::epilogue::TmaWarpSpecialized>;
   using Epilogue = BiasActEpilogue<Element, TileShape, ClusterShape, LayoutD, EpilogueSchedule>;
   using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
-      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, Element, LayoutA, kAlignment, Element, LayoutB,
-      kAlignment, float, TileShape, ClusterShape,
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, Element, LayoutA, kAlignment<Element>, Element, LayoutB,
+      kAlignment<Element>, float, TileShape, ClusterShape,
       cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
       MainloopSchedule>::CollectiveOp;
   using Kernel = cutlass::gemm::kernel::GemmUniversal<cute::Shape<int, int, int, int>, Mainloop, Epilogue>;

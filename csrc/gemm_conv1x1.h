@@ -50,7 +50,8 @@ inline int gemm_conv1x1_tile_n(int64_t m, int64_t n, int sm_count) {
   return cta_tile_n(m, n, sm_count, {256, 128, 64});
 }
 
-enum class GemmDtype : int { kHalf, kBFloat16 };
+// kTf32: fp32 operands on TF32 tensor cores (read truncated to TF32; D rounded to TF32, to nearest).
+enum class GemmDtype : int { kHalf, kBFloat16, kTf32 };
 
 // One kernel per (dtype, tile width), each in its own .cu file; built only with the CUTLASS
 // headers (INCEPTION_FAST_WITH_CUTLASS). nullptr on success, else why the launch failed.
@@ -66,6 +67,9 @@ INCEPTION_FAST_DECLARE_GEMM_CONV1X1(kHalf, 256)
 INCEPTION_FAST_DECLARE_GEMM_CONV1X1(kBFloat16, 64)
 INCEPTION_FAST_DECLARE_GEMM_CONV1X1(kBFloat16, 128)
 INCEPTION_FAST_DECLARE_GEMM_CONV1X1(kBFloat16, 256)
+INCEPTION_FAST_DECLARE_GEMM_CONV1X1(kTf32, 64)
+INCEPTION_FAST_DECLARE_GEMM_CONV1X1(kTf32, 128)
+INCEPTION_FAST_DECLARE_GEMM_CONV1X1(kTf32, 256)
 #undef INCEPTION_FAST_DECLARE_GEMM_CONV1X1
 
 }  // namespace inception_fast

@@ -19,6 +19,7 @@ from inception_fast import extension, optimize
 from inception_fast import packing as pk
 from inception_fast.backends import cuda_backend, torch_backend
 from inception_fast.backends import cuda_gemm_backend as gemm
+from inception_fast.kernels.triton.launch_state import round_to_tf32
 from inception_fast.modules import fuse_block
 from inception_fast.reference import InceptionV4
 from inception_fast.testing import randomize_batchnorm, relative_l2
@@ -48,9 +49,14 @@ class EmulatedGemm:
 
     def __init__(self):
         self.calls = 0
+        self.tf32 = set()  # the tf32 flags it was called with
 
-    def __call__(self, x, weight, bias, out, col_offset, relu, tile_n=0):
+    def __call__(self, x, weight, bias, out, col_offset, relu, tile_n=0, tf32=False):
         k, n = x.shape[-1], weight.shape[0]
+        assert tf32 == (x.dtype == torch.float32), "fp32 runs on TF32 only, and only fp32 does"
+        if tf32:
+            assert_tf32_values(weight)
+        self.tf32.add(tf32)
         assert x.is_contiguous() and weight.is_contiguous() and out.is_contiguous() and bias.is_contiguous()
         assert weight.shape == (n, k) and bias.shape == (n,) and bias.dtype == torch.float32
         assert weight.dtype == x.dtype == out.dtype
@@ -58,8 +64,15 @@ class EmulatedGemm:
         assert k % 8 == 0 and n % 8 == 0 and col_offset % 8 == 0 and out.shape[-1] % 8 == 0
         assert 0 <= col_offset and col_offset + n <= out.shape[-1]
         value = x.reshape(-1, k) @ weight.T + bias.double()
-        out.view(-1, out.shape[-1])[:, col_offset:col_offset + n] = value.clamp_min(0) if relu else value
+        value = value.clamp_min(0) if relu else value
+        value = round_to_tf32(value.float()) if tf32 else value
+        out.view(-1, out.shape[-1])[:, col_offset:col_offset + n] = value
         self.calls += 1
+
+
+def assert_tf32_values(t: torch.Tensor) -> None:
+    """fp32 values with TF32's 10 mantissa bits only, as the TF32 ops must be given weights."""
+    assert t.dtype == torch.float32 and (t.contiguous().view(torch.int32) & 0x1FFF == 0).all()
 
 
 @pytest.fixture

@@ -1,10 +1,11 @@
 """The CUTLASS sm90 implicit-GEMM k x k conv op (`cuda_conv_fprop`) on a Hopper GPU: the kxk
 conv shapes of the Inception family (3x3 stride 1 and 2, 1x7 / 7x1, 1x3 / 3x1, 5x5; padded and
-not) at odd batches and sizes, fp16 and bf16, each tile width (128, 64 and the op's own
-choice), ReLU on and off, reading a channel slice of a wider input and writing a channel slice
-of a wider output. Against float64: at most twice cuDNN's own error (F.conv2d in the same
-dtype) plus 1e-6, and the output channels outside the slice keep their sentinel. Skipped
-without the CUTLASS headers or off Hopper."""
+not) at odd batches and sizes, fp16, bf16 and fp32 on TF32 (inputs rounded to TF32, as the
+backends give them), each tile width (128, 64 and the op's own choice), ReLU on and off,
+reading a channel slice of a wider input and writing a channel slice of a wider output. Against
+float64: at most twice cuDNN's own error (F.conv2d in the same dtype; TF32 for fp32) plus 1e-6
+(TF32: plus its output rounding, 2^-11); the output channels outside the slice keep their
+sentinel; TF32 outputs are rounded to TF32. Skipped without the CUTLASS headers or off Hopper."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from inception_fast import extension
+from inception_fast.kernels.triton.launch_state import round_to_tf32
 from inception_fast.testing import relative_l2
 
 pytestmark = [
@@ -48,20 +50,26 @@ def _case_id(shape) -> str:
 
 
 @pytest.mark.parametrize("tile_n", [128, 64, 0], ids=["tile128", "tile64", "tile-chosen"])
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32],
+                         ids=["fp16", "bf16", "tf32"])
 @pytest.mark.parametrize("shape", SHAPES, ids=_case_id)
 def test_matches_float64_within_twice_cudnn_error_and_keeps_other_channels(shape, dtype, tile_n):
     batch, height, width, c, k, (r, s), stride, (pad_h, pad_w) = shape
+    tf32 = dtype == torch.float32
+    slack = 2.0**-11 if tf32 else 1e-6  # TF32 outputs: rounded to nearest, at most half of 2^-10 apart
     generator = torch.Generator(device="cuda").manual_seed(c * 7 + k)
     in_c0, in_pitch = 8, c + 16  # the conv reads channels [8, 8 + c) of a wider buffer
     x = torch.randn(batch, height, width, in_pitch, device="cuda", generator=generator).relu_().to(dtype)
     weight = (torch.randn(k, r, s, c, device="cuda", generator=generator) / (r * s * c) ** 0.5).to(dtype)
     bias = torch.randn(k, device="cuda", generator=generator) * 0.1
+    if tf32:  # TF32 operands, as the backends store and pack them
+        x, weight = round_to_tf32(x), round_to_tf32(weight)
     source = x[..., in_c0:in_c0 + c].permute(0, 3, 1, 2)
     kernel = weight.permute(0, 3, 1, 2)
     exact = F.conv2d(source.double(), kernel.double(), bias.double(), stride, (pad_h, pad_w))
     source = source.contiguous(memory_format=torch.channels_last)
-    cudnn = F.conv2d(source, kernel, bias.to(dtype), stride, (pad_h, pad_w))
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=True):  # cuDNN's TF32 for fp32
+        cudnn = F.conv2d(source, kernel, bias.to(dtype), stride, (pad_h, pad_w))
     p, q = exact.shape[2:]
     for relu in (False, True):
         reference = exact.relu() if relu else exact
@@ -70,11 +78,13 @@ def test_matches_float64_within_twice_cudnn_error_and_keeps_other_channels(shape
             channels = out_c0 + k + extra
             out = torch.full((batch, p, q, channels), SENTINEL, device="cuda", dtype=dtype)
             conv = torch.ops.inception_fast.cuda_conv_fprop
-            conv(x, weight, bias, out, in_c0, out_c0, stride, pad_h, pad_w, relu, tile_n)
+            conv(x, weight, bias, out, in_c0, out_c0, stride, pad_h, pad_w, relu, tile_n, tf32)
             got = out[..., out_c0:out_c0 + k].permute(0, 3, 1, 2)
             error = relative_l2(got, reference)
             case = f"relu={relu} out_c0={out_c0}"
-            assert error <= 2 * cudnn_error + 1e-6, (case, error, cudnn_error)
+            assert error <= 2 * cudnn_error + slack, (case, error, cudnn_error)
+            if tf32:  # rounded to TF32 on the way out: 10 mantissa bits
+                assert (got.contiguous().view(torch.int32) & 0x1FFF == 0).all(), case
             assert (out[..., :out_c0] == SENTINEL).all(), case
             assert (out[..., out_c0 + k:] == SENTINEL).all(), case
 
@@ -86,3 +96,12 @@ def test_rejects_a_slice_that_tma_cannot_address():
     out = torch.zeros(2, 9, 9, 32, device="cuda", dtype=torch.float16)
     with pytest.raises(RuntimeError, match="in_c0 4 must be a multiple of 8"):
         torch.ops.inception_fast.cuda_conv_fprop(x, weight, bias, out, 4, 0, 1, 1, 1, False)
+
+
+def test_fp32_runs_only_when_tf32_is_asked_for():
+    x = torch.zeros(2, 9, 9, 16, device="cuda")
+    weight = torch.zeros(32, 3, 3, 16, device="cuda")
+    bias = torch.zeros(32, device="cuda")
+    out = torch.zeros(2, 9, 9, 32, device="cuda")
+    with pytest.raises(RuntimeError, match="pass tf32=True"):
+        torch.ops.inception_fast.cuda_conv_fprop(x, weight, bias, out, 0, 0, 1, 1, 1, False)

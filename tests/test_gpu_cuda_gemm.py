@@ -1,9 +1,10 @@
 """The backends that put 1x1 convs on the CUTLASS GEMM op (`cuda-gemm`: the rest on the CUDA
 stage kernel; `triton-gemm`: the rest on the Triton stage kernel) on a Hopper GPU: every
 distinct block of Inception-v4, Inception-v3, Inception-ResNet-v2 and GoogLeNet in fp16 and
-bf16 at an odd batch and input size, within 2x the error of the same block on PyTorch ops in
-that dtype (NaN-poisoned buffers: a channel the split leaves unwritten fails); the whole model
-plain, under a CUDA graph and under torch.compile; `auto` weighing it where
+bf16 (`triton-gemm` also in fp32 on TF32, and in exact fp32 without the ops) at an odd batch
+and input size, within 2x the error of the same block on PyTorch ops in that dtype
+(NaN-poisoned buffers: a channel the split leaves unwritten fails); the whole model plain,
+under a CUDA graph and under torch.compile; `auto` weighing it where
 INCEPTION_FAST_AUTO_EXPERIMENTS names it. Each checks that the GEMM op really ran. Skipped off
 Hopper and without the CUTLASS headers (the op is then not compiled in); with both, the
 backends must be usable."""
@@ -20,7 +21,7 @@ from gpu_blocks import LOW_PRECISION, two_x_rule
 from inception_fast import extension, optimize
 from inception_fast.backends import EXPERIMENTAL, backend_status, gemm_routing
 from inception_fast.modules import FusedBlock
-from inception_fast.testing import calibrated_model
+from inception_fast.testing import calibrated_model, relative_l2
 
 pytestmark = pytest.mark.cuda
 # network -> (constructor kwargs, odd batch, odd input size)
@@ -101,10 +102,12 @@ def distinct_blocks(model, batch: int, size: int) -> list[tuple[FusedBlock, torc
     return list(found.values())
 
 
-@pytest.mark.parametrize("dtype", LOW_PRECISION, ids=["fp16", "bf16"])
+@pytest.mark.parametrize("dtype", [*LOW_PRECISION, torch.float32], ids=["fp16", "bf16", "tf32"])
 @pytest.mark.parametrize("name", list(NETWORKS))
 @torch.no_grad()
 def test_every_distinct_block(source_models, gemm_calls, backend, name, dtype):
+    if dtype == torch.float32 and backend != "triton-gemm":
+        pytest.skip(f"{backend} runs fp32 on PyTorch ops")
     _, batch, size = NETWORKS[name]
     taken = 0
     with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # an fp32 reference without TF32
@@ -122,6 +125,22 @@ def test_every_distinct_block(source_models, gemm_calls, backend, name, dtype):
         assert torch.isfinite(out).all(), f"{block.plan.label}: a channel never written, or a NaN"
         two_x_rule(out, eager, ref)
     assert taken > 0, f"no problem of {name} ran on the GEMM op"
+
+
+@torch.no_grad()
+def test_exact_fp32_keeps_off_the_tf32_ops(source_models, gemm_calls, backend):
+    """With cudnn.allow_tf32 off, triton-gemm runs fp32 whole on the stage kernel's exact dots."""
+    if backend != "triton-gemm":
+        pytest.skip(f"{backend} runs fp32 on PyTorch ops")
+    _, batch, size = NETWORKS["inception_v4"]
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        for block, x in distinct_blocks(source_models("inception_v4"), batch, size)[:8]:
+            ref = block(x)
+            fused = copy.deepcopy(block)
+            fused.backend = "triton-gemm"
+            before = len(gemm_calls)
+            assert relative_l2(fused(x), ref) < 1e-5, block.plan.label
+            assert len(gemm_calls) == before, f"{block.plan.label}: exact fp32 ran on a TF32 op"
 
 
 @torch.no_grad()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_cuda_gemm_emulated import V4_CASES, EmulatedGemm, emulated_stage
+from test_cuda_gemm_emulated import V4_CASES, EmulatedGemm, assert_tf32_values, emulated_stage
 from test_cuda_kernel_emulation import _family_block
 from torch import nn
 
@@ -20,6 +20,7 @@ from inception_fast import reference as R
 from inception_fast.backends import gemm_routing, torch_backend, triton_backend
 from inception_fast.backends import triton_gemm_backend as tg
 from inception_fast.kernels.triton import ops as triton_ops
+from inception_fast.kernels.triton.launch_state import round_to_tf32
 from inception_fast.modules import fuse_block
 from inception_fast.reference import InceptionV4
 from inception_fast.testing import randomize_batchnorm, relative_l2
@@ -98,8 +99,11 @@ class EmulatedConv:
         self.calls = 0
         self.tiles = set()
 
-    def __call__(self, x, weight, bias, out, in_c0, out_c0, stride, pad_h, pad_w, relu, tile_n=0):
+    def __call__(self, x, weight, bias, out, in_c0, out_c0, stride, pad_h, pad_w, relu, tile_n=0, tf32=False):
         k, _, _, c = weight.shape
+        assert tf32 == (x.dtype == torch.float32), "fp32 runs on TF32 only, and only fp32 does"
+        if tf32:
+            assert_tf32_values(weight)
         assert tile_n in (0, 64, 128)
         self.tiles.add(tile_n)
         assert x.is_contiguous() and weight.is_contiguous() and out.is_contiguous() and bias.is_contiguous()
@@ -109,9 +113,11 @@ class EmulatedConv:
         assert in_c0 + c <= x.shape[3] and out_c0 + k <= out.shape[3]
         source = x[..., in_c0:in_c0 + c].permute(0, 3, 1, 2)
         kernel = weight.permute(0, 3, 1, 2)
-        value = torch.nn.functional.conv2d(source, kernel, bias.double(), stride, (pad_h, pad_w))
+        value = torch.nn.functional.conv2d(source.double(), kernel.double(), bias.double(), stride,
+                                           (pad_h, pad_w))
         assert value.shape[0] == out.shape[0] and value.shape[2:] == out.shape[1:3], "out: [N, P, Q, C]"
-        out[..., out_c0:out_c0 + k] = (value.clamp_min(0) if relu else value).permute(0, 2, 3, 1)
+        value = (value.clamp_min(0) if relu else value).permute(0, 2, 3, 1)
+        out[..., out_c0:out_c0 + k] = round_to_tf32(value.float()) if tf32 else value
         self.calls += 1
 
 
@@ -261,8 +267,8 @@ def test_a_broken_relu_flag_fails_the_check(emulated, monkeypatch):
     x = torch.randn(1, 384, 5, 5, dtype=torch.float64)
     real_split = gemm_routing.split_rows
 
-    def without_relu(packed, channels, kxk=False):
-        split = real_split(packed, channels, kxk)
+    def without_relu(packed, channels, *args):
+        split = real_split(packed, channels, *args)
         for launch in split.launches:
             launch.relu = False
         return split
@@ -272,12 +278,44 @@ def test_a_broken_relu_flag_fails_the_check(emulated, monkeypatch):
         check(block, x, emulated)
 
 
-def test_other_dtypes_run_as_the_triton_backend(monkeypatch):
+def test_exact_fp32_runs_as_the_triton_backend(monkeypatch):
     calls = []
     monkeypatch.setattr(triton_backend, "run_block", lambda block, x: calls.append(x.dtype) or x)
     block = reference_block(R.InceptionA)
-    tg.run_block(block, torch.randn(1, 384, 5, 5))
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        tg.run_block(block, torch.randn(1, 384, 5, 5))
     assert calls == [torch.float32]
+
+
+def test_tf32_launches_read_weights_rounded_to_tf32():
+    block = reference_block(R.InceptionA)
+    stages, channels = triton_stages(block, torch.float32)
+    tf32 = tg.split_stages(block, stages, channels, tf32=True)[0]
+    exact = tg.split_stages(block, stages, channels)[0]
+    assert tf32.launches and len(tf32.launches) == len(exact.launches)
+    for rounded, plain in zip(tf32.launches, exact.launches):
+        assert rounded.tf32 and not plain.tf32
+        assert torch.equal(rounded.weight, round_to_tf32(plain.weight))
+        assert not torch.equal(rounded.weight, plain.weight)  # random weights need rounding
+
+
+@pytest.mark.parametrize("kxk", [False, True], ids=["gemm", "gemm+kxk"])
+def test_tf32_blocks_on_the_emulated_ops(emulated_kxk, monkeypatch, kxk):
+    """fp32 with TF32 on: the ops get tf32=True and rounded weights, and the block is within
+    TF32's error of the torch backend's exact fp32."""
+    gemm_op, conv_op = emulated_kxk
+    monkeypatch.setattr(tg, "_kxk_usable", lambda device: kxk)
+    torch.manual_seed(0)
+    for factory, cin, size in ((R.InceptionA, 384, 5), (R.InceptionB, 1024, 5), (R.ReductionA, 384, 7)):
+        block = reference_block(factory)
+        x = torch.randn(2, cin, size, size).relu_()
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=True):
+            got = tg.run_block(block, x)
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+            exact = torch_backend.run_block(block, x)
+        assert not torch.isnan(got).any()
+        assert 1e-6 < relative_l2(got, exact) < 2e-3
+    assert gemm_op.tf32 == {True} and (conv_op.calls > 0) == kxk
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only answer")

@@ -17,6 +17,11 @@ implicit GEMM, im2col TMA) can take the other convs, where a backend asks for it
 window, stride and padding, reading channels [c0, c0 + C) of its source buffer, with the same
 rules for channel counts, offsets and runs as the GEMM, 128 or 64 output channels per CTA tile
 (INCEPTION_FAST_CUTLASS_CONV_TILE, `conv_tile_n`).
+
+Both ops take fp16, bf16, and fp32 on TF32 tensor cores (`tf32`, asked for explicitly): the
+tensor cores read the top 19 bits of each operand, so the launches read weights rounded to TF32
+and buffers that every writer stores rounded to TF32 (the ops' own epilogue, the Triton stage
+kernel in TF32 mode, the input's layout copy), which is cuDNN's rounding of its TF32 inputs.
 """
 
 from __future__ import annotations
@@ -28,13 +33,14 @@ from dataclasses import dataclass
 import torch
 
 from .. import packing as pk
+from ..kernels.triton import launch_state  # round_to_tf32
 from . import cuda_backend  # the extension's loader and its reasons
 
-ALIGN = 8  # the op's TMA rows and channel offsets: 16 bytes of fp16/bf16
+ALIGN = 8  # channel counts and offsets: 16 bytes of fp16/bf16 (TMA's alignment), two such of fp32
 # A block with a buffer this large stays whole on the stage kernel: the conv op indexes with 32
 # bits, and the GEMM op (which limits rows, not elements) has not been checked past it on a GPU.
 MAX_ELEMENTS = 2**31
-DTYPES = (torch.float16, torch.bfloat16)
+DTYPES = (torch.float16, torch.bfloat16)  # and fp32 on TF32: `computes`
 ENV_CONV_TILE = "INCEPTION_FAST_CUTLASS_CONV_TILE"
 CONV_TILES = {"128": 128, "64": 64, "auto": 0}  # 0: the op's model picks per conv
 
@@ -48,6 +54,11 @@ def conv_tile_n() -> int:
     if setting not in CONV_TILES:
         raise ValueError(f"{ENV_CONV_TILE}={setting!r}: choose one of {', '.join(CONV_TILES)}")
     return CONV_TILES[setting]
+
+
+def computes(dtype: torch.dtype, tf32: bool) -> bool:
+    """Whether the ops compute activations of `dtype`; fp32 only with TF32 dots (`tf32`)."""
+    return dtype in DTYPES or (dtype == torch.float32 and tf32)
 
 
 @dataclass(frozen=True)
@@ -73,12 +84,14 @@ class GemmLaunch:
     dst: int  # pk.BUF_WORK / BUF_OUTPUT
     col_offset: int
     relu: bool
-    weight: torch.Tensor  # [N, K] rows of the stage's weights
+    weight: torch.Tensor  # [N, K] rows of the stage's weights (fp32: rounded to TF32)
     bias: torch.Tensor  # fp32 [N] of the stage's bias
+    tf32: bool = False  # fp32 on TF32 tensor cores
 
     def run(self, buffers: dict) -> None:
         op = torch.ops.inception_fast.cuda_gemm_conv1x1.default  # looked up per call: tests count it
-        op(buffers[self.src], self.weight, self.bias, buffers[self.dst], self.col_offset, self.relu)
+        op(buffers[self.src], self.weight, self.bias, buffers[self.dst], self.col_offset, self.relu, 0,
+           self.tf32)
 
 
 @dataclass
@@ -91,17 +104,18 @@ class ConvLaunch:
     in_c0: int
     out_c0: int
     relu: bool
-    weight: torch.Tensor  # [K, R, S, C] rows of the stage's (OHWI) weights
+    weight: torch.Tensor  # [K, R, S, C] rows of the stage's (OHWI) weights (fp32: rounded to TF32)
     bias: torch.Tensor  # fp32 [K]
     stride: int
     pad_h: int
     pad_w: int
     tile_n: int  # 64, 128, or 0: the op picks
+    tf32: bool = False  # fp32 on TF32 tensor cores
 
     def run(self, buffers: dict) -> None:
         op = torch.ops.inception_fast.cuda_conv_fprop.default  # looked up per call: tests count it
         op(buffers[self.src], self.weight, self.bias, buffers[self.dst], self.in_c0, self.out_c0, self.stride,
-           self.pad_h, self.pad_w, self.relu, self.tile_n)
+           self.pad_h, self.pad_w, self.relu, self.tile_n, self.tf32)
 
 
 @dataclass
@@ -167,17 +181,21 @@ def _runs_reason(row, col_dst: list, col_flags: list, buffer_channels: dict) -> 
     return None
 
 
-def split_rows(packed: pk.PackedStage, buffer_channels: dict, kxk: bool = False) -> RowSplit:
+def split_rows(
+    packed: pk.PackedStage, buffer_channels: dict, kxk: bool = False, tf32: bool = False
+) -> RowSplit:
     """The launches of a packed stage on the GEMM op (and, with `kxk`, the k x k conv op), and
     a packed stage of the rows left for a stage kernel (they keep their weight and column
-    offsets into the whole stage's tables)."""
+    offsets into the whole stage's tables). `tf32`: fp32 weights on TF32 tensor cores; the
+    launches read a copy rounded to TF32."""
     col_dst, col_flags = packed.col_dst.tolist(), packed.col_flags.tolist()
+    weights = launch_state.round_to_tf32(packed.weights) if tf32 else packed.weights
     taken, launches = [], []
     for p, row in enumerate(packed.rows):
         if row_reason(row, col_dst, col_flags, buffer_channels) is None:
-            launches += _gemm_launches(packed, row, col_dst, col_flags)
+            launches += _gemm_launches(packed, weights, row, col_dst, col_flags, tf32)
         elif kxk and conv_row_reason(row, col_dst, col_flags, buffer_channels) is None:
-            launches += _conv_launches(packed, row, col_dst, col_flags)
+            launches += _conv_launches(packed, weights, row, col_dst, col_flags, tf32)
         else:
             continue
         taken.append(p)
@@ -193,36 +211,36 @@ def split_rows(packed: pk.PackedStage, buffer_channels: dict, kxk: bool = False)
     return RowSplit(taken, launches, others, rest)
 
 
-def _run_params(packed, row, run: ColumnRun) -> tuple[torch.Tensor, torch.Tensor]:
+def _run_params(packed, weights, row, run: ColumnRun) -> tuple[torch.Tensor, torch.Tensor]:
     """The weight rows ([count, KH * KW * CIN], OHWI) and the fp32 bias of one column run: views
-    into the packed stage."""
+    into `weights` (the packed stage's, or their TF32 copy) and the packed stage's bias."""
     k = row[pk.KH] * row[pk.KW] * row[pk.CIN]  # one output channel's weights
     w0 = row[pk.W_OFF] + run.start * k
     b0 = row[pk.COL_OFF] + run.start
-    return packed.weights[w0:w0 + run.count * k].view(run.count, k), packed.bias[b0:b0 + run.count]
+    return weights[w0:w0 + run.count * k].view(run.count, k), packed.bias[b0:b0 + run.count]
 
 
-def _gemm_launches(packed, row, col_dst, col_flags) -> list[GemmLaunch]:
+def _gemm_launches(packed, weights, row, col_dst, col_flags, tf32) -> list[GemmLaunch]:
     launches = []
     for run in column_runs(row, col_dst, col_flags):
-        weight, bias = _run_params(packed, row, run)
+        weight, bias = _run_params(packed, weights, row, run)
         launches.append(GemmLaunch(
             src=row[pk.SRC_BUF], dst=run.buffer, col_offset=run.dst_channel,
-            relu=bool(run.flags & pk.FLAG_RELU), weight=weight, bias=bias,
+            relu=bool(run.flags & pk.FLAG_RELU), weight=weight, bias=bias, tf32=tf32,
         ))
     return launches
 
 
-def _conv_launches(packed, row, col_dst, col_flags) -> list[ConvLaunch]:
+def _conv_launches(packed, weights, row, col_dst, col_flags, tf32) -> list[ConvLaunch]:
     tile_n = conv_tile_n()
     launches = []
     for run in column_runs(row, col_dst, col_flags):
-        weight, bias = _run_params(packed, row, run)
+        weight, bias = _run_params(packed, weights, row, run)
         launches.append(ConvLaunch(
             src=row[pk.SRC_BUF], dst=run.buffer, in_c0=row[pk.SRC_C0], out_c0=run.dst_channel,
             relu=bool(run.flags & pk.FLAG_RELU),
             weight=weight.view(run.count, row[pk.KH], row[pk.KW], row[pk.CIN]), bias=bias,
-            stride=row[pk.STRIDE], pad_h=row[pk.PAD_H], pad_w=row[pk.PAD_W], tile_n=tile_n,
+            stride=row[pk.STRIDE], pad_h=row[pk.PAD_H], pad_w=row[pk.PAD_W], tile_n=tile_n, tf32=tf32,
         ))
     return launches
 

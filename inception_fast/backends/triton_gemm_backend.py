@@ -5,9 +5,11 @@ CUTLASS sm90 op `torch.ops.inception_fast.cuda_gemm_conv1x1` (which problems, an
 stage kernel), the rest of each stage on the Triton stage kernel in a second launch (none when
 nothing is left). On an H100 at batch 32 and 256 the op runs Inception-v4's 1x1 convs
 1.05-2.9x faster than the stage kernel; whether a split stage (two launches, the rest tiled on
-its own) wins a block is for `auto` to time. Hopper (compute capability 9.0) only, fp16 and
-bf16, and only where the CUDA extension was built with the CUTLASS headers; other dtypes, and
-buffers the op cannot address, run as the `triton` backend. Slower than `triton` on a whole
+its own) wins a block is for `auto` to time. Hopper (compute capability 9.0) only, fp16, bf16
+and fp32 on TF32 (where `torch.backends.cudnn.allow_tf32` lets the `triton` backend use TF32:
+the ops then read weights and activations rounded to TF32, as the stage kernel does), and only
+where the CUDA extension was built with the CUTLASS headers; exact fp32, and buffers the op
+cannot address, run as the `triton` backend. Slower than `triton` on a whole
 network (the stem's narrow convs, batch 1), faster on most Inception blocks at batch 32 and 256:
 `auto` weighs it per block by default.
 """
@@ -55,18 +57,18 @@ def _usable_here(device) -> bool:
 
 
 def split_stages(
-    block, stages: list, in_channels: int, use_gemm: bool = True, kxk: bool = False
+    block, stages: list, in_channels: int, use_gemm: bool = True, kxk: bool = False, tf32: bool = False
 ) -> list[SplitStage]:
     """Each `triton_backend` stage (packed, signature, launch state) split between the CUTLASS
     ops (the GEMM; with `kxk` the k x k conv too) and the stage kernel; `in_channels`: the block
-    input's channels as the kernels get them."""
+    input's channels as the kernels get them; `tf32`: fp32 on TF32 tensor cores."""
     if not use_gemm:
         return [SplitStage([], stage) for stage in stages]
     plan = block.plan
     channels = {pk.BUF_INPUT: in_channels, pk.BUF_WORK: plan.work_channels, pk.BUF_OUTPUT: plan.out_channels}
     found = []
     for stage in stages:
-        split = gemm_routing.split_rows(stage[0], channels, kxk)
+        split = gemm_routing.split_rows(stage[0], channels, kxk, tf32)
         if not split.taken:
             found.append(SplitStage([], stage))
         elif split.rest is None:
@@ -77,18 +79,19 @@ def split_stages(
     return found
 
 
-def _split_block(block, x_kernel: torch.Tensor, stages: list) -> list[SplitStage]:
-    """The split, kept per block, device, dtype and (with a global pool) input size; views of the
-    packed tables only, made outside any CUDA graph capture."""
+def _split_block(block, x_kernel: torch.Tensor, stages: list, tf32: bool) -> list[SplitStage]:
+    """The split, kept per block, device, dtype, TF32 mode and (with a global pool) input size;
+    views of the packed tables (and, in TF32, one rounded copy of a stage's weights), made
+    outside any CUDA graph capture."""
     size = tuple(x_kernel.shape[2:]) if pk.sized(block.plan) else None
-    key = ("triton-gemm", x_kernel.device, x_kernel.dtype, size)
+    key = ("triton-gemm", x_kernel.device, x_kernel.dtype, tf32, size)
     found = block.backend_cache.get(key)
     if found is None:
         what = f"splitting {block.plan.label} between the GEMM op and the stage kernel"
         outside_capture(x_kernel.device, what)
         use_gemm = _usable_here(x_kernel.device)
         found = block.backend_cache[key] = split_stages(
-            block, stages, x_kernel.shape[1], use_gemm, use_gemm and _kxk_usable(x_kernel.device)
+            block, stages, x_kernel.shape[1], use_gemm, use_gemm and _kxk_usable(x_kernel.device), tf32
         )
     return found
 
@@ -108,7 +111,8 @@ def _nhwc(t: torch.Tensor) -> torch.Tensor:
 
 
 def run_block(block, x: torch.Tensor) -> torch.Tensor:
-    if x.dtype not in gemm_routing.DTYPES:
+    tf32 = triton_backend.uses_tf32(x)
+    if not gemm_routing.computes(x.dtype, tf32):
         return triton_backend.run_block(block, x)
     stages = triton_backend._packed_block(block, x)
     x, work, out = triton_backend.kernel_buffers(block, x)
@@ -117,7 +121,7 @@ def run_block(block, x: torch.Tensor) -> torch.Tensor:
     # buffers reach gemm_routing.MAX_ELEMENTS; the stage kernel has a wide-index variant.
     small = max(x.numel(), work.numel(), out.numel()) < gemm_routing.MAX_ELEMENTS
     if small and (torch.compiler.is_compiling() or x.data_ptr() % 16 == 0):
-        splits = _split_block(block, x, stages)
+        splits = _split_block(block, x, stages, tf32)
     else:
         splits = [SplitStage([], stage) for stage in stages]
     buffers = {pk.BUF_INPUT: _nhwc(x), pk.BUF_WORK: _nhwc(work), pk.BUF_OUTPUT: _nhwc(out)}
