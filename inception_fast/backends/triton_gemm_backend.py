@@ -16,12 +16,14 @@ network (the stem's narrow convs, batch 1), faster on most Inception blocks at b
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
 import torch
 
 from .. import packing as pk
+from .. import side_streams
 from ..graphs import outside_capture
 from ..kernels.triton.launch_state import StageLaunchState
 from . import cuda_backend, gemm_routing, triton_backend
@@ -125,10 +127,13 @@ def run_block(block, x: torch.Tensor) -> torch.Tensor:
     else:
         splits = [SplitStage([], stage) for stage in stages]
     buffers = {pk.BUF_INPUT: _nhwc(x), pk.BUF_WORK: _nhwc(work), pk.BUF_OUTPUT: _nhwc(out)}
-    # A later stage reads what earlier ones wrote: stage by stage, on the current stream.
+    # A later stage reads what earlier ones wrote: stage by stage; within a stage the launches
+    # are independent (disjoint channel slices), so they run side by side.
     for split in splits:
-        gemm_routing.run_launches(split.launches, buffers)
+        launches = [functools.partial(launch.run, buffers) for launch in split.launches]
         if split.rest is not None:
             stage, signature, state = split.rest
-            triton_backend._run_stage(stage, state, x, work, out, signature)
+            run_rest = functools.partial(triton_backend._run_stage, stage, state, x, work, out, signature)
+            launches.insert(0, run_rest)
+        side_streams.run_side_by_side(x.device, launches)
     return out
