@@ -40,16 +40,39 @@ from dataclasses import dataclass
 import torch
 
 from .graphs import outside_capture
+
+# The table's layout, in a torch-free module of its own for the kernels (see there).
+from .packed_layout import (
+    ALL_FLAGS,
+    AVG_POOL,
+    AVG_POOL_INCLUDE_PAD,
+    BUF_INPUT,
+    BUF_OUTPUT,
+    BUF_WORK,
+    CEIL,
+    CIN,
+    COL_OFF,
+    COLS,
+    CONV,
+    FLAG_RELU,
+    FLAG_RESIDUAL,
+    FLAG_TO_OUTPUT,
+    KH,
+    KIND,
+    KINDS,
+    KW,
+    MAX_POOL,
+    NUM_FIELDS,
+    PAD_H,
+    PAD_W,
+    SRC_BUF,  # noqa: F401 - unused here, re-exported with the rest of the layout
+    SRC_C0,
+    STRIDE,
+    W_OFF,  # noqa: F401 - as SRC_BUF
+)
 from .plan import AVG, AVG_INCLUDE_PAD, INPUT, MAX, OUTPUT, WORK, BlockPlan, Conv, GlobalAvgPool, Slice
 from .windows import out_size
 
-CONV, AVG_POOL, MAX_POOL, AVG_POOL_INCLUDE_PAD = 0, 1, 2, 3
-KINDS = (CONV, AVG_POOL, MAX_POOL, AVG_POOL_INCLUDE_PAD)
-BUF_INPUT, BUF_WORK, BUF_OUTPUT = 0, 1, 2
-FLAG_RELU, FLAG_TO_OUTPUT, FLAG_RESIDUAL = 1, 2, 4
-ALL_FLAGS = FLAG_RELU | FLAG_TO_OUTPUT | FLAG_RESIDUAL
-(KIND, SRC_BUF, SRC_C0, CIN, COLS, KH, KW, STRIDE, PAD_H, PAD_W, W_OFF, COL_OFF, CEIL) = range(13)
-NUM_FIELDS = 13
 _BUF = {INPUT: BUF_INPUT, WORK: BUF_WORK, OUTPUT: BUF_OUTPUT}
 
 
