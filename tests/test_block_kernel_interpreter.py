@@ -33,10 +33,11 @@ from inception_fast import reference as R
 from inception_fast.backends.triton_backend import ALIGN
 from inception_fast.backends.triton_block_backend import pack_whole_block
 from inception_fast.kernels.triton.block_kernel import (
-    DEP_COUNT, DEP_START, FIRST, M_TILES, COL_TILES, PARTS, RECORD_DEPS, _block_kernel, block_schedule,
-    launch_block_tensors, split_k_buffers,
+    DEP_COUNT, DEP_START, FIRST, M_TILES, COL_TILES, PARTS, RECORD_DEPS, _block_kernel,
 )
-from inception_fast.kernels.triton.stage_kernel import _stage_kernel, launch_stage
+from inception_fast.kernels.triton.block_launch import block_schedule, launch_block_tensors, split_k_buffers
+from inception_fast.kernels.triton.stage_kernel import _stage_kernel
+from inception_fast.kernels.triton.stage_launch import launch_stage
 from inception_fast.modules import fuse_block
 from inception_fast.testing import randomize_batchnorm, relative_l2
 

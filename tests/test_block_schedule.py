@@ -20,9 +20,8 @@ from inception_fast.kernels.triton.block_kernel import (
     M_TILES,
     PARTS,
     SLOT_BASE,
-    block_schedule,
-    programs_per_sm,
 )
+from inception_fast.kernels.triton.block_launch import block_schedule, programs_per_sm
 from inception_fast.modules import fuse_block
 from inception_fast.plan import INPUT, OUTPUT, WORK, BlockPlan, Conv, Slice, Write, op_destinations
 from inception_fast.testing import randomize_batchnorm

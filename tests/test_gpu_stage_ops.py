@@ -15,7 +15,7 @@ from stage_cases import CASES, kernel_buffers, make_case
 from inception_fast import packing as pk
 from inception_fast.backends import backend_status
 from inception_fast.kernels.triton import ops as _registered_ops  # noqa: F401 - registers the Triton op
-from inception_fast.kernels.triton.stage_kernel import split_k_buffers, stage_kinds, stage_tiles
+from inception_fast.kernels.triton.stage_launch import split_k_buffers, stage_kinds, stage_tiles
 from inception_fast.testing import relative_l2
 
 pytestmark = pytest.mark.cuda

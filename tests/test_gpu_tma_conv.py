@@ -17,8 +17,10 @@ from inception_fast import packing as pk
 from inception_fast.backends import backend_status
 from inception_fast.kernels.triton import ops as _registered_ops  # noqa: F401 - registers the ops
 from inception_fast.kernels.triton import tma_conv
-from inception_fast.kernels.triton.stage_kernel import _stage_kernel, launch_stage
-from inception_fast.kernels.triton.tma_conv import TmaConfig, _tma_stage_kernel, launch_tma_stage
+from inception_fast.kernels.triton.stage_kernel import _stage_kernel
+from inception_fast.kernels.triton.stage_launch import launch_stage
+from inception_fast.kernels.triton.tma_conv import TmaConfig, launch_tma_stage
+from inception_fast.kernels.triton.tma_conv_kernel import _tma_stage_kernel
 from inception_fast.modules import fuse_block
 from inception_fast.testing import randomize_batchnorm, relative_l2
 

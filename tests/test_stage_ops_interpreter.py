@@ -25,7 +25,8 @@ os.environ["TRITON_INTERPRET"] = "1"
 sys.path.insert(0, sys.argv[1])
 import torch
 from stage_cases import CASES, kernel_buffers, make_case
-from inception_fast.kernels.triton.stage_kernel import _stage_kernel, launch_stage
+from inception_fast.kernels.triton.stage_kernel import _stage_kernel
+from inception_fast.kernels.triton.stage_launch import launch_stage
 from inception_fast.testing import relative_l2
 
 results = {}

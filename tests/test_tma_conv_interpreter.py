@@ -35,8 +35,10 @@ sys.path.insert(0, sys.argv[1])
 import torch
 from stage_cases import CASES, kernel_buffers, make_case
 from inception_fast import architectures
-from inception_fast.kernels.triton.stage_kernel import _stage_kernel, launch_stage
-from inception_fast.kernels.triton.tma_conv import TmaConfig, _tma_stage_kernel, launch_tma_stage, plan_stage
+from inception_fast.kernels.triton.stage_kernel import _stage_kernel
+from inception_fast.kernels.triton.stage_launch import launch_stage
+from inception_fast.kernels.triton.tma_conv import TmaConfig, launch_tma_stage, plan_stage
+from inception_fast.kernels.triton.tma_conv_kernel import _tma_stage_kernel
 from inception_fast.modules import fuse_block
 from inception_fast.packing import pack_block
 from inception_fast.testing import randomize_batchnorm, relative_l2

@@ -20,7 +20,8 @@ import torch
 from inception_fast import reference as R
 from inception_fast.backends.triton_backend import ALIGN
 from inception_fast.kernels.triton.layout_kernel import _to_nhwc_padded_kernel, launch_to_nhwc_padded
-from inception_fast.kernels.triton.stage_kernel import _stage_kernel, launch_stage
+from inception_fast.kernels.triton.stage_kernel import _stage_kernel
+from inception_fast.kernels.triton.stage_launch import launch_stage
 from inception_fast.modules import fuse_block
 from inception_fast.packing import pack_block
 from inception_fast.testing import randomize_batchnorm, relative_l2
@@ -70,7 +71,8 @@ import torch
 from inception_fast import reference as R
 from inception_fast.kernels.triton.launch_state import round_to_tf32
 from inception_fast.kernels.triton.layout_kernel import _to_nhwc_padded_kernel, launch_to_nhwc_padded
-from inception_fast.kernels.triton.stage_kernel import _stage_kernel, launch_stage
+from inception_fast.kernels.triton.stage_kernel import _stage_kernel
+from inception_fast.kernels.triton.stage_launch import launch_stage
 from inception_fast.modules import fuse_block
 from inception_fast.packing import pack_block
 from inception_fast.testing import randomize_batchnorm, relative_l2

@@ -5,7 +5,7 @@
 For every stage of the network (distinct blocks at their network sizes, fp16, channels_last
 buffers of random ReLU'd values), at each batch:
 - the stage kernel as the backend runs it (its cached, shipped or heuristic config);
-- for stages with stride-1 convs: the TMA kernel (`kernels/triton/tma_conv.py`) on those
+- for stages with stride-1 convs: the TMA kernel (`kernels/triton/tma_conv_kernel.py`) on those
   convs, over a grid of tile configs, each first checked against the stage kernel's result
   from the same inputs (a config that disagrees is reported and not timed), plus the stage
   kernel on the stage's other problems (pools, strided convs), if any;
@@ -39,8 +39,9 @@ from inception_fast import packing as pk
 from inception_fast.backends import triton_backend
 from inception_fast.compiler import CompiledBlock, compile_model
 from inception_fast.kernels.triton import tma_conv, tuning
-from inception_fast.kernels.triton.stage_kernel import stage_kinds
-from inception_fast.kernels.triton.tma_conv import TmaConfig, _tma_stage_kernel, launch_tma_stage
+from inception_fast.kernels.triton.stage_launch import stage_kinds
+from inception_fast.kernels.triton.tma_conv import TmaConfig, launch_tma_stage
+from inception_fast.kernels.triton.tma_conv_kernel import _tma_stage_kernel
 from inception_fast.layer_census import ConvShape
 from inception_fast.modules import FusedBlock
 from inception_fast.testing import randomize_batchnorm, relative_l2

@@ -168,7 +168,8 @@ def one_conv_stage(weight, bias, col_offset):
 def time_project_kernels(row, sets, out, col_offset, median_ms) -> None:
     """The Triton and CUDA stage kernels on the same GEMM (bias, ReLU, channel slice), each
     checked against our op's result first; NaN where one fails or disagrees."""
-    from inception_fast.kernels.triton.stage_kernel import _stage_kernel, launch_stage_tensors, stage_tiles
+    from inception_fast.kernels.triton.stage_kernel import _stage_kernel
+    from inception_fast.kernels.triton.stage_launch import launch_stage_tensors, stage_tiles
 
     stages = [one_conv_stage(w, b, col_offset) for _, w, b in sets]
     batch, size = out.shape[0], out.shape[1]

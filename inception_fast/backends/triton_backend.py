@@ -8,7 +8,7 @@ the weights once on the host, the network input in the layout kernel, and every 
 the kernels store it; the tensor cores alone would truncate.
 
 INCEPTION_FAST_TMA (an experiment, off by default): =1 runs every stage whose problems are all
-stride-1 convs on the TMA kernel (`kernels/triton/tma_conv.py`) instead of the stage kernel;
+stride-1 convs on the TMA kernel (`kernels/triton/tma_conv_kernel.py`) instead of the stage kernel;
 =split also runs the stride-1 convs of mixed stages there, and the stage's other problems
 (pools, strided convs) in a second launch of the stage kernel. fp16, bf16 and TF32 only.
 INCEPTION_FAST_TMA_CONFIG=block_m,block_n,block_k,warps,stages[,box_w[,per_sm[,flatten]]]
@@ -26,7 +26,7 @@ from ..graphs import capturing
 from ..kernels.triton import ops as triton_ops
 from ..kernels.triton import tma_conv, tuning
 from ..kernels.triton.launch_state import StageLaunchState
-from ..kernels.triton.stage_kernel import split_k_buffers, stage_kinds, stage_tiles
+from ..kernels.triton.stage_launch import split_k_buffers, stage_kinds, stage_tiles
 from . import precision_key
 
 TRITON_KERNELS = True  # a first call compiles Triton kernels (see inception_fast.compile_ahead)

@@ -19,9 +19,9 @@ from .. import packing as pk
 from ..graphs import capturing, outside_capture
 from ..kernels.triton import ops as triton_ops
 from ..kernels.triton import tuning
-from ..kernels.triton.block_kernel import block_schedule, programs_per_sm, split_k_buffers
+from ..kernels.triton.block_launch import block_schedule, programs_per_sm, split_k_buffers
 from ..kernels.triton.launch_state import StageLaunchState
-from ..kernels.triton.stage_kernel import stage_kinds
+from ..kernels.triton.stage_launch import stage_kinds
 from ..plan import BlockPlan, op_destinations
 from . import precision_key
 from .triton_backend import (

@@ -1,5 +1,5 @@
 """The `triton-tma` backend: the `triton` backend with every stride-1 conv on the TMA conv kernel
-(`kernels/triton/tma_conv.py`: tensor descriptors, a persistent grid over the stage's tiles),
+(`kernels/triton/tma_conv_kernel.py`: tensor descriptors, a persistent grid over the stage's tiles),
 the rest of each stage (pools, strided convs) on the stage kernel in a second launch:
 INCEPTION_FAST_TMA=split as a backend of its own, so that `auto` can weigh it per block and
 batch bucket. Measured on an H100 at batch 256, the TMA kernel runs Inception-v4's 1x1 stages

@@ -30,6 +30,8 @@ def _to_nhwc_padded_kernel(
     tl.store(y_ptr + p64[:, None] * C_PAD + offs_c[None, :], v, mask=store_mask)
 
 
+# The launch stays beside the kernel because it needs no torch: compile workers import this
+# module without it (`compile_worker`), as they import the other kernel modules.
 def launch_to_nhwc_padded(kernel, x, y, round_tf32: bool = False, block_p: int = 128):
     """x: [N, C, H, W] any strides; y: [N, C_PAD, H, W] channels_last, C_PAD >= C;
     round_tf32 only for fp32."""

@@ -15,11 +15,14 @@ from collections.abc import Callable
 import torch
 from torch.library import custom_op
 
-from .block_kernel import _block_kernel, launch_block_tensors
+from .block_kernel import _block_kernel
+from .block_launch import launch_block_tensors
 from .compile_only import launcher
 from .layout_kernel import _to_nhwc_padded_kernel, launch_to_nhwc_padded
-from .stage_kernel import _stage_kernel, launch_stage_tensors
-from .tma_conv import _tma_stage_kernel, launch_tma_tensors
+from .stage_kernel import _stage_kernel
+from .stage_launch import launch_stage_tensors
+from .tma_conv import launch_tma_tensors
+from .tma_conv_kernel import _tma_stage_kernel
 
 
 def _triton_stage(
@@ -46,8 +49,8 @@ def _triton_stage(
     has_residual: bool = False,
 ) -> None:
     """One stage of a block: x [N,Cin,H,W], work [N,Cw,H,W], out [N,Cout,OH,OW], all stored
-    channels_last; the rest is a `packing.PackedStage`; num_tiles from `stage_tiles`;
-    scratch / counts: split-K buffers from `split_k_buffers` (unused when k_parts == 1)."""
+    channels_last; the rest is a `packing.PackedStage`; num_tiles from `stage_launch.stage_tiles`;
+    scratch / counts: split-K buffers from `stage_launch.split_k_buffers` (unused when k_parts == 1)."""
     launch_stage_tensors(
         launcher(_stage_kernel), num_tiles, x, work, out, problems, weights, bias, col_dst,
         col_flags, (block_m, block_n, block_k, num_warps, num_stages, k_parts),
@@ -72,7 +75,7 @@ def _triton_tma_stage(
     tap_mask: bool,
     has_residual: bool,
 ) -> None:
-    """The stride-1 convs of a stage through tensor descriptors (`tma_conv`): buffers as for
+    """The stride-1 convs of a stage through tensor descriptors (`tma_conv_kernel`): buffers as for
     triton_stage; `problems` holds only the rows of a `tma_conv.TmaStage`; config: a
     `tma_conv.TmaConfig` as a list; num_programs from `tma_conv.num_programs`."""
     launch_tma_tensors(
@@ -110,9 +113,9 @@ def _triton_block(
 ) -> None:
     """A whole block in one persistent launch: x [N,Cin,H,W], work [N,Cw,H,W], out
     [N,Cout,OH,OW], all stored channels_last; problems ... col_flags: every stage's packed table
-    concatenated; schedule, deps, counters and num_tickets from `block_kernel.block_schedule`
+    concatenated; schedule, deps, counters and num_tickets from `block_launch.block_schedule`
     (counters zero before the first launch; the kernel leaves them zero); scratch / counts:
-    split-K buffers from `block_kernel.split_k_buffers` (unused when k_parts == 1)."""
+    split-K buffers from `block_launch.split_k_buffers` (unused when k_parts == 1)."""
     launch_block_tensors(
         launcher(_block_kernel), num_programs, num_tickets, x, work, out, problems, weights, bias,
         col_dst, col_flags, schedule, deps, counters, scratch, counts,
