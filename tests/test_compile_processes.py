@@ -6,6 +6,7 @@ threads."""
 from __future__ import annotations
 
 import hashlib
+import io
 import subprocess
 import sys
 
@@ -38,6 +39,96 @@ def variant(tmp_path, monkeypatch):
 
 def framed(src, target, options, env_vars, key) -> bytes:
     return compile_processes._framed(compile_worker.job(src, target, options, env_vars, key))
+
+
+# The modules that define the Triton kernels the package compiles ahead (the launches of
+# `ops`) and the JIT functions they call: a compile worker imports them, and must not import
+# torch (seconds of a cold first call).
+KERNEL_MODULES = (
+    "inception_fast.kernels.triton.stage_kernel",
+    "inception_fast.kernels.triton.block_kernel",
+    "inception_fast.kernels.triton.tma_conv_kernel",
+    "inception_fast.kernels.triton.layout_kernel",
+    "inception_fast.kernels.triton.tf32",
+)
+
+
+def test_the_kernel_modules_and_the_worker_import_without_torch():
+    imports = "".join(f"import {module}\n" for module in (*KERNEL_MODULES, compile_worker.__name__))
+    code = imports + "import sys\nprint(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))"
+    run = subprocess.run([sys.executable, "-c", code], env=compile_processes.worker_environment(),
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]", f"importing the kernel modules imported torch: {run.stdout[:300]}"
+
+
+def test_the_kernels_compiled_ahead_are_defined_in_those_modules():
+    from triton.runtime.jit import JITFunction
+
+    from inception_fast.kernels.triton import ops
+
+    launched = [value for value in vars(ops).values() if isinstance(value, JITFunction)]
+    assert len(launched) == 4
+    assert {kernel.__module__ for kernel in launched} <= set(KERNEL_MODULES)
+
+
+# Argument types of the package kernels' pointers by name (the rest are fp16 tensors), as their
+# launches pass them.
+POINTER_TYPES = {"bias_ptr": "*fp32", "col_dst_ptr": "*i32", "col_flags_ptr": "*i32", "prob_ptr": "*i64",
+                 "scratch_ptr": "*fp32", "count_ptr": "*i32", "sched_ptr": "*i32", "deps_ptr": "*i32",
+                 "counters_ptr": "*i32", "waits_ptr": "*i32"}
+
+
+def package_variant(kernel, element="*fp16", **constexprs):
+    """The source of one variant of a package kernel: its tensors of `element`, integers i32."""
+    from triton.compiler import ASTSource
+
+    signature = {name: "constexpr" if name in constexprs else
+                 POINTER_TYPES.get(name, element) if name.endswith("_ptr") else "i32"
+                 for name in kernel.arg_names}
+    return ASTSource(kernel, signature, constexprs, {})
+
+
+def test_a_worker_compiles_each_package_kernel_without_importing_torch(tmp_path, monkeypatch):
+    """Small variants of the four kernels a first call compiles ahead, through one worker that
+    writes the names of the modules it imported when it exits."""
+    from triton._C.libtriton import get_cache_invalidating_env_vars
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import make_backend
+    from triton.runtime.cache import get_cache_key
+
+    from inception_fast.kernels.triton import ops
+
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton"))
+    tiles = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "INPUT_PRECISION": "ieee", "HAS_RESIDUAL": False,
+             "WIDE_INDEX": False}
+    sources = [
+        package_variant(ops._stage_kernel, **tiles, HAS_CONV=True, HAS_POOL=False, SPLIT_K=False),
+        package_variant(ops._block_kernel, **tiles, HAS_CONV=True, HAS_POOL=False, SPLIT_K=False,
+                        RECORD_WAITS=False),
+        package_variant(ops._tma_stage_kernel, **tiles, BOX_W=0, HAS_GEMM=True, HAS_TAPS=False,
+                        TAP_MASK=False, FLATTEN=False, ROWS=False),
+        package_variant(ops._to_nhwc_padded_kernel, "*fp32", C_PAD=8, BLOCK_C=8, BLOCK_P=128,
+                        ROUND_TF32=True),
+    ]
+    target = GPUTarget("cuda", 90, 32)
+    backend = make_backend(target)
+    options = backend.parse_options({})
+    env_vars = get_cache_invalidating_env_vars()
+    keys = [get_cache_key(src, backend, options, env_vars) for src in sources]
+    jobs = b"".join(framed(src, target, options, env_vars, key) for src, key in zip(sources, keys))
+    modules = tmp_path / "modules.txt"
+    worker = (f"import atexit, runpy, sys\n"
+              f"atexit.register(lambda: open({str(modules)!r}, 'w').write('\\n'.join(sys.modules)))\n"
+              f"runpy.run_module({compile_worker.__name__!r}, run_name='__main__', alter_sys=True)")
+    run = subprocess.run([sys.executable, "-c", worker], input=jobs, capture_output=True, timeout=300,
+                         env=compile_processes.worker_environment())
+    replies = io.BytesIO(run.stdout)
+    assert [compile_worker.receive(replies) for _ in sources] == [("compiled", None)] * 4, run.stderr[-2000:]
+    assert all(compile_processes._on_disk(key, src) for src, key in zip(sources, keys))
+    imported = modules.read_text().split()
+    assert {src.fn.__module__ for src in sources} <= set(imported)
+    assert [module for module in imported if module.split(".")[0] == "torch"] == []
 
 
 def test_a_worker_compiles_into_the_cache_under_the_key_asked(variant):
@@ -85,8 +176,6 @@ def test_a_constant_that_does_not_pickle_is_compiled_in_the_asking_process(varia
 
 
 def test_the_worker_protocol_round_trips_and_ends_at_the_end_of_input():
-    import io
-
     stream = io.BytesIO()
     compile_worker.send(stream, ("compiled", None))
     compile_worker.send(stream, {"a": (1, 2)})

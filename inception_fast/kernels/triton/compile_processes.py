@@ -116,16 +116,22 @@ class WorkerPool:
                 worker.wait()
 
 
-def _start_worker() -> subprocess.Popen:
+def worker_environment() -> dict[str, str]:
+    """The environment a compile worker runs in: the same modules and the same cache as this
+    process, and no GPU (compiling needs none)."""
     from triton import knobs
 
     env = dict(os.environ)
-    # The same modules and the same cache as here, and no GPU: compiling needs none.
     env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) if p else os.getcwd() for p in sys.path)
     env["TRITON_CACHE_DIR"] = knobs.cache.dir
     env["CUDA_VISIBLE_DEVICES"] = ""
-    return subprocess.Popen([sys.executable, "-m", compile_worker.__name__], env=env, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, bufsize=0)
+    return env
+
+
+def _start_worker() -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", compile_worker.__name__], env=worker_environment(),
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            bufsize=0)
 
 
 def _framed(obj) -> bytes | None:

@@ -9,6 +9,11 @@ stdout with ("compiled", None) when the variant is in the cache, else ("compiled
 what `triton.compile` takes for one variant, and the cache key the asking process computed: a
 variant whose key differs here (another Triton, other settings) is not compiled, since the
 asking process would never find it.
+
+A worker imports triton and the modules that define the kernels it compiles, never torch: the
+kernel modules (stage_kernel, block_kernel, tma_conv_kernel, layout_kernel, tf32) import only
+triton and torch-free modules, and a job holds plain values (names, strings, numbers, Triton's
+GPUTarget), so a worker starts in a fraction of a second instead of the seconds torch takes.
 """
 
 from __future__ import annotations
