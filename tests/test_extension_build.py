@@ -24,11 +24,11 @@ SCHEMA = (
 )
 GEMM_SCHEMA = (
     "inception_fast::cuda_gemm_conv1x1(Tensor x, Tensor weight, Tensor bias, Tensor(a!) out, int col_offset, "
-    "bool relu, int tile_n=0) -> ()"
+    "bool relu, int tile_n=0, bool tf32=False) -> ()"
 )
 CONV_SCHEMA = (
     "inception_fast::cuda_conv_fprop(Tensor x, Tensor weight, Tensor bias, Tensor(a!) out, int in_c0, "
-    "int out_c0, int stride, int pad_h, int pad_w, bool relu, int tile_n=0) -> ()"
+    "int out_c0, int stride, int pad_h, int pad_w, bool relu, int tile_n=0, bool tf32=False) -> ()"
 )
 
 
@@ -179,7 +179,8 @@ def test_gemm_conv1x1_checks_its_arguments_without_a_gpu():
     assert op(*tensors(), 16, False, 256) is None
     half, bf16, f32 = torch.float16, torch.bfloat16, torch.float32
     bad = [
-        ({"x": ((3, 5, 5, 64), f32)}, 8, 0, "x must be float16 or bfloat16"),
+        ({"x": ((3, 5, 5, 64), torch.float64)}, 8, 0, "x must be float16, bfloat16 or float32"),
+        ({"x": ((3, 5, 5, 64), f32)}, 8, 0, "float32 runs on TF32 tensor cores only .* pass tf32=True"),
         ({"x": ((3, 5, 5, 60), half), "weight": ((32, 60), half)}, 8, 0, "x has 60 channels"),
         ({"weight": ((32, 32), half)}, 8, 0, r"weight must be a contiguous \[Cout, Cin\]"),
         ({"weight": ((32, 64), bf16)}, 8, 0, "weight is BFloat16"),
@@ -196,6 +197,11 @@ def test_gemm_conv1x1_checks_its_arguments_without_a_gpu():
     for changes, col_offset, tile_n, message in bad:
         with pytest.raises(RuntimeError, match=message):
             op(*tensors(**changes), col_offset, True, tile_n)
+    tf32 = {name: (shape, f32 if dtype == half else dtype) for name, (shape, dtype) in
+            {"x": ((3, 5, 5, 64), half), "weight": ((32, 64), half), "out": ((3, 5, 5, 48), half)}.items()}
+    assert op(*tensors(**tf32), 8, True, 0, True) is None  # fp32 on TF32, asked for
+    with pytest.raises(RuntimeError, match="tf32=True is for float32 inputs"):
+        op(*tensors(), 8, True, 0, True)
 
     from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -225,7 +231,7 @@ def test_conv_fprop_checks_its_arguments_without_a_gpu():
     assert op(*tensors(**seven), 48, 0, 1, 0, 3, True) is None  # 1x7, padding (0, 3)
     half, f32 = torch.float16, torch.float32
     bad = [
-        ({"x": ((3, 9, 7, 64), f32)}, (8, 16, 1, 1, 1), "x must be float16 or bfloat16"),
+        ({"x": ((3, 9, 7, 64), f32)}, (8, 16, 1, 1, 1), "float32 runs on TF32 tensor cores only"),
         ({"weight": ((32, 3, 3, 12), half)}, (8, 16, 1, 1, 1), "12 input and 32 output channels"),
         ({"bias": ((16,), f32)}, (8, 16, 1, 1, 1), "bias must be a contiguous float32 tensor of 32"),
         ({}, (4, 16, 1, 1, 1), "in_c0 4 must be a multiple of 8"),
@@ -242,6 +248,9 @@ def test_conv_fprop_checks_its_arguments_without_a_gpu():
     assert op(*tensors(), 8, 16, 1, 1, 1, True, 128) is None
     with pytest.raises(RuntimeError, match=r"tile_n must be 0 \(chosen per problem\), 64 or 128, got 96"):
         op(*tensors(), 8, 16, 1, 1, 1, True, 96)
+    tf32 = [torch.empty(t.shape, dtype=torch.float32 if t.dtype == half else t.dtype, device="meta")
+            for t in tensors()]
+    assert op(*tf32, 8, 16, 1, 1, 1, True, 0, True) is None  # fp32 on TF32, asked for
 
 
 def test_cutlass_headers_come_from_the_variable_or_the_wheel_and_name_the_build(monkeypatch, tmp_path):
