@@ -149,6 +149,34 @@ def test_a_worker_compiles_into_the_cache_under_the_key_asked(variant):
     assert kernel.hash == hashlib.sha256(key.encode()).hexdigest()
 
 
+def test_a_worker_keys_by_this_process_ptxas_version_after_the_ptxas_path_changed(variant, monkeypatch):
+    """torch.compile's Inductor points TRITON_PTXAS_PATH at torch's own ptxas on its first
+    compile, after this process's Triton has keyed variants by the ptxas it asked first (Triton
+    asks once per process): a worker started then still keys and stores each variant as asked."""
+    import shutil
+
+    from triton.backends.nvidia.compiler import get_ptxas_version
+
+    src, target, _, _, key = variant  # keyed by the ptxas Triton found first
+    keyed = get_ptxas_version(target.arch)
+    other = shutil.which("ptxas") or "/usr/local/cuda/bin/ptxas"
+    try:
+        version = subprocess.check_output([other, "--version"], text=True)
+    except OSError:
+        pytest.skip("no second ptxas (a CUDA toolkit's) to point TRITON_PTXAS_PATH at")
+    if version == keyed:
+        pytest.skip(f"{other} is the ptxas Triton keys by here")
+    monkeypatch.setenv("TRITON_PTXAS_PATH", other)
+    counts = compile_processes.CompileCounts()
+    pool = compile_processes.WorkerPool(1, counts)
+    try:
+        pool.compile(framed(*variant))
+    finally:
+        pool.close()
+    assert counts.failures == [] and counts.in_workers == 1
+    assert compile_processes._on_disk(key, src)
+
+
 def test_workers_that_cannot_start_leave_the_compiling_to_the_threads(variant, monkeypatch):
     started = []
 

@@ -62,11 +62,23 @@ def _read_exactly(stream, n: int) -> bytes | None:
 
 def job(src, target, options, env_vars, key: str) -> dict:
     """What a worker needs to compile the variant `triton.compile(src, target, options)` would,
-    under the cache key `key`."""
+    under the cache key `key`; for CUDA also the ptxas version this process keys variants by."""
     python_fn = src.fn.fn
     return {"module": python_fn.__module__, "name": python_fn.__qualname__, "signature": src.signature,
             "constants": src.constants, "attrs": src.attrs, "options": dict(options.__dict__),
-            "target": target, "env_vars": env_vars, "key": key}
+            "target": target, "env_vars": env_vars, "key": key, "ptxas_version": _keyed_ptxas_version(target)}
+
+
+def _keyed_ptxas_version(target) -> str | None:
+    """The ptxas version in this process's cache keys for `target`. Triton asks ptxas once per
+    process and keeps the answer, while the ptxas it runs follows TRITON_PTXAS_PATH, which
+    torch.compile's Inductor sets on its first compile (to torch's own ptxas): after that, a
+    fresh worker would ask the other ptxas and key every variant differently."""
+    if target.backend != "cuda":
+        return None
+    from triton.backends.nvidia.compiler import get_ptxas_version
+
+    return get_ptxas_version(target.arch)  # cached: the version this process's keys hold
 
 
 def _jit_function(module: str, name: str):
@@ -87,6 +99,13 @@ def compile_job(work: dict) -> str | None:
         from triton.compiler import ASTSource, make_backend
         from triton.runtime.cache import get_cache_key
 
+        if work.get("ptxas_version") is not None:  # key as the asking process does (_keyed_ptxas_version)
+            from triton import knobs
+            from triton.backends.nvidia.compiler import get_ptxas_version
+
+            if knobs.nvidia.mock_ptx_version != work["ptxas_version"]:
+                knobs.nvidia.mock_ptx_version = work["ptxas_version"]
+                get_ptxas_version.cache_clear()
         src = ASTSource(_jit_function(work["module"], work["name"]), work["signature"], work["constants"],
                         work["attrs"])
         backend = make_backend(work["target"])
