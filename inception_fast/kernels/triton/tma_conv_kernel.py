@@ -277,7 +277,7 @@ def _flat_or_masked_tiles(
 def _problem_tiles(kh, kw, ph, pw, oh, ow, cols, N, H, W,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BOX_W: tl.constexpr, ROWS: tl.constexpr):
     """Output tiles of one problem, and whether they are GEMM / ROWS tiles over all pixels
-    (`tma_tiles` is the host-side twin)."""
+    (`tma_conv.tma_tiles` is the host-side twin)."""
     n_tiles = tl.cdiv(cols, BLOCK_N)
     is_gemm = (kh == 1) & (kw == 1) & (ph == 0) & (pw == 0)
     is_rows = False
@@ -302,7 +302,7 @@ def _tma_stage_kernel(
     TAP_MASK: tl.constexpr, HAS_RESIDUAL: tl.constexpr, WIDE_INDEX: tl.constexpr, FLATTEN: tl.constexpr,
     ROWS: tl.constexpr,
 ):
-    """Every problem of `prob_ptr` is a stride-1 conv (`row_reason` is None). HAS_GEMM /
+    """Every problem of `prob_ptr` is a stride-1 conv (`tma_conv.row_reason` is None). HAS_GEMM /
     HAS_TAPS: the stage has 1x1 problems / wider windows (the other path is compiled out).
     TAP_MASK: some FLAT problem has PAD_W > 0 (its masked K loop is compiled in). BOX_W: 0 for
     FLAT tiles, else the box width of BOX tiles. ROWS (BOX_W = 0): windows that keep the size
