@@ -299,6 +299,21 @@ def test_tf32_launches_read_weights_rounded_to_tf32():
         assert not torch.equal(rounded.weight, plain.weight)  # random weights need rounding
 
 
+def test_tf32_ops_and_the_rest_share_the_stage_kernel_rounded_weights():
+    """One rounded copy per stage: the `triton` backend's, read by the launches and the rest."""
+    from inception_fast.kernels.triton.launch_state import StageLaunchState
+
+    block = reference_block(R.ReductionA)
+    stages, channels = triton_stages(block, torch.float32)
+    stages = [(packed, signature, StageLaunchState()) for packed, signature, _ in stages]
+    split = tg.split_stages(block, stages, channels, tf32=True)[0]
+    rounded = stages[0][2].tf32_weights
+    assert rounded is not None and split.launches and split.rest is not None
+    assert all(launch.weight.untyped_storage().data_ptr() == rounded.untyped_storage().data_ptr()
+               for launch in split.launches)
+    assert split.rest[2].tf32_weights is rounded
+
+
 @pytest.mark.parametrize("kxk", [False, True], ids=["gemm", "gemm+kxk"])
 def test_tf32_blocks_on_the_emulated_ops(emulated_kxk, monkeypatch, kxk):
     """fp32 with TF32 on: the ops get tf32=True and rounded weights, and the block is within

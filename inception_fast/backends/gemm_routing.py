@@ -33,7 +33,6 @@ from dataclasses import dataclass
 import torch
 
 from .. import packing as pk
-from ..kernels.triton import launch_state  # round_to_tf32
 from . import cuda_backend  # the extension's loader and its reasons
 
 ALIGN = 8  # channel counts and offsets: 16 bytes of fp16/bf16 (TMA's alignment), two such of fp32
@@ -182,14 +181,16 @@ def _runs_reason(row, col_dst: list, col_flags: list, buffer_channels: dict) -> 
 
 
 def split_rows(
-    packed: pk.PackedStage, buffer_channels: dict, kxk: bool = False, tf32: bool = False
+    packed: pk.PackedStage, buffer_channels: dict, kxk: bool = False, tf32_weights: torch.Tensor | None = None
 ) -> RowSplit:
     """The launches of a packed stage on the GEMM op (and, with `kxk`, the k x k conv op), and
     a packed stage of the rows left for a stage kernel (they keep their weight and column
-    offsets into the whole stage's tables). `tf32`: fp32 weights on TF32 tensor cores; the
-    launches read a copy rounded to TF32."""
+    offsets into the whole stage's tables). `tf32_weights`: fp32 on TF32 tensor cores, reading
+    these, the stage's weights rounded to TF32 (`StageLaunchState.weights_for`, the one copy
+    the stage kernel reads too); None: the stage's own weights, in their dtype."""
     col_dst, col_flags = packed.col_dst.tolist(), packed.col_flags.tolist()
-    weights = launch_state.round_to_tf32(packed.weights) if tf32 else packed.weights
+    tf32 = tf32_weights is not None
+    weights = tf32_weights if tf32 else packed.weights
     taken, launches = [], []
     for p, row in enumerate(packed.rows):
         if row_reason(row, col_dst, col_flags, buffer_channels) is None:

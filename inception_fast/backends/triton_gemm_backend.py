@@ -70,14 +70,18 @@ def split_stages(
     channels = {pk.BUF_INPUT: in_channels, pk.BUF_WORK: plan.work_channels, pk.BUF_OUTPUT: plan.out_channels}
     found = []
     for stage in stages:
-        split = gemm_routing.split_rows(stage[0], channels, kxk, tf32)
+        packed, _, state = stage
+        # In TF32 the ops and the rest's stage kernel read one rounded copy of the stage's
+        # weights, the `triton` backend's own (the rest shares the stage's weight table).
+        tf32_weights = (state or StageLaunchState()).weights_for(packed, True) if tf32 else None
+        split = gemm_routing.split_rows(packed, channels, kxk, tf32_weights)
         if not split.taken:
             found.append(SplitStage([], stage))
         elif split.rest is None:
             found.append(SplitStage(split.launches, None))
         else:
-            rest = (split.rest, pk.stage_signature(split.rest), StageLaunchState())
-            found.append(SplitStage(split.launches, rest))
+            rest_state = StageLaunchState(tf32_weights=tf32_weights)
+            found.append(SplitStage(split.launches, (split.rest, pk.stage_signature(split.rest), rest_state)))
     return found
 
 
