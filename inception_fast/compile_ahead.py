@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import time
 
 import torch
@@ -40,6 +41,24 @@ def wanted(backends, x: torch.Tensor) -> bool:
     """Whether a first call on `x` with these block backends launches Triton kernels that a
     compile-ahead pass could compile in parallel."""
     return x.is_cuda and any(getattr(get_backend(name), "TRITON_KERNELS", False) for name in backends)
+
+
+def start_hashing_triton(backend: str, device) -> None:
+    """Start, in a background thread, what a process's first Triton compile or cache lookup
+    waits for first: importing triton and the digest of its compiler (`triton_key`, about
+    0.3 s of hashing libtriton, which releases the interpreter). Called by `optimize()` so that
+    it overlaps the model's preparation instead of the first call."""
+    if torch.device(device).type != "cuda" or not getattr(get_backend(backend), "TRITON_KERNELS", False):
+        return
+    threading.Thread(target=_hash_triton, name="inception_fast-triton-key", daemon=True).start()
+
+
+def _hash_triton() -> None:
+    try:
+        from triton.runtime.cache import triton_key
+        triton_key()  # kept by its lru_cache for the process
+    except Exception as err:  # noqa: BLE001 - an optimization only; the first compile asks again
+        logger.debug("inception_fast: hashing triton ahead failed: %s", err)
 
 
 def compile_ahead(run, x: torch.Tensor):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import compile_ahead
 from .architectures import default_cfg
 from .backends import resolve_backend
 from .checks import check_target
@@ -74,6 +75,7 @@ def optimize(
     device = torch.device(device) if device is not None else (param.device if param is not None else
                                                                torch.device("cpu"))
     backend = resolve_backend(backend, device)
+    compile_ahead.start_hashing_triton(backend, device)
     compiled = compile_model(model)
     fused = FusedNetwork(compiled, default_cfg(model)).to(device=device, dtype=dtype).eval()
     fused.set_backend(backend)

@@ -81,6 +81,32 @@ def test_wanted_only_for_cuda_inputs_of_triton_backends():
     assert not compile_ahead.wanted({"auto"}, meta_cuda)
 
 
+def test_optimize_starts_hashing_triton_for_triton_backends_on_a_gpu(monkeypatch):
+    """The digest every first Triton lookup waits for starts in the background at optimize()
+    (for GPU backends with Triton kernels only), and computes the key the cache uses."""
+    started = []
+
+    class Recorder:
+        def __init__(self, target, name, daemon):
+            started.append((target, name, daemon))
+
+        def start(self):
+            pass
+
+    monkeypatch.setattr(compile_ahead.threading, "Thread", Recorder)
+    compile_ahead.start_hashing_triton("torch", "cuda")
+    compile_ahead.start_hashing_triton("triton", "cpu")
+    assert started == []
+    compile_ahead.start_hashing_triton("auto", "cuda")
+    compile_ahead.start_hashing_triton("triton-gemm", torch.device("cuda", 0))
+    assert [daemon for _, _, daemon in started] == [True, True]
+    from triton.runtime.cache import triton_key
+
+    triton_key.cache_clear()
+    started[0][0]()
+    assert triton_key.cache_info().currsize == 1
+
+
 def test_auto_in_a_compile_only_pass_runs_what_the_real_call_will_and_keeps_nothing(monkeypatch):
     """The candidates the real call will time run (their kernels compile); with every time
     known, only the choice runs; no choice is timed, cached or kept on the block."""

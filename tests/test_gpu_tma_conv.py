@@ -15,7 +15,6 @@ from gpu_blocks import BLOCKS, LOW_PRECISION, block_input, make_block, two_x_rul
 from inception_fast import architectures, optimize
 from inception_fast import packing as pk
 from inception_fast.backends import backend_status
-from inception_fast.kernels.triton import ops as _registered_ops  # noqa: F401 - registers the ops
 from inception_fast.kernels.triton import tma_conv
 from inception_fast.kernels.triton.stage_kernel import _stage_kernel
 from inception_fast.kernels.triton.stage_launch import launch_stage

@@ -12,6 +12,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import inception_fast
@@ -333,3 +334,110 @@ def test_model_on_cuda(calibrated_model, calibrated_model64, dtype):
         eager = copy.deepcopy(calibrated_model).to("cuda", dtype)(x.to("cuda", dtype))
         out = fused(x.to("cuda", dtype).contiguous(memory_format=torch.channels_last))
     check_lowp(out, eager, ref, dtype)
+
+
+# --- cuDNN's fused epilogues (GPU only), their plumbing checked on the CPU -------------------------
+
+
+def _fused_block_cases():
+    from test_cuda_kernel_emulation import _family_block
+
+    yield "v4 stem conv", inception_fast.fuse_block(
+        randomize_batchnorm(reference.ConvBnRelu(32, 64, 3, 1, 1)).double().eval()), (11, 9)
+    for name in ("Mixed3a", "Mixed4a", "InceptionA", "ReductionB"):
+        yield name, inception_fast.fuse_block(make_block(name)), (9, 11)
+    yield "irv2 residual with ReLU", _family_block("inception_resnet_v2", "repeat.0"), (6, 5)
+    yield "irv2 residual without ReLU", _family_block("inception_resnet_v2", "block8"), (4, 5)
+    yield "googlenet inception3a", _family_block("googlenet", "inception3a"), (9, 7)
+
+
+@pytest.fixture
+def fused_epilogues(monkeypatch):
+    """The fused path on the CPU: cuDNN's two fused ops emulated by their definitions; returns
+    the calls made, as (op, output tensor)."""
+    calls = []
+
+    def conv_relu(x, w, b, stride, padding):
+        y = torch.relu(F.conv2d(x, w, b, stride, padding))
+        calls.append(("relu", y))
+        return y
+
+    def conv_add_relu(x, w, z, b, stride, padding):
+        assert z.shape[1] == w.shape[0]
+        y = torch.relu(F.conv2d(x, w, b, stride, padding) + z)
+        calls.append(("add_relu", y))
+        return y
+
+    monkeypatch.setattr(torch_backend, "fuses_epilogues", lambda x: True)
+    monkeypatch.setattr(torch_backend, "conv_relu", conv_relu)
+    monkeypatch.setattr(torch_backend, "conv_add_relu", conv_add_relu)
+    return calls
+
+
+def test_fused_epilogues_compute_what_the_plain_ops_do(fused_epilogues):
+    """Every block kind through the fused path (slices, stacked columns, residuals, the conv that
+    is the whole output) equals the plain ops to rounding, with the fused ops doing the convs
+    they can: all-ReLU convs, not the avg-pool rewrite's columns nor a residual without ReLU."""
+    for label, block, hw in _fused_block_cases():
+        x = torch.randn(2, block.plan.in_channels, *hw, dtype=torch.float64)
+        fusable = [op for op in block.plan.convs if torch_backend._fusable(op)]
+        with torch.no_grad():
+            fused_epilogues.clear()
+            got = torch_backend.run_block(block, x)
+            calls = list(fused_epilogues)
+            with pytest.MonkeyPatch.context() as plain:
+                plain.setattr(torch_backend, "fuses_epilogues", lambda x: False)
+                want = torch_backend.run_block(block, x)
+        assert not torch.isnan(got).any(), label
+        assert relative_l2(got, want) < 1e-12, label
+        assert len(calls) == len(fusable) > 0 or "without ReLU" in label, label
+        residuals = [op for op in fusable if op.writes[0].residual]
+        assert sum(kind == "add_relu" for kind, _ in calls) == len(residuals), label
+        if torch_backend._whole_output_conv(block.plan) is not None and len(block.plan.ops) == 1:
+            assert got is calls[0][1], f"{label}: the whole-output conv was copied"
+
+
+def test_a_conv_cudnn_cannot_fuse_runs_on_the_plain_ops(fused_epilogues, monkeypatch):
+    """A shape without a fused cuDNN kernel (a RuntimeError) falls back, once per block and conv."""
+    tries = []
+
+    def no_engine(*args):
+        tries.append(1)
+        raise RuntimeError("cuDNN error: CUDNN_STATUS_NOT_SUPPORTED")
+
+    monkeypatch.setattr(torch_backend, "conv_relu", no_engine)
+    block = inception_fast.fuse_block(make_block("Mixed3a"))
+    x = block_input("Mixed3a", 2, (9, 11))
+    with torch.no_grad():
+        ref = block(x)  # a fused block's forward: the backend's run_block
+        again = block(x)
+    fusable = [op for op in block.plan.convs if torch_backend._fusable(op)]
+    assert len(tries) == len(fusable) > 0
+    assert torch.equal(ref, again) and not torch.isnan(ref).any()
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", GPU_DTYPES, ids=["fp32", "fp16", "bf16"])
+def test_fused_epilogues_on_cuda(dtype, monkeypatch):
+    """On a GPU the all-ReLU convs run as cuDNN's fused kernels (counted), every family block
+    kind within twice eager's error."""
+    calls = []
+    for fn in ("conv_relu", "conv_add_relu"):
+        real = getattr(torch_backend, fn)
+        monkeypatch.setattr(torch_backend, fn, lambda *a, _f=real: calls.append(1) or _f(*a))
+    for label, block, hw in _fused_block_cases():
+        x = torch.randn(3, block.plan.in_channels, *hw, dtype=torch.float64)
+        calls.clear()
+        with torch.no_grad():
+            ref = torch_backend.run_block(block, x)
+            fused = copy.deepcopy(block).to("cuda", dtype)
+            out = fused(x.to("cuda", dtype))
+            # The reference in `dtype`: the same plan on the plain ops (conv, bias, ReLU each
+            # rounded to `dtype`, as eager runs them); the float64 run above is exact.
+            with pytest.MonkeyPatch.context() as plain:
+                plain.setattr(torch_backend, "fuses_epilogues", lambda x: False)
+                eager = fused(x.to("cuda", dtype))
+        fusable = [op for op in block.plan.convs if torch_backend._fusable(op)]
+        assert len(calls) == len(fusable), label
+        assert out.is_contiguous(memory_format=torch.channels_last), label
+        check_lowp(out.cpu(), eager.cpu(), ref, dtype)

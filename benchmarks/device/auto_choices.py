@@ -4,6 +4,7 @@ on a card like this one then picks without timing):
 
     INCEPTION_FAST_CACHE_DIR=dir python benchmarks/device/auto_choices.py \
         [--models inception_v4,...] [--dtypes fp16,bf16,fp32-tf32] [--max-batch 4096] [--deadline-s 540]
+        [--retime torch,...]
 
 Each network runs once per power-of-two batch up to --max-batch (the buckets `auto` keys its
 choices by), smallest batches first across the networks, plain launches (no whole-model CUDA
@@ -13,12 +14,15 @@ skipped. The choices land in `autoselect.json` of the cache directory; stops cle
 
     python -m inception_fast.backends.shipped_choices DIR/autoselect.json
 
-merges them into the shipped table.
+merges them into the shipped table. With --retime, only the backends named are timed (after a
+change to them): the shipped times of the others are seeded into the fresh cache, and the entries
+that the deadline left without a new time are dropped from it again, so the merge keeps theirs.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -27,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch
 
-from inception_fast import bench_models, optimize
+from inception_fast import bench_models, cache, optimize
 from inception_fast.backends import shipped_choices
 from inception_fast.bench import DTYPES
 
@@ -38,8 +42,47 @@ def main() -> int:
     parser.add_argument("--dtypes", default="fp16,bf16,fp32-tf32")
     parser.add_argument("--max-batch", type=int, default=4096)
     parser.add_argument("--deadline-s", type=float, default=540.0)
+    parser.add_argument("--retime", default="", help="comma-separated backends: time only these")
     args = parser.parse_args()
+    retimed = [name for name in args.retime.split(",") if name]
+    if retimed:
+        _seed_without(retimed)
+        try:
+            return measure(args)
+        finally:
+            _drop_without(retimed)
     shipped_choices._table = {"card": None, "choices": {}}  # remaking the table: time every block
+    return measure(args)
+
+
+def _local_key(shipped_key: str) -> str:
+    return f"{torch.cuda.get_device_name()}|torch{torch.__version__}|{shipped_key}"
+
+
+def _seed_without(retimed: list) -> None:
+    """The fresh cache holds the shipped times minus those of `retimed`: `auto` times only them."""
+    path = cache.BACKEND_CHOICES.path()
+    if path.exists():
+        raise SystemExit(f"--retime needs a fresh cache directory; {path} exists")
+    seeded = {}
+    for key, ms in shipped_choices._load()["choices"].items():
+        kept = {name: t for name, t in ms.items() if name not in retimed}
+        seeded[_local_key(key)] = {"backend": min(kept, key=kept.get), "ms": kept}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(seeded))
+    cache.BACKEND_CHOICES.reset()
+    shipped_choices._table = {"card": None, "choices": {}}  # the seeded cache decides
+
+
+def _drop_without(retimed: list) -> None:
+    path = cache.BACKEND_CHOICES.path()
+    entries = json.loads(path.read_text())
+    done = {key: entry for key, entry in entries.items() if all(name in entry["ms"] for name in retimed)}
+    path.write_text(json.dumps(done))
+    print(f"{len(done)} of {len(entries)} entries have new times for {', '.join(retimed)}", flush=True)
+
+
+def measure(args) -> int:
     start = time.perf_counter()
     batches = [1 << i for i in range(args.max_batch.bit_length()) if 1 << i <= args.max_batch]
     specs = [bench_models.get(name) for name in args.models.split(",")]

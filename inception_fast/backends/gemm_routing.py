@@ -131,13 +131,13 @@ class RowSplit:
 def column_runs(row, col_dst: list, col_flags: list) -> list[ColumnRun]:
     """The runs of a problem's columns: consecutive destination channels, one set of flags."""
     runs: list[ColumnRun] = []
-    first = row[pk.COL_OFF]
-    for j in range(first, first + row[pk.COLS]):
-        last = runs[-1] if runs else None
-        if last is not None and last.flags == col_flags[j] and last.dst_channel + last.count == col_dst[j]:
-            runs[-1] = dataclasses.replace(last, count=last.count + 1)
-        else:
-            runs.append(ColumnRun(j - first, 1, col_dst[j], col_flags[j]))
+    first, cols = row[pk.COL_OFF], row[pk.COLS]
+    start = 0
+    for j in range(1, cols + 1):  # plain ints: a first call splits thousands of columns
+        c = first + j
+        if j == cols or col_flags[c] != col_flags[c - 1] or col_dst[c] != col_dst[c - 1] + 1:
+            runs.append(ColumnRun(start, j - start, col_dst[first + start], col_flags[first + start]))
+            start = j
     return runs
 
 

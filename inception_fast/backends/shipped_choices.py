@@ -70,12 +70,26 @@ def lookup(device, precision: str, kind_at_size: str, bucket: int, usable) -> di
     the nearest shipped bucket; None where the table does not apply (see the module doc)."""
     if not _applies(device):
         return None
-    prefix = f"{precision}|{kind_at_size}|b"
-    found = {int(key[len(prefix):]): ms for key, ms in _load()["choices"].items() if key.startswith(prefix)}
+    found = _by_block(_load()).get(f"{precision}|{kind_at_size}")
     if not found:
         return None
     ms = found[min(found, key=lambda b: _bucket_distance(b, bucket))]
     return ms if all(name in ms for name in usable) else None
+
+
+def _by_block(table: dict) -> dict:
+    """"dtype|kind@HxW" -> {bucket: times} of `table`, made once per table (a first call looks up
+    every block in thousands of entries)."""
+    if _index[0] is not table:
+        index: dict = {}
+        for key, ms in table["choices"].items():
+            block, _, bucket = key.rpartition("|b")
+            index.setdefault(block, {})[int(bucket)] = ms
+        _index[:] = [table, index]
+    return _index[1]
+
+
+_index: list = [None, {}]
 
 
 def merge(autoselect: dict, table: dict, card: dict) -> dict:

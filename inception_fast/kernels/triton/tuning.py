@@ -107,24 +107,41 @@ def _split(key: str) -> tuple[str, int, str] | None:
     return f"{signature}/{size}", int(bucket[1:]), rest
 
 
+def _by_stage(entries: dict) -> dict:
+    """(stage/size, dtype/card or dtype) -> {bucket: config} for a table of choices, made once per
+    table: a first call looks up dozens of stages in a table of thousands of keys. Kept for the
+    last table seen (the cache's table is replaced, never changed, when an entry is added)."""
+    if _index[0] is not entries:
+        index: dict = {}
+        for key, config in entries.items():
+            parsed = _split(key)
+            if parsed is not None:
+                index.setdefault((parsed[0], parsed[2]), {})[parsed[1]] = config
+        _index[:] = [entries, index]
+    return _index[1]
+
+
+_index: list = [None, {}]
+_shipped_index: dict | None = None
+
+
 def _nearest_bucket(key: str, device, configs: list[tuple]) -> tuple | None:
     """A choice for the same stage, size, dtype and card at the nearest batch bucket (cached,
     or shipped for this kind of card): tile shapes that fit a batch of 256 fit 2048 too."""
+    global _shipped_index
     parsed = _split(key)
     if parsed is None:
         return None
     stage, bucket, rest = parsed
-    found = {}
-    for other, config in cache.TUNING.entries().items():
-        o_parsed = _split(other)
-        if o_parsed is not None and (o_parsed[0], o_parsed[2]) == (stage, rest):
-            found[o_parsed[1]] = config
+    found = dict(_by_stage(cache.TUNING.entries()).get((stage, rest), {}))
     if not found and _same_card(device) and os.environ.get("INCEPTION_FAST_AUTOTUNE") != "force":
-        dtype = rest.split("/", 1)[0]
-        for other, config in _shipped().items():
-            o_parsed = _split(other)
-            if o_parsed is not None and (o_parsed[0], o_parsed[2]) == (stage, dtype):
-                found[o_parsed[1]] = config
+        if _shipped_index is None:
+            _shipped_index = {}
+            for other, config in _shipped().items():
+                o_parsed = _split(other)
+                if o_parsed is not None:
+                    _shipped_index.setdefault((o_parsed[0], o_parsed[2]), {})[o_parsed[1]] = config
+        found = dict(_shipped_index.get((stage, rest.split("/", 1)[0]), {}))
     usable = {b: tuple(c) for b, c in found.items() if tuple(c) in configs}
     if not usable:
         return None
