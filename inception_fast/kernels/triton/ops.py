@@ -13,6 +13,7 @@ see `_register`), or `register_all()`."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 
 import torch
@@ -183,3 +184,6 @@ triton_stage = _routed(_triton_stage, {"work", "out", "scratch", "counts"})
 triton_tma_stage = _routed(_triton_tma_stage, {"work", "out"})
 triton_block = _routed(_triton_block, {"work", "out", "counters", "scratch", "counts"})
 triton_to_nhwc_padded = _routed(_triton_to_nhwc_padded, {"out"})
+
+if "torch._dynamo" in sys.modules:  # a process that compiles: register now, outside any trace
+    register_all()
