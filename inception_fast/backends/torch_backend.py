@@ -43,9 +43,12 @@ def _pool(op: Pool, src: torch.Tensor) -> torch.Tensor:
 
 def fuses_epilogues(x: torch.Tensor) -> bool:
     """Whether convs on `x` run with their epilogue fused into cuDNN's kernel: plain CUDA tensors
-    of a dtype cuDNN fuses, cuDNN on, nothing tracing."""
+    of a dtype cuDNN fuses, cuDNN on, nothing tracing. fp32 only where TF32 is allowed (the
+    package's "float32" precision): on an H100 (cuDNN 9.19) the fused kernels computed on TF32
+    where F.conv2d was exact, and exact fp32 must stay exact."""
     return (
         x.is_cuda and type(x) is torch.Tensor and x.dtype in FUSED_DTYPES
+        and (x.dtype != torch.float32 or torch.backends.cudnn.allow_tf32)
         and not torch.compiler.is_compiling() and torch.backends.cudnn.enabled
         and torch.backends.cudnn.is_available()
     )
