@@ -148,7 +148,7 @@ def test_a_first_call_compiles_nothing_after_the_pass(calibrated_model, monkeypa
     none, and its result keeps the 2x rule."""
     import triton.runtime.jit as jit
 
-    from inception_fast.kernels.triton import ops
+    from inception_fast.kernels.triton import block_kernel, layout_kernel, stage_kernel, tma_conv_kernel
 
     compiled = []
     real = jit.JITFunction._do_compile
@@ -161,7 +161,8 @@ def test_a_first_call_compiles_nothing_after_the_pass(calibrated_model, monkeypa
     real_ahead = compile_ahead.compile_ahead
     monkeypatch.setattr(compile_ahead, "compile_ahead", lambda run, x: passes.append(real_ahead(run, x)))
     monkeypatch.setattr(jit.JITFunction, "_do_compile", counting)
-    for kernel in (ops._stage_kernel, ops._tma_stage_kernel, ops._block_kernel, ops._to_nhwc_padded_kernel):
+    for kernel in (stage_kernel._stage_kernel, tma_conv_kernel._tma_stage_kernel, block_kernel._block_kernel,
+                   layout_kernel._to_nhwc_padded_kernel):
         kernel.device_caches.clear()  # compiled in memory by earlier tests
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton"))  # and on disk
     monkeypatch.setenv(compile_ahead.ENV_WORKERS, "8")

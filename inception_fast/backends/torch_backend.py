@@ -5,13 +5,13 @@ GEMMs, same avg-pool rewrite, every result copied straight into its slice of one
 output (no torch.cat). Works in any dtype PyTorch supports on the device; on a GPU its convs
 are cuDNN's, which makes it the library path that `auto` weighs against the kernels.
 
-On a GPU, a conv whose every column ends in a ReLU runs as one cuDNN kernel with its bias, ReLU
-and (Inception-ResNet) residual add fused in (`cudnn_convolution_relu` / `_add_relu`): `F.conv2d`
-with a bias adds it in a second pass, and the ReLU would be a third, together about doubling a
-narrow conv's time (the stem's 3x3 convs at batch 256: 0.96 against 0.43 ms on an H100). A conv
-that writes the whole block output returns its result as the output, without a copy. Those
-fused ops have no fake implementation, so while torch.compile traces (and on other tracing
-tensors) the plain ops run.
+On a GPU in fp16 and bf16, a conv whose every column ends in a ReLU runs as one cuDNN kernel
+with its bias, ReLU and (Inception-ResNet) residual add fused in (`cudnn_convolution_relu` /
+`_add_relu`): `F.conv2d` with a bias adds it in a second pass, and the ReLU would be a third,
+together about doubling a narrow conv's time (the stem's 3x3 convs at batch 256: 0.96 against
+0.43 ms on an H100). A conv that writes the whole block output returns its result as the
+output, without a copy. Those fused ops have no fake implementation, so while torch.compile
+traces (and on other tracing tensors) the plain ops run.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from ..graphs import outside_capture
 from ..plan import AVG_INCLUDE_PAD, INPUT, MAX, OUTPUT, WORK, Conv, GlobalAvgPool, Pool
 
 name = "torch"
-FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+FUSED_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def availability(device=None) -> tuple[bool, str]:
@@ -43,12 +43,11 @@ def _pool(op: Pool, src: torch.Tensor) -> torch.Tensor:
 
 def fuses_epilogues(x: torch.Tensor) -> bool:
     """Whether convs on `x` run with their epilogue fused into cuDNN's kernel: plain CUDA tensors
-    of a dtype cuDNN fuses, cuDNN on, nothing tracing. fp32 only where TF32 is allowed (the
-    package's "float32" precision): on an H100 (cuDNN 9.19) the fused kernels computed on TF32
-    where F.conv2d was exact, and exact fp32 must stay exact."""
+    in fp16 or bf16, cuDNN on, nothing tracing. fp32 keeps the plain ops: on an H100 (cuDNN 9.19)
+    the fused kernels' fp32 results carried TF32-sized errors (2.6e-4 relative) where F.conv2d's
+    were exact, with TF32 allowed or not."""
     return (
         x.is_cuda and type(x) is torch.Tensor and x.dtype in FUSED_DTYPES
-        and (x.dtype != torch.float32 or torch.backends.cudnn.allow_tf32)
         and not torch.compiler.is_compiling() and torch.backends.cudnn.enabled
         and torch.backends.cudnn.is_available()
     )
