@@ -339,16 +339,23 @@ def test_model_on_cuda(calibrated_model, calibrated_model64, dtype):
 # --- cuDNN's fused epilogues (GPU only), their plumbing checked on the CPU -------------------------
 
 
-def _fused_block_cases():
+@pytest.fixture(scope="module")
+def fused_cases():
+    """(label, fused float64 block, input size) for every kind of conv epilogue. Built once per
+    module, before `nan_poison` patches torch.empty: building the family networks imports timm,
+    which sets up torch._dynamo, and Dynamo must never see a patched torch.empty."""
     from test_cuda_kernel_emulation import _family_block
 
-    yield "v4 stem conv", inception_fast.fuse_block(
-        randomize_batchnorm(reference.ConvBnRelu(32, 64, 3, 1, 1)).double().eval()), (11, 9)
-    for name in ("Mixed3a", "Mixed4a", "InceptionA", "ReductionB"):
-        yield name, inception_fast.fuse_block(make_block(name)), (9, 11)
-    yield "irv2 residual with ReLU", _family_block("inception_resnet_v2", "repeat.0"), (6, 5)
-    yield "irv2 residual without ReLU", _family_block("inception_resnet_v2", "block8"), (4, 5)
-    yield "googlenet inception3a", _family_block("googlenet", "inception3a"), (9, 7)
+    cases = [("v4 stem conv", inception_fast.fuse_block(
+        randomize_batchnorm(reference.ConvBnRelu(32, 64, 3, 1, 1)).double().eval()), (11, 9))]
+    cases += [(name, inception_fast.fuse_block(make_block(name)), (9, 11))
+              for name in ("Mixed3a", "Mixed4a", "InceptionA", "ReductionB")]
+    cases += [
+        ("irv2 residual with ReLU", _family_block("inception_resnet_v2", "repeat.0"), (6, 5)),
+        ("irv2 residual without ReLU", _family_block("inception_resnet_v2", "block8"), (4, 5)),
+        ("googlenet inception3a", _family_block("googlenet", "inception3a"), (9, 7)),
+    ]
+    return cases
 
 
 @pytest.fixture
@@ -374,11 +381,11 @@ def fused_epilogues(monkeypatch):
     return calls
 
 
-def test_fused_epilogues_compute_what_the_plain_ops_do(fused_epilogues):
+def test_fused_epilogues_compute_what_the_plain_ops_do(fused_epilogues, fused_cases):
     """Every block kind through the fused path (slices, stacked columns, residuals, the conv that
     is the whole output) equals the plain ops to rounding, with the fused ops doing the convs
     they can: all-ReLU convs, not the avg-pool rewrite's columns nor a residual without ReLU."""
-    for label, block, hw in _fused_block_cases():
+    for label, block, hw in fused_cases:
         x = torch.randn(2, block.plan.in_channels, *hw, dtype=torch.float64)
         fusable = [op for op in block.plan.convs if torch_backend._fusable(op)]
         with torch.no_grad():
@@ -418,10 +425,10 @@ def test_a_conv_cudnn_cannot_fuse_runs_on_the_plain_ops(fused_epilogues, monkeyp
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
-def test_fused_epilogues_on_cuda(dtype, monkeypatch):
+def test_fused_epilogues_on_cuda(dtype, monkeypatch, fused_cases):
     """On a GPU the all-ReLU convs run as cuDNN's fused kernels (counted), every family block
     kind within twice the plain ops' error."""
-    _check_fused_epilogues_on_cuda(dtype, monkeypatch)
+    _check_fused_epilogues_on_cuda(dtype, monkeypatch, fused_cases)
 
 
 @pytest.mark.cuda
@@ -443,12 +450,12 @@ def test_fp32_stays_off_the_fused_kernels(tf32, monkeypatch):
     assert relative_l2(out.cpu(), ref) < (1e-2 if tf32 else 1e-5)
 
 
-def _check_fused_epilogues_on_cuda(dtype, monkeypatch):
+def _check_fused_epilogues_on_cuda(dtype, monkeypatch, fused_cases):
     calls = []
     for fn in ("conv_relu", "conv_add_relu"):
         real = getattr(torch_backend, fn)
         monkeypatch.setattr(torch_backend, fn, lambda *a, _f=real: calls.append(1) or _f(*a))
-    for label, block, hw in _fused_block_cases():
+    for label, block, hw in fused_cases:
         x = torch.randn(3, block.plan.in_channels, *hw, dtype=torch.float64)
         calls.clear()
         with torch.no_grad():
