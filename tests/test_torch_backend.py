@@ -36,16 +36,23 @@ GPU_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 SLACK = {torch.float32: 1e-9, torch.float16: 1e-5, torch.bfloat16: 1e-4}
 
 
-@pytest.fixture(autouse=True)
-def nan_poison(monkeypatch):
-    """Every float tensor the backend allocates starts as NaN: a slice never written shows."""
-    empty = torch.empty
+class _PoisonedTorch:
+    """`torch` as the torch backend sees it under `nan_poison`: torch.empty fills floats with NaN."""
 
-    def poisoned(*args, **kwargs):
-        out = empty(*args, **kwargs)
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    @staticmethod
+    def empty(*args, **kwargs):
+        out = torch.empty(*args, **kwargs)
         return out.fill_(float("nan")) if out.is_floating_point() else out
 
-    monkeypatch.setattr(torch, "empty", poisoned)
+
+@pytest.fixture(autouse=True)
+def nan_poison(monkeypatch):
+    """Every float tensor the backend allocates starts as NaN: a slice never written shows.
+    Patched in the backend's module only: torch.empty itself stays what Dynamo knows it as."""
+    monkeypatch.setattr(torch_backend, "torch", _PoisonedTorch())
 
 
 def make_block(name, seed=0):
@@ -341,9 +348,7 @@ def test_model_on_cuda(calibrated_model, calibrated_model64, dtype):
 
 @pytest.fixture(scope="module")
 def fused_cases():
-    """(label, fused float64 block, input size) for every kind of conv epilogue. Built once per
-    module, before `nan_poison` patches torch.empty: building the family networks imports timm,
-    which sets up torch._dynamo, and Dynamo must never see a patched torch.empty."""
+    """(label, fused float64 block, input size) for every kind of conv epilogue, built once."""
     from test_cuda_kernel_emulation import _family_block
 
     cases = [("v4 stem conv", inception_fast.fuse_block(
