@@ -1,17 +1,24 @@
 """cuDNN's fused conv + bias + ReLU (`torch.cudnn_convolution_relu`, what the `torch` backend runs
 on a GPU in fp16 / bf16) against `F.conv2d` with a bias, with and without the ReLU after it, on
-Inception-v4's convs in channels_last: event-timed medians, the first call's wall time (cuDNN
-builds its plan), and each result's largest error against an fp32 reference.
+Inception-v4's convs in channels_last: medians of CUDA events with the L2 flushed
+(`inception_fast.timing`), the first call's wall time (cuDNN builds its plan), and each
+result's largest error against an fp32 reference.
 
     python benchmarks/device/cudnn_fused_epilogues.py > cudnn_relu.log
 """
 
 from __future__ import annotations
 
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from inception_fast import timing
 
 SHAPES = [  # name, in channels, out channels, kernel, stride, padding, input size
     ("stem0", 3, 32, (3, 3), 2, (0, 0), 299), ("stem1", 32, 32, (3, 3), 1, (0, 0), 149),
@@ -22,19 +29,9 @@ SHAPES = [  # name, in channels, out channels, kernel, stride, padding, input si
 BATCHES = (1, 8, 32, 256)
 
 
-def median_ms(fn, reps: int = 30) -> float:
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        stop.record()
-        stop.synchronize()
-        times.append(start.elapsed_time(stop))
-    return sorted(times)[len(times) // 2]
+def median_ms(fn) -> float:
+    """The package's one way of timing: CUDA events, L2 flushed, median."""
+    return timing.time_cuda(lambda i: fn(), warmup_ms=20.0, budget_ms=200.0).median_ms
 
 
 def one_shape(dtype, name, cin, cout, kernel, s, pad, size, n) -> str:
