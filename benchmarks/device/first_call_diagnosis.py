@@ -6,15 +6,20 @@ ready-built, as after `pip install`):
   compile listener) and the variant's constants, warps and pipeline stages;
 - `warm_import_stacks.txt`: a warm first call at batch 1 (after a cold one on the same caches)
   with the stack of whatever first imports torch._dynamo, sympy, Inductor or FSDP (none of them
-  is needed by an eager call).
+  is needed by an eager call);
+- `warm_profile.txt`: one more warm process under cProfile, whole (imports, model, optimize(),
+  the first call): the functions by cumulative and by own time.
 
     python benchmarks/device/first_call_diagnosis.py --build-cache DIR --out DIR [--batch 2048]
+        [--steps compile,imports,profile]
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import pstats
 import subprocess
 import sys
 import tempfile
@@ -97,7 +102,7 @@ def compile_times(build_cache: Path, batch: int, out: Path) -> None:
               f"stages {row['num_stages']}")
 
 
-def warm_imports(build_cache: Path, out: Path) -> None:
+def warm_imports(build_cache: Path, out: Path, profile: bool) -> None:
     env = fresh_caches(build_cache)
     args = ["_first-inference", "--config", "fused", "--backend", "auto", "--device", "cuda",
             "--dtype", "fp16", "--batch", "1", "--image-size", "299"]
@@ -117,6 +122,17 @@ def warm_imports(build_cache: Path, out: Path) -> None:
             (out / "warm_import_stacks.txt").write_text(proc.stderr)
             imported = [line for line in proc.stderr.splitlines() if line.startswith("### import")]
             print("  " + ("; ".join(imported) if imported else "none of " + ", ".join(HEAVY) + " imported"))
+    if profile:
+        stats_file = out / "warm_profile.prof"
+        start = time.time()
+        command = [sys.executable, "-m", "cProfile", "-o", str(stats_file), "-m", "inception_fast", *args]
+        proc = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+        print(f"warm first inference under cProfile: {time.time() - start:.1f} s (exit {proc.returncode})")
+        text = io.StringIO()
+        stats = pstats.Stats(str(stats_file), stream=text)
+        stats.sort_stats("cumulative").print_stats(80)
+        stats.sort_stats("tottime").print_stats(40)
+        (out / "warm_profile.txt").write_text(text.getvalue())
 
 
 def main() -> int:
@@ -125,10 +141,16 @@ def main() -> int:
                         help="an INCEPTION_FAST_CACHE_DIR whose build/ holds the extension")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--batch", type=int, default=2048)
+    parser.add_argument("--steps", default="compile,imports,profile",
+                        help="which of compile (serial compile times), imports (cold and warm first "
+                             "inference, heavy imports), profile (a warm one under cProfile)")
     args = parser.parse_args()
+    steps = set(args.steps.split(","))
     args.out.mkdir(parents=True, exist_ok=True)
-    compile_times(args.build_cache, args.batch, args.out)
-    warm_imports(args.build_cache, args.out)
+    if "compile" in steps:
+        compile_times(args.build_cache, args.batch, args.out)
+    if steps & {"imports", "profile"}:
+        warm_imports(args.build_cache, args.out, "profile" in steps)
     return 0
 
 
