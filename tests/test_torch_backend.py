@@ -17,7 +17,7 @@ from torch import nn
 
 import inception_fast
 from inception_fast import reference
-from inception_fast.backends import torch_backend
+from inception_fast.backends import cudnn_epilogues, torch_backend
 from inception_fast.testing import random_images, randomize_batchnorm, relative_l2
 
 # name -> (input channels, the block's size inside the 299x299 network)
@@ -380,9 +380,9 @@ def fused_epilogues(monkeypatch):
         calls.append(("add_relu", y))
         return y
 
-    monkeypatch.setattr(torch_backend, "fuses_epilogues", lambda x: True)
-    monkeypatch.setattr(torch_backend, "conv_relu", conv_relu)
-    monkeypatch.setattr(torch_backend, "conv_add_relu", conv_add_relu)
+    monkeypatch.setattr(cudnn_epilogues, "applies", lambda x: True)
+    monkeypatch.setattr(cudnn_epilogues, "conv_relu", conv_relu)
+    monkeypatch.setattr(cudnn_epilogues, "conv_add_relu", conv_add_relu)
     return calls
 
 
@@ -392,20 +392,20 @@ def test_fused_epilogues_compute_what_the_plain_ops_do(fused_epilogues, fused_ca
     they can: all-ReLU convs, not the avg-pool rewrite's columns nor a residual without ReLU."""
     for label, block, hw in fused_cases:
         x = torch.randn(2, block.plan.in_channels, *hw, dtype=torch.float64)
-        fusable = [op for op in block.plan.convs if torch_backend._fusable(op)]
+        fusable = [op for op in block.plan.convs if cudnn_epilogues.fusable(op)]
         with torch.no_grad():
             fused_epilogues.clear()
             got = torch_backend.run_block(block, x)
             calls = list(fused_epilogues)
             with pytest.MonkeyPatch.context() as plain:
-                plain.setattr(torch_backend, "fuses_epilogues", lambda x: False)
+                plain.setattr(cudnn_epilogues, "applies", lambda x: False)
                 want = torch_backend.run_block(block, x)
         assert not torch.isnan(got).any(), label
         assert relative_l2(got, want) < 1e-12, label
         assert len(calls) == len(fusable) > 0 or "without ReLU" in label, label
         residuals = [op for op in fusable if op.writes[0].residual]
         assert sum(kind == "add_relu" for kind, _ in calls) == len(residuals), label
-        if torch_backend._whole_output_conv(block.plan) is not None and len(block.plan.ops) == 1:
+        if cudnn_epilogues.whole_output_conv(block.plan) is not None and len(block.plan.ops) == 1:
             assert got is calls[0][1], f"{label}: the whole-output conv was copied"
 
 
@@ -417,13 +417,13 @@ def test_a_conv_cudnn_cannot_fuse_runs_on_the_plain_ops(fused_epilogues, monkeyp
         tries.append(1)
         raise RuntimeError("cuDNN error: CUDNN_STATUS_NOT_SUPPORTED")
 
-    monkeypatch.setattr(torch_backend, "conv_relu", no_engine)
+    monkeypatch.setattr(cudnn_epilogues, "conv_relu", no_engine)
     block = inception_fast.fuse_block(make_block("Mixed3a"))
     x = block_input("Mixed3a", 2, (9, 11))
     with torch.no_grad():
         ref = block(x)  # a fused block's forward: the backend's run_block
         again = block(x)
-    fusable = [op for op in block.plan.convs if torch_backend._fusable(op)]
+    fusable = [op for op in block.plan.convs if cudnn_epilogues.fusable(op)]
     assert len(tries) == len(fusable) > 0
     assert torch.equal(ref, again) and not torch.isnan(ref).any()
 
@@ -444,8 +444,8 @@ def test_fp32_stays_off_the_fused_kernels(tf32, monkeypatch):
     def no_fused(*args):
         raise AssertionError("a fused cuDNN kernel ran in fp32")
 
-    monkeypatch.setattr(torch_backend, "conv_relu", no_fused)
-    monkeypatch.setattr(torch_backend, "conv_add_relu", no_fused)
+    monkeypatch.setattr(cudnn_epilogues, "conv_relu", no_fused)
+    monkeypatch.setattr(cudnn_epilogues, "conv_add_relu", no_fused)
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", tf32)
     block = make_block("Mixed4a")
     x = block_input("Mixed4a", 2, (9, 11))
@@ -458,8 +458,8 @@ def test_fp32_stays_off_the_fused_kernels(tf32, monkeypatch):
 def _check_fused_epilogues_on_cuda(dtype, monkeypatch, fused_cases):
     calls = []
     for fn in ("conv_relu", "conv_add_relu"):
-        real = getattr(torch_backend, fn)
-        monkeypatch.setattr(torch_backend, fn, lambda *a, _f=real: calls.append(1) or _f(*a))
+        real = getattr(cudnn_epilogues, fn)
+        monkeypatch.setattr(cudnn_epilogues, fn, lambda *a, _f=real: calls.append(1) or _f(*a))
     for label, block, hw in fused_cases:
         x = torch.randn(3, block.plan.in_channels, *hw, dtype=torch.float64)
         calls.clear()
@@ -470,9 +470,9 @@ def _check_fused_epilogues_on_cuda(dtype, monkeypatch, fused_cases):
             # The reference in `dtype`: the same plan on the plain ops (conv, bias, ReLU each
             # rounded to `dtype`, as eager runs them); the float64 run above is exact.
             with pytest.MonkeyPatch.context() as plain:
-                plain.setattr(torch_backend, "fuses_epilogues", lambda x: False)
+                plain.setattr(cudnn_epilogues, "applies", lambda x: False)
                 eager = fused(x.to("cuda", dtype))
-        fusable = [op for op in block.plan.convs if torch_backend._fusable(op)]
+        fusable = [op for op in block.plan.convs if cudnn_epilogues.fusable(op)]
         assert len(calls) == len(fusable), label
         assert out.is_contiguous(memory_format=torch.channels_last), label
         check_lowp(out.cpu(), eager.cpu(), ref, dtype)
