@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import torch
 
 from inception_fast import bench_models, cache, optimize
-from inception_fast.backends import shipped_choices
+from inception_fast.backends import auto_backend, shipped_choices
 from inception_fast.bench import DTYPES
 
 
@@ -55,19 +55,15 @@ def main() -> int:
     return measure(args)
 
 
-def _local_key(shipped_key: str) -> str:
-    return f"{torch.cuda.get_device_name()}|torch{torch.__version__}|{shipped_key}"
-
-
 def _seed_without(retimed: list) -> None:
     """The fresh cache holds the shipped times minus those of `retimed`: `auto` times only them."""
     path = cache.BACKEND_CHOICES.path()
     if path.exists():
         raise SystemExit(f"--retime needs a fresh cache directory; {path} exists")
-    seeded = {}
+    seeded, card = {}, torch.cuda.get_device_name()
     for key, ms in shipped_choices._load()["choices"].items():
         kept = {name: t for name, t in ms.items() if name not in retimed}
-        seeded[_local_key(key)] = {"backend": min(kept, key=kept.get), "ms": kept}
+        seeded[auto_backend.cache_key(card, key)] = {"backend": min(kept, key=kept.get), "ms": kept}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(seeded))
     cache.BACKEND_CHOICES.reset()

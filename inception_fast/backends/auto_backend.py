@@ -108,10 +108,16 @@ def _median_ms(run, x: torch.Tensor) -> float:
     return statistics.median(timing.replay_ms(graph, REPEATS)) / calls
 
 
+def cache_key(card: str, table_key: str) -> str:
+    """The key of a choice in ``autoselect.json``: the card and this torch before the shipped
+    table's key ("dtype|kind@HxW|b<bucket>")."""
+    return f"{card}|torch{torch.__version__}|{table_key}"
+
+
 def _key(kind: str, x: torch.Tensor) -> str:
     n, _, h, w = x.shape
     card = torch.cuda.get_device_name(x.device)
-    return f"{card}|torch{torch.__version__}|{precision_key(x)}|{kind}@{h}x{w}|b{batch_bucket(n)}"
+    return cache_key(card, f"{precision_key(x)}|{kind}@{h}x{w}|b{batch_bucket(n)}")
 
 
 def _can_time() -> bool:

@@ -72,14 +72,13 @@ def _channels_last_weight(block, i: int, weight: torch.Tensor) -> torch.Tensor:
     return w
 
 
-def run_conv(block, i: int, op: Conv, src: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
-    """Conv op `i` of `block` (a `fusable` one) on `src` with its epilogue applied, residuals
-    read from the block input `x`; None where cuDNN has no fused kernel for it (remembered per
-    block and conv: the plain ops run it then)."""
+def run_conv(block, i: int, op: Conv, src, x, weight, bias) -> torch.Tensor | None:
+    """Conv op `i` of `block` (a `fusable` one, its folded `weight` and `bias`) on `src` with its
+    epilogue applied, residuals read from the block input `x`; None where cuDNN has no fused
+    kernel for it (remembered per block and conv: the plain ops run it then)."""
     unfused = block.backend_cache.setdefault("torch-unfused", set())
     if i in unfused:
         return None
-    weight, bias = block.op_params(i)
     weight = _channels_last_weight(block, i, weight)
     stride, padding = (op.stride, op.stride), tuple(op.padding)
     write = op.writes[0]

@@ -55,7 +55,7 @@ def run_block(block, x: torch.Tensor) -> torch.Tensor:
         if isinstance(op, Conv):
             y = None
             if fused and cudnn_epilogues.fusable(op):
-                y = cudnn_epilogues.run_conv(block, i, op, src, x)
+                y = cudnn_epilogues.run_conv(block, i, op, src, x, weight, bias)
             applied = y is not None  # bias, residual and ReLU ran inside cuDNN's kernel
             if applied and i == whole:
                 buffers[OUTPUT] = y.contiguous(memory_format=torch.channels_last)

@@ -107,17 +107,22 @@ def _split(key: str) -> tuple[str, int, str] | None:
     return f"{signature}/{size}", int(bucket[1:]), rest
 
 
+def _index_of(entries: dict) -> dict:
+    """(stage/size, dtype/card or dtype) -> {bucket: config} of a table of choices: a first call
+    looks up dozens of stages in a table of thousands of keys."""
+    index: dict = {}
+    for key, config in entries.items():
+        parsed = _split(key)
+        if parsed is not None:
+            index.setdefault((parsed[0], parsed[2]), {})[parsed[1]] = config
+    return index
+
+
 def _by_stage(entries: dict) -> dict:
-    """(stage/size, dtype/card or dtype) -> {bucket: config} for a table of choices, made once per
-    table: a first call looks up dozens of stages in a table of thousands of keys. Kept for the
-    last table seen (the cache's table is replaced, never changed, when an entry is added)."""
+    """`_index_of` the cache's table, kept for the last table seen (the cache replaces its table,
+    never changes it, when an entry is added)."""
     if _index[0] is not entries:
-        index: dict = {}
-        for key, config in entries.items():
-            parsed = _split(key)
-            if parsed is not None:
-                index.setdefault((parsed[0], parsed[2]), {})[parsed[1]] = config
-        _index[:] = [entries, index]
+        _index[:] = [entries, _index_of(entries)]
     return _index[1]
 
 
@@ -136,11 +141,7 @@ def _nearest_bucket(key: str, device, configs: list[tuple]) -> tuple | None:
     found = dict(_by_stage(cache.TUNING.entries()).get((stage, rest), {}))
     if not found and _same_card(device) and os.environ.get("INCEPTION_FAST_AUTOTUNE") != "force":
         if _shipped_index is None:
-            _shipped_index = {}
-            for other, config in _shipped().items():
-                o_parsed = _split(other)
-                if o_parsed is not None:
-                    _shipped_index.setdefault((o_parsed[0], o_parsed[2]), {})[o_parsed[1]] = config
+            _shipped_index = _index_of(_shipped())
         found = dict(_shipped_index.get((stage, rest.split("/", 1)[0]), {}))
     usable = {b: tuple(c) for b, c in found.items() if tuple(c) in configs}
     if not usable:
