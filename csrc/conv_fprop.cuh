@@ -93,9 +93,7 @@ const char* launch(const ConvFpropArgs& a, cudaStream_t stream) {
   if (const char* error = gemm_conv1x1::reserve_shared_memory<Kernel>(device)) return error;
   const dim3 grid = Kernel::get_grid_shape(params);
   const dim3 block = Kernel::get_block_shape();
-  gemm_conv1x1::kernel_entry<Kernel><<<grid, block, Kernel::SharedStorageSize, stream>>>(params);
-  const cudaError_t err = cudaGetLastError();
-  return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
+  return gemm_conv1x1::launch_entry<Kernel>(grid, 1, block, Kernel::SharedStorageSize, stream, params);
 }
 
 }  // namespace conv_fprop

@@ -21,6 +21,7 @@
 #include <type_traits>
 
 #include "gemm_conv1x1.h"
+#include "programmatic_launch.h"
 
 #if defined(INCEPTION_FAST_WITH_CUTLASS)
 
@@ -28,7 +29,6 @@
 // capture `this` implicitly, a deprecation warning (#2908-D) when the headers are parsed.
 #pragma nv_diag_suppress 2908
 #include <cute/tensor.hpp>
-#include <cutlass/cluster_launch.hpp>
 #include <cutlass/cutlass.h>
 #include <cutlass/epilogue/collective/collective_builder.hpp>
 #include <cutlass/epilogue/fusion/operations.hpp>
@@ -163,14 +163,48 @@ struct GemmKernel {
 
 // The entry of a CUTLASS 3.x kernel (this GEMM, conv_fprop.cuh's conv); its body exists only in
 // the sm_90a pass (WGMMA and TMA need the "a" features), so the compute_80 PTX carries an empty
-// stub that the host never launches.
+// stub that the host never launches. Launched with programmatic dependent launch
+// (programmatic_launch.h), it waits for the kernel before it ahead of any memory access, then
+// lets the next kernel be scheduled; both are no-ops in a plain launch.
 template <class Kernel>
 __global__ void __launch_bounds__(Kernel::MaxThreadsPerBlock, Kernel::MinBlocksPerMultiprocessor)
     kernel_entry(CUTLASS_GRID_CONSTANT typename Kernel::Params const params) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;");
   extern __shared__ char smem[];
   Kernel{}(params, smem);
 #endif
+}
+
+// Launches kernel_entry<Kernel> on `stream`, in clusters of `cluster_m` CTAs along M, with
+// programmatic dependent launch where it is on.
+template <class Kernel>
+const char* launch_entry(dim3 grid, int cluster_m, dim3 block, int smem_bytes, cudaStream_t stream,
+                         const typename Kernel::Params& params) {
+  cudaLaunchAttribute attributes[2];
+  int count = 0;
+  if (cluster_m > 1) {
+    attributes[count].id = cudaLaunchAttributeClusterDimension;
+    attributes[count].val.clusterDim.x = cluster_m;
+    attributes[count].val.clusterDim.y = 1;
+    attributes[count].val.clusterDim.z = 1;
+    ++count;
+  }
+  if (programmatic_launch_enabled()) {
+    attributes[count].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attributes[count].val.programmaticStreamSerializationAllowed = 1;
+    ++count;
+  }
+  cudaLaunchConfig_t config = {};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = smem_bytes;
+  config.stream = stream;
+  config.attrs = attributes;
+  config.numAttrs = count;
+  const cudaError_t err = cudaLaunchKernelEx(&config, kernel_entry<Kernel>, params);
+  return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
 }
 
 constexpr int kMaxDevices = 64;
@@ -269,21 +303,7 @@ const char* launch(const GemmConv1x1Args& args, cudaStream_t stream) {
   if (const char* error = reserve_shared_memory<Kernel>(device)) return error;
   const dim3 grid = Kernel::get_grid_shape(params);  // persistent: about one CTA per SM, whole clusters
   const dim3 block = Kernel::get_block_shape();
-  constexpr int kClusterM = GemmKernel<T, TileN>::kClusterM;
-  if constexpr (kClusterM == 1) {
-    kernel_entry<Kernel><<<grid, block, kSmemBytes, stream>>>(params);
-  } else {
-    void* kernel_params[] = {const_cast<typename Kernel::Params*>(&params)};
-    const cutlass::Status status = cutlass::ClusterLauncher::launch(
-        grid, dim3(kClusterM, 1, 1), block, kSmemBytes, stream, reinterpret_cast<const void*>(&kernel_entry<Kernel>),
-        kernel_params);
-    if (status != cutlass::Status::kSuccess) {
-      const cudaError_t err = cudaGetLastError();
-      return err != cudaSuccess ? cudaGetErrorString(err) : "the cluster launch was refused";
-    }
-  }
-  const cudaError_t err = cudaGetLastError();
-  return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
+  return launch_entry<Kernel>(grid, GemmKernel<T, TileN>::kClusterM, block, kSmemBytes, stream, params);
 }
 
 }  // namespace gemm_conv1x1

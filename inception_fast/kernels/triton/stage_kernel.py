@@ -235,14 +235,18 @@ def _stage_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
     HAS_CONV: tl.constexpr, HAS_POOL: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
-    WIDE_INDEX: tl.constexpr, SPLIT_K: tl.constexpr,
+    WIDE_INDEX: tl.constexpr, SPLIT_K: tl.constexpr, PDL: tl.constexpr = False,
 ):
     """HAS_CONV / HAS_POOL: which problem kinds the stage has (the other path is compiled
     out, which frees registers). HAS_RESIDUAL: some column adds the block input (its load is
     compiled out otherwise). WIDE_INDEX: int64 pixel offsets, needed once a buffer holds
     2^31 elements or more; int32 otherwise (fewer registers). SPLIT_K: each conv tile's K
     loop is shared by `k_parts` programs (small batches, where the tiles alone do not fill
-    the card); pools are never split."""
+    the card); pools are never split. PDL: launched with programmatic dependent launch
+    (`programmatic_launch`): wait for the kernel before, then let the next one be scheduled."""
+    if PDL:  # before any load: even the problem table may have just been written
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     INDEX: tl.constexpr = tl.int64 if WIDE_INDEX else tl.int32
     pid = tl.program_id(0)
     # Every pixel stride, channel offset and weight offset is a multiple of 8 elements (16

@@ -7,6 +7,7 @@ import torch
 import triton
 
 from ... import packing as pk
+from .. import programmatic_launch
 from . import launch_state
 
 
@@ -50,13 +51,14 @@ def launch_stage_tensors(
     n, _, h, w = x.shape
     wide = max(x.numel(), work.numel(), out.numel()) >= 2**31
     split = k_parts > 1
+    pdl = programmatic_launch.enabled(x.device)
     kernel[(num_tiles,)](
         x, work, out, weights, bias, col_dst, col_flags, problems,
         scratch if split else bias, counts if split else col_dst,
         n, h, w, x.shape[1], work.shape[1], out.shape[1], problems.shape[0], k_parts,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, INPUT_PRECISION=precision,
         HAS_CONV=has_conv, HAS_POOL=has_pool, HAS_RESIDUAL=has_residual, WIDE_INDEX=wide, SPLIT_K=split,
-        num_warps=num_warps, num_stages=num_stages,
+        PDL=pdl, num_warps=num_warps, num_stages=num_stages, launch_pdl=pdl,
     )
 
 
