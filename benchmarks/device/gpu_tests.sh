@@ -4,7 +4,8 @@
 #
 #   OUT=dir PART=1 bash benchmarks/device/gpu_tests.sh      (PART=1, 2, 3 or all)
 #
-# Part 1: every backend on every Inception-v4 block, the stage ops and the CUTLASS ops (~3 min on an H100).
+# Part 1: every backend on every Inception-v4 block, the stage ops, the CUTLASS ops and programmatic
+# dependent launch (~4 min on an H100).
 # Part 2: the stress test, the family, FID, the cuda and auto backends, errors (~4 min).
 # Part 3: the per-block persistent kernel and the TMA conv kernel (~5 min).
 # WHEELS=dir (default .whl): pytorch-fid and scipy wheels installed offline into a scratch
@@ -21,7 +22,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 declare -A FILES=(
   [1]="tests/test_gpu_backends.py tests/test_gpu_stage_ops.py tests/test_gpu_bench.py tests/test_gpu_conv_fprop.py
-       tests/test_gpu_cuda_gemm.py tests/test_gpu_gemm_conv1x1.py"
+       tests/test_gpu_cuda_gemm.py tests/test_gpu_gemm_conv1x1.py tests/test_gpu_programmatic_launch.py"
   [2]="tests/test_gpu_stress.py tests/test_gpu_family.py tests/test_fid_features.py tests/test_cuda_backend.py
        tests/test_auto_backend.py tests/test_compile_ahead.py tests/test_errors.py tests/test_triton_backend.py
        tests/test_torch_backend.py"
