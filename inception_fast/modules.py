@@ -166,7 +166,8 @@ class FusedNetwork(nn.Module):
     def refresh(self, model: nn.Module) -> FusedNetwork:
         """Fold `model`'s current weights into this network in place (same structure): for a
         source model edited or reloaded after `optimize()`. CUDA graphs stay valid."""
-        compiled = compile_model(model)
+        held = next(iter(self.buffers()), None)  # fold where this network's weights live
+        compiled = compile_model(model, held.device if held is not None else None)
         if len(compiled.steps) != len(self.steps):
             raise ValueError("refresh() needs a model of the same structure as the one optimized")
         for step, new in zip(self.steps, compiled.steps):

@@ -76,7 +76,7 @@ def optimize(
                                                                torch.device("cpu"))
     backend = resolve_backend(backend, device)
     compile_ahead.start_hashing_triton(backend, device)
-    compiled = compile_model(model)
+    compiled = compile_model(model, device)
     fused = FusedNetwork(compiled, default_cfg(model)).to(device=device, dtype=dtype).eval()
     fused.set_backend(backend)
     if cuda_graph == "auto":

@@ -25,7 +25,7 @@ declare -A FILES=(
        tests/test_gpu_cuda_gemm.py tests/test_gpu_gemm_conv1x1.py tests/test_gpu_programmatic_launch.py"
   [2]="tests/test_gpu_stress.py tests/test_gpu_family.py tests/test_fid_features.py tests/test_cuda_backend.py
        tests/test_auto_backend.py tests/test_compile_ahead.py tests/test_errors.py tests/test_triton_backend.py
-       tests/test_torch_backend.py"
+       tests/test_torch_backend.py tests/test_gpu_folding.py"
   [3]="tests/test_gpu_block_kernel.py tests/test_gpu_tma_conv.py"
 )
 parts=$PART

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
+import torch
 import torch.fx as fx
 from torch import nn
 
@@ -99,8 +100,9 @@ def _first_conv_channels(layers: list[Layer]) -> int | None:
     return None
 
 
-def compile_model(model: nn.Module) -> CompiledNetwork:
-    """Block plans and PyTorch steps that compute exactly what `model` (in eval mode) computes."""
+def compile_model(model: nn.Module, device: torch.device | None = None) -> CompiledNetwork:
+    """Block plans and PyTorch steps that compute exactly what `model` (in eval mode) computes,
+    the blocks' parameters folded on `device` (default: each layer's; see `folding.fold_conv`)."""
     if model.training:
         raise RuntimeError(
             f"{type(model).__name__} is in training mode; fusing folds its BatchNorm statistics: "
@@ -127,7 +129,7 @@ def compile_model(model: nn.Module) -> CompiledNetwork:
         if TorchLayer in kinds and kinds <= {AliasLayer, TorchLayer, CatLayer, PoolLayer, GlobalPoolLayer}:
             steps.append(_torch_step(model, segment, name))
         else:
-            plan, params = lower_segment(segment, name, path, channels)
+            plan, params = lower_segment(segment, name, path, channels, device)
             steps.append(CompiledBlock(plan, params))
             if isinstance(resolve(segment.output), GlobalPoolLayer):
                 global_pool_step = len(steps) - 1

@@ -54,8 +54,9 @@ def _preserves_size(op: _Op) -> bool:
 
 
 class _Lowering:
-    def __init__(self, segment, name: str, path: str, channels: dict):
+    def __init__(self, segment, name: str, path: str, channels: dict, device):
         self.segment, self.name, self.path, self.known_channels = segment, name, path, channels
+        self.device = device
         self.block_input = resolve(segment.input)
         self.layers = [layer for layer in segment.layers if not isinstance(layer, AliasLayer)]
         self.output = resolve(segment.output)
@@ -283,10 +284,10 @@ class _Lowering:
             pool = Pool(layer.kind, src, where[id(op.output)], layer.kernel, layer.stride, layer.padding,
                         layer.ceil_mode, bias=conv is not None, relu=bool(conv and conv.relu),
                         bias_source=conv.name if conv else "")
-            return pool, (fold_conv(conv)[1] if conv else None)
+            return pool, (fold_conv(conv, self.device)[1] if conv else None)
         writes, weights, biases = [], [], []
         for layer, value in zip(op.layers, op.values):
-            weight, bias = fold_conv(layer)
+            weight, bias = fold_conv(layer, self.device)
             raw = isinstance(value, _Raw)
             if raw:
                 bias = torch.zeros_like(bias)  # the pool adds it after averaging
@@ -308,7 +309,8 @@ class _Lowering:
         return conv, (torch.cat(weights), torch.cat(biases))
 
 
-def lower_segment(segment, name: str, path: str, channels: dict) -> tuple[BlockPlan, list]:
+def lower_segment(segment, name: str, path: str, channels: dict, device=None) -> tuple[BlockPlan, list]:
     """(plan, params): params[i] belongs to plan.ops[i]: (weight, bias) in float64 for a Conv,
-    the bias for a Pool that adds one, else None. `channels`: `layers.infer_channels`."""
-    return _Lowering(segment, name, path, channels).lower()
+    the bias for a Pool that adds one, else None, folded on `device` (default: each layer's).
+    `channels`: `layers.infer_channels`."""
+    return _Lowering(segment, name, path, channels, device).lower()
