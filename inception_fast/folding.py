@@ -17,25 +17,26 @@ if TYPE_CHECKING:
 
 def fold_conv(layer: ConvLayer, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(weight [Cout, Cin, KH, KW], bias [Cout]) in float64, on `device` (default: the layer's).
-    On a GPU the folding takes a fraction of the CPU's time: Inception-v4's weights in float64
-    are 340 MB of new host memory and arithmetic, most of a warm first call's `optimize()`.
-    Every float64 step (product, sum, square root, quotient) is rounded exactly on either, so
-    the result does not depend on where it was folded."""
+
+    Folding on a GPU takes a fraction of the CPU's time: Inception-v4's weights in float64 are
+    340 MB of new host memory and arithmetic, most of a warm first call's `optimize()`. The
+    per-channel factors (BatchNorm's scale, the bias) are computed where the layer lives; only
+    the weight moves, and its one product per element is rounded exactly on either device, so
+    the result does not depend on where it was folded (a GPU's float64 quotient or square root
+    can differ from the CPU's in the last bit)."""
     module = layer.module
-
-    def read(t: torch.Tensor) -> torch.Tensor:
-        return t.detach().to(device).double()  # to the device first: the copy moves half the bytes
-
-    weight = read(module.weight)
+    weight = module.weight.detach().to(device).double()  # moved as stored: half the bytes of float64
     if layer.is_linear:
         weight = weight[:, :, None, None]
-    bias = read(module.bias) if module.bias is not None else weight.new_zeros(weight.shape[0])
+    home = module.weight.device
+    bias = module.bias.detach().double() if module.bias is not None else torch.zeros(
+        weight.shape[0], dtype=torch.float64, device=home)
     if layer.bn is not None:
         bn = layer.bn
-        var = read(bn.running_var)
-        gamma = read(bn.weight) if bn.weight is not None else torch.ones_like(var)
-        beta = read(bn.bias) if bn.bias is not None else torch.zeros_like(var)
+        var = bn.running_var.detach().double()
+        gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones_like(var)
+        beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(var)
         s = gamma / torch.sqrt(var + layer.bn_eps)
-        weight = weight * s[:, None, None, None]
-        bias = (bias - read(bn.running_mean)) * s + beta
-    return weight * layer.scale, bias * layer.scale
+        weight = weight * s.to(weight.device)[:, None, None, None]
+        bias = (bias - bn.running_mean.detach().double()) * s + beta
+    return weight * layer.scale, (bias * layer.scale).to(weight.device)
