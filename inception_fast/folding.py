@@ -22,8 +22,9 @@ def fold_conv(layer: ConvLayer, device: torch.device | None = None) -> tuple[tor
     340 MB of new host memory and arithmetic, most of a warm first call's `optimize()`. The
     per-channel factors (BatchNorm's scale, the bias) are computed where the layer lives; only
     the weight moves, and its one product per element is rounded exactly on either device, so
-    the result does not depend on where it was folded (a GPU's float64 quotient or square root
-    can differ from the CPU's in the last bit)."""
+    the result does not depend on `device` (a GPU's float64 quotient or square root can differ
+    from the CPU's in the last bit: a model moved to the GPU before `optimize()` folds there,
+    as it always has)."""
     module = layer.module
     weight = module.weight.detach().to(device).double()  # moved as stored: half the bytes of float64
     if layer.is_linear:
