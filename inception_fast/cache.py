@@ -19,6 +19,8 @@ full disk, a hand edit, another version of the package). So:
   a file;
 - a directory that cannot be used (a file, read-only, ...) costs one warning, after which the
   process keeps its entries in memory: the package works, it just re-tunes next time.
+
+`IndexOfLatest` keeps the lookup indexes that the tile and backend tables are read through.
 """
 
 from __future__ import annotations
@@ -160,6 +162,23 @@ def _atomic_write_json(path: Path, table: dict) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class IndexOfLatest:
+    """`build(table)` kept for the last table it was asked about, recognized by identity: the
+    tables indexed here (a `JsonCache`'s entries, the shipped tables) are replaced, never changed
+    in place, so a first call's thousands of lookups build each index once."""
+
+    def __init__(self, build: Callable[[dict], dict]):
+        self.build = build
+        self._last: tuple = (None, {})  # (table, its index), replaced in one assignment
+
+    def __call__(self, table: dict) -> dict:
+        seen, index = self._last
+        if seen is not table:
+            index = self.build(table)
+            self._last = (table, index)
+        return index
 
 
 class JsonCache:

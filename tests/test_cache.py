@@ -233,3 +233,12 @@ def test_tuning_into_a_cache_directory_that_is_a_file_keeps_its_result(monkeypat
         best = tuning.choose("conv1x1s1p0.0:384>320/35x35/b1/float16/card", None, configs, configs[0])
     assert best == (64, 64, 64, 4, 4, 1)
     assert tuning.choose("conv1x1s1p0.0:384>320/35x35/b1/float16/card", None, [], configs[0]) == best
+
+
+def test_an_index_is_built_once_per_table():
+    built = []
+    index = cache.IndexOfLatest(lambda table: built.append(table) or {"n": len(table)})
+    first, second = {"a": 1}, {"a": 1, "b": 2}
+    assert index(first) == {"n": 1} and index(first) == {"n": 1}
+    assert index(second) == {"n": 2}  # a new table (the cache replaces its dict on a put)
+    assert built == [first, second]

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from .. import cache
+
 TABLE = Path(__file__).with_name("shipped_choices.json")
 _table: dict | None = None
 
@@ -77,19 +79,17 @@ def lookup(device, precision: str, kind_at_size: str, bucket: int, usable) -> di
     return ms if all(name in ms for name in usable) else None
 
 
-def _by_block(table: dict) -> dict:
-    """"dtype|kind@HxW" -> {bucket: times} of `table`, made once per table (a first call looks up
-    every block in thousands of entries)."""
-    if _index[0] is not table:
-        index: dict = {}
-        for key, ms in table["choices"].items():
-            block, _, bucket = key.rpartition("|b")
-            index.setdefault(block, {})[int(bucket)] = ms
-        _index[:] = [table, index]
-    return _index[1]
+def _block_index(table: dict) -> dict:
+    """"dtype|kind@HxW" -> {bucket: times} of `table` (a first call looks up every block in
+    thousands of entries)."""
+    index: dict = {}
+    for key, ms in table["choices"].items():
+        block, _, bucket = key.rpartition("|b")
+        index.setdefault(block, {})[int(bucket)] = ms
+    return index
 
 
-_index: list = [None, {}]
+_by_block = cache.IndexOfLatest(_block_index)
 
 
 def merge(autoselect: dict, table: dict, card: dict) -> dict:

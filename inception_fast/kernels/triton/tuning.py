@@ -118,31 +118,20 @@ def _index_of(entries: dict) -> dict:
     return index
 
 
-def _by_stage(entries: dict) -> dict:
-    """`_index_of` the cache's table, kept for the last table seen (the cache replaces its table,
-    never changes it, when an entry is added)."""
-    if _index[0] is not entries:
-        _index[:] = [entries, _index_of(entries)]
-    return _index[1]
-
-
-_index: list = [None, {}]
-_shipped_index: dict | None = None
+_cached_by_stage = cache.IndexOfLatest(_index_of)  # the cache's table
+_shipped_by_stage = cache.IndexOfLatest(_index_of)  # the shipped table
 
 
 def _nearest_bucket(key: str, device, configs: list[tuple]) -> tuple | None:
     """A choice for the same stage, size, dtype and card at the nearest batch bucket (cached,
     or shipped for this kind of card): tile shapes that fit a batch of 256 fit 2048 too."""
-    global _shipped_index
     parsed = _split(key)
     if parsed is None:
         return None
     stage, bucket, rest = parsed
-    found = dict(_by_stage(cache.TUNING.entries()).get((stage, rest), {}))
+    found = dict(_cached_by_stage(cache.TUNING.entries()).get((stage, rest), {}))
     if not found and _same_card(device) and os.environ.get("INCEPTION_FAST_AUTOTUNE") != "force":
-        if _shipped_index is None:
-            _shipped_index = _index_of(_shipped())
-        found = dict(_shipped_index.get((stage, rest.split("/", 1)[0]), {}))
+        found = dict(_shipped_by_stage(_shipped()).get((stage, rest.split("/", 1)[0]), {}))
     usable = {b: tuple(c) for b, c in found.items() if tuple(c) in configs}
     if not usable:
         return None
