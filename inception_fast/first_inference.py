@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 
 CACHE_VARIABLES = (
     "TRITON_CACHE_DIR", "INCEPTION_FAST_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR", "TORCH_EXTENSIONS_DIR",
@@ -125,16 +126,27 @@ def measure(
     return {"config": config, "error": f"exit code {proc.returncode}: {' | '.join(tail)}"}
 
 
+def primed_bytecode(root: str, prime: Callable[[str, str], object]) -> str | None:
+    """None where the installed packages carry their bytecode (as `pip install` writes it); else
+    a bytecode directory under `root` for every measured run to share, filled first by
+    `prime(cache_root, bytecode_dir)`: one untimed run on caches of its own (under `root` too)."""
+    if bytecode_is_installed():
+        return None
+    bytecode_dir = os.path.join(root, "bytecode")
+    prime(os.path.join(root, "priming"), bytecode_dir)
+    return bytecode_dir
+
+
 def cold_and_warm(config: str, **kwargs) -> list[dict]:
     """The same configuration twice: first on empty caches, then on the caches it filled (after
     an untimed priming run for the bytecode where the installation has none)."""
     results = []
     with tempfile.TemporaryDirectory(prefix="inception-fast-ttfi-") as root:
-        bytecode = "installed"
-        if not bytecode_is_installed():
-            bytecode = "primed"
-            kwargs["bytecode_dir"] = os.path.join(root, "bytecode")
-            measure(config, cache_root=os.path.join(root, "priming"), **kwargs)
+        bytecode_dir = primed_bytecode(
+            root, lambda caches, primed: measure(config, cache_root=caches, bytecode_dir=primed, **kwargs))
+        bytecode = "installed" if bytecode_dir is None else "primed"
+        if bytecode_dir is not None:
+            kwargs["bytecode_dir"] = bytecode_dir
         for cache in ("cold", "warm"):
             result = measure(config, cache_root=os.path.join(root, "caches"), **kwargs)
             results.append({"cache": cache, "bytecode": bytecode, **result})

@@ -52,19 +52,6 @@ def run(batch: int, dtype: str, build_cache: Path, workers: str, shipped: bool, 
             **result}
 
 
-def primed_bytecode(build_cache: Path, dtype: str, root: str) -> str | None:
-    """None where the installed packages carry their bytecode (as `pip install` writes it); else a
-    bytecode directory (PYTHONPYCACHEPREFIX) filled by one untimed run, so that no measured
-    process compiles torch's sources again (seconds that an installed torch never costs), as
-    `inception-fast ttfi` does."""
-    if first_inference.bytecode_is_installed():
-        return None
-    bytecode_dir = os.path.join(root, "bytecode")
-    with tempfile.TemporaryDirectory(prefix="first-call-priming-") as caches:
-        run(1, dtype, build_cache, "", True, caches, bytecode_dir)
-    return bytecode_dir
-
-
 def report(label: str, row: dict) -> None:
     if "error" in row:
         print(f"{label}: {row['error']}", flush=True)
@@ -88,7 +75,11 @@ def main() -> int:
     args = parser.parse_args()
     rows = []
     bytecode_root = tempfile.TemporaryDirectory(prefix="first-call-bytecode-")
-    bytecode_dir = primed_bytecode(args.build_cache, args.dtype, bytecode_root.name)
+    # No measured process compiles torch's sources again (seconds an installed torch never costs).
+    bytecode_dir = first_inference.primed_bytecode(
+        bytecode_root.name,
+        lambda caches, primed: run(1, args.dtype, args.build_cache, "", True, caches, primed),
+    )
     settings = [(True, "")] if args.default_only else [(s, w) for s in (False, True) for w in ("0", "")]
     for shipped, workers in settings:
         with tempfile.TemporaryDirectory(prefix="first-call-") as root:
