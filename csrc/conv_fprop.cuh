@@ -1,10 +1,10 @@
 // The CUTLASS 3.x sm90 implicit-GEMM convolution behind conv_fprop.h: the activation tile
 // arrives by im2col TMA (the padding is its out-of-bounds zero fill), the weight tile by TMA,
-// both into a multi-stage smem ring filled by a producer warp; a consumer warpgroup runs WGMMA
-// with fp32 accumulation (one CTA per output tile: CUTLASS 4.2 has no persistent sm90 conv); a
-// TMA-store epilogue adds the per-channel bias, clamps (ReLU or not) and writes the input dtype
-// into the output's channel slice (fp32, on TF32 tensor cores: rounded to TF32). Included by one
-// .cu file per dtype and tile width.
+// both into a multi-stage smem ring filled by a producer warp; two consumer warpgroups run WGMMA
+// with fp32 accumulation on alternate output tiles of persistent CTAs (ping-pong: one tile's
+// epilogue runs under the other's mainloop); a TMA-store epilogue adds the per-channel bias,
+// clamps (ReLU or not) and writes the input dtype into the output's channel slice (fp32, on TF32
+// tensor cores: rounded to TF32). Included by one .cu file per dtype and tile width.
 #pragma once
 
 #include "conv_fprop.h"
@@ -15,11 +15,22 @@
 #pragma nv_diag_suppress 2908
 #include <cutlass/conv/collective/collective_builder.hpp>
 #include <cutlass/conv/convnd_problem_shape.hpp>
-#include <cutlass/conv/kernel/conv_universal.hpp>
+#include <cutlass/conv/detail.hpp>
 #pragma nv_diag_default 2908
+
+#include "conv_mainloop_in_gemm_kernel.cuh"
 
 namespace inception_fast {
 namespace conv_fprop {
+
+// CUTLASS 4.2's own sm90 conv kernel runs one CTA per output tile with one consumer warpgroup
+// (its register split allows one CTA per SM), so each tile's pipeline fill and epilogue leave the
+// tensor cores idle: on an H100 it took 1.0-1.25x this kernel's time on Inception-v4's k x k
+// convs at batch 256. The same mainloop collective runs here inside the persistent ping-pong
+// GEMM kernel (conv_mainloop_in_gemm_kernel.cuh), which sees the linearized problem (M = N*P*Q,
+// N = K, K = (C, S, R)) and writes the output as a plain [M, N] matrix whose rows are the output
+// pixels, `out_pitch` apart.
+struct PersistentPingpong : cutlass::gemm::KernelTmaWarpSpecializedPingpong {};
 
 template <typename T, int TileN>
 struct ConvKernel {
@@ -29,18 +40,30 @@ struct ConvKernel {
   using Layout = cutlass::layout::TensorNHWC;
   using TileShape = cute::Shape<cute::_128, cute::Int<TileN>, cute::Shape<gemm_conv1x1::TileK<Element>>>;
   using ClusterShape = cute::Shape<cute::_1, cute::_1, cute::_1>;
-  using Epilogue = gemm_conv1x1::BiasActEpilogue<Element, TileShape, ClusterShape, Layout,
+  using ProblemShape = cutlass::conv::ConvProblemShape<cutlass::conv::Operator::kFprop, 2>;
+  using Epilogue = gemm_conv1x1::BiasActEpilogue<Element, TileShape, ClusterShape, cutlass::layout::RowMajor,
                                                  cutlass::epilogue::TmaWarpSpecialized>;
-  using Mainloop = typename cutlass::conv::collective::CollectiveBuilder<
+  // The builder's collective for one consumer warpgroup per tile (what ping-pong runs in each
+  // warpgroup), then the same collective under the persistent schedule.
+  using Built = typename cutlass::conv::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, cutlass::conv::Operator::kFprop,
       Element, Layout, gemm_conv1x1::kAlignment<Element>, Element, Layout, gemm_conv1x1::kAlignment<Element>, float,
-      TileShape,
-      ClusterShape,
+      TileShape, ClusterShape,
       cutlass::conv::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
       cutlass::conv::KernelImplicitTmaWarpSpecializedSm90>::CollectiveOp;
-  using ProblemShape =
-      cutlass::conv::ConvProblemShape<cutlass::conv::Operator::kFprop, Mainloop::DispatchPolicy::NumSpatialDimensions>;
-  using Kernel = cutlass::conv::kernel::ConvUniversal<ProblemShape, Mainloop, Epilogue>;
+  using Policy = cutlass::conv::MainloopSm90TmaGmmaWarpSpecializedImplicitGemm<
+      cutlass::conv::Operator::kFprop, Built::DispatchPolicy::Stages, Built::NumSpatialDimensions, ClusterShape,
+      PersistentPingpong>;
+  using Mainloop = ConvMainloopInGemmKernel<cutlass::conv::collective::CollectiveConv<
+      Policy, TileShape, typename Built::ElementA, typename Built::ElementB, typename Built::TiledMma,
+      cutlass::conv::collective::detail::Sm90ImplicitGemmTileTraits<typename Built::GmemTiledCopyA,
+                                                                     typename Built::SmemLayoutA>,
+      cutlass::conv::collective::detail::Sm90ImplicitGemmTileTraits<typename Built::GmemTiledCopyB,
+                                                                     typename Built::SmemLayoutB>>>;
+  // (M, N, (C, S, R), L): the linearized conv problem with a runtime L (the epilogue's tensor
+  // maps are typed by it).
+  using GemmShape = cute::Shape<int, int, cute::Shape<int, int, int>, int>;
+  using Kernel = cutlass::gemm::kernel::GemmUniversal<GemmShape, Mainloop, Epilogue>;
 };
 
 template <typename T, int TileN>
@@ -48,7 +71,6 @@ const char* launch(const ConvFpropArgs& a, cudaStream_t stream) {
   using Types = ConvKernel<T, TileN>;
   using Kernel = typename Types::Kernel;
   using Element = typename Types::Element;
-  using ProblemShape = typename Types::ProblemShape;
   int device = 0;
   if (cudaGetDevice(&device) != cudaSuccess) return "no current CUDA device";
   gemm_conv1x1::DeviceInfo info;
@@ -57,7 +79,7 @@ const char* launch(const ConvFpropArgs& a, cudaStream_t stream) {
 
   // Channel slices: the activation and output strides are their buffers' pitches, and the base
   // pointers start at the slices' first channels.
-  const ProblemShape problem(
+  const typename Types::ProblemShape problem(
       cutlass::conv::Mode::kCrossCorrelation,
       {a.n, a.h, a.w_in, a.c}, {int64_t(a.h) * a.w_in * a.in_pitch, int64_t(a.w_in) * a.in_pitch, a.in_pitch, 1},
       {a.k, a.r, a.s, a.c}, {int64_t(a.r) * a.s * a.c, int64_t(a.s) * a.c, a.c, 1},
@@ -70,15 +92,14 @@ const char* launch(const ConvFpropArgs& a, cudaStream_t stream) {
 
   typename Kernel::Arguments arguments{};
   arguments.mode = cutlass::gemm::GemmUniversalMode::kGemm;
-  arguments.problem_shape = problem;
-  arguments.mainloop.ptr_A = static_cast<const Element*>(a.x) + a.in_c0;
-  arguments.mainloop.ptr_B = static_cast<const Element*>(a.w);
-  using StrideD = typename Kernel::StrideD;
-  StrideD stride_d{};
-  // The epilogue's M mode is (q, p, n): CUTLASS's own packing of the output strides, here the pitched ones.
-  cute::for_each(cute::make_seq<cute::rank<0>(StrideD{})>{}, [&](auto i) {
-    cute::get<0, i>(stride_d) = problem.stride_C[ProblemShape::RankT - 2 - i];
-  });
+  const auto linear = cutlass::conv::detail::get_linearized_problem_shape_MNKL(problem);
+  arguments.problem_shape = {cute::get<0>(linear), cute::get<1>(linear), cute::get<2>(linear), 1};
+  arguments.mainloop.conv.ptr_A = static_cast<const Element*>(a.x) + a.in_c0;
+  arguments.mainloop.conv.ptr_B = static_cast<const Element*>(a.w);
+  arguments.mainloop.problem = problem;
+  // Output pixels are consecutive rows `out_pitch` apart: (row, column, batch) strides, one batch.
+  const int64_t rows = int64_t(a.n) * a.p * a.q;
+  const typename Kernel::StrideD stride_d = cute::make_stride(a.out_pitch, cute::Int<1>{}, rows * a.out_pitch);
   arguments.epilogue.dC = stride_d;
   arguments.epilogue.ptr_D = static_cast<Element*>(a.out) + a.out_c0;
   arguments.epilogue.dD = stride_d;
@@ -87,11 +108,12 @@ const char* launch(const ConvFpropArgs& a, cudaStream_t stream) {
   if (!Kernel::can_implement(arguments)) {
     return "CUTLASS cannot run this convolution (sizes, padding or alignment)";
   }
+  // The persistent data-parallel scheduler and this epilogue keep no state in global memory.
   if (Kernel::get_workspace_size(arguments) != 0) return "the kernel unexpectedly needs a workspace";
   const typename Kernel::Params params = Kernel::to_underlying_arguments(arguments, nullptr);
 
   if (const char* error = gemm_conv1x1::reserve_shared_memory<Kernel>(device)) return error;
-  const dim3 grid = Kernel::get_grid_shape(params);
+  const dim3 grid = Kernel::get_grid_shape(params);  // persistent: about one CTA per SM
   const dim3 block = Kernel::get_block_shape();
   return gemm_conv1x1::launch_entry<Kernel>(grid, 1, block, Kernel::SharedStorageSize, stream, params);
 }
