@@ -115,7 +115,8 @@ const char* launch(const ConvFpropArgs& a, cudaStream_t stream) {
   if (const char* error = gemm_conv1x1::reserve_shared_memory<Kernel>(device)) return error;
   const dim3 grid = Kernel::get_grid_shape(params);  // persistent: about one CTA per SM
   const dim3 block = Kernel::get_block_shape();
-  return gemm_conv1x1::launch_entry<Kernel>(grid, 1, block, Kernel::SharedStorageSize, stream, params);
+  const gemm_conv1x1::WeightBytes weights{a.w, int64_t(a.k) * a.r * a.s * a.c * int64_t(sizeof(Element))};
+  return gemm_conv1x1::launch_entry<Kernel>(grid, 1, block, Kernel::SharedStorageSize, stream, params, weights);
 }
 
 }  // namespace conv_fprop
