@@ -115,8 +115,7 @@ const char* launch(const ConvFpropArgs& a, cudaStream_t stream) {
   if (const char* error = gemm_conv1x1::reserve_shared_memory<Kernel>(device)) return error;
   const dim3 grid = Kernel::get_grid_shape(params);  // persistent: about one CTA per SM
   const dim3 block = Kernel::get_block_shape();
-  const gemm_conv1x1::WeightBytes weights{a.w, int64_t(a.k) * a.r * a.s * a.c * int64_t(sizeof(Element))};
-  return gemm_conv1x1::launch_entry<Kernel>(grid, 1, block, Kernel::SharedStorageSize, stream, params, weights);
+  return gemm_conv1x1::launch_entry<Kernel>(grid, 1, block, Kernel::SharedStorageSize, stream, params);
 }
 
 }  // namespace conv_fprop

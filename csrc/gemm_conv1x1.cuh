@@ -161,40 +161,15 @@ struct GemmKernel {
   using Kernel = cutlass::gemm::kernel::GemmUniversal<cute::Shape<int, int, int, int>, Mainloop, Epilogue>;
 };
 
-// The weights a launch reads, which no kernel writes: the entry asks L2 for them before it waits
-// on the kernel before it.
-struct WeightBytes {
-  const void* data = nullptr;
-  int64_t bytes = 0;
-};
-
-// Each CTA asks L2 for its share of the weights, one prefetch per 128-byte line spread over the
-// CTA's threads. A prefetch only warms L2, the point of coherence of every SM, so it can never
-// make a load see an old value; issued before griddepcontrol.wait, it overlaps the fetch from
-// DRAM with the kernel before (at small batches a launch is a chain of dependent loads, and each
-// weight tile's first touch would otherwise come from DRAM).
-__device__ __forceinline__ void prefetch_weights_to_l2(WeightBytes weights) {
-  const int64_t lines = (weights.bytes + 127) / 128;
-  const int64_t ctas = int64_t(gridDim.x) * gridDim.y * gridDim.z;
-  const int64_t cta = (int64_t(blockIdx.z) * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
-  const int64_t per_cta = (lines + ctas - 1) / ctas;
-  const int64_t end = min(lines, (cta + 1) * per_cta);
-  const char* base = static_cast<const char*>(weights.data);
-  for (int64_t line = cta * per_cta + threadIdx.x; line < end; line += blockDim.x) {
-    asm volatile("prefetch.global.L2 [%0];" ::"l"(base + line * 128));
-  }
-}
-
 // The entry of a CUTLASS 3.x kernel (this GEMM, conv_fprop.cuh's conv); its body exists only in
 // the sm_90a pass (WGMMA and TMA need the "a" features), so the compute_80 PTX carries an empty
 // stub that the host never launches. Launched with programmatic dependent launch
-// (programmatic_launch.h), it waits for the kernel before it ahead of any access to memory that
-// kernel may write, then lets the next kernel be scheduled; both are no-ops in a plain launch.
+// (programmatic_launch.h), it waits for the kernel before it ahead of any memory access, then
+// lets the next kernel be scheduled; both are no-ops in a plain launch.
 template <class Kernel>
 __global__ void __launch_bounds__(Kernel::MaxThreadsPerBlock, Kernel::MinBlocksPerMultiprocessor)
-    kernel_entry(CUTLASS_GRID_CONSTANT typename Kernel::Params const params, WeightBytes weights) {
+    kernel_entry(CUTLASS_GRID_CONSTANT typename Kernel::Params const params) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  prefetch_weights_to_l2(weights);
   asm volatile("griddepcontrol.wait;" ::: "memory");
   asm volatile("griddepcontrol.launch_dependents;");
   extern __shared__ char smem[];
@@ -206,7 +181,7 @@ __global__ void __launch_bounds__(Kernel::MaxThreadsPerBlock, Kernel::MinBlocksP
 // programmatic dependent launch where it is on.
 template <class Kernel>
 const char* launch_entry(dim3 grid, int cluster_m, dim3 block, int smem_bytes, cudaStream_t stream,
-                         const typename Kernel::Params& params, WeightBytes weights) {
+                         const typename Kernel::Params& params) {
   cudaLaunchAttribute attributes[2];
   int count = 0;
   if (cluster_m > 1) {
@@ -228,8 +203,7 @@ const char* launch_entry(dim3 grid, int cluster_m, dim3 block, int smem_bytes, c
   config.stream = stream;
   config.attrs = attributes;
   config.numAttrs = count;
-  if (!weight_prefetch_enabled()) weights = WeightBytes{};
-  const cudaError_t err = cudaLaunchKernelEx(&config, kernel_entry<Kernel>, params, weights);
+  const cudaError_t err = cudaLaunchKernelEx(&config, kernel_entry<Kernel>, params);
   return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
 }
 
@@ -329,8 +303,7 @@ const char* launch(const GemmConv1x1Args& args, cudaStream_t stream) {
   if (const char* error = reserve_shared_memory<Kernel>(device)) return error;
   const dim3 grid = Kernel::get_grid_shape(params);  // persistent: about one CTA per SM, whole clusters
   const dim3 block = Kernel::get_block_shape();
-  const WeightBytes weights{args.b, int64_t(args.n) * args.k * int64_t(sizeof(Element))};
-  return launch_entry<Kernel>(grid, GemmKernel<T, TileN>::kClusterM, block, kSmemBytes, stream, params, weights);
+  return launch_entry<Kernel>(grid, GemmKernel<T, TileN>::kClusterM, block, kSmemBytes, stream, params);
 }
 
 }  // namespace gemm_conv1x1

@@ -1,8 +1,7 @@
 // Programmatic dependent launch for the CUTLASS ops (inception_fast/kernels/programmatic_launch.py
 // has the why): a kernel launched with it waits for the kernel before it in the stream and that
 // kernel's writes (griddepcontrol.wait) before its first memory access (kernel_entry does so
-// first thing), so it may be scheduled while that kernel finishes. Before that wait it asks L2
-// for its weights (gemm_conv1x1.cuh, prefetch_weights_to_l2), which no kernel writes.
+// first thing), so it may be scheduled while that kernel finishes.
 #pragma once
 
 #include <cstdlib>
@@ -13,12 +12,6 @@ namespace inception_fast {
 // INCEPTION_FAST_PDL=0 turns it off; read at each launch, as the Python side does.
 inline bool programmatic_launch_enabled() {
   const char* setting = std::getenv("INCEPTION_FAST_PDL");
-  return setting == nullptr || std::strcmp(setting, "0") != 0;
-}
-
-// INCEPTION_FAST_L2_PREFETCH=0 turns the weight prefetch off; read at each launch.
-inline bool weight_prefetch_enabled() {
-  const char* setting = std::getenv("INCEPTION_FAST_L2_PREFETCH");
   return setting == nullptr || std::strcmp(setting, "0") != 0;
 }
 
