@@ -308,6 +308,12 @@ def test_sources_hash_names_the_build():
     assert all((extension.CSRC_DIR / name).exists() for name in (*extension.SOURCES, *extension.HEADERS))
 
 
+def test_every_csrc_file_is_a_listed_source_or_header():
+    # An unlisted header would leave the sources hash and the build stamp blind to its edits.
+    on_disk = {path.name for path in extension.CSRC_DIR.iterdir() if path.is_file()}
+    assert on_disk == {*extension.SOURCES, *extension.HEADERS}
+
+
 def test_build_cache_is_per_torch_and_cuda_version(monkeypatch, tmp_path):
     monkeypatch.setenv("INCEPTION_FAST_CACHE_DIR", str(tmp_path))
     directory = extension.build_directory()
