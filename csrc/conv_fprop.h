@@ -1,7 +1,8 @@
 // A k x k convolution over NHWC activations as one implicit GEMM on Hopper (CUTLASS 3.x sm90
 // conv mainloop in a persistent ping-pong kernel: im2col TMA loads of the activation, TMA loads
 // of the weight, WGMMA, a warp-specialized producer), reading a channel slice of its input buffer
-// and writing a channel slice of its output buffer. Plain data only: included from .cu files that must not see torch.
+// and writing a channel slice of its output buffer. Plain data only: included from .cu files
+// that must not see torch.
 #pragma once
 
 #include <cuda_runtime.h>
