@@ -358,8 +358,8 @@ void cuda_gemm_conv1x1(const at::Tensor& x, const at::Tensor& weight, const at::
 void check_conv_fprop(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& out,
                       int64_t in_c0, int64_t out_c0, int64_t stride, int64_t pad_h, int64_t pad_w, int64_t tile_n,
                       bool tf32) {
-  OP_CHECK(tile_n == 0 || tile_n == 64 || tile_n == 128, "cuda_conv_fprop: tile_n must be 0 (chosen per problem), "
-           "64 or 128, got ", tile_n);
+  OP_CHECK(tile_n == 0 || tile_n == 64 || tile_n == 96 || tile_n == 128, "cuda_conv_fprop: tile_n must be 0 "
+           "(chosen per problem), 64, 96 or 128, got ", tile_n);
   check_cutlass_dtype("cuda_conv_fprop", x, tf32);
   OP_CHECK(x.dim() == 4 && x.is_contiguous(), "cuda_conv_fprop: x must be a contiguous NHWC tensor, got shape ",
            x.sizes());
@@ -444,14 +444,21 @@ void cuda_conv_fprop(const at::Tensor& x, const at::Tensor& weight, const at::Te
                             : conv_fprop_tile_n(int64_t(args.n) * args.p * args.q, args.k, sm_count);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const char* error = nullptr;
-  if (args.tile_n == 64) {
-    error = by_dtype<ConvDtype>(x.scalar_type(), [&](auto dtype) {
-      return launch_conv_fprop<decltype(dtype)::value, 64>(args, stream);
-    });
-  } else {
-    error = by_dtype<ConvDtype>(x.scalar_type(), [&](auto dtype) {
-      return launch_conv_fprop<decltype(dtype)::value, 128>(args, stream);
-    });
+  switch (args.tile_n) {
+    case 64:
+      error = by_dtype<ConvDtype>(x.scalar_type(), [&](auto dtype) {
+        return launch_conv_fprop<decltype(dtype)::value, 64>(args, stream);
+      });
+      break;
+    case 96:
+      error = by_dtype<ConvDtype>(x.scalar_type(), [&](auto dtype) {
+        return launch_conv_fprop<decltype(dtype)::value, 96>(args, stream);
+      });
+      break;
+    default:
+      error = by_dtype<ConvDtype>(x.scalar_type(), [&](auto dtype) {
+        return launch_conv_fprop<decltype(dtype)::value, 128>(args, stream);
+      });
   }
   OP_CHECK(error == nullptr, "cuda_conv_fprop: ", error);
 #else

@@ -27,19 +27,20 @@ struct ConvFpropArgs {
   int p, q;  // the output size: (h + 2 pad_h - r) / stride + 1, the same for q
   int64_t in_pitch, in_c0, out_pitch, out_c0;
   bool relu;
-  int tile_n;  // output channels per CTA tile: 64 or 128 (conv_fprop_tile_n picks one)
+  int tile_n;  // output channels per CTA tile: 64, 96 or 128 (conv_fprop_tile_n picks one)
 };
 
 // The tile width for a conv of m = N*P*Q output pixels and k output channels on `sm_count` SMs:
-// the GEMM op's model over the widths this op is built for (a 64-wide tile wastes less of a
-// narrow conv, and makes more CTAs where 128-wide ones would leave SMs idle), with a fixed cost
-// of 128 columns per tile: a conv tile's gather prologue and longer pipeline fill cost more than
-// a GEMM's. Fitted on H100 timings of Inception-v4's convs at batch 32 and 256: within 3% of
-// the better width in 31 of 32 cases (64 columns: 29; Mixed5a's 3x3/2 took the 64-wide tile,
-// 1.18x slower). On the persistent kernel that replaced the one-tile-per-CTA one it still picks
-// within 2% of the better width in 30 of 32 cases (InceptionC's 8x8 convs at batch 32: 5% and
-// 14% slower, 1-2 us).
+// the GEMM op's model over the widths this op is built for (64-wide tiles waste less of a narrow
+// conv, and make more CTAs where 128-wide ones would leave SMs idle), with a fixed cost of 128
+// columns per tile: a conv tile's gather prologue and longer pipeline fill cost more than a
+// GEMM's. The 96-wide tile is a candidate only where the output channels fill it exactly (96,
+// 192, 288, ...); elsewhere its extra tiles cost more than the columns it saves. On an H100, on
+// Inception-v4's convs at batch 32 and 256, it picks the fastest of the three widths in 31 of 32
+// cases, the other within 4% (where it picks 96-wide tiles, they take 0.82-0.94x the time of
+// 128-wide ones).
 inline int conv_fprop_tile_n(int64_t m, int64_t k, int sm_count) {
+  if (k % 96 == 0) return cta_tile_n(m, k, sm_count, {128, 96, 64}, 128);
   return cta_tile_n(m, k, sm_count, {128, 64}, 128);
 }
 
@@ -55,10 +56,13 @@ const char* launch_conv_fprop(const ConvFpropArgs& args, cudaStream_t stream);
   template <>                                           \
   const char* launch_conv_fprop<ConvDtype::DTYPE, TILE_N>(const ConvFpropArgs& args, cudaStream_t stream);
 INCEPTION_FAST_DECLARE_CONV_FPROP(kHalf, 64)
+INCEPTION_FAST_DECLARE_CONV_FPROP(kHalf, 96)
 INCEPTION_FAST_DECLARE_CONV_FPROP(kHalf, 128)
 INCEPTION_FAST_DECLARE_CONV_FPROP(kBFloat16, 64)
+INCEPTION_FAST_DECLARE_CONV_FPROP(kBFloat16, 96)
 INCEPTION_FAST_DECLARE_CONV_FPROP(kBFloat16, 128)
 INCEPTION_FAST_DECLARE_CONV_FPROP(kTf32, 64)
+INCEPTION_FAST_DECLARE_CONV_FPROP(kTf32, 96)
 INCEPTION_FAST_DECLARE_CONV_FPROP(kTf32, 128)
 
 }  // namespace inception_fast

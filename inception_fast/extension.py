@@ -40,7 +40,7 @@ CSRC_DIR = PACKAGE_DIR.parent / "csrc"
 # with the CUTLASS headers.
 CUTLASS_SOURCES = (
     *(f"gemm_conv1x1_{dtype}_n{tile}.cu" for dtype in ("fp16", "bf16", "tf32") for tile in (64, 128, 256)),
-    *(f"conv_fprop_{dtype}_n{tile}.cu" for dtype in ("fp16", "bf16", "tf32") for tile in (64, 128)),
+    *(f"conv_fprop_{dtype}_n{tile}.cu" for dtype in ("fp16", "bf16", "tf32") for tile in (64, 96, 128)),
 )
 SOURCES = ("bindings.cpp", "conv_stage_fp16.cu", "conv_stage_bf16.cu", *CUTLASS_SOURCES)
 HEADERS = (

@@ -1,7 +1,7 @@
 """The CUTLASS sm90 implicit-GEMM k x k conv op (`cuda_conv_fprop`) on a Hopper GPU: the kxk
 conv shapes of the Inception family (3x3 stride 1 and 2, 1x7 / 7x1, 1x3 / 3x1, 5x5; padded and
 not) at odd batches and sizes, fp16, bf16 and fp32 on TF32 (inputs rounded to TF32, as the
-backends give them), each tile width (128, 64 and the op's own choice), ReLU on and off,
+backends give them), each tile width (128, 96, 64 and the op's own choice), ReLU on and off,
 reading a channel slice of a wider input and writing a channel slice of a wider output. Against
 float64: at most twice cuDNN's own error (F.conv2d in the same dtype; TF32 for fp32) plus 1e-6
 (TF32: plus its output rounding, 2^-11); the output channels outside the slice keep their
@@ -49,7 +49,7 @@ def _case_id(shape) -> str:
     return f"{r}x{s}s{stride}-{height}x{width}-{c}-{k}"
 
 
-@pytest.mark.parametrize("tile_n", [128, 64, 0], ids=["tile128", "tile64", "tile-chosen"])
+@pytest.mark.parametrize("tile_n", [128, 96, 64, 0], ids=["tile128", "tile96", "tile64", "tile-chosen"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32],
                          ids=["fp16", "bf16", "tf32"])
 @pytest.mark.parametrize("shape", SHAPES, ids=_case_id)

@@ -104,7 +104,7 @@ class EmulatedConv:
         assert tf32 == (x.dtype == torch.float32), "fp32 runs on TF32 only, and only fp32 does"
         if tf32:
             assert_tf32_values(weight)
-        assert tile_n in (0, 64, 128)
+        assert tile_n in (0, 64, 96, 128)
         self.tiles.add(tile_n)
         assert x.is_contiguous() and weight.is_contiguous() and out.is_contiguous() and bias.is_contiguous()
         assert bias.shape == (k,) and bias.dtype == torch.float32 and weight.dtype == x.dtype == out.dtype
@@ -201,9 +201,9 @@ def test_family_blocks_with_the_kxk_convs_on_the_conv_op(emulated_kxk, name, pat
     check_kxk(block, torch.randn(2, block.plan.in_channels, *hw, dtype=torch.float64), emulated_kxk)
 
 
-@pytest.mark.parametrize(("setting", "tile_n"), [(None, 0), ("128", 128), ("64", 64), ("auto", 0)])
+@pytest.mark.parametrize(("setting", "tile_n"), [(None, 0), ("128", 128), ("96", 96), ("64", 64), ("auto", 0)])
 def test_the_conv_tile_setting_reaches_the_op(v4, emulated_kxk, monkeypatch, setting, tile_n):
-    """INCEPTION_FAST_CUTLASS_CONV_TILE: the op's own choice unless set, 128- or 64-wide tiles."""
+    """INCEPTION_FAST_CUTLASS_CONV_TILE: the op's own choice unless set, 128-, 96- or 64-wide tiles."""
     if setting is None:
         monkeypatch.delenv(gemm_routing.ENV_CONV_TILE, raising=False)
     else:
@@ -227,8 +227,8 @@ def test_a_batch_past_the_ops_32_bit_indexing_runs_whole_on_the_stage_kernel(v4,
 
 
 def test_a_conv_tile_setting_it_cannot_take_is_refused(monkeypatch):
-    monkeypatch.setenv(gemm_routing.ENV_CONV_TILE, "96")
-    with pytest.raises(ValueError, match="CUTLASS_CONV_TILE='96': choose one of 128, 64, auto"):
+    monkeypatch.setenv(gemm_routing.ENV_CONV_TILE, "256")
+    with pytest.raises(ValueError, match="CUTLASS_CONV_TILE='256': choose one of 128, 96, 64, auto"):
         gemm_routing.conv_tile_n()
 
 

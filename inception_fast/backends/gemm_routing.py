@@ -15,7 +15,7 @@ stays on the stage kernel.
 The k x k conv op `torch.ops.inception_fast.cuda_conv_fprop` (csrc/conv_fprop*: CUTLASS's sm90
 implicit GEMM, im2col TMA) can take the other convs, where a backend asks for it (`kxk`): any
 window, stride and padding, reading channels [c0, c0 + C) of its source buffer, with the same
-rules for channel counts, offsets and runs as the GEMM, 128 or 64 output channels per CTA tile
+rules for channel counts, offsets and runs as the GEMM, 128, 96 or 64 output channels per CTA tile
 (INCEPTION_FAST_CUTLASS_CONV_TILE, `conv_tile_n`).
 
 Both ops take fp16, bf16, and fp32 on TF32 tensor cores (`tf32`, asked for explicitly): the
@@ -41,14 +41,13 @@ ALIGN = 8  # channel counts and offsets: 16 bytes of fp16/bf16 (TMA's alignment)
 MAX_ELEMENTS = 2**31
 DTYPES = (torch.float16, torch.bfloat16)  # and fp32 on TF32: `computes`
 ENV_CONV_TILE = "INCEPTION_FAST_CUTLASS_CONV_TILE"
-CONV_TILES = {"128": 128, "64": 64, "auto": 0}  # 0: the op's model picks per conv
+CONV_TILES = {"128": 128, "96": 96, "64": 64, "auto": 0}  # 0: the op's model picks per conv
 
 
 def conv_tile_n() -> int:
     """The k x k conv op's tile width, from INCEPTION_FAST_CUTLASS_CONV_TILE: `auto` unless set
-    (the op's model per conv: 64-wide tiles for narrow convs and where 128-wide ones leave SMs
-    idle; on an H100 10% faster on Inception-v4 at batch 32 and 256 than 128 everywhere), 128
-    or 64."""
+    (the op's model per conv: 96-wide tiles where 96 or 192 output channels fill them, 64-wide
+    ones for narrow convs and where wider ones leave SMs idle), 128, 96 or 64."""
     setting = os.environ.get(ENV_CONV_TILE, "auto")
     if setting not in CONV_TILES:
         raise ValueError(f"{ENV_CONV_TILE}={setting!r}: choose one of {', '.join(CONV_TILES)}")
@@ -108,7 +107,7 @@ class ConvLaunch:
     stride: int
     pad_h: int
     pad_w: int
-    tile_n: int  # 64, 128, or 0: the op picks
+    tile_n: int  # 64, 96, 128, or 0: the op picks
     tf32: bool = False  # fp32 on TF32 tensor cores
 
     def run(self, buffers: dict) -> None:
