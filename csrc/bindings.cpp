@@ -255,6 +255,15 @@ const char* by_dtype(at::ScalarType dtype, Launch&& launch) {
   }
 }
 
+// Calls launch(std::integral_constant<int, W>{}) for the width W of `Widths` equal to `tile`:
+// one kernel instantiation per tile width.
+template <int... Widths, class Launch>
+const char* by_tile(int tile, Launch&& launch) {
+  const char* error = "no kernel is built for this tile width";
+  (void)((tile == Widths && (error = launch(std::integral_constant<int, Widths>{}), true)) || ...);
+  return error;
+}
+
 // Arguments of cuda_gemm_conv1x1 on any device (the Meta kernel runs these too, so a bad call
 // fails while tracing). Pointer alignment is checked where there are pointers (CUDA).
 void check_gemm_conv1x1(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
@@ -328,23 +337,11 @@ void cuda_gemm_conv1x1(const at::Tensor& x, const at::Tensor& weight, const at::
            "cuda_gemm_conv1x1: cannot query the SM count of ", x.device());
   args.tile_n = tile_n != 0 ? static_cast<int>(tile_n) : gemm_conv1x1_tile_n(m, n, sm_count);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const char* error = nullptr;
-  switch (args.tile_n) {
-    case 64:
-      error = by_dtype<GemmDtype>(x.scalar_type(), [&](auto dtype) {
-        return launch_gemm_conv1x1<decltype(dtype)::value, 64>(args, stream);
-      });
-      break;
-    case 128:
-      error = by_dtype<GemmDtype>(x.scalar_type(), [&](auto dtype) {
-        return launch_gemm_conv1x1<decltype(dtype)::value, 128>(args, stream);
-      });
-      break;
-    default:
-      error = by_dtype<GemmDtype>(x.scalar_type(), [&](auto dtype) {
-        return launch_gemm_conv1x1<decltype(dtype)::value, 256>(args, stream);
-      });
-  }
+  const char* error = by_tile<64, 128, 256>(args.tile_n, [&](auto tile) {
+    return by_dtype<GemmDtype>(x.scalar_type(), [&](auto dtype) {
+      return launch_gemm_conv1x1<decltype(dtype)::value, decltype(tile)::value>(args, stream);
+    });
+  });
   OP_CHECK(error == nullptr, "cuda_gemm_conv1x1: ", error);
 #else
   OP_CHECK(false, "cuda_gemm_conv1x1: the extension was built without CUTLASS headers: pip install "
@@ -443,23 +440,11 @@ void cuda_conv_fprop(const at::Tensor& x, const at::Tensor& weight, const at::Te
   args.tile_n = tile_n != 0 ? static_cast<int>(tile_n)
                             : conv_fprop_tile_n(int64_t(args.n) * args.p * args.q, args.k, sm_count);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const char* error = nullptr;
-  switch (args.tile_n) {
-    case 64:
-      error = by_dtype<ConvDtype>(x.scalar_type(), [&](auto dtype) {
-        return launch_conv_fprop<decltype(dtype)::value, 64>(args, stream);
-      });
-      break;
-    case 96:
-      error = by_dtype<ConvDtype>(x.scalar_type(), [&](auto dtype) {
-        return launch_conv_fprop<decltype(dtype)::value, 96>(args, stream);
-      });
-      break;
-    default:
-      error = by_dtype<ConvDtype>(x.scalar_type(), [&](auto dtype) {
-        return launch_conv_fprop<decltype(dtype)::value, 128>(args, stream);
-      });
-  }
+  const char* error = by_tile<64, 96, 128>(args.tile_n, [&](auto tile) {
+    return by_dtype<ConvDtype>(x.scalar_type(), [&](auto dtype) {
+      return launch_conv_fprop<decltype(dtype)::value, decltype(tile)::value>(args, stream);
+    });
+  });
   OP_CHECK(error == nullptr, "cuda_conv_fprop: ", error);
 #else
   OP_CHECK(false, "cuda_conv_fprop: the extension was built without CUTLASS's headers (include/ and "

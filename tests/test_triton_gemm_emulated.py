@@ -201,7 +201,8 @@ def test_family_blocks_with_the_kxk_convs_on_the_conv_op(emulated_kxk, name, pat
     check_kxk(block, torch.randn(2, block.plan.in_channels, *hw, dtype=torch.float64), emulated_kxk)
 
 
-@pytest.mark.parametrize(("setting", "tile_n"), [(None, 0), ("128", 128), ("96", 96), ("64", 64), ("auto", 0)])
+@pytest.mark.parametrize(("setting", "tile_n"),
+                         [(None, 0), ("128", 128), ("96", 96), ("64", 64), ("auto", 0)])
 def test_the_conv_tile_setting_reaches_the_op(v4, emulated_kxk, monkeypatch, setting, tile_n):
     """INCEPTION_FAST_CUTLASS_CONV_TILE: the op's own choice unless set, 128-, 96- or 64-wide tiles."""
     if setting is None:
