@@ -118,7 +118,7 @@ const char* launch(const ConvFpropArgs& a, cudaStream_t stream) {
   const typename Kernel::Params params = Kernel::to_underlying_arguments(arguments, nullptr);
 
   if (const char* error = gemm_conv1x1::reserve_shared_memory<Kernel>(device)) return error;
-  const dim3 grid = Kernel::get_grid_shape(params);  // persistent: about one CTA per SM
+  const dim3 grid = Kernel::get_grid_shape(params);  // persistent: about one CTA per SM, whole clusters
   const dim3 block = Kernel::get_block_shape();
   return gemm_conv1x1::launch_entry<Kernel>(grid, Types::kClusterM, block, Kernel::SharedStorageSize, stream,
                                             params);
