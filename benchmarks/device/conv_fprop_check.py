@@ -9,7 +9,10 @@ Each case first checks the op against float64 with each tile width (128, 96, 64 
 own choice; at most twice cuDNN's own error plus 1e-6; a case that fails is reported and not timed),
 then times them and cuDNN: medians of CUDA-event timings with the
 L2 flushed before every call (`inception_fast.timing`). Ours reads a channel slice of a wider
-input and writes a channel slice of a wider output, with bias and ReLU; cuDNN is F.conv2d
+input and writes a channel slice of a wider output, with bias and ReLU: by default 8 channels
+into buffers 16 channels wider (each pixel's slice starts 16 bytes off a 128-byte line), with
+--on-line 64 channels into buffers whose width is a multiple of 64 (every pixel's slice starts a
+line, as the plans lay out what the k x k convs read); cuDNN is F.conv2d
 (channels_last, cudnn.benchmark) without the ReLU and the slices, timed with the bias and
 without it (as the library floor times it, `inception_fast.conv_floor`): PyTorch adds a bias
 after cuDNN's conv, a pass over the output. Writes
@@ -18,6 +21,7 @@ $OUT/conv_fprop_check.md and .json when OUT is set; exits non-zero when a case f
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -50,12 +54,22 @@ CASES = [
     ("InceptionC 1x3 384-256", 8, 8, 384, 256, (1, 3), 1, (0, 1)),
     ("InceptionC 3x1 448-512", 8, 8, 448, 512, (3, 1), 1, (1, 0)),
 ]
-PAD_CHANNELS = 16  # the slice sits 8 channels into a buffer 16 channels wider, on both sides
+LINE = 64  # channels of fp16 in a 128-byte line
 
 
-def case_tensors(batch, height, width, c, k, r, s, dtype, seed=0):
+def slice_layout(channels: int, on_line: bool) -> tuple[int, int]:
+    """(first channel, buffer width) of a slice of `channels`: 8 channels into a buffer 16
+    wider, or (on_line) a line into a buffer a line wider on both sides, rounded to lines."""
+    if on_line:
+        return LINE, LINE * (2 + -(-channels // LINE))
+    return 8, channels + 16
+
+
+def case_tensors(batch, height, width, c, k, r, s, dtype, seed=0, on_line=False):
+    """(x, weight, bias): x holds the conv's input at channel slice_layout(c, on_line)[0]."""
     generator = torch.Generator(device="cuda").manual_seed(seed)
-    x = torch.randn(batch, height, width, c + PAD_CHANNELS, device="cuda", generator=generator).to(dtype)
+    pitch = slice_layout(c, on_line)[1]
+    x = torch.randn(batch, height, width, pitch, device="cuda", generator=generator).to(dtype)
     weight = (torch.randn(k, r, s, c, device="cuda", generator=generator) / (r * s * c) ** 0.5).to(dtype)
     bias = torch.randn(k, device="cuda", generator=generator) * 0.1
     return x, weight, bias
@@ -69,17 +83,18 @@ WIDTHS = (128, 96, 64)  # the op's tile widths
 TILES = (*WIDTHS, 0)  # 0: its model picks per conv
 
 
-def run_case(op, name, batch, height, width, c, k, r, s, stride, pad_h, pad_w) -> dict:
+def run_case(op, name, batch, height, width, c, k, r, s, stride, pad_h, pad_w, on_line=False) -> dict:
     """Check one case against float64 on a few images with each tile width, then time them
     against cuDNN."""
-    x, weight, bias = case_tensors(batch, height, width, c, k, r, s, torch.float16)
-    source = x[..., 8:8 + c].permute(0, 3, 1, 2)
+    x, weight, bias = case_tensors(batch, height, width, c, k, r, s, torch.float16, on_line=on_line)
+    in_c0, out_c0 = slice_layout(c, on_line)[0], slice_layout(k, on_line)[0]
+    source = x[..., in_c0:in_c0 + c].permute(0, 3, 1, 2)
     kernel = weight.permute(0, 3, 1, 2)
     cudnn_in = source.contiguous(memory_format=torch.channels_last)
     conv = dict(stride=stride, padding=(pad_h, pad_w))
     p = (height + 2 * pad_h - r) // stride + 1
     q = (width + 2 * pad_w - s) // stride + 1
-    out = torch.zeros(batch, p, q, k + PAD_CHANNELS, device="cuda", dtype=torch.float16)
+    out = torch.zeros(batch, p, q, slice_layout(k, on_line)[1], device="cuda", dtype=torch.float16)
     row = {"case": name, "batch": batch, "ok": True, "error": 0.0, "ms": {}}
     few = slice(0, min(batch, 4))  # the float64 reference on a few images
     exact = F.conv2d(source[few].double(), kernel.double(), bias.double(), **conv).relu()
@@ -87,14 +102,14 @@ def run_case(op, name, batch, height, width, c, k, r, s, stride, pad_h, pad_w) -
     row["bound"] = 2 * relative_l2(cudnn, exact) + 1e-6
     for tile_n in TILES:
         def ours(tile_n=tile_n):
-            op(x, weight, bias, out, 8, 8, stride, pad_h, pad_w, True, tile_n)
+            op(x, weight, bias, out, in_c0, out_c0, stride, pad_h, pad_w, True, tile_n)
 
         try:
             out.zero_()
             ours()
         except RuntimeError as err:
             return {**row, "ok": False, "error": f"tile {tile_n}: {str(err).splitlines()[0][:200]}"}
-        error = relative_l2(out[few, ..., 8:8 + k].permute(0, 3, 1, 2), exact)
+        error = relative_l2(out[few, ..., out_c0:out_c0 + k].permute(0, 3, 1, 2), exact)
         row["error"] = max(row["error"], error)
         if error > row["bound"]:
             return {**row, "ok": False, "error": f"tile {tile_n}: {error:.2e} > {row['bound']:.2e}"}
@@ -126,21 +141,27 @@ def table(rows) -> list[str]:
     return lines
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--on-line", action="store_true", help="slices start 128-byte lines (see above)")
+    parser.add_argument("--batches", default="32,256")
+    args = parser.parse_args(argv)
     torch.backends.cudnn.benchmark = True
     extension.load()
     op = torch.ops.inception_fast.cuda_conv_fprop
     rows = []
     for name, height, width, c, k, (r, s), stride, (pad_h, pad_w) in CASES:
-        for batch in (32, 256):
-            rows.append(run_case(op, name, batch, height, width, c, k, r, s, stride, pad_h, pad_w))
+        for batch in (int(b) for b in args.batches.split(",")):
+            case = (name, batch, height, width, c, k, r, s, stride, pad_h, pad_w, args.on_line)
+            rows.append(run_case(op, *case))
             print(table(rows[-1:])[-1], flush=True)
     lines = table(rows)
     print("\n".join(lines), flush=True)
     out_dir = os.environ.get("OUT")
     if out_dir:
         document = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-                    "commit": os.environ.get("INCEPTION_FAST_COMMIT", "unknown"), "rows": rows}
+                    "commit": os.environ.get("INCEPTION_FAST_COMMIT", "unknown"), "on_line": args.on_line,
+                    "rows": rows}
         Path(out_dir, "conv_fprop_check.json").write_text(json.dumps(document, indent=1) + "\n")
         Path(out_dir, "conv_fprop_check.md").write_text("\n".join(lines) + "\n")
     failures = sum(not row["ok"] for row in rows)

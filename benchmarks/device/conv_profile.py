@@ -23,23 +23,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch
 import torch.nn.functional as F
-from conv_fprop_check import CASES, case_tensors
+from conv_fprop_check import CASES, case_tensors, slice_layout
 
 from inception_fast import extension
 
 
-def case_calls(op, case, batch, tile_n):
+def case_calls(op, case, batch, tile_n, on_line):
     """(ours, cudnn) as argument-free callables for one case of conv_fprop_check.CASES."""
     _, height, width, c, k, (r, s), stride, (pad_h, pad_w) = case
-    x, weight, bias = case_tensors(batch, height, width, c, k, r, s, torch.float16)
+    x, weight, bias = case_tensors(batch, height, width, c, k, r, s, torch.float16, on_line=on_line)
+    in_c0, out_c0 = slice_layout(c, on_line)[0], slice_layout(k, on_line)[0]
     p = (height + 2 * pad_h - r) // stride + 1
     q = (width + 2 * pad_w - s) // stride + 1
-    out = torch.zeros(batch, p, q, k + 16, device="cuda", dtype=torch.float16)
-    cudnn_in = x[..., 8 : 8 + c].permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+    out = torch.zeros(batch, p, q, slice_layout(k, on_line)[1], device="cuda", dtype=torch.float16)
+    cudnn_in = x[..., in_c0 : in_c0 + c].permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
     kernel = weight.permute(0, 3, 1, 2)
 
     def ours():
-        op(x, weight, bias, out, 8, 8, stride, pad_h, pad_w, True, tile_n)
+        op(x, weight, bias, out, in_c0, out_c0, stride, pad_h, pad_w, True, tile_n)
 
     def cudnn():
         F.conv2d(cudnn_in, kernel, None, stride=stride, padding=(pad_h, pad_w))
@@ -53,13 +54,14 @@ def main(argv=None) -> int:
     parser.add_argument("--cases", default="", help="comma-separated substrings of case names (default: all)")
     parser.add_argument("--tile-n", type=int, default=0, help="the op's tile width (0: its model picks)")
     parser.add_argument("--names", action="store_true", help="print cuDNN's kernel names instead")
+    parser.add_argument("--on-line", action="store_true", help="slices start 128-byte lines")
     args = parser.parse_args(argv)
     torch.backends.cudnn.benchmark = True
     extension.load()
     op = torch.ops.inception_fast.cuda_conv_fprop
     wanted = [part for part in args.cases.split(",") if part]
     cases = [case for case in CASES if not wanted or any(part in case[0] for part in wanted)]
-    calls = {case[0]: case_calls(op, case, args.batch, args.tile_n) for case in cases}
+    calls = {case[0]: case_calls(op, case, args.batch, args.tile_n, args.on_line) for case in cases}
     for ours, cudnn in calls.values():  # warm-up: the algorithm search and first launches
         for _ in range(3):
             ours()
