@@ -4,9 +4,7 @@
 2. Convolutions that read the same tensor with the same window stack into one Conv op.
 3. Every tensor gets a place: the block output's concatenation becomes channel slices of the
    output buffer, any other concatenation a contiguous slice of the work buffer, every other
-   intermediate its own work slice (in order of first use). A work slice that a k x k conv
-   reads starts at a multiple of `WINDOW_SOURCE_ALIGN` channels, in a work buffer whose width is
-   one too (see there).
+   intermediate its own work slice (in order of first use).
 4. Each op runs in the earliest stage after the ops whose results it reads.
 """
 
@@ -20,17 +18,6 @@ from ..folding import fold_conv
 from ..plan import INPUT, OUTPUT, WORK, BlockPlan, Conv, GlobalAvgPool, Pool, Slice, Write
 from .layers import AliasLayer, CatLayer, ConvLayer, GlobalPoolLayer, Layer, PoolLayer, TorchLayer, resolve
 from .tracing import UnsupportedModel
-
-# Channels: 128 bytes of fp16/bf16, a cache line. The k x k convs load 64 channels of each
-# pixel per window tap (im2col); where a pixel's channels start mid-line, each load touches two
-# lines and the convs' L2 requests double. On an H100, the CUTLASS conv on channels 16 bytes off
-# the line ran at 1.4-2.2x cuDNN's time with the tensor pipe 35-57% busy and L2 tag lookups at
-# 79-86% of peak (cuDNN, on line-aligned channels: 36-51%).
-WINDOW_SOURCE_ALIGN = 64
-
-
-def _align_up(value: int, multiple: int) -> int:
-    return -(-value // multiple) * multiple
 
 
 @dataclass(eq=False)
@@ -184,16 +171,12 @@ class _Lowering:
         for cat in work_cats:
             for leaf in cat_leaves[id(cat)]:
                 claim(leaf, cat)
-        # What the k x k convs read starts on a cache line (WINDOW_SOURCE_ALIGN).
-        window_sources = {id(op.src) for op in ops if op.kind == "conv" and op.layers[0].kernel != (1, 1)}
         top = 0
         for op in sorted(ops, key=lambda o: (o.stage, o.order)):
             for layer in self.produced(op):
                 if id(layer) in where:
                     continue
                 cat = owner.get(id(layer))
-                if id(cat if cat is not None else layer) in window_sources:
-                    top = _align_up(top, WINDOW_SOURCE_ALIGN)
                 if cat is None:
                     where[id(layer)] = Slice(WORK, top, top + channels[id(layer)])
                     top += channels[id(layer)]
@@ -202,10 +185,6 @@ class _Lowering:
                     where[id(leaf)] = Slice(WORK, top, top + channels[id(leaf)])
                     top += channels[id(leaf)]
                 where[id(cat)] = Slice(WORK, where[id(cat_leaves[id(cat)][0])].start, top)
-        # Every pixel's slice starts on a line only where the buffer's width is a whole number
-        # of lines too.
-        if any(key in where and where[key].buffer == WORK for key in window_sources):
-            top = _align_up(top, WINDOW_SOURCE_ALIGN)
         self.work_channels = top
         return where
 
