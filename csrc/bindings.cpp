@@ -267,8 +267,9 @@ const char* by_tile(int tile, Launch&& launch) {
 // Arguments of cuda_gemm_conv1x1 on any device (the Meta kernel runs these too, so a bad call
 // fails while tracing). Pointer alignment is checked where there are pointers (CUDA).
 void check_gemm_conv1x1(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
-                        const at::Tensor& out, int64_t col_offset, int64_t tile_n, bool tf32) {
+                        const at::Tensor& out, int64_t col_offset, int64_t tile_n, bool tf32, int64_t sm_limit) {
   check_cutlass_dtype("cuda_gemm_conv1x1", x, tf32);
+  OP_CHECK(sm_limit >= 0, "cuda_gemm_conv1x1: sm_limit must be 0 (every SM) or a positive SM count, got ", sm_limit);
   OP_CHECK(x.dim() >= 2 && x.is_contiguous(), "cuda_gemm_conv1x1: x must be a contiguous NHWC (or [M, K]) "
            "tensor, channels last, got shape ", x.sizes());
   const int64_t k = x.size(-1), m = x.numel() / std::max<int64_t>(k, 1);
@@ -310,14 +311,15 @@ void check_gemm_conv1x1(const at::Tensor& x, const at::Tensor& weight, const at:
 }
 
 void cuda_gemm_conv1x1_meta(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
-                            const at::Tensor& out, int64_t col_offset, bool /*relu*/, int64_t tile_n, bool tf32) {
-  check_gemm_conv1x1(x, weight, bias, out, col_offset, tile_n, tf32);
+                            const at::Tensor& out, int64_t col_offset, bool /*relu*/, int64_t tile_n, bool tf32,
+                            int64_t sm_limit) {
+  check_gemm_conv1x1(x, weight, bias, out, col_offset, tile_n, tf32, sm_limit);
 }
 
 void cuda_gemm_conv1x1(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                        const at::Tensor& out, int64_t col_offset, [[maybe_unused]] bool relu, int64_t tile_n,
-                       bool tf32) {
-  check_gemm_conv1x1(x, weight, bias, out, col_offset, tile_n, tf32);
+                       bool tf32, [[maybe_unused]] int64_t sm_limit) {
+  check_gemm_conv1x1(x, weight, bias, out, col_offset, tile_n, tf32, sm_limit);
 #if defined(INCEPTION_FAST_WITH_CUTLASS)
   const int64_t k = x.size(-1), n = weight.size(0), m = x.numel() / k;
   if (m == 0) return;
@@ -335,7 +337,8 @@ void cuda_gemm_conv1x1(const at::Tensor& x, const at::Tensor& weight, const at::
   int sm_count = 0;
   OP_CHECK(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, x.device().index()) == cudaSuccess,
            "cuda_gemm_conv1x1: cannot query the SM count of ", x.device());
-  args.tile_n = tile_n != 0 ? static_cast<int>(tile_n) : gemm_conv1x1_tile_n(m, n, sm_count);
+  args.sm_count = usable_sms(sm_count, sm_limit, 1);
+  args.tile_n = tile_n != 0 ? static_cast<int>(tile_n) : gemm_conv1x1_tile_n(m, n, args.sm_count);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const char* error = by_tile<64, 128, 256>(args.tile_n, [&](auto tile) {
     return by_dtype<GemmDtype>(x.scalar_type(), [&](auto dtype) {
@@ -354,7 +357,8 @@ void cuda_gemm_conv1x1(const at::Tensor& x, const at::Tensor& weight, const at::
 // x's channels [in_c0, in_c0 + C) and writes out's [out_c0, out_c0 + K).
 void check_conv_fprop(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& out,
                       int64_t in_c0, int64_t out_c0, int64_t stride, int64_t pad_h, int64_t pad_w, int64_t tile_n,
-                      bool tf32) {
+                      bool tf32, int64_t sm_limit) {
+  OP_CHECK(sm_limit >= 0, "cuda_conv_fprop: sm_limit must be 0 (every SM) or a positive SM count, got ", sm_limit);
   OP_CHECK(tile_n == 0 || tile_n == 64 || tile_n == 96 || tile_n == 128, "cuda_conv_fprop: tile_n must be 0 "
            "(chosen per problem), 64, 96 or 128, got ", tile_n);
   check_cutlass_dtype("cuda_conv_fprop", x, tf32);
@@ -401,14 +405,15 @@ void check_conv_fprop(const at::Tensor& x, const at::Tensor& weight, const at::T
 
 void cuda_conv_fprop_meta(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& out,
                           int64_t in_c0, int64_t out_c0, int64_t stride, int64_t pad_h, int64_t pad_w,
-                          bool /*relu*/, int64_t tile_n, bool tf32) {
-  check_conv_fprop(x, weight, bias, out, in_c0, out_c0, stride, pad_h, pad_w, tile_n, tf32);
+                          bool /*relu*/, int64_t tile_n, bool tf32, int64_t sm_limit) {
+  check_conv_fprop(x, weight, bias, out, in_c0, out_c0, stride, pad_h, pad_w, tile_n, tf32, sm_limit);
 }
 
 void cuda_conv_fprop(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& out,
                      int64_t in_c0, int64_t out_c0, int64_t stride, int64_t pad_h, int64_t pad_w,
-                     [[maybe_unused]] bool relu, [[maybe_unused]] int64_t tile_n, bool tf32) {
-  check_conv_fprop(x, weight, bias, out, in_c0, out_c0, stride, pad_h, pad_w, tile_n, tf32);
+                     [[maybe_unused]] bool relu, [[maybe_unused]] int64_t tile_n, bool tf32,
+                     [[maybe_unused]] int64_t sm_limit) {
+  check_conv_fprop(x, weight, bias, out, in_c0, out_c0, stride, pad_h, pad_w, tile_n, tf32, sm_limit);
 #if defined(INCEPTION_FAST_WITH_CUTLASS_CONV)
   if (out.numel() == 0) return;
   ConvFpropArgs args{};
@@ -437,8 +442,9 @@ void cuda_conv_fprop(const at::Tensor& x, const at::Tensor& weight, const at::Te
   int sm_count = 0;
   OP_CHECK(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, x.device().index()) == cudaSuccess,
            "cuda_conv_fprop: cannot query the SM count of ", x.device());
+  args.sm_count = usable_sms(sm_count, sm_limit, 1);
   args.tile_n = tile_n != 0 ? static_cast<int>(tile_n)
-                            : conv_fprop_tile_n(int64_t(args.n) * args.p * args.q, args.k, sm_count);
+                            : conv_fprop_tile_n(int64_t(args.n) * args.p * args.q, args.k, args.sm_count);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const char* error = by_tile<64, 96, 128>(args.tile_n, [&](auto tile) {
     return by_dtype<ConvDtype>(x.scalar_type(), [&](auto dtype) {
@@ -461,10 +467,10 @@ TORCH_LIBRARY(inception_fast, m) {
       "Tensor bias, Tensor col_dst, Tensor col_flags) -> ()");
   m.def(
       "cuda_gemm_conv1x1(Tensor x, Tensor weight, Tensor bias, Tensor(a!) out, int col_offset, bool relu, "
-      "int tile_n=0, bool tf32=False) -> ()");
+      "int tile_n=0, bool tf32=False, int sm_limit=0) -> ()");
   m.def(
       "cuda_conv_fprop(Tensor x, Tensor weight, Tensor bias, Tensor(a!) out, int in_c0, int out_c0, int stride, "
-      "int pad_h, int pad_w, bool relu, int tile_n=0, bool tf32=False) -> ()");
+      "int pad_h, int pad_w, bool relu, int tile_n=0, bool tf32=False, int sm_limit=0) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(inception_fast, CUDA, m) {

@@ -108,7 +108,8 @@ const char* launch(const ConvFpropArgs& a, cudaStream_t stream) {
   arguments.epilogue.dC = stride_d;
   arguments.epilogue.ptr_D = static_cast<Element*>(a.out) + a.out_c0;
   arguments.epilogue.dD = stride_d;
-  gemm_conv1x1::set_bias_act_and_device(arguments, a.bias, a.relu, device, info.sm_count);
+  gemm_conv1x1::set_bias_act_and_device(arguments, a.bias, a.relu, device,
+                                        usable_sms(info.sm_count, a.sm_count, Types::kClusterM));
 
   if (!Kernel::can_implement(arguments)) {
     return "CUTLASS cannot run this convolution (sizes, padding or alignment)";

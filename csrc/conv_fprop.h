@@ -27,7 +27,8 @@ struct ConvFpropArgs {
   int p, q;  // the output size: (h + 2 pad_h - r) / stride + 1, the same for q
   int64_t in_pitch, in_c0, out_pitch, out_c0;
   bool relu;
-  int tile_n;  // output channels per CTA tile: 64, 96 or 128 (conv_fprop_tile_n picks one)
+  int tile_n;    // output channels per CTA tile: 64, 96 or 128 (conv_fprop_tile_n picks one)
+  int sm_count;  // SMs the persistent CTAs may occupy: all, or a share (usable_sms)
 };
 
 // The tile width for a conv of m = N*P*Q output pixels and k output channels on `sm_count` SMs:

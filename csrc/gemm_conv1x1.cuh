@@ -290,7 +290,8 @@ const char* launch(const GemmConv1x1Args& args, cudaStream_t stream) {
   arguments.epilogue.dC = stride_c;
   arguments.epilogue.ptr_D = static_cast<Element*>(args.d);
   arguments.epilogue.dD = stride_d;
-  set_bias_act_and_device(arguments, args.bias, args.relu, device, info.sm_count);
+  set_bias_act_and_device(arguments, args.bias, args.relu, device,
+                          usable_sms(info.sm_count, args.sm_count, GemmKernel<T, TileN>::kClusterM));
 
   if (!Kernel::can_implement(arguments)) {
     return "CUTLASS cannot run this problem (sizes or alignment)";

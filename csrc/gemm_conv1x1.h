@@ -20,8 +20,17 @@ struct GemmConv1x1Args {
   void* d;
   int64_t m, n, k, ldd;
   bool relu;
-  int tile_n;  // CTA tile width: 64, 128 or 256 (gemm_conv1x1_tile_n picks one)
+  int tile_n;    // CTA tile width: 64, 128 or 256 (gemm_conv1x1_tile_n picks one)
+  int sm_count;  // SMs the persistent CTAs may occupy: all, or a share (usable_sms)
 };
+
+// The SMs a persistent launch may occupy: the device's `sm_count`, or `limit` of them where
+// 0 < limit (launches side by side each take a share of the GPU), in whole clusters of
+// `cluster` CTAs.
+inline int usable_sms(int sm_count, int64_t limit, int cluster) {
+  const int64_t sms = limit > 0 && limit < sm_count ? limit : sm_count;
+  return static_cast<int>(sms >= cluster ? sms / cluster * cluster : cluster);
+}
 
 // Output channels per CTA tile, of `widths` (widest first; tiles are 128 rows), for an m x n
 // GEMM on `sm_count` SMs, by a model of its time: rounds of CTAs over the SMs times the work of

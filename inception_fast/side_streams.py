@@ -10,6 +10,12 @@ edges, so a replay runs the branches concurrently too.
 
 Serial where streams cannot help or cannot be traced: on the CPU, while torch.compile traces,
 and with INCEPTION_FAST_SIDE_STREAMS=0.
+
+Persistent launches (the CUTLASS ops) size their grids to every SM, so two of them side by side
+still run one after the other, and each re-reads a stage input that the L2 cannot hold at large
+batches. `sm_shares` gives each a share of the SMs in proportion to its work instead: they run
+at once and walk the input's pixels at about the same pace, so one fetches what the others read
+from L2 (INCEPTION_FAST_SM_SHARES=0: every launch gets every SM).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 ENV = "INCEPTION_FAST_SIDE_STREAMS"
+ENV_SHARES = "INCEPTION_FAST_SM_SHARES"
 MAX_SIDE_STREAMS = 4  # the widest stage of the family has 5 launches
 
 _streams: dict = {}  # device -> its side streams, made on first use
@@ -30,6 +37,27 @@ def enabled() -> bool:
     if setting not in ("0", "1"):
         raise ValueError(f"{ENV}={setting!r}: use 1 (launches of a stage side by side, the default) or 0")
     return setting == "1"
+
+
+def sm_shares(work: Sequence[float], sm_count: int) -> list[int]:
+    """SMs for each of a stage's side-by-side persistent launches, in proportion to `work`, in
+    whole pairs (the ops' 2-CTA clusters), at least one pair each, summing to at most
+    `sm_count`; all 0 (every SM each) for a single launch, without side streams, or with
+    INCEPTION_FAST_SM_SHARES=0."""
+    setting = os.environ.get(ENV_SHARES, "1")
+    if setting not in ("0", "1"):
+        raise ValueError(f"{ENV_SHARES}={setting!r}: use 1 (side-by-side launches share the SMs) or 0")
+    pairs = sm_count // 2
+    if len(work) < 2 or setting == "0" or not enabled() or pairs < len(work):
+        return [0] * len(work)
+    total = sum(work)
+    exact = [pairs * w / total for w in work]
+    shares = [max(1, int(e)) for e in exact]
+    while sum(shares) > pairs:  # the floor of one pair each can overshoot: trim the largest
+        shares[shares.index(max(shares))] -= 1
+    for i in sorted(range(len(work)), key=lambda i: shares[i] - exact[i])[: pairs - sum(shares)]:
+        shares[i] += 1  # the pairs left over to the launches furthest below their part
+    return [2 * share for share in shares]
 
 
 def _side_streams(device: torch.device) -> list:

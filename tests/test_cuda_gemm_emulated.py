@@ -50,9 +50,12 @@ class EmulatedGemm:
     def __init__(self):
         self.calls = 0
         self.tf32 = set()  # the tf32 flags it was called with
+        self.sm_limits = []  # the SM limits it was called with, in order
 
-    def __call__(self, x, weight, bias, out, col_offset, relu, tile_n=0, tf32=False):
+    def __call__(self, x, weight, bias, out, col_offset, relu, tile_n=0, tf32=False, sm_limit=0):
         k, n = x.shape[-1], weight.shape[0]
+        assert sm_limit >= 0
+        self.sm_limits.append(sm_limit)
         assert tf32 == (x.dtype == torch.float32), "fp32 runs on TF32 only, and only fp32 does"
         if tf32:
             assert_tf32_values(weight)

@@ -24,11 +24,12 @@ SCHEMA = (
 )
 GEMM_SCHEMA = (
     "inception_fast::cuda_gemm_conv1x1(Tensor x, Tensor weight, Tensor bias, Tensor(a!) out, int col_offset, "
-    "bool relu, int tile_n=0, bool tf32=False) -> ()"
+    "bool relu, int tile_n=0, bool tf32=False, int sm_limit=0) -> ()"
 )
 CONV_SCHEMA = (
     "inception_fast::cuda_conv_fprop(Tensor x, Tensor weight, Tensor bias, Tensor(a!) out, int in_c0, "
-    "int out_c0, int stride, int pad_h, int pad_w, bool relu, int tile_n=0, bool tf32=False) -> ()"
+    "int out_c0, int stride, int pad_h, int pad_w, bool relu, int tile_n=0, bool tf32=False, "
+    "int sm_limit=0) -> ()"
 )
 
 

@@ -105,3 +105,21 @@ def test_fp32_runs_only_when_tf32_is_asked_for():
     out = torch.zeros(2, 9, 9, 32, device="cuda")
     with pytest.raises(RuntimeError, match="pass tf32=True"):
         torch.ops.inception_fast.cuda_conv_fprop(x, weight, bias, out, 0, 0, 1, 1, 1, False)
+
+
+@pytest.mark.parametrize("sm_limit", [2, 9, 66, 1000])
+def test_a_share_of_the_sms_computes_the_same_bits(sm_limit):
+    """Fewer persistent CTAs (an odd limit rounds down to whole clusters; one past the GPU is the
+    GPU) walk the same tiles: every tile's sum runs in the same order, so the bits match."""
+    generator = torch.Generator(device="cuda").manual_seed(sm_limit)
+    x = torch.randn(5, 35, 35, 96, device="cuda", generator=generator).half()
+    weight = (torch.randn(96, 3, 3, 64, device="cuda", generator=generator) / 24).half()
+    bias = torch.randn(96, device="cuda", generator=generator)
+    outs = []
+    for limit in (0, sm_limit):
+        out = torch.zeros(5, 35, 35, 96, device="cuda", dtype=torch.float16)
+        torch.ops.inception_fast.cuda_conv_fprop(x, weight, bias, out, 32, 0, 1, 1, 1, True, 0, False, limit)
+        outs.append(out)
+    assert torch.equal(outs[0], outs[1])
+    with pytest.raises(RuntimeError, match="sm_limit must be 0"):
+        torch.ops.inception_fast.cuda_conv_fprop(x, weight, bias, outs[0], 32, 0, 1, 1, 1, True, 0, False, -1)

@@ -98,3 +98,18 @@ def test_fp32_runs_only_when_tf32_is_asked_for():
     half = torch.zeros(2, 8, 8, 32, device="cuda", dtype=torch.float16)
     with pytest.raises(RuntimeError, match="tf32=True is for float32"):
         torch.ops.inception_fast.cuda_gemm_conv1x1(x.half(), weight.half(), bias, half, 0, False, 0, True)
+
+
+@pytest.mark.parametrize("sm_limit", [2, 9, 66, 1000])
+def test_a_share_of_the_sms_computes_the_same_bits(sm_limit):
+    """Fewer persistent CTAs (an odd limit rounds down to whole clusters; one past the GPU is the
+    GPU) walk the same tiles: every tile's sum runs in the same order, so the bits match."""
+    x, weight, bias = _problem(7, 17, 1024, 384, torch.float16, seed=sm_limit)
+    outs = []
+    for limit in (0, sm_limit):
+        out = torch.zeros(7, 17, 17, 384, device="cuda", dtype=torch.float16)
+        torch.ops.inception_fast.cuda_gemm_conv1x1(x, weight, bias, out, 0, True, 0, False, limit)
+        outs.append(out)
+    assert torch.equal(outs[0], outs[1])
+    with pytest.raises(RuntimeError, match="sm_limit must be 0"):
+        torch.ops.inception_fast.cuda_gemm_conv1x1(x, weight, bias, outs[0], 0, True, 0, False, -1)

@@ -23,6 +23,32 @@ def test_a_wrong_setting_is_named(monkeypatch):
         side_streams.enabled()
 
 
+def test_side_by_side_launches_share_the_sms_in_pairs_by_their_work(monkeypatch):
+    monkeypatch.delenv(side_streams.ENV, raising=False)
+    monkeypatch.delenv(side_streams.ENV_SHARES, raising=False)
+    # Inception-v4's InceptionA stage 0: three GEMMs of 96, 128 and 96 columns over 384 channels.
+    assert side_streams.sm_shares([96 * 384, 128 * 384, 96 * 384], 132) == [40, 52, 40]
+    assert side_streams.sm_shares([3, 1], 132) == [100, 32]
+    assert side_streams.sm_shares([1000, 1, 1, 1], 132) == [126, 2, 2, 2]  # a pair at least
+    for work in ([5, 3, 2, 7, 1], [1, 1], [10, 1]):
+        shares = side_streams.sm_shares(work, 132)
+        assert sum(shares) <= 132 and all(s >= 2 and s % 2 == 0 for s in shares), (work, shares)
+    assert side_streams.sm_shares([1], 132) == [0]  # alone: every SM
+    assert side_streams.sm_shares([1] * 5, 8) == [0] * 5  # fewer pairs than launches: every SM each
+
+
+@pytest.mark.parametrize(("env", "setting"), [("ENV", "0"), ("ENV_SHARES", "0")])
+def test_without_side_streams_or_shares_every_launch_gets_every_sm(monkeypatch, env, setting):
+    monkeypatch.setenv(getattr(side_streams, env), setting)
+    assert side_streams.sm_shares([1, 2, 3], 132) == [0, 0, 0]
+
+
+def test_a_wrong_share_setting_is_named(monkeypatch):
+    monkeypatch.setenv(side_streams.ENV_SHARES, "yes")
+    with pytest.raises(ValueError, match="INCEPTION_FAST_SM_SHARES='yes'"):
+        side_streams.sm_shares([1, 2], 132)
+
+
 def _slow_then_slices(a, b, out):
     """Launches that each read `a` after a slow producer wrote it and fill one slice of `out`."""
     def launch(k):

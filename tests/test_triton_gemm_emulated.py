@@ -47,6 +47,21 @@ def test_inception_a_first_stage_goes_whole_to_the_gemm_op_the_others_stay():
         assert split.launches == [] and split.rest is stage  # untouched: the triton backend's own
 
 
+def test_a_stages_op_launches_share_the_sms_by_their_work(monkeypatch):
+    monkeypatch.delenv("INCEPTION_FAST_SIDE_STREAMS", raising=False)
+    monkeypatch.delenv("INCEPTION_FAST_SM_SHARES", raising=False)
+    block = reference_block(R.InceptionA)
+    stages, channels = triton_stages(block)
+
+    def limits(**kwargs):
+        return [launch.sm_limit for launch in tg.split_stages(block, stages, channels, **kwargs)[0].launches]
+
+    assert limits(sm_count=132) == [40, 52, 40]  # stage 0: 96, 128 and 96 columns over 384 channels
+    assert limits() == [0, 0, 0]
+    monkeypatch.setenv("INCEPTION_FAST_SM_SHARES", "0")
+    assert limits(sm_count=132) == [0, 0, 0]
+
+
 def test_reduction_a_mixed_stage_leaves_its_other_rows_to_a_stage_of_their_own():
     block = reference_block(R.ReductionA)
     stages, channels = triton_stages(block)
@@ -99,8 +114,10 @@ class EmulatedConv:
         self.calls = 0
         self.tiles = set()
 
-    def __call__(self, x, weight, bias, out, in_c0, out_c0, stride, pad_h, pad_w, relu, tile_n=0, tf32=False):
+    def __call__(self, x, weight, bias, out, in_c0, out_c0, stride, pad_h, pad_w, relu, tile_n=0, tf32=False,
+                 sm_limit=0):
         k, _, _, c = weight.shape
+        assert sm_limit >= 0
         assert tf32 == (x.dtype == torch.float32), "fp32 runs on TF32 only, and only fp32 does"
         if tf32:
             assert_tf32_values(weight)

@@ -59,11 +59,13 @@ def _usable_here(device) -> bool:
 
 
 def split_stages(
-    block, stages: list, in_channels: int, use_gemm: bool = True, kxk: bool = False, tf32: bool = False
+    block, stages: list, in_channels: int, use_gemm: bool = True, kxk: bool = False, tf32: bool = False,
+    sm_count: int = 0,
 ) -> list[SplitStage]:
     """Each `triton_backend` stage (packed, signature, launch state) split between the CUTLASS
     ops (the GEMM; with `kxk` the k x k conv too) and the stage kernel; `in_channels`: the block
-    input's channels as the kernels get them; `tf32`: fp32 on TF32 tensor cores."""
+    input's channels as the kernels get them; `tf32`: fp32 on TF32 tensor cores; `sm_count`: the
+    GPU's SMs, which a stage's op launches share (side_streams.sm_shares; 0: each takes all)."""
     if not use_gemm:
         return [SplitStage([], stage) for stage in stages]
     plan = block.plan
@@ -75,6 +77,9 @@ def split_stages(
         # weights, the `triton` backend's own (the rest shares the stage's weight table).
         tf32_weights = (state or StageLaunchState()).weights_for(packed, True) if tf32 else None
         split = gemm_routing.split_rows(packed, channels, kxk, tf32_weights)
+        shares = side_streams.sm_shares([launch.work for launch in split.launches], sm_count)
+        for launch, share in zip(split.launches, shares):
+            launch.sm_limit = share
         if not split.taken:
             found.append(SplitStage([], stage))
         elif split.rest is None:
@@ -96,8 +101,11 @@ def _split_block(block, x_kernel: torch.Tensor, stages: list, tf32: bool) -> lis
         what = f"splitting {block.plan.label} between the GEMM op and the stage kernel"
         outside_capture(x_kernel.device, what)
         use_gemm = _usable_here(x_kernel.device)
+        kxk = use_gemm and _kxk_usable(x_kernel.device)
+        cuda = x_kernel.device.type == "cuda"
+        sm_count = torch.cuda.get_device_properties(x_kernel.device).multi_processor_count if cuda else 0
         found = block.backend_cache[key] = split_stages(
-            block, stages, x_kernel.shape[1], use_gemm, use_gemm and _kxk_usable(x_kernel.device), tf32
+            block, stages, x_kernel.shape[1], use_gemm, kxk, tf32, sm_count
         )
     return found
 
