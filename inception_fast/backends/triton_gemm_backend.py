@@ -77,9 +77,7 @@ def split_stages(
         # weights, the `triton` backend's own (the rest shares the stage's weight table).
         tf32_weights = (state or StageLaunchState()).weights_for(packed, True) if tf32 else None
         split = gemm_routing.split_rows(packed, channels, kxk, tf32_weights)
-        shares = side_streams.sm_shares([launch.work for launch in split.launches], sm_count)
-        for launch, share in zip(split.launches, shares):
-            launch.sm_limit = share
+        gemm_routing.share_sms(split.launches, sm_count)
         if not split.taken:
             found.append(SplitStage([], stage))
         elif split.rest is None:
