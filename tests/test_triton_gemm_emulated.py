@@ -62,6 +62,17 @@ def test_a_stages_op_launches_share_the_sms_by_their_work(monkeypatch):
     assert limits(sm_count=132) == [0, 0, 0]
 
 
+def test_each_launch_hands_its_sm_share_to_the_op(emulated):
+    block = reference_block(R.InceptionA)
+    stages, channels = triton_stages(block, torch.float64)
+    launches = tg.split_stages(block, stages, channels, sm_count=132)[0].launches
+    plan = block.plan
+    widths = {pk.BUF_INPUT: channels, pk.BUF_WORK: plan.work_channels, pk.BUF_OUTPUT: plan.out_channels}
+    buffers = {buffer: torch.randn(2, 5, 5, width, dtype=torch.float64) for buffer, width in widths.items()}
+    gemm_routing.run_launches(launches, buffers)
+    assert emulated.sm_limits == [40, 52, 40]
+
+
 def test_reduction_a_mixed_stage_leaves_its_other_rows_to_a_stage_of_their_own():
     block = reference_block(R.ReductionA)
     stages, channels = triton_stages(block)

@@ -86,7 +86,7 @@ class GemmLaunch:
     weight: torch.Tensor  # [N, K] rows of the stage's weights (fp32: rounded to TF32)
     bias: torch.Tensor  # fp32 [N] of the stage's bias
     tf32: bool = False  # fp32 on TF32 tensor cores
-    sm_limit: int = 0  # SMs its persistent CTAs may occupy (0: all; side_streams.sm_shares)
+    sm_limit: int = 0  # SMs its persistent CTAs may occupy (0: all; share_sms)
 
     @property
     def work(self) -> int:
@@ -116,17 +116,11 @@ class ConvLaunch:
     pad_w: int
     tile_n: int  # 64, 96, 128, or 0: the op picks
     tf32: bool = False  # fp32 on TF32 tensor cores
-    sm_limit: int = 0  # SMs its persistent CTAs may occupy (0: all; side_streams.sm_shares)
-
-    @property
-    def work(self) -> float:
-        """Multiply-adds per pixel of the stage's input (a stride keeps 1 / stride^2 of them)."""
-        return self.weight.numel() / self.stride**2
 
     def run(self, buffers: dict) -> None:
         op = torch.ops.inception_fast.cuda_conv_fprop.default  # looked up per call: tests count it
         op(buffers[self.src], self.weight, self.bias, buffers[self.dst], self.in_c0, self.out_c0, self.stride,
-           self.pad_h, self.pad_w, self.relu, self.tile_n, self.tf32, self.sm_limit)
+           self.pad_h, self.pad_w, self.relu, self.tile_n, self.tf32)
 
 
 @dataclass
@@ -267,8 +261,8 @@ def share_sms(launches: list, sm_count: int) -> None:
     for launches of different sources made ReductionA 1.18x and Mixed4a 1.04x slower."""
     groups: dict = {}
     for launch in launches:
-        launch.sm_limit = 0
         if isinstance(launch, GemmLaunch):
+            launch.sm_limit = 0
             groups.setdefault(launch.src, []).append(launch)
     for group in groups.values():
         for launch, share in zip(group, side_streams.sm_shares([launch.work for launch in group], sm_count)):
