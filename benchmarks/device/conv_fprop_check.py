@@ -12,7 +12,7 @@ L2 flushed before every call (`inception_fast.timing`). Ours reads a channel sli
 input and writes a channel slice of a wider output, with bias and ReLU: by default 8 channels
 into buffers 16 channels wider (each pixel's slice starts 16 bytes off a 128-byte line), with
 --on-line 64 channels into buffers whose width is a multiple of 64 (every pixel's slice starts a
-line, as the plans lay out what the k x k convs read); cuDNN is F.conv2d
+line, as in most of the network's buffers); cuDNN is F.conv2d
 (channels_last, cudnn.benchmark) without the ReLU and the slices, timed with the bias and
 without it (as the library floor times it, `inception_fast.conv_floor`): PyTorch adds a bias
 after cuDNN's conv, a pass over the output. Writes
@@ -65,14 +65,18 @@ def slice_layout(channels: int, on_line: bool) -> tuple[int, int]:
     return 8, channels + 16
 
 
-def case_tensors(batch, height, width, c, k, r, s, dtype, seed=0, on_line=False):
-    """(x, weight, bias): x holds the conv's input at channel slice_layout(c, on_line)[0]."""
+def case_tensors(batch, height, width, c, k, r, s, stride, pad_h, pad_w, on_line=False, seed=0):
+    """(x, weight, bias, out) in fp16: x holds the conv's input at channel
+    slice_layout(c, on_line)[0], out (zeros) has room for its output at slice_layout(k, on_line)[0]."""
     generator = torch.Generator(device="cuda").manual_seed(seed)
     pitch = slice_layout(c, on_line)[1]
-    x = torch.randn(batch, height, width, pitch, device="cuda", generator=generator).to(dtype)
-    weight = (torch.randn(k, r, s, c, device="cuda", generator=generator) / (r * s * c) ** 0.5).to(dtype)
+    x = torch.randn(batch, height, width, pitch, device="cuda", generator=generator).half()
+    weight = (torch.randn(k, r, s, c, device="cuda", generator=generator) / (r * s * c) ** 0.5).half()
     bias = torch.randn(k, device="cuda", generator=generator) * 0.1
-    return x, weight, bias
+    p = (height + 2 * pad_h - r) // stride + 1
+    q = (width + 2 * pad_w - s) // stride + 1
+    out = torch.zeros(batch, p, q, slice_layout(k, on_line)[1], device="cuda", dtype=torch.float16)
+    return x, weight, bias, out
 
 
 def _median_ms(fn) -> float:
@@ -86,15 +90,12 @@ TILES = (*WIDTHS, 0)  # 0: its model picks per conv
 def run_case(op, name, batch, height, width, c, k, r, s, stride, pad_h, pad_w, on_line=False) -> dict:
     """Check one case against float64 on a few images with each tile width, then time them
     against cuDNN."""
-    x, weight, bias = case_tensors(batch, height, width, c, k, r, s, torch.float16, on_line=on_line)
+    x, weight, bias, out = case_tensors(batch, height, width, c, k, r, s, stride, pad_h, pad_w, on_line)
     in_c0, out_c0 = slice_layout(c, on_line)[0], slice_layout(k, on_line)[0]
     source = x[..., in_c0:in_c0 + c].permute(0, 3, 1, 2)
     kernel = weight.permute(0, 3, 1, 2)
     cudnn_in = source.contiguous(memory_format=torch.channels_last)
     conv = dict(stride=stride, padding=(pad_h, pad_w))
-    p = (height + 2 * pad_h - r) // stride + 1
-    q = (width + 2 * pad_w - s) // stride + 1
-    out = torch.zeros(batch, p, q, slice_layout(k, on_line)[1], device="cuda", dtype=torch.float16)
     row = {"case": name, "batch": batch, "ok": True, "error": 0.0, "ms": {}}
     few = slice(0, min(batch, 4))  # the float64 reference on a few images
     exact = F.conv2d(source[few].double(), kernel.double(), bias.double(), **conv).relu()
@@ -117,7 +118,7 @@ def run_case(op, name, batch, height, width, c, k, r, s, stride, pad_h, pad_w, o
     row["ours_ms"] = min(row["ms"][width] for width in WIDTHS)
     row["cudnn_ms"] = _median_ms(lambda: F.conv2d(cudnn_in, kernel, bias.half(), **conv))
     row["cudnn_no_bias_ms"] = _median_ms(lambda: F.conv2d(cudnn_in, kernel, None, **conv))
-    row["tflops"] = 2.0 * batch * p * q * k * r * s * c / row["ours_ms"] / 1e9
+    row["tflops"] = 2.0 * out[..., 0].numel() * k * r * s * c / row["ours_ms"] / 1e9
     return row
 
 

@@ -31,11 +31,8 @@ from inception_fast import extension
 def case_calls(op, case, batch, tile_n, on_line):
     """(ours, cudnn) as argument-free callables for one case of conv_fprop_check.CASES."""
     _, height, width, c, k, (r, s), stride, (pad_h, pad_w) = case
-    x, weight, bias = case_tensors(batch, height, width, c, k, r, s, torch.float16, on_line=on_line)
+    x, weight, bias, out = case_tensors(batch, height, width, c, k, r, s, stride, pad_h, pad_w, on_line)
     in_c0, out_c0 = slice_layout(c, on_line)[0], slice_layout(k, on_line)[0]
-    p = (height + 2 * pad_h - r) // stride + 1
-    q = (width + 2 * pad_w - s) // stride + 1
-    out = torch.zeros(batch, p, q, slice_layout(k, on_line)[1], device="cuda", dtype=torch.float16)
     cudnn_in = x[..., in_c0 : in_c0 + c].permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
     kernel = weight.permute(0, 3, 1, 2)
 
