@@ -357,10 +357,15 @@ void cuda_gemm_conv1x1(const at::Tensor& x, const at::Tensor& weight, const at::
 // x's channels [in_c0, in_c0 + C) and writes out's [out_c0, out_c0 + K).
 void check_conv_fprop(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& out,
                       int64_t in_c0, int64_t out_c0, int64_t stride, int64_t pad_h, int64_t pad_w, int64_t tile_n,
-                      bool tf32, int64_t sm_limit) {
+                      bool tf32, int64_t sm_limit, int64_t tile_m) {
   OP_CHECK(sm_limit >= 0, "cuda_conv_fprop: sm_limit must be 0 (every SM) or a positive SM count, got ", sm_limit);
   OP_CHECK(tile_n == 0 || tile_n == 64 || tile_n == 96 || tile_n == 128, "cuda_conv_fprop: tile_n must be 0 "
            "(chosen per problem), 64, 96 or 128, got ", tile_n);
+  OP_CHECK(tile_m == 0 || tile_m == 128 || tile_m == 256, "cuda_conv_fprop: tile_m must be 0 (chosen per problem), "
+           "128 or 256, got ", tile_m);
+  OP_CHECK(tile_m != 256 || (tile_n == 0 || tile_n == 96 || tile_n == 128) && x.scalar_type() != at::kFloat,
+           "cuda_conv_fprop: 256-row tiles are built 96 or 128 wide for fp16 and bf16; got tile_n ", tile_n,
+           " (", x.scalar_type(), "). Pass tile_m=0 or 128, or tile_n=96 or 128");
   check_cutlass_dtype("cuda_conv_fprop", x, tf32);
   OP_CHECK(x.dim() == 4 && x.is_contiguous(), "cuda_conv_fprop: x must be a contiguous NHWC tensor, got shape ",
            x.sizes());
@@ -405,15 +410,15 @@ void check_conv_fprop(const at::Tensor& x, const at::Tensor& weight, const at::T
 
 void cuda_conv_fprop_meta(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& out,
                           int64_t in_c0, int64_t out_c0, int64_t stride, int64_t pad_h, int64_t pad_w,
-                          bool /*relu*/, int64_t tile_n, bool tf32, int64_t sm_limit) {
-  check_conv_fprop(x, weight, bias, out, in_c0, out_c0, stride, pad_h, pad_w, tile_n, tf32, sm_limit);
+                          bool /*relu*/, int64_t tile_n, bool tf32, int64_t sm_limit, int64_t tile_m) {
+  check_conv_fprop(x, weight, bias, out, in_c0, out_c0, stride, pad_h, pad_w, tile_n, tf32, sm_limit, tile_m);
 }
 
 void cuda_conv_fprop(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& out,
                      int64_t in_c0, int64_t out_c0, int64_t stride, int64_t pad_h, int64_t pad_w,
                      [[maybe_unused]] bool relu, [[maybe_unused]] int64_t tile_n, bool tf32,
-                     [[maybe_unused]] int64_t sm_limit) {
-  check_conv_fprop(x, weight, bias, out, in_c0, out_c0, stride, pad_h, pad_w, tile_n, tf32, sm_limit);
+                     [[maybe_unused]] int64_t sm_limit, [[maybe_unused]] int64_t tile_m) {
+  check_conv_fprop(x, weight, bias, out, in_c0, out_c0, stride, pad_h, pad_w, tile_n, tf32, sm_limit, tile_m);
 #if defined(INCEPTION_FAST_WITH_CUTLASS_CONV)
   if (out.numel() == 0) return;
   ConvFpropArgs args{};
@@ -443,14 +448,33 @@ void cuda_conv_fprop(const at::Tensor& x, const at::Tensor& weight, const at::Te
   OP_CHECK(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, x.device().index()) == cudaSuccess,
            "cuda_conv_fprop: cannot query the SM count of ", x.device());
   args.sm_count = usable_sms(sm_count, sm_limit, 1);
+  const ConvTile chosen = conv_fprop_tile(int64_t(args.n) * args.p * args.q, args.k, args.r * args.s * args.c,
+                                          args.sm_count, x.scalar_type() != at::kFloat);
+  // A width given alone keeps 128-row tiles; a height given alone takes the model's width for it.
+  args.tile_m = tile_m != 0 ? static_cast<int>(tile_m) : tile_n != 0 ? 128 : chosen.m;
   args.tile_n = tile_n != 0 ? static_cast<int>(tile_n)
-                            : conv_fprop_tile_n(int64_t(args.n) * args.p * args.q, args.k, args.sm_count);
+                : args.tile_m == chosen.m ? chosen.n
+                                          : conv_fprop_tile_n(int64_t(args.n) * args.p * args.q, args.k,
+                                                              args.sm_count, args.tile_m);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const char* error = by_tile<64, 96, 128>(args.tile_n, [&](auto tile) {
-    return by_dtype<ConvDtype>(x.scalar_type(), [&](auto dtype) {
-      return launch_conv_fprop<decltype(dtype)::value, decltype(tile)::value>(args, stream);
+  const char* error = "no kernel is built for this tile shape";
+  if (args.tile_m == 256) {
+    error = by_tile<96, 128>(args.tile_n, [&](auto tile) {
+      return by_dtype<ConvDtype>(x.scalar_type(), [&](auto dtype) -> const char* {
+        if constexpr (decltype(dtype)::value == ConvDtype::kTf32) {
+          return "no kernel is built for this tile shape";
+        } else {
+          return launch_conv_fprop<decltype(dtype)::value, 256, decltype(tile)::value>(args, stream);
+        }
+      });
     });
-  });
+  } else {
+    error = by_tile<64, 96, 128>(args.tile_n, [&](auto tile) {
+      return by_dtype<ConvDtype>(x.scalar_type(), [&](auto dtype) {
+        return launch_conv_fprop<decltype(dtype)::value, 128, decltype(tile)::value>(args, stream);
+      });
+    });
+  }
   OP_CHECK(error == nullptr, "cuda_conv_fprop: ", error);
 #else
   OP_CHECK(false, "cuda_conv_fprop: the extension was built without CUTLASS's headers (include/ and "
@@ -470,7 +494,7 @@ TORCH_LIBRARY(inception_fast, m) {
       "int tile_n=0, bool tf32=False, int sm_limit=0) -> ()");
   m.def(
       "cuda_conv_fprop(Tensor x, Tensor weight, Tensor bias, Tensor(a!) out, int in_c0, int out_c0, int stride, "
-      "int pad_h, int pad_w, bool relu, int tile_n=0, bool tf32=False, int sm_limit=0) -> ()");
+      "int pad_h, int pad_w, bool relu, int tile_n=0, bool tf32=False, int sm_limit=0, int tile_m=0) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(inception_fast, CUDA, m) {

@@ -1,10 +1,11 @@
 // The CUTLASS 3.x sm90 implicit-GEMM convolution behind conv_fprop.h: the activation tile
 // arrives by im2col TMA (the padding is its out-of-bounds zero fill), the weight tile by TMA,
 // both into a multi-stage smem ring filled by a producer warp; two consumer warpgroups run WGMMA
-// with fp32 accumulation on alternate output tiles of persistent CTAs (ping-pong: one tile's
-// epilogue runs under the other's mainloop); a TMA-store epilogue adds the per-channel bias,
-// clamps (ReLU or not) and writes the input dtype into the output's channel slice (fp32, on TF32
-// tensor cores: rounded to TF32). Included by one .cu file per dtype and tile width.
+// with fp32 accumulation in persistent CTAs, on alternate 128-row output tiles (ping-pong: one
+// tile's epilogue runs under the other's mainloop) or on the two halves of one 256-row tile
+// (cooperative: each weight tile feeds twice the rows); a TMA-store epilogue adds the per-channel
+// bias, clamps (ReLU or not) and writes the input dtype into the output's channel slice (fp32, on
+// TF32 tensor cores: rounded to TF32). Included by one .cu file per dtype and tile shape.
 #pragma once
 
 #include "conv_fprop.h"
@@ -30,15 +31,23 @@ namespace conv_fprop {
 // GEMM kernel (conv_mainloop_in_gemm_kernel.cuh), which sees the linearized problem (M = N*P*Q,
 // N = K, K = (C, S, R)) and writes the output as a plain [M, N] matrix whose rows are the output
 // pixels, `out_pitch` apart.
+// (The conv dispatch policy refuses CUTLASS's own persistent schedule tags, not types derived
+// from the GEMM kernel's.)
 struct PersistentPingpong : cutlass::gemm::KernelTmaWarpSpecializedPingpong {};
+struct PersistentCooperative : cutlass::gemm::KernelTmaWarpSpecializedCooperative {};
 
-template <typename T, int TileN>
+template <typename T, int TileM, int TileN>
 struct ConvKernel {
+  static_assert(TileM == 128 || TileM == 256, "128-row tiles run ping-pong, 256-row tiles cooperative");
   using Element = typename gemm_conv1x1::CutlassElement<T>::type;
   // GEMM view: M = N*P*Q output pixels, N = K output channels, K = R*S*C; the activation
   // [N, H, W, C] and the weight [K, R, S, C] are both channel-innermost (NHWC / KRSC).
   using Layout = cutlass::layout::TensorNHWC;
-  using TileShape = cute::Shape<cute::_128, cute::Int<TileN>, cute::Shape<gemm_conv1x1::TileK<Element>>>;
+  using TileShape = cute::Shape<cute::Int<TileM>, cute::Int<TileN>, cute::Shape<gemm_conv1x1::TileK<Element>>>;
+  // 256-row tiles: both consumer warpgroups on one tile, 128 rows each (cuDNN's choice for
+  // Inception-v4's deep 3x3 convs, 256 x 96 and 256 x 128): per k-block a CTA loads 3/4 of the
+  // bytes per multiply-add that a 128-row tile loads, and both warpgroups issue WGMMA at once.
+  static constexpr bool kCooperative = TileM == 256;
   // CTAs per cluster along M (output pixels): the 96- and 128-wide tiles run in pairs that share
   // each weight tile by TMA multicast, as the GEMM op's do. On an H100, Inception-v4's k x k convs
   // on those tiles at batch 256 took 0.88-1.01x the time of single CTAs (InceptionA's 96-to-96
@@ -46,10 +55,14 @@ struct ConvKernel {
   static constexpr int kClusterM = TileN == 64 ? 1 : 2;
   using ClusterShape = cute::Shape<cute::Int<kClusterM>, cute::_1, cute::_1>;
   using ProblemShape = cutlass::conv::ConvProblemShape<cutlass::conv::Operator::kFprop, 2>;
-  using Epilogue = gemm_conv1x1::BiasActEpilogue<Element, TileShape, ClusterShape, cutlass::layout::RowMajor,
-                                                 cutlass::epilogue::TmaWarpSpecialized>;
+  using Epilogue = gemm_conv1x1::BiasActEpilogue<
+      Element, TileShape, ClusterShape, cutlass::layout::RowMajor,
+      std::conditional_t<kCooperative, cutlass::epilogue::TmaWarpSpecializedCooperative,
+                         cutlass::epilogue::TmaWarpSpecialized>>;
   // The builder's collective for one consumer warpgroup per tile (what ping-pong runs in each
-  // warpgroup), then the same collective under the persistent schedule.
+  // warpgroup), then the same collective under the persistent schedule; cooperative tiles split
+  // the MMA over two warpgroups along M (the builder's cooperative layout, which its
+  // non-persistent dispatch policy does not take).
   using Built = typename cutlass::conv::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, cutlass::conv::Operator::kFprop,
       Element, Layout, gemm_conv1x1::kAlignment<Element>, Element, Layout, gemm_conv1x1::kAlignment<Element>, float,
@@ -58,9 +71,16 @@ struct ConvKernel {
       cutlass::conv::KernelImplicitTmaWarpSpecializedSm90>::CollectiveOp;
   using Policy = cutlass::conv::MainloopSm90TmaGmmaWarpSpecializedImplicitGemm<
       cutlass::conv::Operator::kFprop, Built::DispatchPolicy::Stages, Built::NumSpatialDimensions, ClusterShape,
-      PersistentPingpong>;
+      std::conditional_t<kCooperative, PersistentCooperative, PersistentPingpong>>;
+  using ElementMma = std::conditional_t<std::is_same_v<Element, float>, cutlass::tfloat32_t, Element>;
+  using TiledMma = std::conditional_t<
+      kCooperative,
+      decltype(cute::make_tiled_mma(cute::GMMA::ss_op_selector<ElementMma, ElementMma, float, TileShape,
+                                                               cute::GMMA::Major::K, cute::GMMA::Major::K>(),
+                                    cute::Layout<cute::Shape<cute::_2, cute::_1, cute::_1>>{})),
+      typename Built::TiledMma>;
   using Mainloop = ConvMainloopInGemmKernel<cutlass::conv::collective::CollectiveConv<
-      Policy, TileShape, typename Built::ElementA, typename Built::ElementB, typename Built::TiledMma,
+      Policy, TileShape, typename Built::ElementA, typename Built::ElementB, TiledMma,
       cutlass::conv::collective::detail::Sm90ImplicitGemmTileTraits<typename Built::GmemTiledCopyA,
                                                                      typename Built::SmemLayoutA>,
       cutlass::conv::collective::detail::Sm90ImplicitGemmTileTraits<typename Built::GmemTiledCopyB,
@@ -71,9 +91,9 @@ struct ConvKernel {
   using Kernel = cutlass::gemm::kernel::GemmUniversal<GemmShape, Mainloop, Epilogue>;
 };
 
-template <typename T, int TileN>
+template <typename T, int TileM, int TileN>
 const char* launch(const ConvFpropArgs& a, cudaStream_t stream) {
-  using Types = ConvKernel<T, TileN>;
+  using Types = ConvKernel<T, TileM, TileN>;
   using Kernel = typename Types::Kernel;
   using Element = typename Types::Element;
   int device = 0;
@@ -133,7 +153,7 @@ const char* launch(const ConvFpropArgs& a, cudaStream_t stream) {
 namespace inception_fast {
 namespace conv_fprop {
 
-template <typename T, int TileN>
+template <typename T, int TileM, int TileN>
 const char* launch(const ConvFpropArgs&, cudaStream_t) {
   return "built without the CUTLASS headers (include/ and tools/util/include/)";
 }

@@ -27,43 +27,63 @@ struct ConvFpropArgs {
   int p, q;  // the output size: (h + 2 pad_h - r) / stride + 1, the same for q
   int64_t in_pitch, in_c0, out_pitch, out_c0;
   bool relu;
-  int tile_n;    // output channels per CTA tile: 64, 96 or 128 (conv_fprop_tile_n picks one)
+  int tile_m;    // output pixels per CTA tile: 128 (ping-pong) or 256 (cooperative; fp16 / bf16)
+  int tile_n;    // output channels per CTA tile: 64, 96 or 128 (96 or 128 for 256-row tiles)
   int sm_count;  // SMs the persistent CTAs may occupy: all, or a share (usable_sms)
 };
 
-// The tile width for a conv of m = N*P*Q output pixels and k output channels on `sm_count` SMs:
-// the GEMM op's model over the widths this op is built for (64-wide tiles waste less of a narrow
-// conv, and make more CTAs where 128-wide ones would leave SMs idle), with a fixed cost of 128
-// columns per tile: a conv tile's gather prologue and longer pipeline fill cost more than a
-// GEMM's. The 96-wide tile is a candidate only where the output channels fill it exactly (96,
-// 192, 288, ...); elsewhere its extra tiles cost more than the columns it saves. On an H100, on
-// Inception-v4's convs at batch 32 and 256, it picks the fastest of the three widths in 31 of 32
-// cases, the other within 4% (where it picks 96-wide tiles, they take 0.82-0.94x the time of
-// 128-wide ones).
-inline int conv_fprop_tile_n(int64_t m, int64_t k, int sm_count) {
+// The tile width for a conv of m = N*P*Q output pixels and k output channels on `sm_count` SMs,
+// in tiles of `tile_m` rows: the GEMM op's model over the widths this op is built for (64-wide
+// tiles waste less of a narrow conv, and make more CTAs where 128-wide ones would leave SMs
+// idle), with a fixed cost of 128 columns per tile: a conv tile's gather prologue and longer
+// pipeline fill cost more than a GEMM's. The 96-wide tile is a candidate only where the output
+// channels fill it exactly (96, 192, 288, ...); elsewhere its extra tiles cost more than the
+// columns it saves. On an H100, on Inception-v4's convs at batch 32 and 256, it picks the fastest
+// of the three 128-row widths in 31 of 32 cases, the other within 4% (where it picks 96-wide
+// tiles, they take 0.82-0.94x the time of 128-wide ones). 256-row tiles are 96 or 128 wide.
+inline int conv_fprop_tile_n(int64_t m, int64_t k, int sm_count, int tile_m = 128) {
+  if (tile_m == 256) {
+    return k % 96 == 0 ? cta_tile_n(m, k, sm_count, {128, 96}, 128, 256) : 128;
+  }
   if (k % 96 == 0) return cta_tile_n(m, k, sm_count, {128, 96, 64}, 128);
   return cta_tile_n(m, k, sm_count, {128, 64}, 128);
+}
+
+struct ConvTile {
+  int m, n;  // output pixels and output channels per CTA tile
+};
+
+// The tile shape for a conv of m = N*P*Q output pixels, k output channels and a reduction of
+// `depth` = R*S*C on `sm_count` SMs; `wide_rows` where 256-row tiles are built for the dtype.
+inline ConvTile conv_fprop_tile(int64_t m, int64_t k, int64_t depth, int sm_count, bool wide_rows) {
+  (void)depth;
+  (void)wide_rows;
+  return {128, conv_fprop_tile_n(m, k, sm_count)};
 }
 
 // kTf32: fp32 operands on TF32 tensor cores (read truncated to TF32; out rounded to TF32, to nearest).
 enum class ConvDtype : int { kHalf, kBFloat16, kTf32 };
 
-// One kernel per (dtype, tile width), each in its own .cu file; built only with the CUTLASS
+// One kernel per (dtype, tile shape), each in its own .cu file; built only with the CUTLASS
 // headers and util headers (INCEPTION_FAST_WITH_CUTLASS_CONV). nullptr on success, else why it failed.
-template <ConvDtype Dtype, int TileN>
+template <ConvDtype Dtype, int TileM, int TileN>
 const char* launch_conv_fprop(const ConvFpropArgs& args, cudaStream_t stream);
 
-#define INCEPTION_FAST_DECLARE_CONV_FPROP(DTYPE, TILE_N) \
-  template <>                                           \
-  const char* launch_conv_fprop<ConvDtype::DTYPE, TILE_N>(const ConvFpropArgs& args, cudaStream_t stream);
-INCEPTION_FAST_DECLARE_CONV_FPROP(kHalf, 64)
-INCEPTION_FAST_DECLARE_CONV_FPROP(kHalf, 96)
-INCEPTION_FAST_DECLARE_CONV_FPROP(kHalf, 128)
-INCEPTION_FAST_DECLARE_CONV_FPROP(kBFloat16, 64)
-INCEPTION_FAST_DECLARE_CONV_FPROP(kBFloat16, 96)
-INCEPTION_FAST_DECLARE_CONV_FPROP(kBFloat16, 128)
-INCEPTION_FAST_DECLARE_CONV_FPROP(kTf32, 64)
-INCEPTION_FAST_DECLARE_CONV_FPROP(kTf32, 96)
-INCEPTION_FAST_DECLARE_CONV_FPROP(kTf32, 128)
+#define INCEPTION_FAST_DECLARE_CONV_FPROP(DTYPE, TILE_M, TILE_N) \
+  template <>                                                   \
+  const char* launch_conv_fprop<ConvDtype::DTYPE, TILE_M, TILE_N>(const ConvFpropArgs& args, cudaStream_t stream);
+INCEPTION_FAST_DECLARE_CONV_FPROP(kHalf, 128, 64)
+INCEPTION_FAST_DECLARE_CONV_FPROP(kHalf, 128, 96)
+INCEPTION_FAST_DECLARE_CONV_FPROP(kHalf, 128, 128)
+INCEPTION_FAST_DECLARE_CONV_FPROP(kHalf, 256, 96)
+INCEPTION_FAST_DECLARE_CONV_FPROP(kHalf, 256, 128)
+INCEPTION_FAST_DECLARE_CONV_FPROP(kBFloat16, 128, 64)
+INCEPTION_FAST_DECLARE_CONV_FPROP(kBFloat16, 128, 96)
+INCEPTION_FAST_DECLARE_CONV_FPROP(kBFloat16, 128, 128)
+INCEPTION_FAST_DECLARE_CONV_FPROP(kBFloat16, 256, 96)
+INCEPTION_FAST_DECLARE_CONV_FPROP(kBFloat16, 256, 128)
+INCEPTION_FAST_DECLARE_CONV_FPROP(kTf32, 128, 64)
+INCEPTION_FAST_DECLARE_CONV_FPROP(kTf32, 128, 96)
+INCEPTION_FAST_DECLARE_CONV_FPROP(kTf32, 128, 128)
 
 }  // namespace inception_fast

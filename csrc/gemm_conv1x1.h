@@ -32,18 +32,18 @@ inline int usable_sms(int sm_count, int64_t limit, int cluster) {
   return static_cast<int>(sms >= cluster ? sms / cluster * cluster : cluster);
 }
 
-// Output channels per CTA tile, of `widths` (widest first; tiles are 128 rows), for an m x n
-// GEMM on `sm_count` SMs, by a model of its time: rounds of CTAs over the SMs times the work of
-// one tile (its width plus a fixed cost of `fixed_columns`: prologue, epilogue; about 64 for a
-// GEMM). Ties go to the wider tile, which reads the activation fewer times. Small GEMMs get
-// narrow tiles to fill the SMs.
+// Output channels per CTA tile, of `widths` (widest first; tiles are `tile_m` rows), for an
+// m x n GEMM on `sm_count` SMs, by a model of its time: rounds of CTAs over the SMs times the
+// work of one tile (its width plus a fixed cost of `fixed_columns`: prologue, epilogue; about 64
+// for a GEMM). Ties go to the wider tile, which reads the activation fewer times. Small GEMMs
+// get narrow tiles to fill the SMs.
 inline int cta_tile_n(int64_t m, int64_t n, int sm_count, std::initializer_list<int> widths,
-                      int64_t fixed_columns = 64) {
+                      int64_t fixed_columns = 64, int64_t tile_m = 128) {
   const int64_t sms = sm_count > 0 ? sm_count : 1;
   int best = *widths.begin();
   int64_t best_cost = -1;
   for (const int tile : widths) {
-    const int64_t tiles = (m + 127) / 128 * ((n + tile - 1) / tile);
+    const int64_t tiles = (m + tile_m - 1) / tile_m * ((n + tile - 1) / tile);
     const int64_t rounds = (tiles + sms - 1) / sms;
     const int64_t cost = rounds * (tile + fixed_columns);
     if (best_cost < 0 || cost < best_cost) {

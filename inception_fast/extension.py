@@ -36,11 +36,12 @@ from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 CSRC_DIR = PACKAGE_DIR.parent / "csrc"
-# The 1x1-conv GEMM on CUTLASS: one file per (dtype, tile width), compiled in parallel, and only
-# with the CUTLASS headers.
+# The 1x1-conv GEMM and the k x k conv on CUTLASS: one file per (dtype, tile shape), compiled in
+# parallel, and only with the CUTLASS headers.
 CUTLASS_SOURCES = (
     *(f"gemm_conv1x1_{dtype}_n{tile}.cu" for dtype in ("fp16", "bf16", "tf32") for tile in (64, 128, 256)),
-    *(f"conv_fprop_{dtype}_n{tile}.cu" for dtype in ("fp16", "bf16", "tf32") for tile in (64, 96, 128)),
+    *(f"conv_fprop_{dtype}_m128_n{tile}.cu" for dtype in ("fp16", "bf16", "tf32") for tile in (64, 96, 128)),
+    *(f"conv_fprop_{dtype}_m256_n{tile}.cu" for dtype in ("fp16", "bf16") for tile in (96, 128)),
 )
 SOURCES = ("bindings.cpp", "conv_stage_fp16.cu", "conv_stage_bf16.cu", *CUTLASS_SOURCES)
 HEADERS = (

@@ -29,7 +29,7 @@ GEMM_SCHEMA = (
 CONV_SCHEMA = (
     "inception_fast::cuda_conv_fprop(Tensor x, Tensor weight, Tensor bias, Tensor(a!) out, int in_c0, "
     "int out_c0, int stride, int pad_h, int pad_w, bool relu, int tile_n=0, bool tf32=False, "
-    "int sm_limit=0) -> ()"
+    "int sm_limit=0, int tile_m=0) -> ()"
 )
 
 
@@ -253,6 +253,16 @@ def test_conv_fprop_checks_its_arguments_without_a_gpu():
     tf32 = [torch.empty(t.shape, dtype=torch.float32 if t.dtype == half else t.dtype, device="meta")
             for t in tensors()]
     assert op(*tf32, 8, 16, 1, 1, 1, True, 0, True) is None  # fp32 on TF32, asked for
+    assert op(*tensors(), 8, 16, 1, 1, 1, True, 128, False, 0, 256) is None  # 256-row tiles, fp16
+    assert op(*tensors(), 8, 16, 1, 1, 1, True, 96, False, 0, 256) is None
+    assert op(*tensors(), 8, 16, 1, 1, 1, True, 0, False, 0, 128) is None
+    with pytest.raises(RuntimeError, match=r"tile_m must be 0 \(chosen per problem\), 128 or 256, got 64"):
+        op(*tensors(), 8, 16, 1, 1, 1, True, 0, False, 0, 64)
+    wide_rows = "256-row tiles are built 96 or 128 wide for fp16 and bf16"
+    with pytest.raises(RuntimeError, match=f"{wide_rows}; got tile_n 64"):
+        op(*tensors(), 8, 16, 1, 1, 1, True, 64, False, 0, 256)
+    with pytest.raises(RuntimeError, match=r"256-row tiles are built 96 .* got tile_n 128 \(Float\)"):
+        op(*tf32, 8, 16, 1, 1, 1, True, 128, True, 0, 256)
 
 
 def test_cutlass_headers_come_from_the_variable_or_the_wheel_and_name_the_build(monkeypatch, tmp_path):

@@ -126,14 +126,15 @@ class EmulatedConv:
         self.tiles = set()
 
     def __call__(self, x, weight, bias, out, in_c0, out_c0, stride, pad_h, pad_w, relu, tile_n=0, tf32=False,
-                 sm_limit=0):
+                 sm_limit=0, tile_m=0):
         k, _, _, c = weight.shape
         assert sm_limit >= 0
         assert tf32 == (x.dtype == torch.float32), "fp32 runs on TF32 only, and only fp32 does"
         if tf32:
             assert_tf32_values(weight)
-        assert tile_n in (0, 64, 96, 128)
-        self.tiles.add(tile_n)
+        assert tile_n in (0, 64, 96, 128) and tile_m in (0, 128, 256)
+        assert tile_m != 256 or (tile_n in (0, 96, 128) and not tf32), "256-row tiles: 96 or 128, no TF32"
+        self.tiles.add((tile_m, tile_n))
         assert x.is_contiguous() and weight.is_contiguous() and out.is_contiguous() and bias.is_contiguous()
         assert bias.shape == (k,) and bias.dtype == torch.float32 and weight.dtype == x.dtype == out.dtype
         assert c % 8 == 0 and k % 8 == 0 and in_c0 % 8 == 0 and out_c0 % 8 == 0
@@ -229,17 +230,28 @@ def test_family_blocks_with_the_kxk_convs_on_the_conv_op(emulated_kxk, name, pat
     check_kxk(block, torch.randn(2, block.plan.in_channels, *hw, dtype=torch.float64), emulated_kxk)
 
 
-@pytest.mark.parametrize(("setting", "tile_n"),
-                         [(None, 0), ("128", 128), ("96", 96), ("64", 64), ("auto", 0)])
-def test_the_conv_tile_setting_reaches_the_op(v4, emulated_kxk, monkeypatch, setting, tile_n):
-    """INCEPTION_FAST_CUTLASS_CONV_TILE: the op's own choice unless set, 128-, 96- or 64-wide tiles."""
+@pytest.mark.parametrize(("setting", "tile"), [
+    (None, (0, 0)), ("128", (128, 128)), ("96", (128, 96)), ("64", (128, 64)), ("256x128", (256, 128)),
+    ("256x96", (256, 96)), ("128xauto", (128, 0)), ("256xauto", (256, 0)), ("auto", (0, 0)),
+])
+def test_the_conv_tile_setting_reaches_the_op(v4, emulated_kxk, monkeypatch, setting, tile):
+    """INCEPTION_FAST_CUTLASS_CONV_TILE: the op's own choice unless set, else 128-row tiles 128,
+    96 or 64 wide, or 256-row tiles 128 or 96 wide."""
     if setting is None:
         monkeypatch.delenv(gemm_routing.ENV_CONV_TILE, raising=False)
     else:
         monkeypatch.setenv(gemm_routing.ENV_CONV_TILE, setting)
     block = fuse_block(v4.features[6]).to(torch.float64)  # InceptionA: 3x3 convs of 96 channels
     check_kxk(block, torch.randn(2, block.plan.in_channels, 5, 5, dtype=torch.float64), emulated_kxk)
-    assert emulated_kxk[1].tiles == {tile_n}
+    assert emulated_kxk[1].tiles == {tile}
+
+
+def test_256_row_conv_tiles_are_refused_for_tf32(monkeypatch):
+    """They are built for fp16 and bf16 only: planning TF32 launches names the setting (before
+    it reads the row), rather than passing the op a tile it refuses mid-run."""
+    monkeypatch.setenv(gemm_routing.ENV_CONV_TILE, "256x128")
+    with pytest.raises(ValueError, match=r"'256x128': 256-row tiles are built for fp16 and bf16"):
+        gemm_routing._conv_launches(None, None, None, None, None, tf32=True)
 
 
 def test_a_batch_past_the_ops_32_bit_indexing_runs_whole_on_the_stage_kernel(v4, emulated_kxk, monkeypatch):
@@ -257,8 +269,9 @@ def test_a_batch_past_the_ops_32_bit_indexing_runs_whole_on_the_stage_kernel(v4,
 
 def test_a_conv_tile_setting_it_cannot_take_is_refused(monkeypatch):
     monkeypatch.setenv(gemm_routing.ENV_CONV_TILE, "256")
-    with pytest.raises(ValueError, match="CUTLASS_CONV_TILE='256': choose one of 128, 96, 64, auto"):
-        gemm_routing.conv_tile_n()
+    choices = "choose one of 128, 96, 64, 256x128, 256x96, 128xauto, 256xauto, auto"
+    with pytest.raises(ValueError, match=f"CUTLASS_CONV_TILE='256': {choices}"):
+        gemm_routing.conv_tile()
 
 
 def _conv_row(kernel=(3, 3), stride=1, pad=(1, 1), cin=16, cols=16, src_c0=0, src=pk.BUF_INPUT):

@@ -5,8 +5,9 @@ are present:
 
     python benchmarks/device/conv_fprop_check.py
 
-Each case first checks the op against float64 with each tile width (128, 96, 64 and the op's
-own choice; at most twice cuDNN's own error plus 1e-6; a case that fails is reported and not timed),
+Each case first checks the op against float64 with each tile shape (128 rows by 128, 96 or 64
+channels, 256 rows by 128 or 96, and the op's own choice; at most twice cuDNN's own error plus
+1e-6; a case that fails is reported and not timed),
 then times them and cuDNN: medians of CUDA-event timings with the
 L2 flushed before every call (`inception_fast.timing`). Ours reads a channel slice of a wider
 input and writes a channel slice of a wider output, with bias and ReLU: by default 8 channels
@@ -83,8 +84,12 @@ def _median_ms(fn) -> float:
     return timing.time_cuda(lambda i: fn(), budget_ms=100, warmup_ms=20, max_reps=200).median_ms
 
 
-WIDTHS = (128, 96, 64)  # the op's tile widths
-TILES = (*WIDTHS, 0)  # 0: its model picks per conv
+SHAPES = ((128, 128), (128, 96), (128, 64), (256, 128), (256, 96))  # the op's (tile_m, tile_n)
+TILES = (*SHAPES, (0, 0))  # (0, 0): its model picks per conv
+
+
+def _label(tile) -> str:
+    return f"{tile[0]}x{tile[1]}" if tile[0] else "chosen"
 
 
 def run_case(op, name, batch, height, width, c, k, r, s, stride, pad_h, pad_w, on_line=False) -> dict:
@@ -101,28 +106,28 @@ def run_case(op, name, batch, height, width, c, k, r, s, stride, pad_h, pad_w, o
     exact = F.conv2d(source[few].double(), kernel.double(), bias.double(), **conv).relu()
     cudnn = F.conv2d(cudnn_in[few], kernel, bias.half(), **conv).relu()
     row["bound"] = 2 * relative_l2(cudnn, exact) + 1e-6
-    for tile_n in TILES:
-        def ours(tile_n=tile_n):
-            op(x, weight, bias, out, in_c0, out_c0, stride, pad_h, pad_w, True, tile_n)
+    for tile in TILES:
+        def ours(tile=tile):
+            op(x, weight, bias, out, in_c0, out_c0, stride, pad_h, pad_w, True, tile[1], False, 0, tile[0])
 
         try:
             out.zero_()
             ours()
         except RuntimeError as err:
-            return {**row, "ok": False, "error": f"tile {tile_n}: {str(err).splitlines()[0][:200]}"}
+            return {**row, "ok": False, "error": f"tile {_label(tile)}: {str(err).splitlines()[0][:200]}"}
         error = relative_l2(out[few, ..., out_c0:out_c0 + k].permute(0, 3, 1, 2), exact)
         row["error"] = max(row["error"], error)
         if error > row["bound"]:
-            return {**row, "ok": False, "error": f"tile {tile_n}: {error:.2e} > {row['bound']:.2e}"}
-        row["ms"][tile_n] = _median_ms(ours)
-    row["ours_ms"] = min(row["ms"][width] for width in WIDTHS)
+            return {**row, "ok": False, "error": f"tile {_label(tile)}: {error:.2e} > {row['bound']:.2e}"}
+        row["ms"][_label(tile)] = _median_ms(ours)
+    row["ours_ms"] = min(row["ms"][_label(tile)] for tile in SHAPES)
     row["cudnn_ms"] = _median_ms(lambda: F.conv2d(cudnn_in, kernel, bias.half(), **conv))
     row["cudnn_no_bias_ms"] = _median_ms(lambda: F.conv2d(cudnn_in, kernel, None, **conv))
     row["tflops"] = 2.0 * out[..., 0].numel() * k * r * s * c / row["ours_ms"] / 1e9
     return row
 
 
-COLUMNS = ("case", "batch", "128-wide ms", "96-wide ms", "64-wide ms", "chosen ms", "cuDNN ms",
+COLUMNS = ("case", "batch", *(f"{_label(tile)} ms" for tile in TILES), "cuDNN ms",
            "cuDNN no bias ms", "best / cuDNN", "chosen / cuDNN", "chosen / no bias", "TFLOP/s (best)",
            "error (bound)")
 
@@ -132,9 +137,10 @@ def table(rows) -> list[str]:
     for row in rows:
         if row["ok"]:
             ms, cudnn, no_bias = row["ms"], row["cudnn_ms"], row["cudnn_no_bias_ms"]
-            cells = [row["case"], row["batch"], *(f"{ms[t]:.4f}" for t in TILES), f"{cudnn:.4f}",
-                     f"{no_bias:.4f}", f"{row['ours_ms'] / cudnn:.2f}", f"{ms[0] / cudnn:.2f}",
-                     f"{ms[0] / no_bias:.2f}", f"{row['tflops']:.0f}",
+            chosen = ms["chosen"]
+            cells = [row["case"], row["batch"], *(f"{ms[_label(t)]:.4f}" for t in TILES), f"{cudnn:.4f}",
+                     f"{no_bias:.4f}", f"{row['ours_ms'] / cudnn:.2f}", f"{chosen / cudnn:.2f}",
+                     f"{chosen / no_bias:.2f}", f"{row['tflops']:.0f}",
                      f"{row['error']:.2e} ({row['bound']:.2e})"]
         else:
             cells = [row["case"], row["batch"], "FAILED", *[""] * (len(COLUMNS) - 4), row["error"]]

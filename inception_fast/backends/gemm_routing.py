@@ -15,8 +15,9 @@ stays on the stage kernel.
 The k x k conv op `torch.ops.inception_fast.cuda_conv_fprop` (csrc/conv_fprop*: CUTLASS's sm90
 implicit GEMM, im2col TMA) can take the other convs, where a backend asks for it (`kxk`): any
 window, stride and padding, reading channels [c0, c0 + C) of its source buffer, with the same
-rules for channel counts, offsets and runs as the GEMM, 128, 96 or 64 output channels per CTA tile
-(INCEPTION_FAST_CUTLASS_CONV_TILE, `conv_tile_n`).
+rules for channel counts, offsets and runs as the GEMM, in CTA tiles of 128 output pixels by 128,
+96 or 64 output channels, or of 256 pixels by 128 or 96 (fp16 and bf16; INCEPTION_FAST_CUTLASS_CONV_TILE,
+`conv_tile`).
 
 Both ops take fp16, bf16, and fp32 on TF32 tensor cores (`tf32`, asked for explicitly): the
 tensor cores read the top 19 bits of each operand, so the launches read weights rounded to TF32
@@ -42,13 +43,17 @@ ALIGN = 8  # channel counts and offsets: 16 bytes of fp16/bf16 (TMA's alignment)
 MAX_ELEMENTS = 2**31
 DTYPES = (torch.float16, torch.bfloat16)  # and fp32 on TF32: `computes`
 ENV_CONV_TILE = "INCEPTION_FAST_CUTLASS_CONV_TILE"
-CONV_TILES = {"128": 128, "96": 96, "64": 64, "auto": 0}  # 0: the op's model picks per conv
+# setting -> (tile_m, tile_n): output pixels and channels per CTA tile; 0: the op's model picks
+# per conv. A bare width is a 128-row tile.
+CONV_TILES = {"128": (128, 128), "96": (128, 96), "64": (128, 64), "256x128": (256, 128), "256x96": (256, 96),
+              "128xauto": (128, 0), "256xauto": (256, 0), "auto": (0, 0)}
 
 
-def conv_tile_n() -> int:
-    """The k x k conv op's tile width, from INCEPTION_FAST_CUTLASS_CONV_TILE: `auto` unless set
-    (the op's model per conv: 96-wide tiles where 96 or 192 output channels fill them, 64-wide
-    ones for narrow convs and where wider ones leave SMs idle), 128, 96 or 64."""
+def conv_tile() -> tuple[int, int]:
+    """The k x k conv op's (tile_m, tile_n), from INCEPTION_FAST_CUTLASS_CONV_TILE: `auto` unless
+    set (the op's model per conv), `128`, `96` or `64` (128-row tiles of that width), `256x128`
+    or `256x96` (256-row tiles, fp16 and bf16 only), `128xauto` or `256xauto` (tiles of that
+    height, the model's width)."""
     setting = os.environ.get(ENV_CONV_TILE, "auto")
     if setting not in CONV_TILES:
         raise ValueError(f"{ENV_CONV_TILE}={setting!r}: choose one of {', '.join(CONV_TILES)}")
@@ -116,11 +121,12 @@ class ConvLaunch:
     pad_w: int
     tile_n: int  # 64, 96, 128, or 0: the op picks
     tf32: bool = False  # fp32 on TF32 tensor cores
+    tile_m: int = 0  # 128, 256, or 0: the op picks
 
     def run(self, buffers: dict) -> None:
         op = torch.ops.inception_fast.cuda_conv_fprop.default  # looked up per call: tests count it
         op(buffers[self.src], self.weight, self.bias, buffers[self.dst], self.in_c0, self.out_c0, self.stride,
-           self.pad_h, self.pad_w, self.relu, self.tile_n, self.tf32)
+           self.pad_h, self.pad_w, self.relu, self.tile_n, self.tf32, 0, self.tile_m)
 
 
 @dataclass
@@ -239,7 +245,11 @@ def _gemm_launches(packed, weights, row, col_dst, col_flags, tf32) -> list[GemmL
 
 
 def _conv_launches(packed, weights, row, col_dst, col_flags, tf32) -> list[ConvLaunch]:
-    tile_n = conv_tile_n()
+    tile_m, tile_n = conv_tile()
+    if tile_m == 256 and tf32:
+        setting = os.environ.get(ENV_CONV_TILE)
+        raise ValueError(f"{ENV_CONV_TILE}={setting!r}: 256-row tiles are built for fp16 and bf16, not "
+                         "fp32 on TF32; use auto, 128, 96 or 64")
     launches = []
     for run in column_runs(row, col_dst, col_flags):
         weight, bias = _run_params(packed, weights, row, run)
@@ -248,6 +258,7 @@ def _conv_launches(packed, weights, row, col_dst, col_flags, tf32) -> list[ConvL
             relu=bool(run.flags & pk.FLAG_RELU),
             weight=weight.view(run.count, row[pk.KH], row[pk.KW], row[pk.CIN]), bias=bias,
             stride=row[pk.STRIDE], pad_h=row[pk.PAD_H], pad_w=row[pk.PAD_W], tile_n=tile_n, tf32=tf32,
+            tile_m=tile_m,
         ))
     return launches
 

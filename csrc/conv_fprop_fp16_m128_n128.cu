@@ -5,8 +5,8 @@
 namespace inception_fast {
 
 template <>
-const char* launch_conv_fprop<ConvDtype::kHalf, 128>(const ConvFpropArgs& args, cudaStream_t stream) {
-  return conv_fprop::launch<__half, 128>(args, stream);
+const char* launch_conv_fprop<ConvDtype::kHalf, 128, 128>(const ConvFpropArgs& args, cudaStream_t stream) {
+  return conv_fprop::launch<__half, 128, 128>(args, stream);
 }
 
 }  // namespace inception_fast

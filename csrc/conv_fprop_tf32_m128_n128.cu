@@ -5,8 +5,8 @@
 namespace inception_fast {
 
 template <>
-const char* launch_conv_fprop<ConvDtype::kTf32, 128>(const ConvFpropArgs& args, cudaStream_t stream) {
-  return conv_fprop::launch<float, 128>(args, stream);
+const char* launch_conv_fprop<ConvDtype::kTf32, 128, 128>(const ConvFpropArgs& args, cudaStream_t stream) {
+  return conv_fprop::launch<float, 128, 128>(args, stream);
 }
 
 }  // namespace inception_fast

@@ -5,8 +5,8 @@
 namespace inception_fast {
 
 template <>
-const char* launch_conv_fprop<ConvDtype::kBFloat16, 64>(const ConvFpropArgs& args, cudaStream_t stream) {
-  return conv_fprop::launch<__nv_bfloat16, 64>(args, stream);
+const char* launch_conv_fprop<ConvDtype::kBFloat16, 128, 64>(const ConvFpropArgs& args, cudaStream_t stream) {
+  return conv_fprop::launch<__nv_bfloat16, 128, 64>(args, stream);
 }
 
 }  // namespace inception_fast

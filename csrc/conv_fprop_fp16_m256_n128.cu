@@ -1,0 +1,12 @@
+// fp16, 256 x 128 tiles (cooperative) of the k x k convolution on the CUTLASS sm90
+// implicit GEMM: one instantiation per file, so ninja compiles them in parallel.
+#include "conv_fprop.cuh"
+
+namespace inception_fast {
+
+template <>
+const char* launch_conv_fprop<ConvDtype::kHalf, 256, 128>(const ConvFpropArgs& args, cudaStream_t stream) {
+  return conv_fprop::launch<__half, 256, 128>(args, stream);
+}
+
+}  // namespace inception_fast
