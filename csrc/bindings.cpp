@@ -448,8 +448,8 @@ void cuda_conv_fprop(const at::Tensor& x, const at::Tensor& weight, const at::Te
   OP_CHECK(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, x.device().index()) == cudaSuccess,
            "cuda_conv_fprop: cannot query the SM count of ", x.device());
   args.sm_count = usable_sms(sm_count, sm_limit, 1);
-  const ConvTile chosen = conv_fprop_tile(int64_t(args.n) * args.p * args.q, args.k, args.r * args.s * args.c,
-                                          args.sm_count, x.scalar_type() != at::kFloat);
+  const ConvTile chosen = conv_fprop_tile(int64_t(args.n) * args.p * args.q, args.k, args.stride, args.sm_count,
+                                          x.scalar_type() != at::kFloat);
   // A width given alone keeps 128-row tiles; a height given alone takes the model's width for it.
   args.tile_m = tile_m != 0 ? static_cast<int>(tile_m) : tile_n != 0 ? 128 : chosen.m;
   args.tile_n = tile_n != 0 ? static_cast<int>(tile_n)

@@ -32,20 +32,25 @@ inline int usable_sms(int sm_count, int64_t limit, int cluster) {
   return static_cast<int>(sms >= cluster ? sms / cluster * cluster : cluster);
 }
 
+// The model's time of an m x n GEMM in tile_m x tile_n CTA tiles on `sm_count` SMs: rounds of
+// CTAs over the SMs times the work of one tile, its width plus a fixed cost of `fixed_columns`
+// (prologue, epilogue; about 64 for a GEMM), per 128 rows.
+inline int64_t cta_tiles_cost(int64_t m, int64_t n, int sm_count, int64_t tile_m, int64_t tile_n,
+                              int64_t fixed_columns) {
+  const int64_t sms = sm_count > 0 ? sm_count : 1;
+  const int64_t tiles = (m + tile_m - 1) / tile_m * ((n + tile_n - 1) / tile_n);
+  return (tiles + sms - 1) / sms * (tile_m / 128) * (tile_n + fixed_columns);
+}
+
 // Output channels per CTA tile, of `widths` (widest first; tiles are `tile_m` rows), for an
-// m x n GEMM on `sm_count` SMs, by a model of its time: rounds of CTAs over the SMs times the
-// work of one tile (its width plus a fixed cost of `fixed_columns`: prologue, epilogue; about 64
-// for a GEMM). Ties go to the wider tile, which reads the activation fewer times. Small GEMMs
-// get narrow tiles to fill the SMs.
+// m x n GEMM on `sm_count` SMs, by cta_tiles_cost. Ties go to the wider tile, which reads the
+// activation fewer times. Small GEMMs get narrow tiles to fill the SMs.
 inline int cta_tile_n(int64_t m, int64_t n, int sm_count, std::initializer_list<int> widths,
                       int64_t fixed_columns = 64, int64_t tile_m = 128) {
-  const int64_t sms = sm_count > 0 ? sm_count : 1;
   int best = *widths.begin();
   int64_t best_cost = -1;
   for (const int tile : widths) {
-    const int64_t tiles = (m + tile_m - 1) / tile_m * ((n + tile - 1) / tile);
-    const int64_t rounds = (tiles + sms - 1) / sms;
-    const int64_t cost = rounds * (tile + fixed_columns);
+    const int64_t cost = cta_tiles_cost(m, n, sm_count, tile_m, tile, fixed_columns);
     if (best_cost < 0 || cost < best_cost) {
       best = tile;
       best_cost = cost;
