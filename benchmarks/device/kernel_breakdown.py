@@ -1,0 +1,105 @@
+"""Where one fused forward's GPU time goes: every kernel of `optimize(model)(x)` under the torch
+profiler, summed by kind, beside the forward's wall time and the time the GPU was busy.
+
+    python benchmarks/device/kernel_breakdown.py --batch 256 --dtype fp16
+
+Kinds: the CUTLASS k x k conv by tile shape, the CUTLASS 1x1 GEMM by tile shape, each Triton
+kernel by name, cuDNN (and other library kernels) by name. "busy" is the union of the kernels'
+intervals over every stream: kernel time above it ran side by side; wall time above it is the
+GPU waiting (launches, stream joins). The profiled forwards run without a CUDA graph, so that
+each kernel is seen; their wall time is also shown with a graph. Prints a table; writes
+$OUT/kernel_breakdown_b<batch>_<dtype>.md when OUT is set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+import inception_fast
+from inception_fast import bench, timing
+from inception_fast.testing import calibrated_inception_v4
+
+FORWARDS = 5  # profiled forwards; times are per forward
+
+
+def kind(name: str) -> str:
+    """A short kind for a kernel name: CUTLASS kernels by op and tile shape, others by name."""
+    if "kernel_entry" in name:
+        op = "CUTLASS conv" if "CollectiveConv" in name else "CUTLASS GEMM"
+        tile = re.search(r"Shape<cute::C<(\d+)>, cute::C<(\d+)>", name)
+        return f"{op} {tile.group(1)}x{tile.group(2)}" if tile else op
+    name = re.sub(r"<.*", "", name)  # templates: the kernel's own name
+    return name[:70]
+
+
+def busy_us(intervals: list[tuple[float, float]]) -> float:
+    """The length of the union of (start, end) intervals."""
+    total, end = 0.0, float("-inf")
+    for start, stop in sorted(intervals):
+        if stop <= end:
+            continue
+        total += stop - max(start, end)
+        end = stop
+    return total
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--dtype", default="fp16", choices=sorted(bench.DTYPES))
+    args = parser.parse_args(argv)
+    dtype, tf32_on = bench.DTYPES[args.dtype]
+    device = torch.device("cuda")
+    model = calibrated_inception_v4(0).to(device)
+    x = bench.make_inputs(args.batch, 299, torch.float32, device, seed=0, sets=1)[0].to(dtype)
+    with torch.inference_mode(), bench.tf32(tf32_on):
+        fused = inception_fast.optimize(model, dtype=dtype, cuda_graph=False)
+        graphed = inception_fast.optimize(model, dtype=dtype, cuda_graph=True,
+                                          cuda_graph_max_batch=args.batch)
+        for module in (fused, graphed):
+            for _ in range(3):
+                module(x)
+        torch.cuda.synchronize()
+        wall = timing.time_callable(fused, [x], budget_ms=400).median_ms
+        wall_graph = timing.time_callable(graphed, [x], budget_ms=400).median_ms
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(FORWARDS):
+                fused(x)
+            torch.cuda.synchronize()
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    by_kind: dict = defaultdict(lambda: [0.0, 0])
+    for event in kernels:
+        entry = by_kind[kind(event.name)]
+        entry[0] += event.time_range.elapsed_us() / FORWARDS
+        entry[1] += 1 / FORWARDS
+    total = sum(t for t, _ in by_kind.values())
+    busy = busy_us([(e.time_range.start, e.time_range.end) for e in kernels]) / FORWARDS
+    lines = [f"# Kernel time of one fused forward: Inception-v4, batch {args.batch}, {args.dtype}",
+             "", f"{torch.cuda.get_device_name()}, torch {torch.__version__}, "
+             f"commit {os.environ.get('INCEPTION_FAST_COMMIT', 'unknown')}", "",
+             f"- wall time per forward: {wall:.3f} ms without a CUDA graph, {wall_graph:.3f} ms with one",
+             f"- kernel time: {total / 1e3:.3f} ms; GPU busy (union over streams): {busy / 1e3:.3f} ms "
+             f"(profiled forwards, {FORWARDS})", "",
+             "| kind | ms per forward | share of kernel time | launches |", "|---|---|---|---|"]
+    for name, (us, count) in sorted(by_kind.items(), key=lambda item: -item[1][0]):
+        lines.append(f"| {name} | {us / 1e3:.3f} | {100 * us / total:.1f}% | {count:g} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    out_dir = os.environ.get("OUT")
+    if out_dir:
+        Path(out_dir, f"kernel_breakdown_b{args.batch}_{args.dtype}.md").write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
