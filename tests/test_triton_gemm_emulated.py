@@ -62,6 +62,41 @@ def test_a_stages_op_launches_share_the_sms_by_their_work(monkeypatch):
     assert limits(sm_count=132) == [0, 0, 0]
 
 
+def test_a_small_stage_shares_the_sms_among_every_launch(monkeypatch):
+    """ReductionA's first stage: its 3x3/2 conv and its 1x1 GEMM both read the block input. In a
+    large stage each takes every SM (they read different sources' worth of work: no shares); in
+    a small one they share by multiply-adds per input pixel (the conv's over its stride's 4)."""
+    monkeypatch.delenv("INCEPTION_FAST_SIDE_STREAMS", raising=False)
+    monkeypatch.delenv("INCEPTION_FAST_SM_SHARES", raising=False)
+    block = reference_block(R.ReductionA)
+    stages, channels = triton_stages(block)
+    launches = tg.split_stages(block, stages, channels, kxk=True, sm_count=132)[0].launches
+    kinds = [type(launch).__name__ for launch in launches]
+    assert sorted(kinds) == ["ConvLaunch", "GemmLaunch"]
+    gemm = launches[kinds.index("GemmLaunch")]
+    conv = launches[kinds.index("ConvLaunch")]
+    assert gemm.sm_limit == 0  # alone in its source's group
+    assert (conv.work, gemm.work) == (384 * 9 * 384 // 4, 192 * 384)
+    assert (conv.small_stage_sm_limit, gemm.small_stage_sm_limit) == (108, 24)
+
+
+def test_a_stage_is_small_up_to_sixteen_waves_of_tiles():
+    """InceptionA's first stage: 96, 64 and 64 columns, three 128 x 128 tiles per 128 pixels; 16
+    waves over 132 SMs are 2112 tiles, 704 tiles of pixels: a batch of 73 at 35 x 35."""
+    block = reference_block(R.InceptionA)
+    stages, channels = triton_stages(block)
+    launches = tg.split_stages(block, stages, channels, sm_count=132)[0].launches
+    plan = block.plan
+
+    def buffers(batch):
+        widths = {pk.BUF_INPUT: channels, pk.BUF_WORK: plan.work_channels, pk.BUF_OUTPUT: plan.out_channels}
+        return {buffer: torch.empty(batch, 35, 35, width, device="meta") for buffer, width in widths.items()}
+
+    assert gemm_routing.stage_is_small(launches, buffers(73), 132)
+    assert not gemm_routing.stage_is_small(launches, buffers(74), 132)
+    assert not gemm_routing.stage_is_small(launches, buffers(1), 0)  # no GPU: no SMs to share
+
+
 def test_each_launch_hands_its_sm_share_to_the_op(emulated):
     block = reference_block(R.InceptionA)
     stages, channels = triton_stages(block, torch.float64)

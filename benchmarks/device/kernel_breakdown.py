@@ -36,7 +36,7 @@ def kind(name: str) -> str:
     """A short kind for a kernel name: CUTLASS kernels by op and tile shape, others by name."""
     if "kernel_entry" in name:
         op = "CUTLASS conv" if "CollectiveConv" in name else "CUTLASS GEMM"
-        tile = re.search(r"Shape<cute::C<(\d+)>, cute::C<(\d+)>", name)
+        tile = re.search(r"C<(128|256)>, ?cute::C<(\d+)>, ?cute::(?:tuple<cute::)?C<\d+>", name)
         return f"{op} {tile.group(1)}x{tile.group(2)}" if tile else op
     name = re.sub(r"<.*", "", name)  # templates: the kernel's own name
     return name[:70]

@@ -91,17 +91,18 @@ class GemmLaunch:
     weight: torch.Tensor  # [N, K] rows of the stage's weights (fp32: rounded to TF32)
     bias: torch.Tensor  # fp32 [N] of the stage's bias
     tf32: bool = False  # fp32 on TF32 tensor cores
-    sm_limit: int = 0  # SMs its persistent CTAs may occupy (0: all; share_sms)
+    sm_limit: int = 0  # SMs its persistent CTAs may occupy in a large stage (0: all; share_sms)
+    small_stage_sm_limit: int = 0  # the same in a small stage (stage_is_small)
 
     @property
     def work(self) -> int:
         """Multiply-adds per pixel of the stage's input."""
         return self.weight.numel()
 
-    def run(self, buffers: dict) -> None:
+    def run(self, buffers: dict, small_stage: bool = False) -> None:
         op = torch.ops.inception_fast.cuda_gemm_conv1x1.default  # looked up per call: tests count it
         op(buffers[self.src], self.weight, self.bias, buffers[self.dst], self.col_offset, self.relu, 0,
-           self.tf32, self.sm_limit)
+           self.tf32, self.small_stage_sm_limit if small_stage else self.sm_limit)
 
 
 @dataclass
@@ -122,11 +123,18 @@ class ConvLaunch:
     tile_n: int  # 64, 96, 128, or 0: the op picks
     tf32: bool = False  # fp32 on TF32 tensor cores
     tile_m: int = 0  # 128, 256, or 0: the op picks
+    small_stage_sm_limit: int = 0  # SMs its persistent CTAs may occupy in a small stage (0: all)
 
-    def run(self, buffers: dict) -> None:
+    @property
+    def work(self) -> int:
+        """Multiply-adds per pixel of the stage's input."""
+        return self.weight.numel() // self.stride**2
+
+    def run(self, buffers: dict, small_stage: bool = False) -> None:
         op = torch.ops.inception_fast.cuda_conv_fprop.default  # looked up per call: tests count it
         op(buffers[self.src], self.weight, self.bias, buffers[self.dst], self.in_c0, self.out_c0, self.stride,
-           self.pad_h, self.pad_w, self.relu, self.tile_n, self.tf32, 0, self.tile_m)
+           self.pad_h, self.pad_w, self.relu, self.tile_n, self.tf32,
+           self.small_stage_sm_limit if small_stage else 0, self.tile_m)
 
 
 @dataclass
@@ -263,13 +271,23 @@ def _conv_launches(packed, weights, row, col_dst, col_flags, tf32) -> list[ConvL
     return launches
 
 
+# A stage whose launches make at most this many waves of 128 x 128 tiles over the SMs is small:
+# every launch of it gets a share of the SMs. On an H100 (fp16, Inception-v4, triton-gemm),
+# shares among every launch of a stage took the network 0.96x / 0.97x its time at batch 8 / 32,
+# and 1.02x at batch 256, where ReductionA's 3x3/2 conv and 1x1 GEMM (about 50 waves) took
+# 1.18x and Mixed4a (about 160) 1.04x: at batch 32 the blocks from 35x35 down make 3-7 waves,
+# Mixed4a 20; at batch 256 all but InceptionC (8) make 50 or more.
+SMALL_STAGE_WAVES = 16
+
+
 def share_sms(launches: list, sm_count: int) -> None:
-    """Set the SM limits of one stage's launches, which run side by side: the GEMM launches that
-    read the same buffer (the runs of a stacked 1x1 conv, each reading the whole of it) share the
-    `sm_count` SMs by their work (side_streams.sm_shares), so that they run at once and read it
-    from DRAM about once; any other launch keeps every SM. On an H100 (fp16, Inception-v4,
-    triton-gemm) this took InceptionA 0.95x and InceptionB 0.96x their time at batch 256; shares
-    for launches of different sources made ReductionA 1.18x and Mixed4a 1.04x slower."""
+    """Set the SM limits of one stage's launches, which run side by side (side_streams.sm_shares:
+    shares by work, 0 for every SM). In a large stage, the GEMM launches that read the same
+    buffer (the runs of a stacked 1x1 conv, each reading the whole of it) share the `sm_count`
+    SMs, so that they run at once and read it from DRAM about once; any other launch keeps
+    every SM. On an H100 (fp16, Inception-v4, triton-gemm) this took InceptionA 0.95x and
+    InceptionB 0.96x their time at batch 256. In a small stage (stage_is_small) every launch
+    gets a share: none fills the GPU alone, so they run at once instead of one after another."""
     groups: dict = {}
     for launch in launches:
         if isinstance(launch, GemmLaunch):
@@ -278,12 +296,29 @@ def share_sms(launches: list, sm_count: int) -> None:
     for group in groups.values():
         for launch, share in zip(group, side_streams.sm_shares([launch.work for launch in group], sm_count)):
             launch.sm_limit = share
+    whole_stage = side_streams.sm_shares([launch.work for launch in launches], sm_count)
+    for launch, share in zip(launches, whole_stage):
+        launch.small_stage_sm_limit = share
 
 
-def run_launches(launches: list, buffers: dict) -> None:
-    """The op launches of one stage on `buffers` (pk.BUF_* -> an NHWC-contiguous tensor)."""
+def stage_is_small(launches: list, buffers: dict, sm_count: int) -> bool:
+    """Whether a stage's launches on `buffers` make at most SMALL_STAGE_WAVES waves of 128 x 128
+    output tiles over `sm_count` SMs (none on a CPU: 0 SMs)."""
+    tiles = 0
     for launch in launches:
-        launch.run(buffers)
+        out = buffers[launch.dst]
+        pixels = out.numel() // out.shape[-1]
+        tiles += -(-pixels // 128) * -(-launch.weight.shape[0] // 128)
+    return tiles <= SMALL_STAGE_WAVES * sm_count
+
+
+def run_launches(launches: list, buffers: dict, sm_count: int = 0) -> None:
+    """The op launches of one stage on `buffers` (pk.BUF_* -> an NHWC-contiguous tensor), one
+    after another on the current stream, with the SM shares for the stage's size on `sm_count`
+    SMs."""
+    small = stage_is_small(launches, buffers, sm_count)
+    for launch in launches:
+        launch.run(buffers, small)
 
 
 # --- availability -----------------------------------------------------------------------------

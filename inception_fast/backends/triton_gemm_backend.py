@@ -39,6 +39,7 @@ class SplitStage:
 
     launches: list  # gemm_routing.GemmLaunch / ConvLaunch
     rest: tuple | None
+    sm_count: int = 0  # the GPU's SMs, which the launches share (gemm_routing.share_sms)
 
 
 def availability(device=None) -> tuple[bool, str]:
@@ -81,10 +82,11 @@ def split_stages(
         if not split.taken:
             found.append(SplitStage([], stage))
         elif split.rest is None:
-            found.append(SplitStage(split.launches, None))
+            found.append(SplitStage(split.launches, None, sm_count))
         else:
             rest_state = StageLaunchState(tf32_weights=tf32_weights)
-            found.append(SplitStage(split.launches, (split.rest, pk.stage_signature(split.rest), rest_state)))
+            rest = (split.rest, pk.stage_signature(split.rest), rest_state)
+            found.append(SplitStage(split.launches, rest, sm_count))
     return found
 
 
@@ -140,7 +142,8 @@ def run_block(block, x: torch.Tensor) -> torch.Tensor:
     # A later stage reads what earlier ones wrote: stage by stage; within a stage the launches
     # are independent (disjoint channel slices), so they run side by side.
     for split in splits:
-        launches = [functools.partial(launch.run, buffers) for launch in split.launches]
+        small = gemm_routing.stage_is_small(split.launches, buffers, split.sm_count)
+        launches = [functools.partial(launch.run, buffers, small) for launch in split.launches]
         if split.rest is not None:
             stage, signature, state = split.rest
             run_rest = functools.partial(triton_backend._run_stage, stage, state, x, work, out, signature)
