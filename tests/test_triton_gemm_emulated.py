@@ -80,9 +80,9 @@ def test_a_small_stage_shares_the_sms_among_every_launch(monkeypatch):
     assert (conv.small_stage_sm_limit, gemm.small_stage_sm_limit) == (108, 24)
 
 
-def test_a_stage_is_small_up_to_sixteen_waves_of_tiles():
-    """InceptionA's first stage: 96, 64 and 64 columns, three 128 x 128 tiles per 128 pixels; 16
-    waves over 132 SMs are 2112 tiles, 704 tiles of pixels: a batch of 73 at 35 x 35."""
+def test_a_stage_is_small_while_each_launch_makes_at_most_two_waves_of_tiles():
+    """InceptionA's first stage: 96, 64 and 64 columns, one 128 x 128 tile per 128 pixels each;
+    two waves over 132 SMs are 264 tiles, 33792 pixels: a batch of 27 at 35 x 35."""
     block = reference_block(R.InceptionA)
     stages, channels = triton_stages(block)
     launches = tg.split_stages(block, stages, channels, sm_count=132)[0].launches
@@ -92,8 +92,8 @@ def test_a_stage_is_small_up_to_sixteen_waves_of_tiles():
         widths = {pk.BUF_INPUT: channels, pk.BUF_WORK: plan.work_channels, pk.BUF_OUTPUT: plan.out_channels}
         return {buffer: torch.empty(batch, 35, 35, width, device="meta") for buffer, width in widths.items()}
 
-    assert gemm_routing.stage_is_small(launches, buffers(73), 132)
-    assert not gemm_routing.stage_is_small(launches, buffers(74), 132)
+    assert gemm_routing.stage_is_small(launches, buffers(27), 132)
+    assert not gemm_routing.stage_is_small(launches, buffers(28), 132)
     assert not gemm_routing.stage_is_small(launches, buffers(1), 0)  # no GPU: no SMs to share
 
 

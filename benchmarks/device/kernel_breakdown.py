@@ -7,7 +7,9 @@ Kinds: the CUTLASS k x k conv by tile shape, the CUTLASS 1x1 GEMM by tile shape,
 kernel by name, cuDNN (and other library kernels) by name. "busy" is the union of the kernels'
 intervals over every stream: kernel time above it ran side by side; wall time above it is the
 GPU waiting (launches, stream joins). The profiled forwards run without a CUDA graph, so that
-each kernel is seen; their wall time is also shown with a graph. Prints a table; writes
+each kernel is seen; their wall time is also shown with a graph. With programmatic dependent
+launch on (the default), a kernel's time includes its wait for the one before it
+(INCEPTION_FAST_PDL=0 for the kernels' own times). Prints a table; writes
 $OUT/kernel_breakdown_b<batch>_<dtype>.md when OUT is set.
 """
 
@@ -57,6 +59,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--dtype", default="fp16", choices=sorted(bench.DTYPES))
+    parser.add_argument("--names", action="store_true", help="also print each distinct kernel name")
     args = parser.parse_args(argv)
     dtype, tf32_on = bench.DTYPES[args.dtype]
     device = torch.device("cuda")
@@ -77,6 +80,8 @@ def main(argv=None) -> int:
                 fused(x)
             torch.cuda.synchronize()
     kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    if args.names:
+        print("\n".join(sorted({e.name for e in kernels})))
     by_kind: dict = defaultdict(lambda: [0.0, 0])
     for event in kernels:
         entry = by_kind[kind(event.name)]

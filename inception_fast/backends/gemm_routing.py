@@ -271,13 +271,14 @@ def _conv_launches(packed, weights, row, col_dst, col_flags, tf32) -> list[ConvL
     return launches
 
 
-# A stage whose launches make at most this many waves of 128 x 128 tiles over the SMs is small:
-# every launch of it gets a share of the SMs. On an H100 (fp16, Inception-v4, triton-gemm),
-# shares among every launch of a stage took the network 0.96x / 0.97x its time at batch 8 / 32,
-# and 1.02x at batch 256, where ReductionA's 3x3/2 conv and 1x1 GEMM (about 50 waves) took
-# 1.18x and Mixed4a (about 160) 1.04x: at batch 32 the blocks from 35x35 down make 3-7 waves,
-# Mixed4a 20; at batch 256 all but InceptionC (8) make 50 or more.
-SMALL_STAGE_WAVES = 16
+# A stage is small where each of its launches makes at most this many waves of 128 x 128 output
+# tiles over the SMs: alone, each would leave SMs idle for much of its time (its one wave, or
+# its last), so every launch gets a share and they fill the GPU together. Where one launch is
+# larger, its share would hold it back after the others finish. On an H100 (fp16, Inception-v4,
+# triton-gemm), shares among every launch of any stage took the network 0.96x / 0.99x its time
+# at batch 8 / 32, and 1.02x at batch 256, where ReductionA's 3x3/2 conv beside its 1x1 GEMM
+# took 1.18x and Mixed4a 1.04x.
+SMALL_STAGE_WAVES = 2
 
 
 def share_sms(launches: list, sm_count: int) -> None:
@@ -302,14 +303,14 @@ def share_sms(launches: list, sm_count: int) -> None:
 
 
 def stage_is_small(launches: list, buffers: dict, sm_count: int) -> bool:
-    """Whether a stage's launches on `buffers` make at most SMALL_STAGE_WAVES waves of 128 x 128
-    output tiles over `sm_count` SMs (none on a CPU: 0 SMs)."""
-    tiles = 0
+    """Whether each of a stage's launches on `buffers` makes at most SMALL_STAGE_WAVES waves of
+    128 x 128 output tiles over `sm_count` SMs (never on a CPU: 0 SMs)."""
     for launch in launches:
         out = buffers[launch.dst]
-        pixels = out.numel() // out.shape[-1]
-        tiles += -(-pixels // 128) * -(-launch.weight.shape[0] // 128)
-    return tiles <= SMALL_STAGE_WAVES * sm_count
+        tiles = -(-(out.numel() // out.shape[-1]) // 128) * -(-launch.weight.shape[0] // 128)
+        if tiles > SMALL_STAGE_WAVES * sm_count:
+            return False
+    return sm_count > 0
 
 
 def run_launches(launches: list, buffers: dict, sm_count: int = 0) -> None:
