@@ -80,10 +80,9 @@ def test_a_small_stage_shares_the_sms_among_every_launch(monkeypatch):
     assert (conv.small_stage_sm_limit, gemm.small_stage_sm_limit) == (108, 24)
 
 
-def test_a_stage_is_small_from_one_wave_of_tiles_together_to_one_and_a_half_each():
-    """InceptionA's first stage: 96, 64 and 64 columns, one 128 x 128 tile per 128 pixels each,
-    on 132 SMs at 35 x 35. Together more than 132 tiles: 5 images (48 tiles each, 39 at 4);
-    each at most 198 tiles: 20 images (192; 201 at 21)."""
+def test_a_stage_is_small_while_each_launch_makes_at_most_1_9_waves_of_tiles():
+    """InceptionA's first stage: 96, 64 and 64 columns, one 128 x 128 tile per 128 pixels each;
+    1.9 waves over 132 SMs are 250.8 tiles: 26 images at 35 x 35 (249 tiles; 27 make 259)."""
     block = reference_block(R.InceptionA)
     stages, channels = triton_stages(block)
     launches = tg.split_stages(block, stages, channels, sm_count=132)[0].launches
@@ -93,11 +92,10 @@ def test_a_stage_is_small_from_one_wave_of_tiles_together_to_one_and_a_half_each
         widths = {pk.BUF_INPUT: channels, pk.BUF_WORK: plan.work_channels, pk.BUF_OUTPUT: plan.out_channels}
         return {buffer: torch.empty(batch, 35, 35, width, device="meta") for buffer, width in widths.items()}
 
-    assert not gemm_routing.stage_is_small(launches, buffers(4), 132)  # they all run at once anyway
-    assert gemm_routing.stage_is_small(launches, buffers(5), 132)
-    assert gemm_routing.stage_is_small(launches, buffers(20), 132)
-    assert not gemm_routing.stage_is_small(launches, buffers(21), 132)
-    assert not gemm_routing.stage_is_small(launches, buffers(5), 0)  # no GPU: no SMs to share
+    assert gemm_routing.stage_is_small(launches, buffers(1), 132)
+    assert gemm_routing.stage_is_small(launches, buffers(26), 132)
+    assert not gemm_routing.stage_is_small(launches, buffers(27), 132)
+    assert not gemm_routing.stage_is_small(launches, buffers(1), 0)  # no GPU: no SMs to share
 
 
 def test_each_launch_hands_its_sm_share_to_the_op(emulated):

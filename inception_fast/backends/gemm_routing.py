@@ -271,16 +271,17 @@ def _conv_launches(packed, weights, row, col_dst, col_flags, tf32) -> list[ConvL
     return launches
 
 
-# A stage is small where its launches together make more than one wave of 128 x 128 output
-# tiles over the SMs (fewer run at once anyway) but none makes more than this many alone: alone,
-# each would leave SMs idle for much of its time (its one wave, or its last), so every launch
-# gets a share and they fill the GPU together. Where one launch is larger, its share would hold
-# it back after the others finish. On an H100 (fp16, Inception-v4, triton-gemm), shares among
-# every launch of any stage took the network 0.96x / 0.99x its time at batch 8 / 32 and 1.02x
-# at batch 256, where ReductionA's 3x3/2 conv beside its 1x1 GEMM took 1.18x and Mixed4a 1.04x;
-# up to 2 waves per launch, 0.96x / 0.98x at batch 8 / 32, 1.004x at batch 256 (InceptionC's
-# 256-wide convs, 1.94 waves each) and 1.009x at batch 1.
-SMALL_STAGE_WAVES = 1.5
+# A stage is small where none of its launches makes more than this many waves of 128 x 128
+# output tiles over the SMs alone: each would leave SMs idle for much of its time (its one
+# wave, or its last), so every launch gets a share and they fill the GPU together. Where one
+# launch is larger, its share would hold it back after the others finish. On an H100 (fp16,
+# Inception-v4, triton-gemm), against shares among one source's GEMMs only:
+# - shares among every launch of any stage: 0.96x / 0.99x the network's time at batch 8 / 32,
+#   1.02x at batch 256 (ReductionA's 3x3/2 conv beside its 1x1 GEMM 1.18x, Mixed4a 1.04x);
+# - up to 2 waves per launch: 0.96x / 0.98x at batch 8 / 32, 1.004x at batch 256 (InceptionC's
+#   256-wide convs, 1.94 waves each: hence 1.9) and 1.009x at batch 1;
+# - also asking for more than one wave together lost batch 8's gain (1.01x).
+SMALL_STAGE_WAVES = 1.9
 
 
 def share_sms(launches: list, sm_count: int) -> None:
@@ -305,17 +306,14 @@ def share_sms(launches: list, sm_count: int) -> None:
 
 
 def stage_is_small(launches: list, buffers: dict, sm_count: int) -> bool:
-    """Whether a stage's launches on `buffers` make more than one wave of 128 x 128 output tiles
-    over `sm_count` SMs together and at most SMALL_STAGE_WAVES waves each (never on a CPU: 0
-    SMs)."""
-    total = 0
+    """Whether none of a stage's launches on `buffers` makes more than SMALL_STAGE_WAVES waves of
+    128 x 128 output tiles over `sm_count` SMs (never on a CPU: 0 SMs)."""
     for launch in launches:
         out = buffers[launch.dst]
         tiles = -(-(out.numel() // out.shape[-1]) // 128) * -(-launch.weight.shape[0] // 128)
         if tiles > SMALL_STAGE_WAVES * sm_count:
             return False
-        total += tiles
-    return total > sm_count > 0
+    return sm_count > 0
 
 
 def run_launches(launches: list, buffers: dict, sm_count: int = 0) -> None:
