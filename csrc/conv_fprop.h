@@ -57,10 +57,10 @@ struct ConvTile {
 // `sm_count` SMs; `wide_rows` where 256-row tiles are built for the dtype. The 128-row width of
 // conv_fprop_tile_n, unless a stride-1 conv's 256-row tiles cost less in the same model with
 // their work taken at 0.85 of its columns: two warpgroups on one tile keep the tensor cores
-// busier. On an H100 (fp16, line-aligned slices), 256-row tiles took 0.84-0.94x the time of
-// the best 128-row tile on Inception-v4's stride-1 3x3 / 1x7 / 7x1 convs at batch 256 where
+// busier. On an H100 (fp16, line-aligned slices), 256-row tiles took 0.84-0.96x the time of
+// the best 128-row tile on Inception-v4's stride-1 3x3 / 1x7 / 3x1 convs at batch 256 where
 // that holds (ReductionA's 192-to-224 3x3 0.84x, InceptionA's 96-to-96 0.93x); on the stride-2
-// convs they gained nothing (0.98-1.07x at batch 256). Over the network's k x k convs (the stem
+// convs they gained nothing (0.98-1.10x at batch 256). Over the network's k x k convs (the stem
 // aside) at batches 8, 32 and 256 the model's picks take 3.540 ms against 3.664 before and
 // 3.514 for the fastest shape of each.
 inline ConvTile conv_fprop_tile(int64_t m, int64_t k, int stride, int sm_count, bool wide_rows) {

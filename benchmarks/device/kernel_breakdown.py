@@ -36,10 +36,12 @@ FORWARDS = 5  # profiled forwards; times are per forward
 
 def kind(name: str) -> str:
     """A short kind for a kernel name: CUTLASS kernels by op and tile shape, others by name."""
-    if "kernel_entry" in name:
-        op = "CUTLASS conv" if "CollectiveConv" in name else "CUTLASS GEMM"
-        tile = re.search(r"C<(128|256)>, ?cute::C<(\d+)>, ?cute::(?:tuple<cute::)?C<\d+>", name)
-        return f"{op} {tile.group(1)}x{tile.group(2)}" if tile else op
+    if "kernel_entry" in name:  # a mangled name: the tile from the MMA atom and the schedule
+        conv = "CollectiveConv" in name
+        width = re.search(r"MMA_64x(\d+)x", name)
+        rows = 256 if conv and "PersistentCooperative" in name else 128  # the GEMM's are 128 rows
+        op = "CUTLASS conv" if conv else "CUTLASS GEMM"
+        return f"{op} {rows}x{width.group(1)}" if width else op
     name = re.sub(r"<.*", "", name)  # templates: the kernel's own name
     return name[:70]
 
