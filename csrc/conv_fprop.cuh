@@ -5,7 +5,8 @@
 // tile's epilogue runs under the other's mainloop) or on the two halves of one 256-row tile
 // (cooperative: each weight tile feeds twice the rows); a TMA-store epilogue adds the per-channel
 // bias, clamps (ReLU or not) and writes the input dtype into the output's channel slice (fp32, on
-// TF32 tensor cores: rounded to TF32). Included by one .cu file per dtype and tile shape.
+// TF32 tensor cores: rounded to TF32). Included by one .cu file per dtype, which defines every tile
+// shape's entry point (INCEPTION_FAST_DEFINE_CONV_FPROP).
 #pragma once
 
 #include "conv_fprop.h"
@@ -162,3 +163,12 @@ const char* launch(const ConvFpropArgs&, cudaStream_t) {
 }  // namespace inception_fast
 
 #endif  // INCEPTION_FAST_WITH_CUTLASS_CONV
+
+// Defines the op's entry point for one (dtype, tile shape), declared in conv_fprop.h; inside
+// namespace inception_fast.
+#define INCEPTION_FAST_DEFINE_CONV_FPROP(DTYPE, T, TILE_M, TILE_N)                                    \
+  template <>                                                                                         \
+  const char* launch_conv_fprop<ConvDtype::DTYPE, TILE_M, TILE_N>(const ConvFpropArgs& args,         \
+                                                                   cudaStream_t stream) {            \
+    return conv_fprop::launch<T, TILE_M, TILE_N>(args, stream);                                      \
+  }

@@ -2,7 +2,8 @@
 // filled by a producer warp, WGMMA in two consumer warpgroups, fp32 accumulation, and a TMA-store
 // epilogue that adds the per-channel bias and clamps (ReLU or not) before writing the input dtype
 // (fp32 on TF32 tensor cores: rounded to TF32 on the way out, see ClampRoundTf32).
-// Included by one .cu file per (dtype, tile), so ninja compiles the instantiations in parallel.
+// Included by one .cu file per dtype, which defines every tile width's entry point
+// (INCEPTION_FAST_DEFINE_GEMM_CONV1X1).
 #pragma once
 
 // CUTLASS's device-side assert()s are calls that ptxas cannot keep inside a WGMMA pipeline: it
@@ -311,3 +312,12 @@ const char* launch(const GemmConv1x1Args& args, cudaStream_t stream) {
 }  // namespace inception_fast
 
 #endif  // INCEPTION_FAST_WITH_CUTLASS
+
+// Defines the op's entry point for one (dtype, tile width), declared in gemm_conv1x1.h; inside
+// namespace inception_fast.
+#define INCEPTION_FAST_DEFINE_GEMM_CONV1X1(DTYPE, T, TILE_N)                                          \
+  template <>                                                                                         \
+  const char* launch_gemm_conv1x1<GemmDtype::DTYPE, TILE_N>(const GemmConv1x1Args& args,             \
+                                                             cudaStream_t stream) {                  \
+    return gemm_conv1x1::launch<T, TILE_N>(args, stream);                                            \
+  }

@@ -269,7 +269,7 @@ def test_cutlass_headers_come_from_the_variable_or_the_wheel_and_name_the_build(
     """Without CUTLASS headers the extension builds without its files; with them it compiles them
     too, and the sources hash and build directory change (no build of the other kind is reused)."""
     assert set(extension.CUTLASS_SOURCES) <= set(extension.SOURCES)
-    assert {"gemm_conv1x1_fp16_n128.cu", "gemm_conv1x1_bf16_n256.cu"} <= set(extension.CUTLASS_SOURCES)
+    assert {"gemm_conv1x1_fp16.cu", "conv_fprop_bf16.cu"} <= set(extension.CUTLASS_SOURCES)
     monkeypatch.setenv("INCEPTION_FAST_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("INCEPTION_FAST_CUTLASS_DIR", str(tmp_path / "cutlass"))
     assert extension.cutlass_include_dir() is None and extension.cutlass_flags() == []
