@@ -316,13 +316,12 @@ def stage_is_small(launches: list, buffers: dict, sm_count: int) -> bool:
     return sm_count > 0
 
 
-def run_launches(launches: list, buffers: dict, sm_count: int = 0) -> None:
+def run_launches(launches: list, buffers: dict) -> None:
     """The op launches of one stage on `buffers` (pk.BUF_* -> an NHWC-contiguous tensor), one
-    after another on the current stream, with the SM shares for the stage's size on `sm_count`
-    SMs."""
-    small = stage_is_small(launches, buffers, sm_count)
+    after another on the current stream (so with a large stage's SM limits: small-stage shares
+    pay only side by side)."""
     for launch in launches:
-        launch.run(buffers, small)
+        launch.run(buffers)
 
 
 # --- availability -----------------------------------------------------------------------------
