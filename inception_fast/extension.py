@@ -42,11 +42,6 @@ CUTLASS_SOURCES = (
     *(f"gemm_conv1x1_{dtype}.cu" for dtype in ("fp16", "bf16", "tf32")),
     *(f"conv_fprop_{dtype}.cu" for dtype in ("fp16", "bf16", "tf32")),
 )
-SOURCES = (
-    *(f"gemm_conv1x1_{dtype}_n{tile}.cu" for dtype in ("fp16", "bf16", "tf32") for tile in (64, 128, 256)),
-    *(f"conv_fprop_{dtype}_m128_n{tile}.cu" for dtype in ("fp16", "bf16", "tf32") for tile in (64, 96, 128)),
-    *(f"conv_fprop_{dtype}_m256_n{tile}.cu" for dtype in ("fp16", "bf16") for tile in (96, 128)),
-)
 SOURCES = ("bindings.cpp", "conv_stage_fp16.cu", "conv_stage_bf16.cu", *CUTLASS_SOURCES)
 HEADERS = (
     "stage_args.h", "conv_stage.cuh", "check_text.h", "gemm_conv1x1.h", "gemm_conv1x1.cuh", "conv_fprop.h",

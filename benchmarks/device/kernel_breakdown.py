@@ -11,11 +11,16 @@ each kernel is seen; their wall time is also shown with a graph. With programmat
 launch on (the default), a kernel's time includes its wait for the one before it
 (INCEPTION_FAST_PDL=0 for the kernels' own times). Prints a table; writes
 $OUT/kernel_breakdown_b<batch>_<dtype>.md when OUT is set.
+
+`--blocks` adds one more profiled forward with the GPU synchronized around every block, and a
+table of each block's kernels by kind (run it with INCEPTION_FAST_SIDE_STREAMS=0 and
+INCEPTION_FAST_PDL=0 for each kernel's own time).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import sys
@@ -29,6 +34,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import inception_fast
 from inception_fast import bench, timing
+from inception_fast.modules import FusedBlock
 from inception_fast.testing import calibrated_inception_v4
 
 FORWARDS = 5  # profiled forwards; times are per forward
@@ -57,11 +63,52 @@ def busy_us(intervals: list[tuple[float, float]]) -> float:
     return total
 
 
+@contextlib.contextmanager
+def block_ranges(module: torch.nn.Module):
+    """Each FusedBlock's run in a profiler range named `block <i> <label>`, the GPU synchronized
+    on entry and exit so that its kernels run inside that range."""
+    blocks = [m for m in module.modules() if isinstance(m, FusedBlock)]
+    for i, block in enumerate(blocks):
+        def run(x, block=block, i=i, run=block.run):
+            torch.cuda.synchronize()
+            with torch.profiler.record_function(f"block {i:02d} {block.plan.label}"):
+                out = run(x)
+                torch.cuda.synchronize()
+            return out
+
+        block.run = run  # the network calls each block's run, not its forward
+    try:
+        yield
+    finally:
+        for block in blocks:
+            del block.run
+
+
+def per_block_lines(prof) -> list[str]:
+    """Each block range's kernels, summed by kind (a kernel belongs to the range it starts in)."""
+    events = prof.events()
+    blocks = sorted((e.time_range.start, e.time_range.end, e.name) for e in events
+                    if e.device_type == torch.autograd.DeviceType.CPU and e.name.startswith("block "))
+    kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+    lines = ["", "| block | kernel kind | us | launches |", "|---|---|---|---|"]
+    for start, end, name in blocks:
+        by_kind: dict = defaultdict(lambda: [0.0, 0])
+        for event in kernels:
+            if start <= event.time_range.start <= end:
+                entry = by_kind[kind(event.name)]
+                entry[0] += event.time_range.elapsed_us()
+                entry[1] += 1
+        for kernel_kind, (us, count) in sorted(by_kind.items(), key=lambda item: -item[1][0]):
+            lines.append(f"| {name.split(' ', 2)[2]} | {kernel_kind} | {us:.1f} | {count} |")
+    return lines
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--dtype", default="fp16", choices=sorted(bench.DTYPES))
     parser.add_argument("--names", action="store_true", help="also print each distinct kernel name")
+    parser.add_argument("--blocks", action="store_true", help="also each block's kernels by kind")
     args = parser.parse_args(argv)
     dtype, tf32_on = bench.DTYPES[args.dtype]
     device = torch.device("cuda")
@@ -81,6 +128,11 @@ def main(argv=None) -> int:
             for _ in range(FORWARDS):
                 fused(x)
             torch.cuda.synchronize()
+        if args.blocks:
+            activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA]
+            with block_ranges(fused), profile(activities=activities) as block_prof:
+                fused(x)
+                torch.cuda.synchronize()
     kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
     if args.names:
         print("\n".join(sorted({e.name for e in kernels})))
@@ -100,6 +152,8 @@ def main(argv=None) -> int:
              "| kind | ms per forward | share of kernel time | launches |", "|---|---|---|---|"]
     for name, (us, count) in sorted(by_kind.items(), key=lambda item: -item[1][0]):
         lines.append(f"| {name} | {us / 1e3:.3f} | {100 * us / total:.1f}% | {count:g} |")
+    if args.blocks:
+        lines += per_block_lines(block_prof)
     text = "\n".join(lines) + "\n"
     print(text)
     out_dir = os.environ.get("OUT")
