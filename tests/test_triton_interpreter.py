@@ -129,3 +129,74 @@ def test_stage_kernel_under_interpreter(name, batch, size, k_parts):
         env=env, capture_output=True, text=True, timeout=900,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# Pool-only stages (what the CUTLASS ops leave of a stage) on every pool tile the tuning offers:
+# the same bits on every tile (each output sums its taps in one order), and torch's pooling.
+POOL_SCRIPT = r"""
+import os, sys
+os.environ["TRITON_INTERPRET"] = "1"
+import torch
+import torch.nn.functional as F
+from inception_fast import packing as pk, plan as P, reference as R
+from inception_fast.backends import gemm_routing
+from inception_fast.kernels.triton import tuning
+from inception_fast.kernels.triton.stage_kernel import _stage_kernel
+from inception_fast.kernels.triton.stage_launch import launch_stage
+from inception_fast.modules import fuse_block
+from inception_fast.testing import randomize_batchnorm
+
+name, batch, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+factory, cin = {"Mixed3a": (R.Mixed3a, 64), "InceptionA": (R.InceptionA, 384),
+                "ReductionB": (R.ReductionB, 1024)}[name]
+torch.manual_seed(0)
+fused = fuse_block(randomize_batchnorm(factory()).eval())
+plan = fused.plan
+x = torch.randn(batch, cin, size, size).contiguous(memory_format=torch.channels_last)
+work = torch.randn(batch, plan.work_channels or 8, size, size).contiguous(memory_format=torch.channels_last)
+channels = {pk.BUF_INPUT: cin, pk.BUF_WORK: plan.work_channels, pk.BUF_OUTPUT: plan.out_channels}
+rests = [gemm_routing.split_rows(stage, channels, kxk=True).rest
+         for stage in pk.pack_block(fused, "cpu", torch.float32, None)]
+rests = [r for r in rests if r is not None and all(row[pk.KIND] != pk.CONV for row in r.rows)]
+assert rests, "no pool-only stage"
+oh, ow = fused.output_hw(size, size)
+for rest in rests:
+    width = min(row[pk.COLS] for row in rest.rows)
+    configs = [c for c in tuning.pool_candidates(width, 1, 4) if c[:2][1] == tuning.pool_width(width)]
+    outs = []
+    for config in configs:
+        out = torch.full((batch, plan.out_channels, oh, ow), float("nan")).contiguous(memory_format=torch.channels_last)
+        launch_stage(_stage_kernel, rest, x, work, out, config, "ieee")
+        outs.append(out)
+    for config, out in zip(configs, outs):
+        assert torch.equal(out.nan_to_num(7.0), outs[0].nan_to_num(7.0)), config
+    buffers = {P.INPUT: x, P.WORK: work}
+    for i, op in enumerate(plan.ops):
+        if not isinstance(op, P.Pool) or op.src.buffer == P.OUTPUT:
+            continue
+        src = buffers[op.src.buffer][:, op.src.start:op.src.stop].double()
+        if op.kind == P.MAX:
+            ref = F.max_pool2d(src, op.kernel, op.stride, op.padding, ceil_mode=op.ceil_mode)
+        else:
+            ref = F.avg_pool2d(src, op.kernel, op.stride, op.padding, ceil_mode=op.ceil_mode,
+                               count_include_pad=op.kind == P.AVG_INCLUDE_PAD)
+        if op.bias:
+            ref = ref + getattr(fused, f"b{i}").double().view(1, -1, 1, 1)
+        if op.relu:
+            ref = ref.relu()
+        dst = outs[0][:, op.dst.start:op.dst.stop] if op.dst.buffer == P.OUTPUT else None
+        if dst is not None:
+            assert torch.allclose(dst.double(), ref, rtol=1e-5, atol=1e-5), (name, op)
+    print(name, len(configs), "configs")
+"""
+
+
+@pytest.mark.parametrize("name,batch,size", [("Mixed3a", 2, 7), ("InceptionA", 3, 5), ("ReductionB", 1, 5)])
+def test_pool_tiles_under_interpreter(name, batch, size):
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    result = subprocess.run(
+        [sys.executable, "-c", POOL_SCRIPT, name, str(batch), str(size)],
+        env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "configs" in result.stdout

@@ -132,3 +132,24 @@ def test_nothing_is_timed_while_torch_compile_traces(monkeypatch):
     configs = [(128, 128, 64, 8, 3, 1), (64, 64, 64, 4, 4, 1)]
     chosen = tuning.choose("conv1x1s1p0.0:384>320/35x35/b1/float16/nocard", None, configs, configs[0])
     assert timed == [] and chosen == configs[0]
+
+
+def test_pool_tiles_fit_the_channels_and_shrink_for_small_batches():
+    assert [tuning.pool_width(c) for c in (64, 96, 192, 384, 1024, 8, 24)] == [64, 32, 64, 128, 128, 8, 8]
+    # InceptionA's average pool at batch 256: 96 channels, 313,600 pixels
+    def tiles(pixels, channels):
+        return lambda bm, bn: -(-pixels // bm) * -(-channels // bn)
+
+    assert tuning.pool_config(96, tiles(313_600, 96)) == (256, 32, 16, 8, 1, 1)
+    # ... at batch 1 (1,225 pixels): rows shrink until 2 tiles per SM, 16 at least
+    assert tuning.pool_config(96, tiles(1_225, 96))[:2] == (16, 32)
+    assert tuning.pool_config(1024, tiles(64 * 300, 1024))[:2] == (64, 128)
+    for channels in (64, 96, 1024):
+        configs = tuning.pool_candidates(channels, 256)
+        assert tuning.pool_config(channels, tiles(313_600, channels)) in configs
+        conv_tiles = tuning.candidates(64, 256, False)
+        # the conv tiles stay candidates: a shipped or cached choice may name one
+        assert configs[-len(conv_tiles):] == conv_tiles
+        pool_tiles = configs[:-len(conv_tiles)]
+        assert {c[1] for c in pool_tiles} == {tuning.pool_width(channels)}
+        assert all(16 <= c[0] and c[0] * c[1] <= tuning.POOL_TILE_ELEMENTS for c in pool_tiles)

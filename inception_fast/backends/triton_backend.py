@@ -17,6 +17,7 @@ replaces its default tile config.
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -144,11 +145,19 @@ def stage_config(stage, state: StageLaunchState, x: torch.Tensor, key: str, laun
     config = state.configs.get(shape)
     if config is None:
         convs = [row[pk.CIN] for row in stage.rows if row[pk.KIND] == pk.CONV]
-        configs = tuning.candidates(
-            min(convs, default=64), tuning.batch_bucket(n), stage_kinds(stage)[0], x.element_size()
-        )
         sms = torch.cuda.get_device_properties(x.device).multi_processor_count
-        fallback = tuning.default_config(configs, lambda bm, bn: stage_tiles(stage, n, h, w, bm, bn), sms)
+        bucket = tuning.batch_bucket(n)
+
+        def tiles(bm, bn):
+            return stage_tiles(stage, n, h, w, bm, bn)
+
+        if convs:
+            configs = tuning.candidates(min(convs), bucket, True, x.element_size())
+            fallback = tuning.default_config(configs, tiles, sms)
+        else:  # pools alone: tiles shaped for loads (tuning.pool_config)
+            channels = math.gcd(*(row[pk.COLS] for row in stage.rows))
+            configs = tuning.pool_candidates(channels, bucket, x.element_size())
+            fallback = tuning.pool_config(channels, tiles, sms)
         name = torch.cuda.get_device_name(x.device).replace(" ", "_")
         full_key = f"{key}/{h}x{w}/b{tuning.batch_bucket(n)}/{precision_key(x)}/{name}"
         config = tuning.choose(full_key, launch, configs, fallback, x.device)

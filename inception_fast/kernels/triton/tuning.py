@@ -62,6 +62,47 @@ def candidates(min_cin: int, batch: int, has_conv: bool = True, element_size: in
     return configs
 
 
+# Pool-only stages do no dot: their work is loads. Their tiles hold at most this many elements,
+# the most whose taps `_pool_tile` unrolls, and are as wide as the channels allow: the conv
+# tiles' 128 x 256 over a 96-channel pool masked off 62% of its lanes.
+POOL_TILE_ELEMENTS = 8192
+_POOL_WIDTHS = (128, 64, 32, 16, 8)
+_POOL_MIN_ROWS = 16
+
+
+def pool_width(channels: int) -> int:
+    """The widest of 128, 64, 32, 16 and 8 channels that divides `channels` (every lane works;
+    channel counts are multiples of 8)."""
+    return next(width for width in _POOL_WIDTHS if channels % width == 0)
+
+
+def _pool_tile(block_m: int, block_n: int) -> tuple:
+    warps = 8 if block_m * block_n >= POOL_TILE_ELEMENTS else 4
+    return (block_m, block_n, 16, warps, 1, 1)  # BLOCK_K: unused without a conv
+
+
+def pool_candidates(channels: int, batch: int, element_size: int = 2) -> list[tuple]:
+    """Configs worth timing for a pool-only stage whose pools have `channels` in common (their
+    gcd): tiles of every row count from 16 to POOL_TILE_ELEMENTS / width at the widest width
+    that divides them, and the conv tiles (a shipped or cached choice may be one of those)."""
+    width = pool_width(channels)
+    rows = [POOL_TILE_ELEMENTS // width]
+    while rows[-1] > _POOL_MIN_ROWS:
+        rows.append(rows[-1] // 2)
+    return [_pool_tile(block_m, width) for block_m in rows] + candidates(64, batch, False, element_size)
+
+
+def pool_config(channels: int, tiles, sms: int = 132) -> tuple:
+    """Without timing: the widest tile that divides the channels, with POOL_TILE_ELEMENTS
+    elements, fewer rows while the stage has fewer than two tiles per SM (small batches).
+    `tiles(block_m, block_n)`: the stage's tile count."""
+    width = pool_width(channels)
+    block_m = POOL_TILE_ELEMENTS // width
+    while block_m > _POOL_MIN_ROWS and tiles(block_m, width) < 2 * sms:
+        block_m //= 2
+    return _pool_tile(block_m, width)
+
+
 _shipped_table: dict | None = None
 SHIPPED_FOR = (9, 0, 132)  # compute capability and SM count of the cards tuned_configs.json saw
 
