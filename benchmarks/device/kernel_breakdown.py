@@ -89,7 +89,8 @@ def per_block_lines(prof) -> list[str]:
     events = prof.events()
     blocks = sorted((e.time_range.start, e.time_range.end, e.name) for e in events
                     if e.device_type == torch.autograd.DeviceType.CPU and e.name.startswith("block "))
-    kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+    kernels = [e for e in events  # (the ranges show on the GPU's timeline too)
+               if e.device_type == torch.autograd.DeviceType.CUDA and not e.name.startswith("block ")]
     lines = ["", "| block | kernel kind | us | launches |", "|---|---|---|---|"]
     for start, end, name in blocks:
         by_kind: dict = defaultdict(lambda: [0.0, 0])
