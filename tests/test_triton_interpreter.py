@@ -162,10 +162,11 @@ assert rests, "no pool-only stage"
 oh, ow = fused.output_hw(size, size)
 for rest in rests:
     width = min(row[pk.COLS] for row in rest.rows)
-    configs = [c for c in tuning.pool_candidates(width, 1, 4) if c[:2][1] == tuning.pool_width(width)]
+    configs = [c for c in tuning.pool_candidates(width, 1, 4) if c[1] == tuning.pool_width(width)]
     outs = []
     for config in configs:
-        out = torch.full((batch, plan.out_channels, oh, ow), float("nan")).contiguous(memory_format=torch.channels_last)
+        out = torch.full((batch, plan.out_channels, oh, ow), float("nan"))
+        out = out.contiguous(memory_format=torch.channels_last)
         launch_stage(_stage_kernel, rest, x, work, out, config, "ieee")
         outs.append(out)
     for config, out in zip(configs, outs):

@@ -62,43 +62,48 @@ def candidates(min_cin: int, batch: int, has_conv: bool = True, element_size: in
     return configs
 
 
-# Pool-only stages do no dot: their work is loads. Their tiles hold at most this many elements,
-# the most whose taps `_pool_tile` unrolls, and are as wide as the channels allow: the conv
-# tiles' 128 x 256 over a 96-channel pool masked off 62% of its lanes.
-POOL_TILE_ELEMENTS = 8192
-_POOL_WIDTHS = (128, 64, 32, 16, 8)
+# Pool-only stages do no dot: their work is loads. Their tiles are as wide as the channels allow
+# up to 64 (every lane works: the conv tiles' 128 x 256 masked off 62% of the lanes of a
+# 96-channel pool) and hold POOL_TILE_ELEMENTS elements with 4 warps, fewer rows while the stage
+# has fewer tiles than SMs. On an H100 (Inception-v4's pool-only stages under triton-gemm, fp16,
+# benchmarks/device/pool_configs.py) this took 1.04x the best tile of each stage summed over the
+# network at batch 256, 1.11x at 32, 1.06x / 1.10x at 8 / 1; the conv tiles' rule 2.2x / 2.1x /
+# 1.5x / 1.3x.
+POOL_TILE_ELEMENTS = 2048
+_POOL_TUNING_ELEMENTS = 8192  # the most a timed candidate holds (`_pool_tile` unrolls up to it)
+_POOL_WIDTHS = (64, 32, 16, 8)
 _POOL_MIN_ROWS = 16
 
 
 def pool_width(channels: int) -> int:
-    """The widest of 128, 64, 32, 16 and 8 channels that divides `channels` (every lane works;
+    """The widest of 64, 32, 16 and 8 channels that divides `channels` (every lane works;
     channel counts are multiples of 8)."""
     return next(width for width in _POOL_WIDTHS if channels % width == 0)
 
 
 def _pool_tile(block_m: int, block_n: int) -> tuple:
-    warps = 8 if block_m * block_n >= POOL_TILE_ELEMENTS else 4
+    warps = 8 if block_m * block_n > POOL_TILE_ELEMENTS * 2 else 4
     return (block_m, block_n, 16, warps, 1, 1)  # BLOCK_K: unused without a conv
 
 
 def pool_candidates(channels: int, batch: int, element_size: int = 2) -> list[tuple]:
     """Configs worth timing for a pool-only stage whose pools have `channels` in common (their
-    gcd): tiles of every row count from 16 to POOL_TILE_ELEMENTS / width at the widest width
-    that divides them, and the conv tiles (a shipped or cached choice may be one of those)."""
+    gcd): at the widest width that divides them, every row count from 16 up to 8192 elements,
+    then the conv tiles (a shipped or cached choice may be one of those)."""
     width = pool_width(channels)
-    rows = [POOL_TILE_ELEMENTS // width]
+    rows = [_POOL_TUNING_ELEMENTS // width]
     while rows[-1] > _POOL_MIN_ROWS:
         rows.append(rows[-1] // 2)
     return [_pool_tile(block_m, width) for block_m in rows] + candidates(64, batch, False, element_size)
 
 
 def pool_config(channels: int, tiles, sms: int = 132) -> tuple:
-    """Without timing: the widest tile that divides the channels, with POOL_TILE_ELEMENTS
-    elements, fewer rows while the stage has fewer than two tiles per SM (small batches).
-    `tiles(block_m, block_n)`: the stage's tile count."""
+    """Without timing: the widest tile up to 64 channels that divides the channels, with
+    POOL_TILE_ELEMENTS elements, fewer rows (16 at least) while the stage has fewer tiles than
+    SMs. `tiles(block_m, block_n)`: the stage's tile count."""
     width = pool_width(channels)
     block_m = POOL_TILE_ELEMENTS // width
-    while block_m > _POOL_MIN_ROWS and tiles(block_m, width) < 2 * sms:
+    while block_m > _POOL_MIN_ROWS and tiles(block_m, width) < sms:
         block_m //= 2
     return _pool_tile(block_m, width)
 
