@@ -17,6 +17,7 @@ pytest.importorskip("triton")
 
 from inception_fast import packing as pk
 from inception_fast import reference as R
+from inception_fast import side_streams
 from inception_fast.backends import gemm_routing, torch_backend, triton_backend
 from inception_fast.backends import triton_gemm_backend as tg
 from inception_fast.kernels.triton import ops as triton_ops
@@ -428,3 +429,25 @@ def test_a_default_candidate_of_auto_and_a_bench_row_where_named():
     with pytest.raises(ValueError, match="triton-gemm is not an experimental backend"):
         auto_backend.candidates("triton-gemm")
     assert {"fused-triton-gemm", "fused-triton-gemm-graph"} <= set(bench.EXPERIMENTAL_IDS)
+
+
+@pytest.mark.parametrize("capture", [False, True])
+def test_a_small_stage_runs_side_by_side_only_inside_a_graph_capture(emulated, monkeypatch, capture):
+    """Launched one by one, a small stage's kernels take less GPU time than the host needs to
+    issue them, and streams add host work: outside a capture its launches run one after another
+    on every SM; captured, side by side with the small-stage shares (InceptionA's stage 0 on 132
+    SMs: 40, 52 and 40)."""
+    block = reference_block(R.InceptionA).to(torch.float64)
+    x = torch.randn(2, 384, 5, 5, dtype=torch.float64)
+    stages = triton_backend._packed_block(block, x)
+    key = ("triton-gemm", x.device, x.dtype, False, None)
+    block.backend_cache[key] = tg.split_stages(block, stages, 384, sm_count=132)
+    monkeypatch.setattr(gemm_routing, "stage_is_small", lambda launches, buffers, sm_count: True)
+    monkeypatch.setattr(tg, "capturing", lambda: capture)
+    together = []
+    monkeypatch.setattr(side_streams, "run_side_by_side",
+                        lambda device, launches: (together.append(len(launches)), [f() for f in launches]))
+    got = tg.run_block(block, x)
+    assert relative_l2(got, torch_backend.run_block(block, x)) < 1e-12
+    assert emulated.sm_limits == ([40, 52, 40] if capture else [0, 0, 0])
+    assert together == ([3, 1, 1] if capture else [])  # stage 0: three GEMMs; 1 and 2: the stage kernel

@@ -99,10 +99,13 @@ class GemmLaunch:
         """Multiply-adds per pixel of the stage's input."""
         return self.weight.numel()
 
-    def run(self, buffers: dict, small_stage: bool = False) -> None:
+    def run(self, buffers: dict, small_stage: bool = False, side_by_side: bool = True) -> None:
+        """`small_stage`: with the small-stage share; `side_by_side` False: on every SM (its
+        stage's launches run one after another)."""
         op = torch.ops.inception_fast.cuda_gemm_conv1x1.default  # looked up per call: tests count it
+        limit = (self.small_stage_sm_limit if small_stage else self.sm_limit) if side_by_side else 0
         op(buffers[self.src], self.weight, self.bias, buffers[self.dst], self.col_offset, self.relu, 0,
-           self.tf32, self.small_stage_sm_limit if small_stage else self.sm_limit)
+           self.tf32, limit)
 
 
 @dataclass
@@ -130,11 +133,12 @@ class ConvLaunch:
         """Multiply-adds per pixel of the stage's input."""
         return self.weight.numel() // self.stride**2
 
-    def run(self, buffers: dict, small_stage: bool = False) -> None:
+    def run(self, buffers: dict, small_stage: bool = False, side_by_side: bool = True) -> None:
+        """`small_stage` (side by side): with the small-stage share; else on every SM."""
         op = torch.ops.inception_fast.cuda_conv_fprop.default  # looked up per call: tests count it
         op(buffers[self.src], self.weight, self.bias, buffers[self.dst], self.in_c0, self.out_c0, self.stride,
            self.pad_h, self.pad_w, self.relu, self.tile_n, self.tf32,
-           self.small_stage_sm_limit if small_stage else 0, self.tile_m)
+           self.small_stage_sm_limit if small_stage and side_by_side else 0, self.tile_m)
 
 
 @dataclass
@@ -291,7 +295,8 @@ def share_sms(launches: list, sm_count: int) -> None:
     SMs, so that they run at once and read it from DRAM about once; any other launch keeps
     every SM. On an H100 (fp16, Inception-v4, triton-gemm) this took InceptionA 0.95x and
     InceptionB 0.96x their time at batch 256. In a small stage (stage_is_small) every launch
-    gets a share: none fills the GPU alone, so they run at once instead of one after another."""
+    gets a share: none fills the GPU alone, so they run at once instead of one after another
+    (inside a CUDA graph only: `triton_gemm_backend.run_block`)."""
     groups: dict = {}
     for launch in launches:
         if isinstance(launch, GemmLaunch):
