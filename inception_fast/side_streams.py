@@ -9,7 +9,8 @@ so their order does not matter. Under CUDA graph capture the fork and join becom
 edges, so a replay runs the branches concurrently too.
 
 Serial where streams cannot help or cannot be traced: on the CPU, while torch.compile traces,
-and with INCEPTION_FAST_SIDE_STREAMS=0.
+and with INCEPTION_FAST_SIDE_STREAMS=0. (`triton-gemm` also runs a small stage's launches one
+after another outside a CUDA graph capture: there the host, not the GPU, bounds the call.)
 
 Persistent launches (the CUTLASS ops) size their grids to every SM, so two of them side by side
 still run one after the other, and each re-reads a stage input that the L2 cannot hold at large
