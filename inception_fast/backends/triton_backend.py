@@ -159,7 +159,7 @@ def stage_config(stage, state: StageLaunchState, x: torch.Tensor, key: str, laun
             configs = tuning.pool_candidates(channels, bucket, x.element_size())
             fallback = tuning.pool_config(channels, tiles, sms)
         name = torch.cuda.get_device_name(x.device).replace(" ", "_")
-        full_key = f"{key}/{h}x{w}/b{tuning.batch_bucket(n)}/{precision_key(x)}/{name}"
+        full_key = f"{key}/{h}x{w}/b{bucket}/{precision_key(x)}/{name}"
         config = tuning.choose(full_key, launch, configs, fallback, x.device)
         if tuning.can_time():  # a config chosen untimed (tracing, capture, compile-only) is not kept
             state.configs[shape] = config

@@ -70,7 +70,7 @@ def candidates(min_cin: int, batch: int, has_conv: bool = True, element_size: in
 # network at batch 256, 1.11x at 32, 1.06x / 1.10x at 8 / 1; the conv tiles' rule 2.2x / 2.1x /
 # 1.5x / 1.3x.
 POOL_TILE_ELEMENTS = 2048
-_POOL_TUNING_ELEMENTS = 8192  # the most a timed candidate holds (`_pool_tile` unrolls up to it)
+_POOL_TUNING_ELEMENTS = 8192  # the most a timed candidate holds (stage_kernel._pool_tile unrolls up to it)
 _POOL_WIDTHS = (64, 32, 16, 8)
 _POOL_MIN_ROWS = 16
 
@@ -81,7 +81,7 @@ def pool_width(channels: int) -> int:
     return next(width for width in _POOL_WIDTHS if channels % width == 0)
 
 
-def _pool_tile(block_m: int, block_n: int) -> tuple:
+def _pool_tile_config(block_m: int, block_n: int) -> tuple:
     warps = 8 if block_m * block_n > POOL_TILE_ELEMENTS * 2 else 4
     return (block_m, block_n, 16, warps, 1, 1)  # BLOCK_K: unused without a conv
 
@@ -94,7 +94,8 @@ def pool_candidates(channels: int, batch: int, element_size: int = 2) -> list[tu
     rows = [_POOL_TUNING_ELEMENTS // width]
     while rows[-1] > _POOL_MIN_ROWS:
         rows.append(rows[-1] // 2)
-    return [_pool_tile(block_m, width) for block_m in rows] + candidates(64, batch, False, element_size)
+    pool_tiles = [_pool_tile_config(block_m, width) for block_m in rows]
+    return pool_tiles + candidates(64, batch, False, element_size)
 
 
 def pool_config(channels: int, tiles, sms: int = 132) -> tuple:
@@ -105,7 +106,7 @@ def pool_config(channels: int, tiles, sms: int = 132) -> tuple:
     block_m = POOL_TILE_ELEMENTS // width
     while block_m > _POOL_MIN_ROWS and tiles(block_m, width) < sms:
         block_m //= 2
-    return _pool_tile(block_m, width)
+    return _pool_tile_config(block_m, width)
 
 
 _shipped_table: dict | None = None
