@@ -1,0 +1,109 @@
+"""Where the host time of a call without a CUDA graph goes: `optimize(model, cuda_graph=False)`
+called in a loop at small batches, where the host, not the GPU, bounds the call.
+
+    python benchmarks/device/host_path.py --batch 1,8
+
+Each step of the launch path is wrapped in a perf_counter timer (nested steps are counted in
+their own row and in their callers'): the block's run, the kernel buffers, the packed block,
+the stage kernel's launch (config lookup and Triton's launcher), each CUTLASS op call
+(argument checks, tensor maps, the launch), and the rest of a block's Python. The GPU needs a
+fraction of the host's time at these batches, so the launch queue never fills and the host
+times are the host's own. Also prints the GPU time of the same call replayed from a CUDA graph.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import torch
+
+import inception_fast
+from inception_fast import bench, timing
+from inception_fast.backends import gemm_routing, triton_backend
+from inception_fast.modules import FusedBlock
+from inception_fast.testing import calibrated_inception_v4
+
+CALLS = 50
+
+
+@contextmanager
+def timed(spent: dict, counts: dict):
+    """Wraps the steps in timers that add to spent[name] (seconds) and counts[name]."""
+    patched = []
+
+    def wrap(owner, attr: str, name: str):
+        original = getattr(owner, attr)
+
+        def timed_call(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                spent[name] += time.perf_counter() - start
+                counts[name] += 1
+
+        setattr(owner, attr, timed_call)
+        patched.append((owner, attr, original))
+
+    wrap(FusedBlock, "run", "block run (all of it)")
+    wrap(triton_backend, "kernel_buffers", "kernel buffers (layout, torch.empty)")
+    wrap(triton_backend, "_packed_block", "packed block lookup")
+    wrap(triton_backend, "_run_stage", "stage kernel launch (config + Triton launcher)")
+    wrap(gemm_routing.GemmLaunch, "run", "CUTLASS GEMM op call")
+    wrap(gemm_routing.ConvLaunch, "run", "CUTLASS conv op call")
+    try:
+        yield
+    finally:
+        for owner, attr, original in reversed(patched):
+            setattr(owner, attr, original)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", default="1,8")
+    parser.add_argument("--dtype", default="fp16", choices=sorted(bench.DTYPES))
+    args = parser.parse_args(argv)
+    dtype, tf32_on = bench.DTYPES[args.dtype]
+    device = torch.device("cuda")
+    model = calibrated_inception_v4(0).to(device)
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, {args.dtype}")
+    with torch.inference_mode(), bench.tf32(tf32_on):
+        fused = inception_fast.optimize(model, dtype=dtype, cuda_graph=False)
+        for batch in map(int, args.batch.split(",")):
+            x = bench.make_inputs(batch, 299, torch.float32, device, seed=0, sets=1)[0].to(dtype)
+            for _ in range(5):
+                fused(x)
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            for _ in range(CALLS):
+                fused(x)
+            torch.cuda.synchronize()
+            plain_ms = (time.perf_counter() - start) / CALLS * 1e3
+            spent, counts = defaultdict(float), defaultdict(int)
+            with timed(spent, counts):
+                start = time.perf_counter()
+                for _ in range(CALLS):
+                    fused(x)
+                torch.cuda.synchronize()
+                wrapped_ms = (time.perf_counter() - start) / CALLS * 1e3
+            graph = timing.CapturedGraph(fused, x)
+            gpu_ms = timing.time_graph(graph, [x], budget_ms=300).median_ms
+            print(f"\nbatch {batch}: {plain_ms:.3f} ms a call without a graph ({wrapped_ms:.3f} with the "
+                  f"timers); the GPU's time from a graph {gpu_ms:.3f} ms")
+            print("| step | ms per call | calls per call | us each |\n|---|---|---|---|")
+            for name, seconds in sorted(spent.items(), key=lambda item: -item[1]):
+                per_call = seconds / CALLS * 1e3
+                each = seconds / counts[name] * 1e6
+                print(f"| {name} | {per_call:.3f} | {counts[name] / CALLS:.0f} | {each:.1f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
