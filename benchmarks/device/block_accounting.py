@@ -45,6 +45,7 @@ COUNTERS = {  # column -> Nsight Compute metric, weighted by kernel duration
     "warps %": "sm__warps_active.avg.pct_of_peak_sustained_active",
 }
 DURATION = "gpu__time_duration.sum"
+NOT_STALLS = {f"{STALL_PREFIX}selected{STALL_SUFFIX}"}  # a warp issuing: 1.0 per issue by definition
 
 
 def _model(batch: int, dtype_name: str):
@@ -116,9 +117,9 @@ def measure(args) -> int:
     peaks = measure_peaks() if args.peaks == "measure" else peaks_for(torch.cuda.get_device_name())
     for row in rows:
         row["cudnn_ms"] = cudnn.get(row["path"], 0.0)
-        floor = costs.floor_ms(row["flop"], row["min_bytes"], peaks[args.dtype], peaks["copy_tbps"])
-        row["floor_ms"] = max(floor["compute_ms"], floor["memory_ms"])
-        row["bound"] = "compute" if floor["compute_ms"] >= floor["memory_ms"] else "memory"
+        floors = costs.floor_ms(row["flop"], row["min_bytes"], peaks[args.dtype], peaks["copy_tbps"])
+        row["floor_ms"] = floors["floor_ms"]
+        row["bound"] = "compute" if floors["compute_ms"] >= floors["memory_ms"] else "memory"
     result = {"card": torch.cuda.get_device_name(), "torch": torch.__version__, "batch": args.batch,
               "dtype": args.dtype, "commit": os.environ.get("INCEPTION_FAST_COMMIT", "unknown"),
               "peaks": peaks, "network_ms": network_ms, "cudnn_total_ms": floor.total_ms, "blocks": rows}
@@ -173,7 +174,8 @@ def ncu_by_path(text: str) -> dict:
         if not ranges:
             continue
         entry = found.setdefault(ranges[0][len("blocks/"):], {
-            "launches": 0, "us": 0.0, "weighted": defaultdict(float), "kernels": defaultdict(float)})
+            "launches": 0, "us": 0.0, "weighted": defaultdict(float), "kernels": defaultdict(float),
+            "by_kind": {}})
         us = _number(row[col[DURATION]]) * scale
         entry["launches"] += 1
         entry["us"] += us
@@ -181,7 +183,24 @@ def ncu_by_path(text: str) -> dict:
             entry["weighted"][name] += us * _number(row[col[metric]])
         for name in stalls:
             entry["weighted"][name] += us * _number(row[col[name]])
-        entry["kernels"][_kernel_kind(row[col["Kernel Name"]])] += us
+        kind = _kernel_kind(row[col["Kernel Name"]])
+        entry["kernels"][kind] += us
+        by_kind = entry["by_kind"].setdefault(kind, (0.0, defaultdict(float)))
+        entry["by_kind"][kind] = (by_kind[0] + us, by_kind[1])
+        for name, metric in COUNTERS.items():
+            by_kind[1][name] += us * _number(row[col[metric]])
+    return found
+
+
+def _by_kernel_kind(counters: dict) -> dict:
+    """kind -> (us, counters weighted by us) over every profiled range."""
+    found: dict = {}
+    for entry in counters.values():
+        for kind, (us, weighted) in entry["by_kind"].items():
+            total = found.setdefault(kind, [0.0, defaultdict(float)])
+            total[0] += us
+            for name, value in weighted.items():
+                total[1][name] += value
     return found
 
 
@@ -224,8 +243,8 @@ def table(args) -> int:
         entry = counters.get(first["path"])
         if entry and entry["us"] > 0:
             shares = [f"{entry['weighted'][name] / entry['us']:.0f}" for name in COUNTERS]
-            stalls = sorted((k for k in entry["weighted"] if k.startswith(STALL_PREFIX)),
-                            key=lambda k: -entry["weighted"][k])[:2]
+            stalls = [k for k in entry["weighted"] if k.startswith(STALL_PREFIX) and k not in NOT_STALLS]
+            stalls = sorted(stalls, key=lambda k: -entry["weighted"][k])[:2]
             stall_text = ", ".join(f"{k[len(STALL_PREFIX):-len(STALL_SUFFIX)]} "
                                    f"{entry['weighted'][k] / entry['us']:.1f}" for k in stalls)
             kernels = ", ".join(f"{name} {us:.0f}" for name, us in
@@ -247,6 +266,13 @@ def table(args) -> int:
     )
     lines += ["", f"Whole network, plain calls (no graph): {result['network_ms']:.3f} ms; every conv "
                   f"alone in cuDNN: {result['cudnn_total_ms']:.3f} ms."]
+    if counters:
+        lines += ["", "Counters by kernel kind over the profiled blocks (weighted by duration):", "",
+                  "| kernel kind | us at ncu clocks | " + " | ".join(COUNTERS) + " |",
+                  "|" + "---|" * (2 + len(COUNTERS))]
+        for kind, (us, weighted) in sorted(_by_kernel_kind(counters).items(), key=lambda item: -item[1][0]):
+            shares = " | ".join(f"{weighted[name] / us:.0f}" for name in COUNTERS)
+            lines.append(f"| {kind} | {us:.0f} | {shares} |")
     print("\n".join(lines))
     return 0
 

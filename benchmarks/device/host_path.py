@@ -25,8 +25,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import torch
 
 import inception_fast
-from inception_fast import bench, timing
-from inception_fast.backends import gemm_routing, triton_backend
+from inception_fast import bench, side_streams, timing
+from inception_fast.backends import (
+    auto_backend,
+    gemm_routing,
+    torch_backend,
+    triton_backend,
+    triton_gemm_backend,
+)
+from inception_fast.kernels.triton import ops as triton_ops
+from inception_fast.kernels.triton.stage_kernel import _stage_kernel
 from inception_fast.modules import FusedBlock
 from inception_fast.testing import calibrated_inception_v4
 
@@ -40,6 +48,7 @@ def timed(spent: dict, counts: dict):
 
     def wrap(owner, attr: str, name: str):
         original = getattr(owner, attr)
+        spent[name], counts[name] = 0.0, 0  # rows in wrapping order
 
         def timed_call(*args, **kwargs):
             start = time.perf_counter()
@@ -53,16 +62,34 @@ def timed(spent: dict, counts: dict):
         patched.append((owner, attr, original))
 
     wrap(FusedBlock, "run", "block run (all of it)")
+    wrap(auto_backend, "run_block", "auto: dispatch and the chosen backend")
+    wrap(triton_gemm_backend, "run_block", "triton-gemm run_block")
+    wrap(torch_backend, "run_block", "torch run_block")
     wrap(triton_backend, "kernel_buffers", "kernel buffers (layout, torch.empty)")
+    wrap(triton_backend, "to_kernel_layout", "  layout of the input")
+    wrap(triton_backend, "_alloc", "  torch.empty channels_last")
     wrap(triton_backend, "_packed_block", "packed block lookup")
-    wrap(triton_backend, "_run_stage", "stage kernel launch (config + Triton launcher)")
+    wrap(triton_gemm_backend, "_split_block", "split lookup")
+    wrap(triton_gemm_backend, "capturing", "capturing()")
+    wrap(gemm_routing, "stage_is_small", "stage_is_small")
+    wrap(side_streams, "run_side_by_side", "run_side_by_side (its launches included)")
+    wrap(triton_backend, "_run_stage", "stage kernel launch (all of it)")
+    wrap(triton_backend, "stage_config", "  stage_config")
+    wrap(triton_backend, "stage_tiles", "  stage_tiles")
+    wrap(triton_backend, "_split_k_buffers", "  _split_k_buffers")
+    wrap(triton_ops, "triton_stage", "  triton_stage (routed launch)")
+    wrap(triton_ops, "launch_stage_tensors", "    launch_stage_tensors")
+    wrap(_stage_kernel, "run", "      Triton JITFunction.run")
     wrap(gemm_routing.GemmLaunch, "run", "CUTLASS GEMM op call")
     wrap(gemm_routing.ConvLaunch, "run", "CUTLASS conv op call")
     try:
         yield
     finally:
         for owner, attr, original in reversed(patched):
-            setattr(owner, attr, original)
+            if owner is _stage_kernel:
+                del owner.run  # the instance attribute: the class's method again
+            else:
+                setattr(owner, attr, original)
 
 
 def main(argv=None) -> int:
@@ -98,7 +125,9 @@ def main(argv=None) -> int:
             print(f"\nbatch {batch}: {plain_ms:.3f} ms a call without a graph ({wrapped_ms:.3f} with the "
                   f"timers); the GPU's time from a graph {gpu_ms:.3f} ms")
             print("| step | ms per call | calls per call | us each |\n|---|---|---|---|")
-            for name, seconds in sorted(spent.items(), key=lambda item: -item[1]):
+            for name, seconds in spent.items():  # in wrapping order: callers before their steps
+                if not counts[name]:
+                    continue
                 per_call = seconds / CALLS * 1e3
                 each = seconds / counts[name] * 1e6
                 print(f"| {name} | {per_call:.3f} | {counts[name] / CALLS:.0f} | {each:.1f} |")
