@@ -40,6 +40,7 @@ class FusedBlock(nn.Module):
             elif isinstance(op, Pool) and param is not None:
                 self.register_buffer(f"b{i}", param)
         self.backend_cache = {}  # backend-specific packed weights, dropped on .to()/.half()
+        self._output_hw: dict = {}  # (height, width) -> the plan's output size: asked every call
         self.eval()  # inference-only: usable as built, without a call to .eval()
 
     @classmethod
@@ -66,7 +67,10 @@ class FusedBlock(nn.Module):
         return getattr(self, f"w{i}", None), getattr(self, f"b{i}", None)
 
     def output_hw(self, height: int, width: int) -> tuple[int, int]:
-        return block_output_hw(self.plan, height, width)
+        found = self._output_hw.get((height, width))
+        if found is None:  # (an input too small raises here, every time)
+            found = self._output_hw[height, width] = block_output_hw(self.plan, height, width)
+        return found
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_inference_input(self, x, self.plan.in_channels)

@@ -125,7 +125,10 @@ def _run_stage(stage, state: StageLaunchState, x, work, out, key: str):
     kinds = stage_kinds(stage)
 
     def launch(config):
-        tiles = stage_tiles(stage, n, h, w, config[0], config[1], config[5])
+        tiles = state.tiles.get((n, h, w, config))
+        if tiles is None:
+            tiles = stage_tiles(stage, n, h, w, config[0], config[1], config[5])
+            state.tiles[n, h, w, config] = tiles
         scratch, counts = _split_k_buffers(stage, state, n, h, w, config, x)
         triton_ops.triton_stage(
             x, work, out, stage.problems, state.weights_for(stage, tf32), stage.bias, stage.col_dst,
@@ -171,7 +174,7 @@ def _split_k_buffers(stage, state: StageLaunchState, n, h, w, config, x):
     leaves its counters at zero, so later launches and CUDA-graph replays reuse it. Launches on
     two streams may run at once (threads sharing a model), so each stream has its own."""
     stream = None
-    if x.is_cuda and not torch.compiler.is_compiling():
+    if config[5] > 1 and x.is_cuda and not torch.compiler.is_compiling():  # unsplit: never touched
         stream = torch.cuda.current_stream(x.device).cuda_stream
     key = (n, h, w, config, x.device, stream)
     buffers = state.scratch.get(key)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -40,6 +40,7 @@ class SplitStage:
     launches: list  # gemm_routing.GemmLaunch / ConvLaunch
     rest: tuple | None
     sm_count: int = 0  # the GPU's SMs, which the launches share (gemm_routing.share_sms)
+    small: dict = field(default_factory=dict)  # block input shape -> gemm_routing.stage_is_small
 
 
 def availability(device=None) -> tuple[bool, str]:
@@ -146,17 +147,22 @@ def run_block(block, x: torch.Tensor) -> torch.Tensor:
     # (Inception-v4 at batch 1 on an H100 without a graph: 7.9-9.4 ms a call side by side,
     # 5.2 one after another).
     capture = capturing()
+    shape = tuple(x.shape)
     for split in splits:
-        small = gemm_routing.stage_is_small(split.launches, buffers, split.sm_count)
-        together = capture or not small
-        launches = [functools.partial(launch.run, buffers, small, together) for launch in split.launches]
+        small = split.small.get(shape)
+        if small is None:
+            small = split.small[shape] = gemm_routing.stage_is_small(split.launches, buffers, split.sm_count)
+        if small and not capture:  # one after another, on every SM
+            if split.rest is not None:
+                stage, signature, state = split.rest
+                triton_backend._run_stage(stage, state, x, work, out, signature)
+            for launch in split.launches:
+                launch.run(buffers, True, False)
+            continue
+        launches = [functools.partial(launch.run, buffers, small) for launch in split.launches]
         if split.rest is not None:
             stage, signature, state = split.rest
             run_rest = functools.partial(triton_backend._run_stage, stage, state, x, work, out, signature)
             launches.insert(0, run_rest)
-        if together:
-            side_streams.run_side_by_side(x.device, launches)
-        else:
-            for launch in launches:
-                launch()
+        side_streams.run_side_by_side(x.device, launches)
     return out

@@ -16,6 +16,8 @@ import contextvars
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
+from .relaunch import Relauncher
+
 _active = contextvars.ContextVar("inception_fast_compiling_only", default=False)
 
 
@@ -34,9 +36,18 @@ class _CompileOnly:
         return lambda *args, **kwargs: self.kernel.warmup(*args, grid=grid, **kwargs)
 
 
+_relaunchers: dict = {}  # kernel -> its Relauncher
+
+
 def launcher(kernel):
-    """`kernel`, or its compile-only stand-in while `compiling_only` is active."""
-    return _CompileOnly(kernel) if _active.get() else kernel
+    """`kernel`'s launcher (`relaunch.Relauncher`: a variant launched before skips Triton's
+    binding), or its compile-only stand-in while `compiling_only` is active."""
+    if _active.get():
+        return _CompileOnly(kernel)
+    found = _relaunchers.get(kernel)
+    if found is None:
+        found = _relaunchers[kernel] = Relauncher(kernel)
+    return found
 
 
 @contextmanager

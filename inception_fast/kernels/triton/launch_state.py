@@ -21,6 +21,7 @@ class StageLaunchState:
 
     configs: dict = field(default_factory=dict)  # launch config chosen per input shape
     scratch: dict = field(default_factory=dict)  # split-K buffers per shape, config and stream
+    tiles: dict = field(default_factory=dict)  # programs of a launch per shape and config
     tf32_weights: torch.Tensor | None = None  # the table's fp32 weights rounded to TF32
 
     def weights_for(self, table: pk.PackedStage, tf32: bool) -> torch.Tensor:
