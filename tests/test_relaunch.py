@@ -26,7 +26,7 @@ class FakeCompiled:
         self.log = log
 
     def __getitem__(self, grid):
-        return lambda *args: self.log.append(("relaunch", grid, args))
+        return lambda *args: self.log.append(("relaunch", (grid[0], grid[1], grid[2]), args))  # as Triton's
 
 
 class FakeKernel:
@@ -54,7 +54,7 @@ def test_a_second_launch_skips_the_binding_with_arguments_in_signature_order():
     launcher[(5,)](x, 3, BLOCK=16, num_warps=4)
     assert kernel.log[0] == ("bind", (4,), (x, 3), {"BLOCK": 16, "num_warps": 4})
     # constexprs by name, defaults filled in; options (num_warps) are the compiled variant's own
-    assert kernel.log[1] == ("relaunch", (5,), (x, 3, 16, False))
+    assert kernel.log[1] == ("relaunch", (5, 1, 1), (x, 3, 16, False))
 
 
 def test_anything_triton_could_specialize_on_binds_again():

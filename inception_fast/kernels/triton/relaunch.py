@@ -34,6 +34,11 @@ class Relauncher:
     def __getitem__(self, grid):
         return lambda *args, **kwargs: self._launch(grid, args, kwargs)
 
+    @staticmethod
+    def _grid3(grid) -> tuple:
+        """A grid of 1-3 dims as the compiled kernel takes it: three sizes."""
+        return (grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1)
+
     def _launch(self, grid, args: tuple, kwargs: dict) -> None:
         # Triton keeps its variants per current device (each loaded into that device's context).
         device = torch.cuda.current_device() if torch.cuda.is_initialized() else None
@@ -46,7 +51,7 @@ class Relauncher:
             return
         compiled, rest = found
         tail = [kwargs[name] if name in kwargs else self._defaults[name] for name in rest]
-        compiled[grid](*args, *tail)
+        compiled[self._grid3(grid)](*args, *tail)
 
 
 def _specialization(value):
