@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pytest
 import torch
 
+from inception_fast.kernels.triton import compile_only
 from inception_fast.kernels.triton.relaunch import Relauncher
 
 
@@ -77,3 +79,14 @@ def test_nothing_is_kept_where_triton_returns_no_compiled_kernel():
     for _ in range(3):
         launcher[(2,)](torch.zeros(4), 1, BLOCK=8)
     assert [entry[0] for entry in kernel.log] == ["bind"] * 3
+
+
+def test_the_switch(monkeypatch):
+    kernel = FakeKernel()
+    monkeypatch.setenv(compile_only.ENV_RELAUNCH, "0")
+    assert compile_only.launcher(kernel) is kernel
+    monkeypatch.setenv(compile_only.ENV_RELAUNCH, "1")
+    assert isinstance(compile_only.launcher(kernel), Relauncher)
+    monkeypatch.setenv(compile_only.ENV_RELAUNCH, "yes")
+    with pytest.raises(ValueError, match="INCEPTION_FAST_RELAUNCH='yes': use 1"):
+        compile_only.launcher(kernel)

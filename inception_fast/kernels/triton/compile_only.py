@@ -13,6 +13,7 @@ never written): `active()` is what the tuning and `auto` consult.
 from __future__ import annotations
 
 import contextvars
+import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
@@ -37,13 +38,20 @@ class _CompileOnly:
 
 
 _relaunchers: dict = {}  # kernel -> its Relauncher
+ENV_RELAUNCH = "INCEPTION_FAST_RELAUNCH"
 
 
 def launcher(kernel):
     """`kernel`'s launcher (`relaunch.Relauncher`: a variant launched before skips Triton's
-    binding), or its compile-only stand-in while `compiling_only` is active."""
+    binding; INCEPTION_FAST_RELAUNCH=0: Triton binds every launch), or its compile-only stand-in
+    while `compiling_only` is active."""
     if _active.get():
         return _CompileOnly(kernel)
+    setting = os.environ.get(ENV_RELAUNCH, "1")
+    if setting != "1":
+        if setting != "0":
+            raise ValueError(f"{ENV_RELAUNCH}={setting!r}: use 1 (relaunch known variants, the default) or 0")
+        return kernel
     found = _relaunchers.get(kernel)
     if found is None:
         found = _relaunchers[kernel] = Relauncher(kernel)
