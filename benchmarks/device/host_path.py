@@ -9,11 +9,15 @@ the stage kernel's launch (config lookup and Triton's launcher), each CUTLASS op
 (argument checks, tensor maps, the launch), and the rest of a block's Python. The GPU needs a
 fraction of the host's time at these batches, so the launch queue never fills and the host
 times are the host's own. Also prints the GPU time of the same call replayed from a CUDA graph.
+`--ab INCEPTION_FAST_RELAUNCH` compares a switch read at each launch, in alternating rounds of
+calls in one process (the host's speed drifts by up to 2x between and within processes).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
 import sys
 import time
 from collections import defaultdict
@@ -92,10 +96,41 @@ def timed(spent: dict, counts: dict):
                 setattr(owner, attr, original)
 
 
+def alternating(fused, x, variable: str, rounds: int = 12, calls: int = 20) -> str:
+    """Host ms per call with `variable` at 1 and at 0, in alternating rounds of `calls` calls in
+    this process: the host's speed drifts between processes and within one, so each round's
+    pair is compared, and the medians."""
+    saved = os.environ.get(variable)
+    per_round = {"1": [], "0": []}
+    try:
+        for _ in range(rounds):
+            for setting in ("1", "0"):
+                os.environ[variable] = setting
+                fused(x)
+                torch.cuda.synchronize()
+                start = time.perf_counter()
+                for _ in range(calls):
+                    fused(x)
+                torch.cuda.synchronize()
+                per_round[setting].append((time.perf_counter() - start) / calls * 1e3)
+    finally:
+        if saved is None:
+            os.environ.pop(variable, None)
+        else:
+            os.environ[variable] = saved
+    on, off = per_round["1"], per_round["0"]
+    ratios = sorted(a / b for a, b in zip(on, off))
+    return (f"{variable}: median {statistics.median(on):.3f} ms a call at 1, "
+            f"{statistics.median(off):.3f} at 0; per-round ratio 1/0: median {statistics.median(ratios):.3f} "
+            f"(range {ratios[0]:.3f}-{ratios[-1]:.3f}, {rounds} rounds of {calls} calls)")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", default="1,8")
     parser.add_argument("--dtype", default="fp16", choices=sorted(bench.DTYPES))
+    parser.add_argument("--ab", metavar="VARIABLE", help="also compare a switch read at each launch "
+                        "(e.g. INCEPTION_FAST_RELAUNCH): rounds of calls at 1 and at 0, alternating")
     args = parser.parse_args(argv)
     dtype, tf32_on = bench.DTYPES[args.dtype]
     device = torch.device("cuda")
@@ -120,6 +155,8 @@ def main(argv=None) -> int:
                     fused(x)
                 torch.cuda.synchronize()
                 wrapped_ms = (time.perf_counter() - start) / CALLS * 1e3
+            if args.ab:
+                print(alternating(fused, x, args.ab))
             graph = timing.CapturedGraph(fused, x)
             gpu_ms = timing.time_graph(graph, [x], budget_ms=300).median_ms
             print(f"\nbatch {batch}: {plain_ms:.3f} ms a call without a graph ({wrapped_ms:.3f} with the "
