@@ -5,7 +5,7 @@ its convs alone in cuDNN, its compute / memory floor, and Nsight Compute's count
     ncu --profile-from-start off --nvtx --section SpeedOfLight --section Occupancy \\
         --section WarpStateStats --csv --page raw \\
         python benchmarks/device/block_accounting.py profile --batch 256 > ncu.csv
-    python benchmarks/device/block_accounting.py table acc.json ncu.csv > table.md
+    python benchmarks/device/block_accounting.py table acc.json ncu.csv > table.md   (or ncu.csv.gz)
 
 - `measure`: `optimize(model)` as a user calls it (backend `auto`, the shipped choices), one
   forward to find each block's input and the backend `auto` picked; then each block alone,
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gzip
 import io
 import json
 import os
@@ -214,7 +215,11 @@ def _kernel_kind(name: str) -> str:
 
 def table(args) -> int:
     result = json.loads(Path(args.json).read_text())
-    counters = ncu_by_path(Path(args.ncu).read_text()) if args.ncu else {}
+    counters = {}
+    if args.ncu:  # the CSV as ncu wrote it, or gzipped
+        path = Path(args.ncu)
+        text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
+        counters = ncu_by_path(text)
     groups: dict = {}
     for row in result["blocks"]:
         groups.setdefault(row["kind"], []).append(row)
