@@ -99,15 +99,19 @@ def test_a_stage_is_small_while_each_launch_makes_at_most_1_9_waves_of_tiles():
     assert not gemm_routing.stage_is_small(launches, buffers(1), 0)  # no GPU: no SMs to share
 
 
-def test_each_launch_hands_its_sm_share_to_the_op(emulated):
+def test_each_launch_hands_its_sm_share_to_the_op_only_side_by_side(emulated):
     block = reference_block(R.InceptionA)
     stages, channels = triton_stages(block, torch.float64)
     launches = tg.split_stages(block, stages, channels, sm_count=132)[0].launches
     plan = block.plan
     widths = {pk.BUF_INPUT: channels, pk.BUF_WORK: plan.work_channels, pk.BUF_OUTPUT: plan.out_channels}
     buffers = {buffer: torch.randn(2, 5, 5, width, dtype=torch.float64) for buffer, width in widths.items()}
-    gemm_routing.run_launches(launches, buffers)
+    for launch in launches:  # as run_side_by_side calls them
+        launch.run(buffers)
     assert emulated.sm_limits == [40, 52, 40]
+    emulated.sm_limits.clear()
+    gemm_routing.run_launches(launches, buffers)  # one after another (cuda-gemm): every SM each
+    assert emulated.sm_limits == [0, 0, 0]
 
 
 def test_reduction_a_mixed_stage_leaves_its_other_rows_to_a_stage_of_their_own():

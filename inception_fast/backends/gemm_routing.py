@@ -323,10 +323,9 @@ def stage_is_small(launches: list, buffers: dict, sm_count: int) -> bool:
 
 def run_launches(launches: list, buffers: dict) -> None:
     """The op launches of one stage on `buffers` (pk.BUF_* -> an NHWC-contiguous tensor), one
-    after another on the current stream (so with a large stage's SM limits: small-stage shares
-    pay only side by side)."""
+    after another on the current stream, each on every SM: SM shares pay only side by side."""
     for launch in launches:
-        launch.run(buffers)
+        launch.run(buffers, side_by_side=False)
 
 
 # --- availability -----------------------------------------------------------------------------
