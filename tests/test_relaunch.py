@@ -90,3 +90,12 @@ def test_the_switch(monkeypatch):
     monkeypatch.setenv(compile_only.ENV_RELAUNCH, "yes")
     with pytest.raises(ValueError, match="INCEPTION_FAST_RELAUNCH='yes': use 1"):
         compile_only.launcher(kernel)
+
+
+def test_an_argument_of_another_kind_always_binds():
+    kernel = FakeKernel()
+    launcher = Relauncher(kernel)
+    for _ in range(2):
+        launcher[(1,)](torch.zeros(4), (torch.zeros(2), 1), BLOCK=8)  # a tuple: not a kind the key knows
+        launcher[(1,)](torch.zeros(4), 1, BLOCK=torch.zeros(2))  # a tensor passed by name
+    assert [entry[0] for entry in kernel.log] == ["bind", "bind", "bind", "relaunch"]

@@ -42,7 +42,12 @@ class Relauncher:
     def _launch(self, grid, args: tuple, kwargs: dict) -> None:
         # Triton keeps its variants per current device (each loaded into that device's context).
         device = torch.cuda.current_device() if torch.cuda.is_initialized() else None
-        key = (device, len(args), *map(_specialization, args), *kwargs.items())
+        try:
+            key = (device, len(args), *map(_specialization, args),
+                   *[(name, _specialization(value)) for name, value in kwargs.items()])
+        except _UnknownKind:  # an argument whose specialization by Triton this does not know
+            self.kernel[grid](*args, **kwargs)
+            return
         found = self._variants.get(key)
         if found is None:
             compiled = self.kernel[grid](*args, **kwargs)
@@ -54,9 +59,18 @@ class Relauncher:
         compiled[self._grid3(grid)](*args, *tail)
 
 
+_PLAIN = (int, float, bool, str, type(None), torch.dtype)
+
+
+class _UnknownKind(Exception):
+    """An argument of another kind (a list, a host tensor descriptor...): such launches bind."""
+
+
 def _specialization(value):
     """What Triton may specialize a launch on, for one argument: a tensor's dtype and 16-byte
-    alignment; any other argument's value."""
+    alignment; a plain value itself (a tuple, which Triton unpacks, is another kind)."""
     if isinstance(value, torch.Tensor):
         return value.dtype, value.data_ptr() % 16 == 0
-    return value
+    if isinstance(value, _PLAIN):
+        return value
+    raise _UnknownKind
