@@ -96,6 +96,16 @@ def timed(spent: dict, counts: dict):
                 setattr(owner, attr, original)
 
 
+def ms_per_call(fused, x, calls: int) -> float:
+    """Host ms per call over `calls` calls, the GPU idle before and drained after."""
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fused(x)
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / calls * 1e3
+
+
 def alternating(fused, x, variable: str, rounds: int = 12, calls: int = 20) -> str:
     """Host ms per call with `variable` at 1 and at 0, in alternating rounds of `calls` calls in
     this process: the host's speed drifts between processes and within one, so each round's
@@ -107,12 +117,7 @@ def alternating(fused, x, variable: str, rounds: int = 12, calls: int = 20) -> s
             for setting in ("1", "0"):
                 os.environ[variable] = setting
                 fused(x)
-                torch.cuda.synchronize()
-                start = time.perf_counter()
-                for _ in range(calls):
-                    fused(x)
-                torch.cuda.synchronize()
-                per_round[setting].append((time.perf_counter() - start) / calls * 1e3)
+                per_round[setting].append(ms_per_call(fused, x, calls))
     finally:
         if saved is None:
             os.environ.pop(variable, None)
@@ -142,19 +147,10 @@ def main(argv=None) -> int:
             x = bench.make_inputs(batch, 299, torch.float32, device, seed=0, sets=1)[0].to(dtype)
             for _ in range(5):
                 fused(x)
-            torch.cuda.synchronize()
-            start = time.perf_counter()
-            for _ in range(CALLS):
-                fused(x)
-            torch.cuda.synchronize()
-            plain_ms = (time.perf_counter() - start) / CALLS * 1e3
+            plain_ms = ms_per_call(fused, x, CALLS)
             spent, counts = defaultdict(float), defaultdict(int)
             with timed(spent, counts):
-                start = time.perf_counter()
-                for _ in range(CALLS):
-                    fused(x)
-                torch.cuda.synchronize()
-                wrapped_ms = (time.perf_counter() - start) / CALLS * 1e3
+                wrapped_ms = ms_per_call(fused, x, CALLS)
             if args.ab:
                 print(alternating(fused, x, args.ab))
             graph = timing.CapturedGraph(fused, x)
