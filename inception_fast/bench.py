@@ -520,6 +520,24 @@ class ModelBench:
         timing.synchronize(self.device)
         return model, graph, out, time.perf_counter() - started
 
+    def call_memory_mb(self, model, graph, example: torch.Tensor) -> float | None:
+        """GPU memory one call holds at its peak above what was allocated before it (activations,
+        workspaces, its output), in MiB: the caching allocator's peak over one untimed call.
+        None on the CPU, and for a call that replays a CUDA graph (the graphed configurations, and
+        the fused default up to its `cuda_graph_max_batch`): its memory was reserved in the
+        graph's pool when it was captured, which a replay's peak does not show."""
+        graphed = getattr(model, "cuda_graph", False)
+        replays = bool(graphed) and example.shape[0] <= getattr(model, "cuda_graph_max_batch", 0)
+        if not self.on_gpu or graph is not None or replays:
+            return None
+        timing.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        before = torch.cuda.memory_allocated(self.device)
+        out = model(example)
+        timing.synchronize(self.device)
+        del out
+        return (torch.cuda.max_memory_allocated(self.device) - before) / 2**20
+
     def measure(self, config_id: str, batch: int, inputs: list[torch.Tensor], expected: torch.Tensor,
                 eager_error: float) -> list[dict]:
         """Time and judge one configuration at one batch size: its row (for the floor, its total
@@ -532,6 +550,7 @@ class ModelBench:
             model, graph, out, setup_s = self.prepare(config, batch, inputs[0])
             errors = output_errors(out, expected)
             del out
+            peak_mb = self.call_memory_mb(model, graph, inputs[0])
             if graph is not None:
                 measured = timing.time_graph(graph, inputs, budget_ms=self.opts.budget_ms or 1000.0)
             else:
@@ -544,7 +563,7 @@ class ModelBench:
         median_s = measured.median_ms / 1e3
         row = self.row(config, batch, **measured.as_dict(), setup_s=round(setup_s, 3),
                        images_per_s=batch / median_s, tflops=self.flops_per_image * batch / median_s / 1e12,
-                       **errors)
+                       peak_mb=peak_mb, **errors)
         row.update(judged(row, eager_error, self.dtype, self.ref_dtype))
         return [row]
 

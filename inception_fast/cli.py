@@ -343,7 +343,7 @@ def _columns(header: list[str], lines: list[list[str]]) -> str:
 
 
 def format_table(rows: list[dict]) -> str:
-    header = ["configuration", "batch", "median ms", "images/s", "TFLOP/s", "x eager", "x anchor",
+    header = ["configuration", "batch", "median ms", "images/s", "TFLOP/s", "peak MiB", "x eager", "x anchor",
               "rel L2", "2x bound", "max |err|", "check"]
     lines = []
     for r in rows:
@@ -352,12 +352,12 @@ def format_table(rows: list[dict]) -> str:
         if "median_ms" not in r:
             what = "not supported by this version (above)" if r.get("status") == "not supported" \
                 else "failed: " + r.get("error", "?")
-            lines.append([r["config"], str(r["batch"] or "-"), what[:100]] + [""] * 8)
+            lines.append([r["config"], str(r["batch"] or "-"), what[:100]] + [""] * 9)
             continue
         check = r.get("check", "-")
         lines.append([
             r["config"] + (" *" if r["cuda_graph"] else ""), str(r["batch"]), _fmt(r["median_ms"], ".3f"),
-            _fmt(r["images_per_s"], ",.0f"), _fmt(r.get("tflops"), ".1f"),
+            _fmt(r["images_per_s"], ",.0f"), _fmt(r.get("tflops"), ".1f"), _fmt(r.get("peak_mb"), ",.0f"),
             _fmt(r.get("speedup_vs_eager"), ".2f"),
             _fmt(r.get("speedup_vs_best_anchor"), ".2f"), _fmt(r.get("rel_l2"), ".2e"),
             _fmt(r.get("bound"), ".2e"), _fmt(r.get("max_abs"), ".2e"),

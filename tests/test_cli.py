@@ -98,8 +98,12 @@ def test_bench_on_cpu_validates_and_prints_the_table(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
     header = next(line for line in lines if line.startswith("configuration"))
-    for column in ("batch", "median ms", "images/s", "x eager", "x anchor", "rel L2", "check"):
+    for column in ("batch", "median ms", "images/s", "peak MiB", "x eager", "x anchor", "rel L2", "check"):
         assert column in header
+    document = json.loads(result_path.read_text())
+    timed = [r for r in document["results"] if r.get("suite") == "model" and r.get("kind") != "floor"
+             and "median_ms" in r]
+    assert timed and all(r["peak_mb"] is None for r in timed)  # the GPU's allocator only
     fused = [line for line in lines if line.startswith("fused default")]
     assert len(fused) == 1 and fused[0].rstrip().endswith("pass"), proc.stdout
     assert any(line.startswith(("timm eager", "reference eager")) for line in lines)

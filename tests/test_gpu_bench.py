@@ -58,3 +58,8 @@ def test_a_short_gpu_bench_runs_every_gpu_configuration(tmp_path):
         assert {(config, 1), (config, 8)} <= timed, (config, sorted(timed))
     floor = next(r for r in rows if r.get("config_id") == "floor")
     assert floor["config"] == "cuDNN convs alone" and floor["convs"] == 149
+    # Peak memory of one call: measured for plain calls (at least the output), none for graph replays.
+    for r in rows:
+        if r.get("config_id") in ("eager", "eager-graph", "fused-auto-graph") and "median_ms" in r:
+            graphed = r["cuda_graph"]
+            assert (r["peak_mb"] is None) if graphed else r["peak_mb"] >= r["batch"] * 1000 * 2 / 2**20, r
