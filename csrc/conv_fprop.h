@@ -80,21 +80,20 @@ enum class ConvDtype : int { kHalf, kBFloat16, kTf32 };
 template <ConvDtype Dtype, int TileM, int TileN>
 const char* launch_conv_fprop(const ConvFpropArgs& args, cudaStream_t stream);
 
+// The tile shapes built, (TILE_M, TILE_N) after the caller's arguments: 128-row tiles in every
+// dtype, 256-row tiles in fp16 and bf16 (cuda_conv_fprop's dispatch in bindings.cpp follows these).
+// One list for the declarations below and the definitions of each dtype's .cu file.
+#define INCEPTION_FAST_CONV_TILES_128_ROWS(X, ...) \
+  X(__VA_ARGS__, 128, 64) X(__VA_ARGS__, 128, 96) X(__VA_ARGS__, 128, 128)
+#define INCEPTION_FAST_CONV_TILES_256_ROWS(X, ...) X(__VA_ARGS__, 256, 96) X(__VA_ARGS__, 256, 128)
+#define INCEPTION_FAST_CONV_TILES_16BIT(X, ...) \
+  INCEPTION_FAST_CONV_TILES_128_ROWS(X, __VA_ARGS__) INCEPTION_FAST_CONV_TILES_256_ROWS(X, __VA_ARGS__)
+
 #define INCEPTION_FAST_DECLARE_CONV_FPROP(DTYPE, TILE_M, TILE_N) \
   template <>                                                   \
   const char* launch_conv_fprop<ConvDtype::DTYPE, TILE_M, TILE_N>(const ConvFpropArgs& args, cudaStream_t stream);
-INCEPTION_FAST_DECLARE_CONV_FPROP(kHalf, 128, 64)
-INCEPTION_FAST_DECLARE_CONV_FPROP(kHalf, 128, 96)
-INCEPTION_FAST_DECLARE_CONV_FPROP(kHalf, 128, 128)
-INCEPTION_FAST_DECLARE_CONV_FPROP(kHalf, 256, 96)
-INCEPTION_FAST_DECLARE_CONV_FPROP(kHalf, 256, 128)
-INCEPTION_FAST_DECLARE_CONV_FPROP(kBFloat16, 128, 64)
-INCEPTION_FAST_DECLARE_CONV_FPROP(kBFloat16, 128, 96)
-INCEPTION_FAST_DECLARE_CONV_FPROP(kBFloat16, 128, 128)
-INCEPTION_FAST_DECLARE_CONV_FPROP(kBFloat16, 256, 96)
-INCEPTION_FAST_DECLARE_CONV_FPROP(kBFloat16, 256, 128)
-INCEPTION_FAST_DECLARE_CONV_FPROP(kTf32, 128, 64)
-INCEPTION_FAST_DECLARE_CONV_FPROP(kTf32, 128, 96)
-INCEPTION_FAST_DECLARE_CONV_FPROP(kTf32, 128, 128)
+INCEPTION_FAST_CONV_TILES_16BIT(INCEPTION_FAST_DECLARE_CONV_FPROP, kHalf)
+INCEPTION_FAST_CONV_TILES_16BIT(INCEPTION_FAST_DECLARE_CONV_FPROP, kBFloat16)
+INCEPTION_FAST_CONV_TILES_128_ROWS(INCEPTION_FAST_DECLARE_CONV_FPROP, kTf32)
 
 }  // namespace inception_fast
