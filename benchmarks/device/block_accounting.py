@@ -13,8 +13,9 @@ its convs alone in cuDNN, its compute / memory floor, and Nsight Compute's count
   of the source block alone in cuDNN (`inception_fast.conv_floor`), and the block's compute and
   memory floors (`inception_fast.costs` at the peaks of `benchmarks/floors.py`: 708 TFLOP/s and
   3.0 TB/s on an H100, or this card's with `--peaks measure`).
-- `profile`: the same model; the first block of each kind runs once with the CUDA profiler on,
-  inside an NVTX range `blocks/<path>`, the GPU synchronized around it.
+- `profile`: the same model, without SM shares (INCEPTION_FAST_SM_SHARES=0: Nsight Compute runs
+  the launches one at a time, so each takes every SM); the first block of each kind runs once
+  with the CUDA profiler on, inside an NVTX range `blocks/<path>`, the GPU synchronized around it.
 - `table`: one row per kind of block (instances with the same plan and input size), the
   counters weighted by each kernel's duration.
 
@@ -129,6 +130,9 @@ def measure(args) -> int:
 
 
 def profile(args) -> int:
+    # Nsight Compute runs kernels one at a time: a launch that keeps its side-by-side SM share
+    # would run alone on part of the GPU and its counters would count the idle SMs.
+    os.environ["INCEPTION_FAST_SM_SHARES"] = "0"
     import torch
 
     from inception_fast import bench
