@@ -67,23 +67,6 @@ def _model(batch: int, dtype_name: str):
     return source, fused, x
 
 
-def _block_inputs(fused, x) -> list:
-    """(block, its input) for every FusedBlock, in network order, from one forward."""
-    found = []
-    for block in fused.blocks:
-        def run(t, block=block, run=block.run):
-            found.append((block, t))
-            return run(t)
-
-        block.run = run  # the network calls each block's run
-    try:
-        fused(x)
-    finally:
-        for block in fused.blocks:
-            del block.run
-    return found
-
-
 def _group_key(block, x) -> str:
     return f"{block.plan.name} {x.shape[1]}x{x.shape[2]}x{x.shape[3]}"
 
@@ -91,6 +74,7 @@ def _group_key(block, x) -> str:
 def measure(args) -> int:
     import torch
     from floors import DTYPE_BYTES, measure_peaks, peaks_for
+    from pool_configs import block_inputs
 
     from inception_fast import bench, conv_floor, costs, layer_census, timing
     from inception_fast.backends import precision_key
@@ -102,7 +86,7 @@ def measure(args) -> int:
         torch.cuda.synchronize()
         network_ms = timing.time_callable(fused, [x], budget_ms=500).median_ms
         rows = []
-        for block, x_in in _block_inputs(fused, x):
+        for block, x_in in block_inputs(fused, x):
             n, _, h, w = x_in.shape
             key = ("auto", x_in.device, precision_key(x_in), h, w, batch_bucket(n))
             picked = block.backend_cache.get(key, block.backend)
@@ -134,6 +118,7 @@ def profile(args) -> int:
     # would run alone on part of the GPU and its counters would count the idle SMs.
     os.environ["INCEPTION_FAST_SM_SHARES"] = "0"
     import torch
+    from pool_configs import block_inputs
 
     from inception_fast import bench
 
@@ -141,7 +126,7 @@ def profile(args) -> int:
     with torch.inference_mode(), bench.tf32(tf32_on):
         _, fused, x = _model(args.batch, args.dtype)
         seen = set()
-        for block, x_in in _block_inputs(fused, x):
+        for block, x_in in block_inputs(fused, x):
             kind = _group_key(block, x_in)
             if kind in seen:
                 continue
