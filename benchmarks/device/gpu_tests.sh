@@ -9,10 +9,7 @@
 # Part 2: the stress test, the family, FID, the cuda and auto backends, errors (~4 min).
 # Part 3: the per-block persistent kernel and the TMA conv kernel (~5 min).
 # WHEELS=dir (default .whl): pytorch-fid and scipy wheels installed offline into a scratch
-# directory first (the FID tests compare with pytorch-fid; without it they skip), and
-# pytest-xdist with execnet where they are there.
-# WORKERS=N (default 1): run each part's tests in N processes sharing the GPU (pytest-xdist);
-# most of a part's time is compiling kernel variants on the CPU, which then runs in parallel.
+# directory first (the FID tests compare with pytorch-fid; without it they skip).
 # Each part writes OUT/pytest-part<N>.log with one line per test, so a part stopped by its
 # limit still shows what passed and what failed.
 set -u
@@ -43,28 +40,13 @@ if ls "$WHEELS"/pytorch_fid-*.whl > /dev/null 2>&1; then
     $(ls "$WHEELS"/scipy-*.whl 2> /dev/null) 2>&1 | grep -v "WARNING: Running pip as" || true
   export PYTHONPATH="$site:$PYTHONPATH"
 fi
-if ls "$WHEELS"/pytest_xdist-*.whl > /dev/null 2>&1; then
-  site="$(mktemp -d)"
-  pip install -q --no-index --no-deps --target "$site" "$WHEELS"/pytest_xdist-*.whl "$WHEELS"/execnet-*.whl 2>&1 |
-    grep -v "WARNING: Running pip as" || true
-  export PYTHONPATH="$site:$PYTHONPATH"
-fi
-
-parallel=()
-if [ "${WORKERS:-1}" -gt 1 ]; then
-  if python -c "import xdist" 2> /dev/null; then
-    parallel=(-n "$WORKERS")
-  else
-    echo "WORKERS=$WORKERS: pytest-xdist is not installed; running in one process" >&2
-  fi
-fi
 
 status=0
 for part in $parts; do
   echo "=== part $part ($(date +%T))"
   # shellcheck disable=SC2086 # a list of files
   timeout "${PART_TIMEOUT_S:-560}" python -m pytest -m cuda -v -p no:cacheprovider --tb=short -rf \
-    --durations=5 "${parallel[@]}" ${FILES[$part]} > "$OUT/pytest-part$part.log" 2>&1
+    --durations=5 ${FILES[$part]} > "$OUT/pytest-part$part.log" 2>&1
   code=$?
   echo "exit code $code (124: stopped by PART_TIMEOUT_S)"
   grep -E "^(FAILED|ERROR)|passed|failed|skipped" "$OUT/pytest-part$part.log" | tail -15
