@@ -1,7 +1,8 @@
 // Torch ops `inception_fast::cuda_conv_stage`: checks its arguments, turns the packed problem
 // table (inception_fast/packing.py) into a launch schedule and calls the stage kernel; and
 // `inception_fast::cuda_gemm_conv1x1`: one 1x1 convolution as a CUTLASS sm90 GEMM into a
-// channel slice of a wider NHWC output.
+// channel slice of a wider NHWC output; `cuda_conv_fprop`, a k x k convolution as CUTLASS's sm90
+// implicit GEMM; and `cuda_op_launches`, a stage's launches of those two ops in one call.
 #include <ATen/core/Tensor.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -363,7 +364,7 @@ void check_conv_fprop(const at::Tensor& x, const at::Tensor& weight, const at::T
            "(chosen per problem), 64, 96 or 128, got ", tile_n);
   OP_CHECK(tile_m == 0 || tile_m == 128 || tile_m == 256, "cuda_conv_fprop: tile_m must be 0 (chosen per problem), "
            "128 or 256, got ", tile_m);
-  OP_CHECK(tile_m != 256 || (tile_n == 0 || tile_n == 96 || tile_n == 128) && x.scalar_type() != at::kFloat,
+  OP_CHECK(tile_m != 256 || ((tile_n == 0 || tile_n == 96 || tile_n == 128) && x.scalar_type() != at::kFloat),
            "cuda_conv_fprop: 256-row tiles are built 96 or 128 wide for fp16 and bf16; got tile_n ", tile_n,
            " (", x.scalar_type(), "). Pass tile_m=0 or 128, or tile_n=96 or 128");
   check_cutlass_dtype("cuda_conv_fprop", x, tf32);
@@ -483,6 +484,55 @@ void cuda_conv_fprop(const at::Tensor& x, const at::Tensor& weight, const at::Te
 #endif
 }
 
+// cuda_op_launches: a stage's CUTLASS op launches in one call, one after another on the current
+// stream, each on every SM. Each launch is one row of kLaunchFields in `params`; its weight and
+// bias are the entries of `weights` and `biases` at its row. The row's buffers index
+// (input, work, output), as the packed stage's do (packed_layout.BUF_*).
+enum LaunchField : int {
+  kLaunchKind, kLaunchSrc, kLaunchDst, kLaunchInC0, kLaunchOutC0, kLaunchStride, kLaunchPadH, kLaunchPadW,
+  kLaunchRelu, kLaunchTileN, kLaunchTileM, kLaunchTf32, kLaunchFields
+};
+constexpr int64_t kLaunchGemm = 0, kLaunchConv = 1;
+
+template <class Gemm, class Conv>
+void for_each_op_launch(const at::Tensor& input, const at::Tensor& work, const at::Tensor& output,
+                        at::TensorList weights, at::TensorList biases, at::IntArrayRef params, Gemm&& gemm,
+                        Conv&& conv) {
+  const size_t count = weights.size();
+  OP_CHECK(biases.size() == count && params.size() == count * kLaunchFields, "cuda_op_launches: ", count,
+           " weights, ", biases.size(), " biases and ", params.size(), " params; each launch takes one weight, one "
+           "bias and ", int(kLaunchFields), " params");
+  const at::Tensor* buffers[3] = {&input, &work, &output};
+  for (size_t i = 0; i < count; ++i) {
+    const int64_t* p = params.data() + i * kLaunchFields;
+    OP_CHECK(p[kLaunchSrc] >= 0 && p[kLaunchSrc] < 3 && p[kLaunchDst] > 0 && p[kLaunchDst] < 3,
+             "cuda_op_launches: launch ", i, " reads buffer ", p[kLaunchSrc], " and writes buffer ", p[kLaunchDst],
+             "; it reads 0 (input), 1 (work) or 2 (output) and writes 1 or 2");
+    const at::Tensor& src = *buffers[p[kLaunchSrc]];
+    const at::Tensor& dst = *buffers[p[kLaunchDst]];
+    if (p[kLaunchKind] == kLaunchGemm) {
+      gemm(src, weights[i], biases[i], dst, p[kLaunchOutC0], p[kLaunchRelu] != 0, p[kLaunchTileN],
+           p[kLaunchTf32] != 0, int64_t{0});
+    } else {
+      OP_CHECK(p[kLaunchKind] == kLaunchConv, "cuda_op_launches: launch ", i, " is of kind ", p[kLaunchKind],
+               "; 0 is the GEMM op, 1 the k x k conv op");
+      conv(src, weights[i], biases[i], dst, p[kLaunchInC0], p[kLaunchOutC0], p[kLaunchStride], p[kLaunchPadH],
+           p[kLaunchPadW], p[kLaunchRelu] != 0, p[kLaunchTileN], p[kLaunchTf32] != 0, int64_t{0}, p[kLaunchTileM]);
+    }
+  }
+}
+
+void cuda_op_launches(const at::Tensor& input, const at::Tensor& work, const at::Tensor& output,
+                      at::TensorList weights, at::TensorList biases, at::IntArrayRef params) {
+  for_each_op_launch(input, work, output, weights, biases, params, cuda_gemm_conv1x1, cuda_conv_fprop);
+}
+
+void cuda_op_launches_meta(const at::Tensor& input, const at::Tensor& work, const at::Tensor& output,
+                           at::TensorList weights, at::TensorList biases, at::IntArrayRef params) {
+  for_each_op_launch(input, work, output, weights, biases, params, cuda_gemm_conv1x1_meta,
+                     cuda_conv_fprop_meta);
+}
+
 }  // namespace
 
 TORCH_LIBRARY(inception_fast, m) {
@@ -495,18 +545,23 @@ TORCH_LIBRARY(inception_fast, m) {
   m.def(
       "cuda_conv_fprop(Tensor x, Tensor weight, Tensor bias, Tensor(a!) out, int in_c0, int out_c0, int stride, "
       "int pad_h, int pad_w, bool relu, int tile_n=0, bool tf32=False, int sm_limit=0, int tile_m=0) -> ()");
+  m.def(
+      "cuda_op_launches(Tensor input, Tensor(a!) work, Tensor(b!) output, Tensor[] weights, Tensor[] biases, "
+      "int[] params) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(inception_fast, CUDA, m) {
   m.impl("cuda_conv_stage", &cuda_conv_stage);
   m.impl("cuda_gemm_conv1x1", &cuda_gemm_conv1x1);
   m.impl("cuda_conv_fprop", &cuda_conv_fprop);
+  m.impl("cuda_op_launches", &cuda_op_launches);
 }
 
 // The argument checks, without a launch: FakeTensor (torch.compile) and meta tensors run them.
 TORCH_LIBRARY_IMPL(inception_fast, Meta, m) {
   m.impl("cuda_gemm_conv1x1", &cuda_gemm_conv1x1_meta);
   m.impl("cuda_conv_fprop", &cuda_conv_fprop_meta);
+  m.impl("cuda_op_launches", &cuda_op_launches_meta);
 }
 
 }  // namespace inception_fast

@@ -160,6 +160,30 @@ def test_whole_model_plain_and_under_a_cuda_graph(calibrated_model, gemm_calls, 
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("batch", [1, 3])
+def test_op_groups_give_the_same_bits(calibrated_model, monkeypatch, backend, batch):
+    """INCEPTION_FAST_OP_GROUPS=1, a call without a CUDA graph: a stage's op launches that run one
+    after another (cuda-gemm's every stage, triton-gemm's small ones) go in one call of
+    cuda_op_launches, with the same bits as a call of its op per launch."""
+    model = copy.deepcopy(calibrated_model).cuda()
+    fused = optimize(model, backend=backend, dtype=torch.float16, cuda_graph=False)
+    x = torch.randn(batch, 3, 299, 299, device="cuda", dtype=torch.float16)
+    monkeypatch.setenv(gemm_routing.ENV_OP_GROUPS, "0")
+    expected = fused(x)
+    grouped = []
+    real = torch.ops.inception_fast.cuda_op_launches.default
+
+    def counted(*args):
+        grouped.append(len(args[3]))
+        return real(*args)
+
+    monkeypatch.setattr(torch.ops.inception_fast, "cuda_op_launches", types.SimpleNamespace(default=counted))
+    monkeypatch.setenv(gemm_routing.ENV_OP_GROUPS, "1")
+    torch.testing.assert_close(fused(x), expected, rtol=0, atol=0)
+    assert grouped and min(grouped) > 1, grouped
+
+
+@torch.no_grad()
 def test_torch_compile_fullgraph(calibrated_model, backend):
     model = copy.deepcopy(calibrated_model).cuda()
     fused = optimize(model, backend=backend, dtype=torch.float16, cuda_graph=False)

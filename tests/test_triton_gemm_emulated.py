@@ -455,3 +455,72 @@ def test_a_small_stage_runs_side_by_side_only_inside_a_graph_capture(emulated, m
     assert relative_l2(got, torch_backend.run_block(block, x)) < 1e-12
     assert emulated.sm_limits == ([40, 52, 40] if capture else [0, 0, 0])
     assert together == ([3, 1, 1] if capture else [])  # stage 0: three GEMMs; 1 and 2: the stage kernel
+
+
+class EmulatedOpLaunches:
+    """The grouped op `cuda_op_launches` (bindings.cpp: for_each_op_launch): each row of its params
+    decoded by gemm_routing.LAUNCH_FIELDS and run on the (emulated) single op, every SM each."""
+
+    def __init__(self):
+        self.calls = []  # launches per call
+
+    def __call__(self, x, work, out, weights, biases, params):
+        fields = len(gemm_routing.LAUNCH_FIELDS)
+        assert len(weights) == len(biases) and len(params) == fields * len(weights)
+        buffers = (x, work, out)
+        for i, (weight, bias) in enumerate(zip(weights, biases)):
+            row = dict(zip(gemm_routing.LAUNCH_FIELDS, params[i * fields:(i + 1) * fields]))
+            assert row["src"] in (0, 1, 2) and row["dst"] in (1, 2)
+            src, dst = buffers[row["src"]], buffers[row["dst"]]
+            relu, tf32 = bool(row["relu"]), bool(row["tf32"])
+            ops, at = torch.ops.inception_fast, [row["in_c0"], row["out_c0"]]
+            if row["kind"] == gemm_routing.LAUNCH_GEMM:
+                ops.cuda_gemm_conv1x1.default(src, weight, bias, dst, at[1], relu, row["tile_n"], tf32, 0)
+            else:
+                assert row["kind"] == gemm_routing.LAUNCH_CONV
+                window = [row["stride"], row["pad_h"], row["pad_w"]]
+                tiles = [row["tile_n"], tf32, 0, row["tile_m"]]
+                ops.cuda_conv_fprop.default(src, weight, bias, dst, *at, *window, relu, *tiles)
+        self.calls.append(len(weights))
+
+
+def test_the_launch_fields_are_the_extensions():
+    """gemm_routing.LAUNCH_FIELDS and its kinds in the order of bindings.cpp's LaunchField."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "csrc" / "bindings.cpp").read_text()
+    names = re.search(r"enum LaunchField : int \{([^}]*)\}", text).group(1).replace("\n", " ").split(",")
+    names = [name.strip().removeprefix("kLaunch") for name in names]
+    assert names[-1] == "Fields"
+    assert [name.lower() for name in names[:-1]] == [f.replace("_", "") for f in gemm_routing.LAUNCH_FIELDS]
+    kinds = re.search(r"constexpr int64_t kLaunchGemm = (\d+), kLaunchConv = (\d+);", text).groups()
+    assert tuple(map(int, kinds)) == (gemm_routing.LAUNCH_GEMM, gemm_routing.LAUNCH_CONV)
+
+
+@pytest.mark.parametrize("factory", [R.InceptionA, R.ReductionA, R.InceptionB])
+def test_op_groups_run_a_small_stages_launches_in_one_call(emulated_kxk, monkeypatch, factory):
+    """INCEPTION_FAST_OP_GROUPS=1, a small stage outside a capture: one call of the grouped op for a
+    stage of several launches, the op itself for one; the same bits as a call per launch."""
+    gemm_op, conv_op = emulated_kxk
+    grouped = EmulatedOpLaunches()
+    monkeypatch.setattr(torch.ops.inception_fast, "cuda_op_launches", type("Op", (), {"default": grouped}),
+                        raising=False)
+    monkeypatch.setattr(gemm_routing, "stage_is_small", lambda launches, buffers, sm_count: True)
+    block = reference_block(factory).to(torch.float64)
+    x = torch.randn(2, block.plan.in_channels, 9, 7, dtype=torch.float64)
+    monkeypatch.setenv(gemm_routing.ENV_OP_GROUPS, "0")
+    one_by_one = tg.run_block(block, x)
+    assert grouped.calls == []
+    monkeypatch.setenv(gemm_routing.ENV_OP_GROUPS, "1")
+    got = tg.run_block(block, x)
+    assert torch.equal(got, one_by_one) and relative_l2(got, torch_backend.run_block(block, x)) < 1e-12
+    splits = next(s for key, s in block.backend_cache.items() if key[0] == "triton-gemm")
+    assert grouped.calls == [len(s.launches) for s in splits if len(s.launches) > 1] != []
+    assert gemm_op.calls + conv_op.calls == 2 * sum(len(s.launches) for s in splits)
+
+
+def test_the_op_groups_setting_is_checked(monkeypatch):
+    monkeypatch.setenv(gemm_routing.ENV_OP_GROUPS, "yes")
+    with pytest.raises(ValueError, match="INCEPTION_FAST_OP_GROUPS='yes': use 1"):
+        gemm_routing.op_groups()

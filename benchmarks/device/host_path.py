@@ -9,8 +9,9 @@ the stage kernel's launch (config lookup and Triton's launcher), each CUTLASS op
 (argument checks, tensor maps, the launch), and the rest of a block's Python. The GPU needs a
 fraction of the host's time at these batches, so the launch queue never fills and the host
 times are the host's own. Also prints the GPU time of the same call replayed from a CUDA graph.
-`--ab INCEPTION_FAST_RELAUNCH` compares a switch read at each launch, in alternating rounds of
-calls in one process (the host's speed drifts by up to 2x between and within processes).
+`--ab INCEPTION_FAST_RELAUNCH` (or INCEPTION_FAST_OP_GROUPS) compares a switch read at each
+launch, in alternating rounds of calls in one process (the host's speed drifts by up to 2x
+between and within processes).
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ def timed(spent: dict, counts: dict):
     wrap(_stage_kernel, "run", "      Triton JITFunction.run")
     wrap(gemm_routing.GemmLaunch, "run", "CUTLASS GEMM op call")
     wrap(gemm_routing.ConvLaunch, "run", "CUTLASS conv op call")
+    wrap(gemm_routing, "run_launches", "a small stage's CUTLASS launches (grouped or not)")
     try:
         yield
     finally:

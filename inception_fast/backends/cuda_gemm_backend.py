@@ -25,6 +25,11 @@ class GemmStage:
     taken: list  # row indices of the stage the GEMM op computes
     launches: list  # GemmLaunch, in row order
     rest: cuda_backend._Stage | None
+    table: gemm_routing.LaunchTable | None = None  # the launches for one op call (run_launches)
+
+    def __post_init__(self):
+        if self.launches and self.table is None:
+            self.table = gemm_routing.launch_table(self.launches)
 
 
 def split_stage(stage: cuda_backend._Stage, buffer_channels: dict) -> GemmStage:
@@ -90,7 +95,7 @@ def run_block(block, x: torch.Tensor) -> torch.Tensor:
     buffers = {pk.BUF_INPUT: inp_nhwc, pk.BUF_WORK: work_nhwc, pk.BUF_OUTPUT: out_nhwc}
     # A later stage reads what earlier ones wrote: stage by stage, on the current stream.
     for stage in gemm_stages(block, packed, x):
-        gemm_routing.run_launches(stage.launches, buffers)
+        gemm_routing.run_launches(stage.launches, buffers, stage.table)
         if stage.rest is not None:
             cuda_backend.run_stage(stage.rest, inp_nhwc, work_nhwc, out_nhwc)
     return out

@@ -321,9 +321,57 @@ def stage_is_small(launches: list, buffers: dict, sm_count: int) -> bool:
     return sm_count > 0
 
 
-def run_launches(launches: list, buffers: dict) -> None:
+# One launch's row in `cuda_op_launches`' params, in csrc/bindings.cpp's order (LaunchField).
+LAUNCH_FIELDS = ("kind", "src", "dst", "in_c0", "out_c0", "stride", "pad_h", "pad_w", "relu", "tile_n",
+                 "tile_m", "tf32")
+LAUNCH_GEMM, LAUNCH_CONV = 0, 1
+ENV_OP_GROUPS = "INCEPTION_FAST_OP_GROUPS"
+
+
+@dataclass(frozen=True)
+class LaunchTable:
+    """A stage's op launches as the op `cuda_op_launches` takes them: a weight, a bias and a row of
+    LAUNCH_FIELDS each, made once per stage."""
+
+    weights: list
+    biases: list
+    params: list
+
+
+def launch_table(launches: list) -> LaunchTable:
+    params = []
+    for launch in launches:
+        if isinstance(launch, GemmLaunch):
+            row = dict(kind=LAUNCH_GEMM, in_c0=0, out_c0=launch.col_offset, stride=1, pad_h=0, pad_w=0,
+                       tile_n=0, tile_m=0)
+        else:
+            row = dict(kind=LAUNCH_CONV, in_c0=launch.in_c0, out_c0=launch.out_c0, stride=launch.stride,
+                       pad_h=launch.pad_h, pad_w=launch.pad_w, tile_n=launch.tile_n, tile_m=launch.tile_m)
+        row.update(src=launch.src, dst=launch.dst, relu=int(launch.relu), tf32=int(launch.tf32))
+        params += [row[name] for name in LAUNCH_FIELDS]
+    return LaunchTable([launch.weight for launch in launches], [launch.bias for launch in launches], params)
+
+
+def op_groups() -> bool:
+    """INCEPTION_FAST_OP_GROUPS=1: run_launches makes one call of `cuda_op_launches` for a stage's
+    launches (default 0: a call of its op per launch)."""
+    setting = os.environ.get(ENV_OP_GROUPS, "0")
+    if setting not in ("0", "1"):
+        raise ValueError(f"{ENV_OP_GROUPS}={setting!r}: use 1 (one op call per stage) or 0 (one per launch)")
+    return setting == "1"
+
+
+def run_launches(launches: list, buffers: dict, table: LaunchTable | None = None) -> None:
     """The op launches of one stage on `buffers` (pk.BUF_* -> an NHWC-contiguous tensor), one
-    after another on the current stream, each on every SM: SM shares pay only side by side."""
+    after another on the current stream, each on every SM: SM shares pay only side by side.
+    With a `table` of them (launch_table) and INCEPTION_FAST_OP_GROUPS=1, in one call of the op
+    `cuda_op_launches`: the same launches, without a Python call and an op dispatch each (the
+    host bounds a call without a CUDA graph at small batches)."""
+    if table is not None and len(launches) > 1 and op_groups() and not torch.compiler.is_compiling():
+        op = torch.ops.inception_fast.cuda_op_launches.default
+        op(buffers[pk.BUF_INPUT], buffers[pk.BUF_WORK], buffers[pk.BUF_OUTPUT], table.weights, table.biases,
+           table.params)
+        return
     for launch in launches:
         launch.run(buffers, side_by_side=False)
 

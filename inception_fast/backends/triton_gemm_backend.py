@@ -41,6 +41,11 @@ class SplitStage:
     rest: tuple | None
     sm_count: int = 0  # the GPU's SMs, which the launches share (gemm_routing.share_sms)
     small: dict = field(default_factory=dict)  # block input shape -> gemm_routing.stage_is_small
+    table: gemm_routing.LaunchTable | None = None  # the launches for one op call (run_launches)
+
+    def __post_init__(self):
+        if self.launches and self.table is None:
+            self.table = gemm_routing.launch_table(self.launches)
 
 
 def availability(device=None) -> tuple[bool, str]:
@@ -156,8 +161,7 @@ def run_block(block, x: torch.Tensor) -> torch.Tensor:
             if split.rest is not None:
                 stage, signature, state = split.rest
                 triton_backend._run_stage(stage, state, x, work, out, signature)
-            for launch in split.launches:
-                launch.run(buffers, True, False)
+            gemm_routing.run_launches(split.launches, buffers, split.table)
             continue
         launches = [functools.partial(launch.run, buffers, small) for launch in split.launches]
         if split.rest is not None:
