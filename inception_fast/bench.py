@@ -524,11 +524,10 @@ class ModelBench:
         """GPU memory one call holds at its peak above what was allocated before it (activations,
         workspaces, its output), in MiB: the caching allocator's peak over one untimed call.
         None on the CPU, and for a call that replays a CUDA graph (the graphed configurations, and
-        the fused default up to its `cuda_graph_max_batch`): its memory was reserved in the
+        the fused default where FusedNetwork.replays_a_graph): its memory was reserved in the
         graph's pool when it was captured, which a replay's peak does not show."""
-        graphed = getattr(model, "cuda_graph", False)
-        replays = bool(graphed) and example.shape[0] <= getattr(model, "cuda_graph_max_batch", 0)
-        if not self.on_gpu or graph is not None or replays:
+        replays = getattr(model, "replays_a_graph", None)  # a fused model's own rule
+        if not self.on_gpu or graph is not None or (replays is not None and replays(example)):
             return None
         timing.synchronize(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)

@@ -226,15 +226,19 @@ class FusedNetwork(nn.Module):
 
     def forward(self, x: torch.Tensor):
         self.check_input(x)
-        if (
+        if self.replays_a_graph(x):
+            return run_graphed(self, x)
+        return self.run_eager(x)
+
+    def replays_a_graph(self, x: torch.Tensor) -> bool:
+        """Whether a call on `x` runs as a whole-forward CUDA graph (optimize(cuda_graph=...))."""
+        return (
             self.cuda_graph
             and x.is_cuda
             and 0 < x.shape[0] <= self.cuda_graph_max_batch
             and not torch.compiler.is_compiling()
             and not capturing()
-        ):
-            return run_graphed(self, x)
-        return self.run_eager(x)
+        )
 
     def run_eager(self, x: torch.Tensor):
         return self._run(x, 0, len(self.steps), self.outputs)
