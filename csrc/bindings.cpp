@@ -485,19 +485,18 @@ void cuda_conv_fprop(const at::Tensor& x, const at::Tensor& weight, const at::Te
 }
 
 // cuda_op_launches: a stage's CUTLASS op launches in one call, one after another on the current
-// stream, each on every SM. Each launch is one row of kLaunchFields in `params`; its weight and
-// bias are the entries of `weights` and `biases` at its row. The row's buffers index
-// (input, work, output), as the packed stage's do (packed_layout.BUF_*).
+// stream, each on every SM; never traced (torch.compile sees the single ops), so it has no Meta
+// kernel. Each launch is one row of kLaunchFields in `params`; its weight and bias are the
+// entries of `weights` and `biases` at its row. The row's buffers index (input, work, output),
+// as the packed stage's do (packed_layout.BUF_*).
 enum LaunchField : int {
   kLaunchKind, kLaunchSrc, kLaunchDst, kLaunchInC0, kLaunchOutC0, kLaunchStride, kLaunchPadH, kLaunchPadW,
   kLaunchRelu, kLaunchTileN, kLaunchTileM, kLaunchTf32, kLaunchFields
 };
 constexpr int64_t kLaunchGemm = 0, kLaunchConv = 1;
 
-template <class Gemm, class Conv>
-void for_each_op_launch(const at::Tensor& input, const at::Tensor& work, const at::Tensor& output,
-                        at::TensorList weights, at::TensorList biases, at::IntArrayRef params, Gemm&& gemm,
-                        Conv&& conv) {
+void cuda_op_launches(const at::Tensor& input, const at::Tensor& work, const at::Tensor& output,
+                      at::TensorList weights, at::TensorList biases, at::IntArrayRef params) {
   const size_t count = weights.size();
   OP_CHECK(biases.size() == count && params.size() == count * kLaunchFields, "cuda_op_launches: ", count,
            " weights, ", biases.size(), " biases and ", params.size(), " params; each launch takes one weight, one "
@@ -511,26 +510,16 @@ void for_each_op_launch(const at::Tensor& input, const at::Tensor& work, const a
     const at::Tensor& src = *buffers[p[kLaunchSrc]];
     const at::Tensor& dst = *buffers[p[kLaunchDst]];
     if (p[kLaunchKind] == kLaunchGemm) {
-      gemm(src, weights[i], biases[i], dst, p[kLaunchOutC0], p[kLaunchRelu] != 0, p[kLaunchTileN],
-           p[kLaunchTf32] != 0, int64_t{0});
+      cuda_gemm_conv1x1(src, weights[i], biases[i], dst, p[kLaunchOutC0], p[kLaunchRelu] != 0, p[kLaunchTileN],
+                        p[kLaunchTf32] != 0, int64_t{0});
     } else {
       OP_CHECK(p[kLaunchKind] == kLaunchConv, "cuda_op_launches: launch ", i, " is of kind ", p[kLaunchKind],
                "; 0 is the GEMM op, 1 the k x k conv op");
-      conv(src, weights[i], biases[i], dst, p[kLaunchInC0], p[kLaunchOutC0], p[kLaunchStride], p[kLaunchPadH],
-           p[kLaunchPadW], p[kLaunchRelu] != 0, p[kLaunchTileN], p[kLaunchTf32] != 0, int64_t{0}, p[kLaunchTileM]);
+      cuda_conv_fprop(src, weights[i], biases[i], dst, p[kLaunchInC0], p[kLaunchOutC0], p[kLaunchStride],
+                      p[kLaunchPadH], p[kLaunchPadW], p[kLaunchRelu] != 0, p[kLaunchTileN], p[kLaunchTf32] != 0,
+                      int64_t{0}, p[kLaunchTileM]);
     }
   }
-}
-
-void cuda_op_launches(const at::Tensor& input, const at::Tensor& work, const at::Tensor& output,
-                      at::TensorList weights, at::TensorList biases, at::IntArrayRef params) {
-  for_each_op_launch(input, work, output, weights, biases, params, cuda_gemm_conv1x1, cuda_conv_fprop);
-}
-
-void cuda_op_launches_meta(const at::Tensor& input, const at::Tensor& work, const at::Tensor& output,
-                           at::TensorList weights, at::TensorList biases, at::IntArrayRef params) {
-  for_each_op_launch(input, work, output, weights, biases, params, cuda_gemm_conv1x1_meta,
-                     cuda_conv_fprop_meta);
 }
 
 }  // namespace
@@ -561,7 +550,6 @@ TORCH_LIBRARY_IMPL(inception_fast, CUDA, m) {
 TORCH_LIBRARY_IMPL(inception_fast, Meta, m) {
   m.impl("cuda_gemm_conv1x1", &cuda_gemm_conv1x1_meta);
   m.impl("cuda_conv_fprop", &cuda_conv_fprop_meta);
-  m.impl("cuda_op_launches", &cuda_op_launches_meta);
 }
 
 }  // namespace inception_fast

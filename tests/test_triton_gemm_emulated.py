@@ -458,7 +458,7 @@ def test_a_small_stage_runs_side_by_side_only_inside_a_graph_capture(emulated, m
 
 
 class EmulatedOpLaunches:
-    """The grouped op `cuda_op_launches` (bindings.cpp: for_each_op_launch): each row of its params
+    """The grouped op `cuda_op_launches` (bindings.cpp): each row of its params
     decoded by gemm_routing.LAUNCH_FIELDS and run on the (emulated) single op, every SM each."""
 
     def __init__(self):

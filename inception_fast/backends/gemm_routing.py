@@ -366,8 +366,9 @@ def run_launches(launches: list, buffers: dict, table: LaunchTable | None = None
     after another on the current stream, each on every SM: SM shares pay only side by side.
     With a `table` of them (launch_table) and INCEPTION_FAST_OP_GROUPS=1, in one call of the op
     `cuda_op_launches`: the same launches, without a Python call and an op dispatch each (the
-    host bounds a call without a CUDA graph at small batches)."""
-    if table is not None and len(launches) > 1 and op_groups() and not torch.compiler.is_compiling():
+    host bounds a call without a CUDA graph at small batches). Not while torch.compile traces:
+    there each op is a node of the graph."""
+    if table is not None and len(launches) > 1 and not torch.compiler.is_compiling() and op_groups():
         op = torch.ops.inception_fast.cuda_op_launches.default
         op(buffers[pk.BUF_INPUT], buffers[pk.BUF_WORK], buffers[pk.BUF_OUTPUT], table.weights, table.biases,
            table.params)
