@@ -17,8 +17,10 @@
 #include <vector>
 
 #include "check_text.h"
+#include "cutlass_ops.h"
 #include "conv_fprop.h"
 #include "gemm_conv1x1.h"
+#include "programmatic_launch.h"
 #include "stage_args.h"
 
 namespace inception_fast {
@@ -265,6 +267,12 @@ const char* by_tile(int tile, Launch&& launch) {
   return error;
 }
 
+// Issues a prepared launch on the current stream (programmatic dependent launch where it is on).
+void launch_prepared_or_raise(const char* op, const PreparedLaunch& prepared) {
+  const char* error = launch_prepared(prepared, c10::cuda::getCurrentCUDAStream(), programmatic_launch_enabled());
+  OP_CHECK(error == nullptr, op, ": ", error);
+}
+
 // Arguments of cuda_gemm_conv1x1 on any device (the Meta kernel runs these too, so a bad call
 // fails while tracing). Pointer alignment is checked where there are pointers (CUDA).
 void check_gemm_conv1x1(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
@@ -317,13 +325,15 @@ void cuda_gemm_conv1x1_meta(const at::Tensor& x, const at::Tensor& weight, const
   check_gemm_conv1x1(x, weight, bias, out, col_offset, tile_n, tf32, sm_limit);
 }
 
-void cuda_gemm_conv1x1(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
-                       const at::Tensor& out, int64_t col_offset, [[maybe_unused]] bool relu, int64_t tile_n,
-                       bool tf32, [[maybe_unused]] int64_t sm_limit) {
+}  // namespace
+
+bool prepare_gemm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& out,
+                  int64_t col_offset, [[maybe_unused]] bool relu, int64_t tile_n, bool tf32,
+                  [[maybe_unused]] int64_t sm_limit, [[maybe_unused]] PreparedLaunch& prepared) {
   check_gemm_conv1x1(x, weight, bias, out, col_offset, tile_n, tf32, sm_limit);
 #if defined(INCEPTION_FAST_WITH_CUTLASS)
   const int64_t k = x.size(-1), n = weight.size(0), m = x.numel() / k;
-  if (m == 0) return;
+  if (m == 0) return false;
   GemmConv1x1Args args{};
   args.a = x.data_ptr();
   args.b = weight.data_ptr();
@@ -340,17 +350,29 @@ void cuda_gemm_conv1x1(const at::Tensor& x, const at::Tensor& weight, const at::
            "cuda_gemm_conv1x1: cannot query the SM count of ", x.device());
   args.sm_count = usable_sms(sm_count, sm_limit, 1);
   args.tile_n = tile_n != 0 ? static_cast<int>(tile_n) : gemm_conv1x1_tile_n(m, n, args.sm_count);
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const char* error = by_tile<64, 128, 256>(args.tile_n, [&](auto tile) {
     return by_dtype<GemmDtype>(x.scalar_type(), [&](auto dtype) {
-      return launch_gemm_conv1x1<decltype(dtype)::value, decltype(tile)::value>(args, stream);
+      return prepare_gemm_conv1x1<decltype(dtype)::value, decltype(tile)::value>(args, prepared);
     });
   });
   OP_CHECK(error == nullptr, "cuda_gemm_conv1x1: ", error);
+  return true;
 #else
   OP_CHECK(false, "cuda_gemm_conv1x1: the extension was built without CUTLASS headers: pip install "
            "nvidia-cutlass and rebuild (or set INCEPTION_FAST_CUTLASS_DIR to a CUTLASS checkout)");
+  return false;
 #endif
+}
+
+namespace {
+
+void cuda_gemm_conv1x1(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                       const at::Tensor& out, int64_t col_offset, bool relu, int64_t tile_n, bool tf32,
+                       int64_t sm_limit) {
+  PreparedLaunch prepared;
+  if (prepare_gemm(x, weight, bias, out, col_offset, relu, tile_n, tf32, sm_limit, prepared)) {
+    launch_prepared_or_raise("cuda_gemm_conv1x1", prepared);
+  }
 }
 
 // Arguments of cuda_conv_fprop on any device (the Meta kernel runs these too). x [N, H, W, Cx]
@@ -415,13 +437,16 @@ void cuda_conv_fprop_meta(const at::Tensor& x, const at::Tensor& weight, const a
   check_conv_fprop(x, weight, bias, out, in_c0, out_c0, stride, pad_h, pad_w, tile_n, tf32, sm_limit, tile_m);
 }
 
-void cuda_conv_fprop(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& out,
-                     int64_t in_c0, int64_t out_c0, int64_t stride, int64_t pad_h, int64_t pad_w,
-                     [[maybe_unused]] bool relu, [[maybe_unused]] int64_t tile_n, bool tf32,
-                     [[maybe_unused]] int64_t sm_limit, [[maybe_unused]] int64_t tile_m) {
+}  // namespace
+
+bool prepare_conv(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& out,
+                  int64_t in_c0, int64_t out_c0, int64_t stride, int64_t pad_h, int64_t pad_w,
+                  [[maybe_unused]] bool relu, [[maybe_unused]] int64_t tile_n, bool tf32,
+                  [[maybe_unused]] int64_t sm_limit, [[maybe_unused]] int64_t tile_m,
+                  [[maybe_unused]] PreparedLaunch& prepared) {
   check_conv_fprop(x, weight, bias, out, in_c0, out_c0, stride, pad_h, pad_w, tile_n, tf32, sm_limit, tile_m);
 #if defined(INCEPTION_FAST_WITH_CUTLASS_CONV)
-  if (out.numel() == 0) return;
+  if (out.numel() == 0) return false;
   ConvFpropArgs args{};
   args.x = x.data_ptr();
   args.w = weight.data_ptr();
@@ -457,7 +482,6 @@ void cuda_conv_fprop(const at::Tensor& x, const at::Tensor& weight, const at::Te
                 : args.tile_m == chosen.m ? chosen.n
                                           : conv_fprop_tile_n(int64_t(args.n) * args.p * args.q, args.k,
                                                               args.sm_count, args.tile_m);
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const char* error = "no kernel is built for this tile shape";
   if (args.tile_m == 256) {
     error = by_tile<96, 128>(args.tile_n, [&](auto tile) {
@@ -465,23 +489,37 @@ void cuda_conv_fprop(const at::Tensor& x, const at::Tensor& weight, const at::Te
         if constexpr (decltype(dtype)::value == ConvDtype::kTf32) {
           return "no kernel is built for this tile shape";
         } else {
-          return launch_conv_fprop<decltype(dtype)::value, 256, decltype(tile)::value>(args, stream);
+          return prepare_conv_fprop<decltype(dtype)::value, 256, decltype(tile)::value>(args, prepared);
         }
       });
     });
   } else {
     error = by_tile<64, 96, 128>(args.tile_n, [&](auto tile) {
       return by_dtype<ConvDtype>(x.scalar_type(), [&](auto dtype) {
-        return launch_conv_fprop<decltype(dtype)::value, 128, decltype(tile)::value>(args, stream);
+        return prepare_conv_fprop<decltype(dtype)::value, 128, decltype(tile)::value>(args, prepared);
       });
     });
   }
   OP_CHECK(error == nullptr, "cuda_conv_fprop: ", error);
+  return true;
 #else
   OP_CHECK(false, "cuda_conv_fprop: the extension was built without CUTLASS's headers (include/ and "
            "tools/util/include/): pip install nvidia-cutlass and rebuild (or set INCEPTION_FAST_CUTLASS_DIR to a "
            "CUTLASS checkout)");
+  return false;
 #endif
+}
+
+namespace {
+
+void cuda_conv_fprop(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& out,
+                     int64_t in_c0, int64_t out_c0, int64_t stride, int64_t pad_h, int64_t pad_w, bool relu,
+                     int64_t tile_n, bool tf32, int64_t sm_limit, int64_t tile_m) {
+  PreparedLaunch prepared;
+  if (prepare_conv(x, weight, bias, out, in_c0, out_c0, stride, pad_h, pad_w, relu, tile_n, tf32, sm_limit, tile_m,
+                   prepared)) {
+    launch_prepared_or_raise("cuda_conv_fprop", prepared);
+  }
 }
 
 // cuda_op_launches: a stage's CUTLASS op launches in one call, one after another on the current

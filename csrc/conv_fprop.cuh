@@ -93,7 +93,7 @@ struct ConvKernel {
 };
 
 template <typename T, int TileM, int TileN>
-const char* launch(const ConvFpropArgs& a, cudaStream_t stream) {
+const char* prepare(const ConvFpropArgs& a, PreparedLaunch& out) {
   using Types = ConvKernel<T, TileM, TileN>;
   using Kernel = typename Types::Kernel;
   using Element = typename Types::Element;
@@ -142,8 +142,8 @@ const char* launch(const ConvFpropArgs& a, cudaStream_t stream) {
   if (const char* error = gemm_conv1x1::reserve_shared_memory<Kernel>(device)) return error;
   const dim3 grid = Kernel::get_grid_shape(params);  // persistent: about one CTA per SM, whole clusters
   const dim3 block = Kernel::get_block_shape();
-  return gemm_conv1x1::launch_entry<Kernel>(grid, Types::kClusterM, block, Kernel::SharedStorageSize, stream,
-                                            params);
+  gemm_conv1x1::prepare_entry<Kernel>(grid, Types::kClusterM, block, Kernel::SharedStorageSize, params, out);
+  return nullptr;
 }
 
 }  // namespace conv_fprop
@@ -155,7 +155,7 @@ namespace inception_fast {
 namespace conv_fprop {
 
 template <typename T, int TileM, int TileN>
-const char* launch(const ConvFpropArgs&, cudaStream_t) {
+const char* prepare(const ConvFpropArgs&, PreparedLaunch&) {
   return "built without the CUTLASS headers (include/ and tools/util/include/)";
 }
 
@@ -168,7 +168,7 @@ const char* launch(const ConvFpropArgs&, cudaStream_t) {
 // namespace inception_fast.
 #define INCEPTION_FAST_DEFINE_CONV_FPROP(DTYPE, T, TILE_M, TILE_N)                                    \
   template <>                                                                                         \
-  const char* launch_conv_fprop<ConvDtype::DTYPE, TILE_M, TILE_N>(const ConvFpropArgs& args,         \
-                                                                   cudaStream_t stream) {            \
-    return conv_fprop::launch<T, TILE_M, TILE_N>(args, stream);                                      \
+  const char* prepare_conv_fprop<ConvDtype::DTYPE, TILE_M, TILE_N>(const ConvFpropArgs& args,        \
+                                                                    PreparedLaunch& out) {           \
+    return conv_fprop::prepare<T, TILE_M, TILE_N>(args, out);                                        \
   }

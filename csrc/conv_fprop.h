@@ -76,9 +76,10 @@ inline ConvTile conv_fprop_tile(int64_t m, int64_t k, int stride, int sm_count, 
 enum class ConvDtype : int { kHalf, kBFloat16, kTf32 };
 
 // One kernel per (dtype, tile shape), each in its own .cu file; built only with the CUTLASS
-// headers and util headers (INCEPTION_FAST_WITH_CUTLASS_CONV). nullptr on success, else why it failed.
+// headers and util headers (INCEPTION_FAST_WITH_CUTLASS_CONV). Prepares the launch (launch_prepared
+// issues it): nullptr on success, else why the kernel cannot run it.
 template <ConvDtype Dtype, int TileM, int TileN>
-const char* launch_conv_fprop(const ConvFpropArgs& args, cudaStream_t stream);
+const char* prepare_conv_fprop(const ConvFpropArgs& args, PreparedLaunch& out);
 
 // The tile shapes built, (TILE_M, TILE_N) after the caller's arguments: 128-row tiles in every
 // dtype, 256-row tiles in fp16 and bf16 (cuda_conv_fprop's dispatch in bindings.cpp follows these).
@@ -91,7 +92,7 @@ const char* launch_conv_fprop(const ConvFpropArgs& args, cudaStream_t stream);
 
 #define INCEPTION_FAST_DECLARE_CONV_FPROP(DTYPE, TILE_M, TILE_N) \
   template <>                                                   \
-  const char* launch_conv_fprop<ConvDtype::DTYPE, TILE_M, TILE_N>(const ConvFpropArgs& args, cudaStream_t stream);
+  const char* prepare_conv_fprop<ConvDtype::DTYPE, TILE_M, TILE_N>(const ConvFpropArgs& args, PreparedLaunch& out);
 INCEPTION_FAST_CONV_TILES_16BIT(INCEPTION_FAST_DECLARE_CONV_FPROP, kHalf)
 INCEPTION_FAST_CONV_TILES_16BIT(INCEPTION_FAST_DECLARE_CONV_FPROP, kBFloat16)
 INCEPTION_FAST_CONV_TILES_128_ROWS(INCEPTION_FAST_DECLARE_CONV_FPROP, kTf32)

@@ -22,7 +22,7 @@
 #include <type_traits>
 
 #include "gemm_conv1x1.h"
-#include "programmatic_launch.h"
+#include "prepared_launch.h"
 
 #if defined(INCEPTION_FAST_WITH_CUTLASS)
 
@@ -178,34 +178,17 @@ __global__ void __launch_bounds__(Kernel::MaxThreadsPerBlock, Kernel::MinBlocksP
 #endif
 }
 
-// Launches kernel_entry<Kernel> on `stream`, in clusters of `cluster_m` CTAs along M, with
-// programmatic dependent launch where it is on.
+// Fills `out` with kernel_entry<Kernel>'s launch: `params`, its grid and block, and clusters of
+// `cluster_m` CTAs along M (launch_prepared issues it).
 template <class Kernel>
-const char* launch_entry(dim3 grid, int cluster_m, dim3 block, int smem_bytes, cudaStream_t stream,
-                         const typename Kernel::Params& params) {
-  cudaLaunchAttribute attributes[2];
-  int count = 0;
-  if (cluster_m > 1) {
-    attributes[count].id = cudaLaunchAttributeClusterDimension;
-    attributes[count].val.clusterDim.x = cluster_m;
-    attributes[count].val.clusterDim.y = 1;
-    attributes[count].val.clusterDim.z = 1;
-    ++count;
-  }
-  if (programmatic_launch_enabled()) {
-    attributes[count].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attributes[count].val.programmaticStreamSerializationAllowed = 1;
-    ++count;
-  }
-  cudaLaunchConfig_t config = {};
-  config.gridDim = grid;
-  config.blockDim = block;
-  config.dynamicSmemBytes = smem_bytes;
-  config.stream = stream;
-  config.attrs = attributes;
-  config.numAttrs = count;
-  const cudaError_t err = cudaLaunchKernelEx(&config, kernel_entry<Kernel>, params);
-  return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
+void prepare_entry(dim3 grid, int cluster_m, dim3 block, int smem_bytes, const typename Kernel::Params& params,
+                   PreparedLaunch& out) {
+  out.function = reinterpret_cast<const void*>(&kernel_entry<Kernel>);
+  out.grid = grid;
+  out.block = block;
+  out.smem_bytes = smem_bytes;
+  out.cluster_m = cluster_m;
+  out.store(params);
 }
 
 constexpr int kMaxDevices = 64;
@@ -264,7 +247,7 @@ const char* reserve_shared_memory(int device) {
 }
 
 template <typename T, int TileN>
-const char* launch(const GemmConv1x1Args& args, cudaStream_t stream) {
+const char* prepare(const GemmConv1x1Args& args, PreparedLaunch& out) {
   using Kernel = typename GemmKernel<T, TileN>::Kernel;
   using Element = typename GemmKernel<T, TileN>::Element;
   int device = 0;
@@ -305,7 +288,8 @@ const char* launch(const GemmConv1x1Args& args, cudaStream_t stream) {
   if (const char* error = reserve_shared_memory<Kernel>(device)) return error;
   const dim3 grid = Kernel::get_grid_shape(params);  // persistent: about one CTA per SM, whole clusters
   const dim3 block = Kernel::get_block_shape();
-  return launch_entry<Kernel>(grid, GemmKernel<T, TileN>::kClusterM, block, kSmemBytes, stream, params);
+  prepare_entry<Kernel>(grid, GemmKernel<T, TileN>::kClusterM, block, kSmemBytes, params, out);
+  return nullptr;
 }
 
 }  // namespace gemm_conv1x1
@@ -317,7 +301,7 @@ const char* launch(const GemmConv1x1Args& args, cudaStream_t stream) {
 // namespace inception_fast.
 #define INCEPTION_FAST_DEFINE_GEMM_CONV1X1(DTYPE, T, TILE_N)                                          \
   template <>                                                                                         \
-  const char* launch_gemm_conv1x1<GemmDtype::DTYPE, TILE_N>(const GemmConv1x1Args& args,             \
-                                                             cudaStream_t stream) {                  \
-    return gemm_conv1x1::launch<T, TILE_N>(args, stream);                                            \
+  const char* prepare_gemm_conv1x1<GemmDtype::DTYPE, TILE_N>(const GemmConv1x1Args& args,            \
+                                                              PreparedLaunch& out) {                 \
+    return gemm_conv1x1::prepare<T, TILE_N>(args, out);                                              \
   }

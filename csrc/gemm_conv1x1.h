@@ -8,6 +8,8 @@
 #include <cstdint>
 #include <initializer_list>
 
+#include "prepared_launch.h"
+
 namespace inception_fast {
 
 // D[m, n] = act(sum_k A[m, k] * B[n, k] + bias[n]) with A = the activation [M, K] (K contiguous),
@@ -68,13 +70,14 @@ inline int gemm_conv1x1_tile_n(int64_t m, int64_t n, int sm_count) {
 enum class GemmDtype : int { kHalf, kBFloat16, kTf32 };
 
 // One kernel per (dtype, tile width), each in its own .cu file; built only with the CUTLASS
-// headers (INCEPTION_FAST_WITH_CUTLASS). nullptr on success, else why the launch failed.
+// headers (INCEPTION_FAST_WITH_CUTLASS). Prepares the launch (launch_prepared issues it):
+// nullptr on success, else why the kernel cannot run it.
 template <GemmDtype Dtype, int TileN>
-const char* launch_gemm_conv1x1(const GemmConv1x1Args& args, cudaStream_t stream);
+const char* prepare_gemm_conv1x1(const GemmConv1x1Args& args, PreparedLaunch& out);
 
 #define INCEPTION_FAST_DECLARE_GEMM_CONV1X1(DTYPE, TILE_N) \
   template <>                                             \
-  const char* launch_gemm_conv1x1<GemmDtype::DTYPE, TILE_N>(const GemmConv1x1Args& args, cudaStream_t stream);
+  const char* prepare_gemm_conv1x1<GemmDtype::DTYPE, TILE_N>(const GemmConv1x1Args& args, PreparedLaunch& out);
 INCEPTION_FAST_DECLARE_GEMM_CONV1X1(kHalf, 64)
 INCEPTION_FAST_DECLARE_GEMM_CONV1X1(kHalf, 128)
 INCEPTION_FAST_DECLARE_GEMM_CONV1X1(kHalf, 256)

@@ -9,9 +9,9 @@ the stage kernel's launch (config lookup and Triton's launcher), each CUTLASS op
 (argument checks, tensor maps, the launch), and the rest of a block's Python. The GPU needs a
 fraction of the host's time at these batches, so the launch queue never fills and the host
 times are the host's own. Also prints the GPU time of the same call replayed from a CUDA graph.
-`--ab INCEPTION_FAST_RELAUNCH` (or INCEPTION_FAST_OP_GROUPS) compares a switch read at each
-launch, in alternating rounds of calls in one process (the host's speed drifts by up to 2x
-between and within processes).
+`--ab INCEPTION_FAST_RELAUNCH` (or INCEPTION_FAST_OP_GROUPS, INCEPTION_FAST_PROGRAMS) compares a
+switch read at each launch, in alternating rounds of calls in one process (the host's speed
+drifts by up to 2x between and within processes).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from inception_fast import bench, side_streams, timing
 from inception_fast.backends import (
     auto_backend,
     gemm_routing,
+    launch_program,
     torch_backend,
     triton_backend,
     triton_gemm_backend,
@@ -69,6 +70,8 @@ def timed(spent: dict, counts: dict):
     wrap(FusedBlock, "run", "block run (all of it)")
     wrap(auto_backend, "run_block", "auto: dispatch and the chosen backend")
     wrap(triton_gemm_backend, "run_block", "triton-gemm run_block")
+    wrap(launch_program, "key", "  program key")
+    wrap(launch_program, "run", "  the block's launches (its program, or launch by launch)")
     wrap(torch_backend, "run_block", "torch run_block")
     wrap(triton_backend, "kernel_buffers", "kernel buffers (layout, torch.empty)")
     wrap(triton_backend, "to_kernel_layout", "  layout of the input")

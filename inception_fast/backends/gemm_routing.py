@@ -35,6 +35,7 @@ import torch
 
 from .. import packing as pk
 from .. import side_streams
+from ..kernels import launch_record
 from . import cuda_backend  # the extension's loader and its reasons
 
 ALIGN = 8  # channel counts and offsets: 16 bytes of fp16/bf16 (TMA's alignment), two such of fp32
@@ -367,7 +368,9 @@ def run_launches(launches: list, buffers: dict, table: LaunchTable | None = None
     With a `table` of them (launch_table) and INCEPTION_FAST_OP_GROUPS=1, in one call of the op
     `cuda_op_launches`: the same launches, without a Python call and an op dispatch each (the
     host bounds a call without a CUDA graph at small batches). Not while torch.compile traces:
-    there each op is a node of the graph."""
+    there each op is a node of the graph. Noted in an active `launch_record` recording."""
+    if launch_record.active() is not None:
+        launch_record.note_cutlass(launches)
     if table is not None and len(launches) > 1 and not torch.compiler.is_compiling() and op_groups():
         op = torch.ops.inception_fast.cuda_op_launches.default
         op(buffers[pk.BUF_INPUT], buffers[pk.BUF_WORK], buffers[pk.BUF_OUTPUT], table.weights, table.biases,

@@ -26,7 +26,7 @@ from .. import packing as pk
 from .. import side_streams
 from ..graphs import capturing, outside_capture
 from ..kernels.triton.launch_state import StageLaunchState
-from . import cuda_backend, gemm_routing, triton_backend
+from . import cuda_backend, gemm_routing, launch_program, triton_backend
 
 TRITON_KERNELS = True  # a first call compiles Triton kernels (see inception_fast.compile_ahead)
 
@@ -136,6 +136,18 @@ def run_block(block, x: torch.Tensor) -> torch.Tensor:
         return triton_backend.run_block(block, x)
     stages = triton_backend._packed_block(block, x)
     x, work, out = triton_backend.kernel_buffers(block, x)
+    program_key = launch_program.key(x, tf32)
+    if program_key is None:
+        _launch_stages(block, x, work, out, stages, tf32)
+    else:  # from a recorded program where every stage runs its launches one after another
+        launch_program.run(block.backend_cache, program_key, (x, work, out),
+                           functools.partial(_launch_stages, block, x, work, out, stages, tf32))
+    return out
+
+
+def _launch_stages(block, x, work, out, stages: list, tf32: bool) -> bool:
+    """Each stage's launches on the block's buffers; whether every stage ran them one after
+    another on the current stream (none side by side)."""
     # The op's tensor maps need 16-byte aligned buffers; a caller's unaligned view runs whole
     # on the stage kernel (the backend's own buffers are always aligned). So does a batch whose
     # buffers reach gemm_routing.MAX_ELEMENTS; the stage kernel has a wide-index variant.
@@ -153,20 +165,23 @@ def run_block(block, x: torch.Tensor) -> torch.Tensor:
     # 5.2 one after another).
     capture = capturing()
     shape = tuple(x.shape)
+    serial = True
     for split in splits:
         small = split.small.get(shape)
         if small is None:
             small = split.small[shape] = gemm_routing.stage_is_small(split.launches, buffers, split.sm_count)
-        if small and not capture:  # one after another, on every SM
+        if not capture and (small or len(split.launches) + (split.rest is not None) < 2):
+            # one after another, on every SM (a single launch has the SMs to itself either way)
             if split.rest is not None:
                 stage, signature, state = split.rest
                 triton_backend._run_stage(stage, state, x, work, out, signature)
             gemm_routing.run_launches(split.launches, buffers, split.table)
             continue
+        serial = False
         launches = [functools.partial(launch.run, buffers, small) for launch in split.launches]
         if split.rest is not None:
             stage, signature, state = split.rest
             run_rest = functools.partial(triton_backend._run_stage, stage, state, x, work, out, signature)
             launches.insert(0, run_rest)
         side_streams.run_side_by_side(x.device, launches)
-    return out
+    return serial

@@ -13,11 +13,14 @@ specialization). The first launch with a key goes through Triton (which compiles
 variant, and launches it); it returns the compiled kernel, which later launches with that key
 call directly, with the arguments in the kernel's signature order. Where Triton returns no
 compiled kernel (the interpreter on the CPU, a compile-only pass) nothing is kept.
+Each launch is noted in an active `launch_record` recording.
 """
 
 from __future__ import annotations
 
 import torch
+
+from .. import launch_record
 
 
 class Relauncher:
@@ -47,16 +50,29 @@ class Relauncher:
                    *[(name, _specialization(value)) for name, value in kwargs.items()])
         except _UnknownKind:  # an argument whose specialization by Triton this does not know
             self.kernel[grid](*args, **kwargs)
+            launch_record.note_unreplayable("a Triton launch with an argument of a kind Triton binds itself")
             return
         found = self._variants.get(key)
         if found is None:
             compiled = self.kernel[grid](*args, **kwargs)
             if self._names is not None and hasattr(compiled, "function") and hasattr(compiled, "__getitem__"):
-                self._variants[key] = (compiled, self._names[len(args):])
+                found = self._variants[key] = (compiled, self._names[len(args):])
+                if launch_record.active() is not None:
+                    tail = self._tail(found, kwargs)
+                    launch_record.note_triton(compiled, self._grid3(grid), (*args, *tail))
+            else:
+                launch_record.note_unreplayable("a Triton launch that returned no compiled kernel")
             return
-        compiled, rest = found
-        tail = [kwargs[name] if name in kwargs else self._defaults[name] for name in rest]
-        compiled[self._grid3(grid)](*args, *tail)
+        compiled = found[0]
+        grid3 = self._grid3(grid)
+        args = (*args, *self._tail(found, kwargs))
+        compiled[grid3](*args)
+        if launch_record.active() is not None:
+            launch_record.note_triton(compiled, grid3, args)
+
+    def _tail(self, found: tuple, kwargs: dict) -> list:
+        """The arguments after the positionals, in the signature's order: given, or defaults."""
+        return [kwargs[name] if name in kwargs else self._defaults[name] for name in found[1]]
 
 
 _PLAIN = (int, float, bool, str, type(None), torch.dtype)
