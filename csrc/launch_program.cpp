@@ -2,7 +2,9 @@
 // one call. The Python side (inception_fast/backends/launch_program.py) records them once, from
 // a call of the block that ran them one by one: the CUTLASS ops' launches (rows of the GEMM and
 // k x k conv ops) and the Triton stage kernel's (its compiled function, grid and parameters).
-// `run(input, work, output)` issues them in that order on the current stream.
+// `run(input, work, output)` issues them in that order on the current stream; `call(input)`
+// allocates the work and output buffers as the recorded call had them first, and returns the
+// output.
 //
 // Why: at small batches a call without a CUDA graph is bound by the host. Each CUTLASS launch
 // otherwise pays an op dispatch, the argument checks and the encoding of its TMA descriptors,
@@ -12,6 +14,7 @@
 // buffers' addresses filled in, through the driver's cuLaunchKernelEx as Triton's own launcher
 // does it.
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda.h>
@@ -149,6 +152,25 @@ class LaunchProgram : public torch::CustomClassHolder {
 
   int64_t size() const { return static_cast<int64_t>(order_.size()); }
 
+  // The buffers `call` makes: an output like `output` and a work buffer like `work` (empty,
+  // channels_last), or, where `fresh_work` is false, `work` itself (a block without
+  // intermediates passes a stand-in that is never read or written).
+  void set_buffers(const at::Tensor& work, const at::Tensor& output, bool fresh_work) {
+    output_sizes_ = output.sizes().vec();
+    work_sizes_ = work.sizes().vec();
+    fresh_work_ = fresh_work;
+    work_standin_ = fresh_work ? at::Tensor() : work;
+  }
+
+  at::Tensor call(const at::Tensor& input) {
+    OP_CHECK(!output_sizes_.empty(), "LaunchProgram.call: set_buffers first");
+    const auto options = input.options().memory_format(at::MemoryFormat::ChannelsLast);
+    at::Tensor output = at::empty(output_sizes_, options);
+    const at::Tensor work = fresh_work_ ? at::empty(work_sizes_, options) : work_standin_;
+    run(input, work, output);
+    return output;
+  }
+
   // input, work, output: the block's buffers, NCHW-shaped and stored channels_last, shaped and
   // typed as in the call the program was recorded from (checked against the first run's).
   void run(const at::Tensor& input, const at::Tensor& work, const at::Tensor& output) {
@@ -264,6 +286,9 @@ class LaunchProgram : public torch::CustomClassHolder {
   std::vector<TritonRow> triton_;
   std::vector<std::vector<int64_t>> shapes_;  // each buffer's sizes at the first run
   std::vector<at::ScalarType> dtypes_;
+  std::vector<int64_t> output_sizes_, work_sizes_;  // what `call` allocates
+  bool fresh_work_ = true;
+  at::Tensor work_standin_;
 };
 
 }  // namespace
@@ -275,7 +300,9 @@ TORCH_LIBRARY_FRAGMENT(inception_fast, m) {
       .def("add_conv", &LaunchProgram::add_conv)
       .def("add_triton", &LaunchProgram::add_triton)
       .def("size", &LaunchProgram::size)
-      .def("run", &LaunchProgram::run);
+      .def("set_buffers", &LaunchProgram::set_buffers)
+      .def("run", &LaunchProgram::run)
+      .def("call", &LaunchProgram::call);
 }
 
 }  // namespace inception_fast

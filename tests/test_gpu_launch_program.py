@@ -8,6 +8,7 @@ launches again when the buffers move; it refuses buffers of another shape; the d
 from __future__ import annotations
 
 import copy
+import threading
 
 import pytest
 import torch
@@ -30,7 +31,7 @@ def hopper():
 
 def _slots(fused) -> list:
     return [(module.plan.label, slot) for module in fused.modules() if isinstance(module, FusedBlock)
-            for key, slot in module.backend_cache.items() if key[0] == "launch-program"]
+            for key, slot in module.backend_cache.items() if key[0] == launch_program.KEY]
 
 
 def _counted_launches(monkeypatch) -> list:
@@ -60,7 +61,11 @@ def test_programs_give_the_same_bits(calibrated_model, monkeypatch, batch, dtype
     slots = _slots(fused)
     assert slots, "no block kept a launch program slot"
     refused = [(label, slot.refused) for label, slot in slots if slot.program is None]
-    assert not refused, refused
+    if batch < 8:
+        assert not refused, refused
+    else:  # a large stage (Mixed3a's, Mixed4a's at batch 8) runs its launches side by side
+        assert all(why == "a stage ran its launches side by side" for _, why in refused), refused
+        assert len(refused) < len(slots) / 4, refused
     launches = _counted_launches(monkeypatch)
     replays = [fused(x.to(dtype)).clone() for _ in range(3)]
     assert not launches, "a block launched through Python although its program was made"
@@ -95,7 +100,7 @@ def test_a_program_refuses_other_shapes(calibrated_model):
     for _ in range(3):
         fused(x)
     block = next(m for m in fused.modules() if isinstance(m, FusedBlock) and "InceptionA" in m.plan.label)
-    slot = next(slot for key, slot in block.backend_cache.items() if key[0] == "launch-program")
+    slot = next(slot for key, slot in block.backend_cache.items() if key[0] == launch_program.KEY)
     shape = (2, 384, 35, 35)
     buffers = [torch.empty(shape, dtype=torch.float16, device="cuda", memory_format=torch.channels_last)
                for _ in range(3)]
@@ -118,3 +123,38 @@ def test_the_default_call_replays_programs(calibrated_model, monkeypatch, batch)
     for out in outs:
         torch.testing.assert_close(out, expected, rtol=0, atol=0)
     assert any(slot.program is not None for _, slot in _slots(fused))
+
+
+@torch.no_grad()
+def test_two_threads_on_two_streams_replay_their_own_programs(calibrated_model):
+    """A program belongs to a stream (the split-K scratch of its Triton launches does): two
+    threads sharing one model, each on its own stream, get the single-threaded bits."""
+    fused = optimize(copy.deepcopy(calibrated_model).cuda(), backend="triton-gemm", dtype=torch.float16,
+                     cuda_graph=False)
+    gen = torch.Generator(device="cuda").manual_seed(5)
+    inputs = [torch.randn(n, 3, 299, 299, device="cuda", generator=gen).half() for n in (1, 3)]
+    expected = [fused(x).clone() for x in inputs]
+    torch.cuda.synchronize()
+    results, errors = {}, []
+
+    def worker(tid: int) -> None:
+        try:
+            stream = torch.cuda.Stream()
+            with torch.cuda.stream(stream):
+                outs = [(i, fused(inputs[i])) for _ in range(6) for i in (range(2) if tid else (1, 0))]
+            stream.synchronize()
+            results[tid] = outs
+        except Exception as err:  # noqa: BLE001 - reported by the main thread
+            errors.append(err)
+
+    threads = [threading.Thread(target=worker, args=(tid,)) for tid in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(300)
+    assert not errors, errors
+    assert sorted(results) == [0, 1]
+    for outs in results.values():
+        for i, out in outs:
+            torch.testing.assert_close(out, expected[i], rtol=0, atol=0)
+    assert sum(slot.program is not None for _, slot in _slots(fused)) > 0

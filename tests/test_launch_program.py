@@ -108,10 +108,22 @@ def test_cutlass_launches_are_noted_in_order():
 
 class FakeProgram:
     def __init__(self):
-        self.runs = []
+        self.calls, self.buffers = [], None
 
-    def run(self, *buffers):
-        self.runs.append(buffers)
+    def set_buffers(self, work, output, fresh_work):
+        self.buffers = (work, output, fresh_work)
+
+    def call(self, x):
+        self.calls.append(x)
+        return "output"
+
+
+def call_block(cache, bufs, launch_all, fresh_work=True):
+    """What a backend does per call: replay, else launch (recording on the second call)."""
+    out = P.replay(cache, ("k",), bufs[0])
+    if out is None:
+        P.run(cache, ("k",), bufs, launch_all, fresh_work)
+    return out
 
 
 def test_a_block_records_on_its_second_call_then_replays(monkeypatch):
@@ -124,11 +136,11 @@ def test_a_block_records_on_its_second_call_then_replays(monkeypatch):
         return True
 
     bufs = buffers()
-    for _ in range(4):
-        P.run(cache, ("k",), bufs, launch_all)
-    assert calls == [False, True]  # the first call plain, the second recorded
+    outs = [call_block(cache, bufs, launch_all, fresh_work=False) for _ in range(4)]
+    assert calls == [False, True] and outs == [None, None, "output", "output"]  # plain, recorded, replays
     slot = cache["k",]
-    assert len(made) == 1 and slot.program.runs == [bufs, bufs] and slot.refused is None
+    assert len(made) == 1 and slot.program.calls == [bufs[0], bufs[0]] and slot.refused is None
+    assert slot.program.buffers == (bufs[1], bufs[2], False)  # what `call` allocates, or keeps
 
 
 @pytest.mark.parametrize("why", ["side by side", "unreplayable"])
@@ -144,7 +156,7 @@ def test_a_refused_block_keeps_launching_one_by_one(monkeypatch, why):
         return why != "side by side"
 
     for _ in range(5):
-        P.run(cache, ("k",), buffers(), launch_all)
+        assert call_block(cache, buffers(), launch_all) is None
     slot = cache["k",]
     assert len(calls) == 5 and slot.program is None
     assert slot.refused == ("a stage ran its launches side by side" if why == "side by side"

@@ -27,12 +27,12 @@ from dataclasses import dataclass
 
 import torch
 
-from ..graphs import capturing
 from ..kernels import launch_record, programmatic_launch
 from ..kernels.triton import compile_only
 from . import gemm_routing
 
 ENV = "INCEPTION_FAST_PROGRAMS"
+KEY = "launch-program"  # the first item of every program key in a block's backend cache
 RECORD_AT_CALL = 2  # the call with a key that is recorded: the first may tune, compile, allocate
 # How a Triton parameter's value is given, as csrc/launch_program.cpp reads it (ParamKind).
 PARAM_BUFFER, PARAM_ADDRESS, PARAM_INT32, PARAM_INT64, PARAM_FLOAT32 = range(5)
@@ -56,14 +56,16 @@ def key(x: torch.Tensor, *extra) -> tuple | None:
     """The program key of a block call on `x` (the block's input in the kernels' layout), or None
     where no program applies: programs off, a CPU or traced tensor, a CUDA graph capture (whose
     own launches side by side the graph keeps), a compile-only pass. `extra`: the backend's own
-    distinctions (TF32 mode...)."""
+    distinctions (TF32 mode...). Asked at every call: the stream and capture state come from
+    torch's C bindings (what Triton's launcher asks too), without a Stream object each."""
     if type(x) is not torch.Tensor or not x.is_cuda or torch.compiler.is_compiling() or not enabled():
         return None
-    if capturing() or compile_only.active():
+    if torch._C._cuda_isCurrentStreamCapturing() or compile_only.active():
         return None
-    stream = torch.cuda.current_stream(x.device).cuda_stream
-    return ("launch-program", x.device, x.dtype, tuple(x.shape), x.data_ptr() % 16 == 0, stream,
-            programmatic_launch.enabled(x.device), *extra)
+    device = x.device
+    stream = torch._C._cuda_getCurrentRawStream(device.index)
+    pdl = programmatic_launch.enabled(device)
+    return (KEY, device, x.dtype, x.shape, x.data_ptr() % 16 == 0, stream, pdl, *extra)
 
 
 @dataclass
@@ -72,23 +74,30 @@ class ProgramSlot:
 
     calls: int = 0
     program: object | None = None  # torch.classes.inception_fast.LaunchProgram
+    call: object | None = None  # its bound `call` (input -> output)
     refused: str | None = None
 
 
-def run(cache: dict, program_key: tuple, buffers: tuple, run_launches) -> None:
-    """The block's launches on `buffers` (input, work, output: NCHW-shaped, channels_last): from
-    the program kept in `cache` under `program_key`, or by `run_launches()`, which launches them
-    one by one and returns whether every stage ran its launches one after another (False: some
-    ran side by side, which a program does not replay); recorded on the key's RECORD_AT_CALL-th
-    call."""
+def replay(cache: dict, program_key: tuple, x: torch.Tensor) -> torch.Tensor | None:
+    """The block's output on `x` from the program kept under `program_key` (which allocates the
+    block's buffers and issues its launches), or None where there is none (yet)."""
+    slot = cache.get(program_key)
+    if slot is None or slot.call is None:
+        return None
+    return slot.call(x)
+
+
+def run(cache: dict, program_key: tuple, buffers: tuple, run_launches, fresh_work: bool = True) -> None:
+    """The block's launches on `buffers` (input, work, output: NCHW-shaped, channels_last) by
+    `run_launches()`, which launches them one by one and returns whether every stage ran its
+    launches one after another (False: some ran side by side, which a program does not replay);
+    recorded on the key's RECORD_AT_CALL-th call into a program that later calls `replay`.
+    `fresh_work`: the work buffer is the call's own (else a stand-in the program keeps)."""
     slot = cache.get(program_key)
     if slot is None:
         slot = cache[program_key] = ProgramSlot()
-    if slot.program is not None:
-        slot.program.run(*buffers)
-        return
     slot.calls += 1
-    if slot.refused is not None or slot.calls < RECORD_AT_CALL:
+    if slot.program is not None or slot.refused is not None or slot.calls < RECORD_AT_CALL:
         run_launches()
         return
     with launch_record.recording() as recorded:
@@ -97,9 +106,12 @@ def run(cache: dict, program_key: tuple, buffers: tuple, run_launches) -> None:
         slot.refused = "a stage ran its launches side by side"
         return
     try:
-        slot.program = build(recorded, buffers)
+        program = build(recorded, buffers)
     except Unreplayable as why:
         slot.refused = str(why)
+        return
+    program.set_buffers(buffers[1], buffers[2], fresh_work)
+    slot.program, slot.call = program, program.call
 
 
 def build(recorded: launch_record.Recording, buffers: tuple):

@@ -135,13 +135,19 @@ def run_block(block, x: torch.Tensor) -> torch.Tensor:
     if not gemm_routing.computes(x.dtype, tf32):
         return triton_backend.run_block(block, x)
     stages = triton_backend._packed_block(block, x)
-    x, work, out = triton_backend.kernel_buffers(block, x)
+    x = triton_backend.to_kernel_layout(x, triton_backend._aligned(block.plan.in_channels))
     program_key = launch_program.key(x, tf32)
+    if program_key is not None:  # a program recorded where every stage ran one launch after another
+        out = launch_program.replay(block.backend_cache, program_key, x)
+        if out is not None:
+            return out
+    x, work, out = triton_backend.kernel_buffers(block, x)
     if program_key is None:
         _launch_stages(block, x, work, out, stages, tf32)
-    else:  # from a recorded program where every stage runs its launches one after another
+    else:
         launch_program.run(block.backend_cache, program_key, (x, work, out),
-                           functools.partial(_launch_stages, block, x, work, out, stages, tf32))
+                           functools.partial(_launch_stages, block, x, work, out, stages, tf32),
+                           fresh_work=block.plan.work_channels > 0)
     return out
 
 
