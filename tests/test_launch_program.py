@@ -170,3 +170,12 @@ def test_no_program_on_a_cpu_or_when_switched_off(monkeypatch):
         P.enabled()
     monkeypatch.setenv(P.ENV, "0")
     assert not P.enabled()
+
+
+def test_a_block_keeps_a_bounded_number_of_slots(monkeypatch):
+    monkeypatch.setattr(P, "MAX_SLOTS", 3)
+    cache, calls = {"other": 1, 7: 2}, []
+    for stream in range(5):
+        P.run(cache, (P.KEY, stream), buffers(), lambda: calls.append(1) or True)
+    slots = sorted(k for k in cache if isinstance(k, tuple))
+    assert len(calls) == 5 and slots == [(P.KEY, 0), (P.KEY, 1), (P.KEY, 2)]

@@ -34,6 +34,9 @@ from . import gemm_routing
 ENV = "INCEPTION_FAST_PROGRAMS"
 KEY = "launch-program"  # the first item of every program key in a block's backend cache
 RECORD_AT_CALL = 2  # the call with a key that is recorded: the first may tune, compile, allocate
+# Program slots a block keeps (one per input shape, stream, ...): a caller cycling through new
+# streams or shapes gets no more; their calls launch one by one.
+MAX_SLOTS = 64
 # How a Triton parameter's value is given, as csrc/launch_program.cpp reads it (ParamKind).
 PARAM_BUFFER, PARAM_ADDRESS, PARAM_INT32, PARAM_INT64, PARAM_FLOAT32 = range(5)
 _INT32_TYPES = ("i1", "i8", "i16", "i32", "u1", "u8", "u16", "u32")  # Triton passes these as 32 bits
@@ -95,6 +98,9 @@ def run(cache: dict, program_key: tuple, buffers: tuple, run_launches, fresh_wor
     `fresh_work`: the work buffer is the call's own (else a stand-in the program keeps)."""
     slot = cache.get(program_key)
     if slot is None:
+        if sum(1 for found in cache if isinstance(found, tuple) and found[0] == KEY) >= MAX_SLOTS:
+            run_launches()
+            return
         slot = cache[program_key] = ProgramSlot()
     slot.calls += 1
     if slot.program is not None or slot.refused is not None or slot.calls < RECORD_AT_CALL:
