@@ -213,6 +213,33 @@ def test_gemm_conv1x1_checks_its_arguments_without_a_gpu():
 
 
 @needs_nvcc
+def test_launch_program_checks_its_rows_without_a_gpu():
+    """torch.classes.inception_fast.LaunchProgram (csrc/launch_program.cpp) refuses rows it could
+    not issue, naming what is wrong, and buffers that are not CUDA tensors; it runs on a GPU in
+    tests/test_gpu_launch_program.py."""
+    extension.load()
+    program = torch.classes.inception_fast.LaunchProgram()
+    weight, bias = torch.empty(16, 8, dtype=torch.float16), torch.empty(16)
+    with pytest.raises(RuntimeError, match=r"writes the work \(1\) or output \(2\) buffer, not the input"):
+        program.add_gemm(1, 0, weight, bias, 0, True, 0, False)
+    with pytest.raises(RuntimeError, match="reads buffer 3"):
+        program.add_conv(3, 1, weight.view(16, 1, 1, 8), bias, 0, 0, 1, 0, 0, True, 0, False, 0)
+    with pytest.raises(RuntimeError, match="parameter 1 is of kind 7"):
+        program.add_triton(1, [1, 1, 1], 128, 0, True, [0, 7], [0, 0], [])
+    with pytest.raises(RuntimeError, match="passes buffer 5"):
+        program.add_triton(1, [1, 1, 1], 128, 0, True, [0], [5], [])
+    with pytest.raises(RuntimeError, match="2 kinds and 1 values"):
+        program.add_triton(1, [1, 1, 1], 128, 0, True, [2, 2], [1], [])
+    program.add_gemm(0, 2, weight, bias, 0, True, 0, False)
+    program.add_triton(1, [4, 1, 1], 128, 1024, True, [0, 2, 1], [2, 7, 1 << 40], [bias])
+    assert program.size() == 2
+    with pytest.raises(RuntimeError, match="set_buffers first"):
+        program.call(torch.empty(1, 8, 2, 2))
+    with pytest.raises(RuntimeError, match="buffer 0 must be a 4-d CUDA tensor"):
+        program.run(*(torch.empty(1, 8, 2, 2) for _ in range(3)))
+
+
+@needs_nvcc
 def test_conv_fprop_checks_its_arguments_without_a_gpu():
     """The k x k conv op's Meta kernel runs its argument checks (channel slices, sizes, alignment)."""
     extension.load()
