@@ -61,3 +61,30 @@ def assert_follows_the_tf32_switch(fused, x, ref):
         assert 4 * exact < coarse < 5e-3, (exact, coarse)
     finally:
         torch.backends.cudnn.allow_tf32 = saved
+
+
+def on_two_streams(work):
+    """`work(tid)` for tid 0 and 1 at once, in two threads, each on a CUDA stream of its own; their
+    results by tid, once both streams are done (the first error of either is raised here)."""
+    import threading
+
+    results, errors = {}, []
+
+    def worker(tid: int) -> None:
+        try:
+            stream = torch.cuda.Stream()
+            with torch.cuda.stream(stream):
+                found = work(tid)
+            stream.synchronize()
+            results[tid] = found
+        except Exception as err:  # noqa: BLE001 - reported by the calling thread
+            errors.append(err)
+
+    threads = [threading.Thread(target=worker, args=(tid,)) for tid in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(300)
+    assert not errors, errors
+    assert sorted(results) == [0, 1]
+    return results

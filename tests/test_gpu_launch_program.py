@@ -8,11 +8,10 @@ launches again when the buffers move; it refuses buffers of another shape; the d
 from __future__ import annotations
 
 import copy
-import threading
 
 import pytest
 import torch
-from gpu_blocks import two_x_rule
+from gpu_blocks import on_two_streams, two_x_rule
 
 from inception_fast import optimize
 from inception_fast.backends import backend_status, gemm_routing, launch_program
@@ -137,25 +136,11 @@ def test_two_threads_on_two_streams_replay_their_own_programs(calibrated_model):
     inputs = [torch.randn(n, 3, 299, 299, device="cuda", generator=gen).half() for n in (1, 3)]
     expected = [fused(x).clone() for x in inputs]
     torch.cuda.synchronize()
-    results, errors = {}, []
 
-    def worker(tid: int) -> None:
-        try:
-            stream = torch.cuda.Stream()
-            with torch.cuda.stream(stream):
-                outs = [(i, fused(inputs[i])) for _ in range(6) for i in (range(2) if tid else (1, 0))]
-            stream.synchronize()
-            results[tid] = outs
-        except Exception as err:  # noqa: BLE001 - reported by the main thread
-            errors.append(err)
+    def work(tid: int) -> list:
+        return [(i, fused(inputs[i])) for _ in range(6) for i in (range(2) if tid else (1, 0))]
 
-    threads = [threading.Thread(target=worker, args=(tid,)) for tid in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(300)
-    assert not errors, errors
-    assert sorted(results) == [0, 1]
+    results = on_two_streams(work)
     for outs in results.values():
         for i, out in outs:
             torch.testing.assert_close(out, expected[i], rtol=0, atol=0)

@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import copy
 import random
-import threading
 from dataclasses import dataclass
 
 import pytest
 import torch
-from gpu_blocks import BLOCKS, make_block, two_x_rule
+from gpu_blocks import BLOCKS, make_block, on_two_streams, two_x_rule
 
 from inception_fast import fuse_block, optimize
 from inception_fast.testing import relative_l2
@@ -155,28 +154,15 @@ def test_two_threads_on_two_streams_share_one_model(calibrated_model, backend, c
     inputs = [torch.randn(n, 3, 299, 299, device="cuda", generator=gen).half() for n in (1, 2, 1, 3)]
     expected = [model(x) for x in inputs]  # also tunes, packs and captures every shape first
     torch.cuda.synchronize()
-    results, errors = {}, []
 
-    def worker(tid: int) -> None:
-        try:
-            stream = torch.cuda.Stream()
-            outs = []
-            with torch.cuda.stream(stream):
-                for _ in range(8):
-                    order = range(len(inputs)) if tid == 0 else reversed(range(len(inputs)))
-                    outs += [(i, model(inputs[i])) for i in order]
-            stream.synchronize()
-            results[tid] = outs
-        except Exception as err:  # noqa: BLE001 - reported by the main thread
-            errors.append(err)
+    def work(tid: int) -> list:
+        outs = []
+        for _ in range(8):
+            order = range(len(inputs)) if tid == 0 else reversed(range(len(inputs)))
+            outs += [(i, model(inputs[i])) for i in order]
+        return outs
 
-    threads = [threading.Thread(target=worker, args=(tid,)) for tid in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(300)
-    assert not errors, errors
-    assert sorted(results) == [0, 1]
+    results = on_two_streams(work)
     for tid, outs in results.items():
         for i, out in outs:
             assert relative_l2(out, expected[i]) < SAME_KERNELS, (tid, i)
