@@ -96,6 +96,20 @@ def test_a_launch_triton_binds_itself_makes_the_recording_unreplayable():
         P.build(recorded, buffers())
 
 
+def test_a_triton_launch_without_the_relauncher_makes_the_recording_unreplayable(monkeypatch):
+    """INCEPTION_FAST_RELAUNCH=0: Triton binds the launch and nothing notes it; a program made
+    without it would leave that kernel out."""
+    from inception_fast.kernels.triton import compile_only
+
+    monkeypatch.setenv(compile_only.ENV_RELAUNCH, "0")
+    kernel = FakeKernel()
+    with launch_record.recording() as recorded:
+        compile_only.launcher(kernel)[(1,)](torch.zeros(4), 1, BLOCK=8)
+    assert not recorded.launches and recorded.unreplayable
+    with pytest.raises(P.Unreplayable, match="INCEPTION_FAST_RELAUNCH=0"):
+        P.build(recorded, buffers())
+
+
 def test_cutlass_launches_are_noted_in_order():
     noted = []
     launches = [types.SimpleNamespace(run=lambda buffers, side_by_side: noted.append(side_by_side))]

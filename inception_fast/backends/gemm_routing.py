@@ -369,8 +369,7 @@ def run_launches(launches: list, buffers: dict, table: LaunchTable | None = None
     `cuda_op_launches`: the same launches, without a Python call and an op dispatch each (the
     host bounds a call without a CUDA graph at small batches). Not while torch.compile traces:
     there each op is a node of the graph. Noted in an active `launch_record` recording."""
-    if launch_record.active() is not None:
-        launch_record.note_cutlass(launches)
+    launch_record.note_cutlass(launches)
     if table is not None and len(launches) > 1 and not torch.compiler.is_compiling() and op_groups():
         op = torch.ops.inception_fast.cuda_op_launches.default
         op(buffers[pk.BUF_INPUT], buffers[pk.BUF_WORK], buffers[pk.BUF_OUTPUT], table.weights, table.biases,

@@ -17,6 +17,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
+from .. import launch_record
 from .relaunch import Relauncher
 
 _active = contextvars.ContextVar("inception_fast_compiling_only", default=False)
@@ -51,6 +52,8 @@ def launcher(kernel):
     if setting != "1":
         if setting != "0":
             raise ValueError(f"{ENV_RELAUNCH}={setting!r}: use 1 (relaunch known variants, the default) or 0")
+        # Triton binds this launch itself: nothing notes it, so a recording cannot replay the call.
+        launch_record.note_unreplayable(f"{ENV_RELAUNCH}=0: a Triton launch bound by Triton")
         return kernel
     found = _relaunchers.get(kernel)
     if found is None:

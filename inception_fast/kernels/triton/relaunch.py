@@ -67,8 +67,7 @@ class Relauncher:
         grid3 = self._grid3(grid)
         args = (*args, *self._tail(found, kwargs))
         compiled[grid3](*args)
-        if launch_record.active() is not None:
-            launch_record.note_triton(compiled, grid3, args)
+        launch_record.note_triton(compiled, grid3, args)
 
     def _tail(self, found: tuple, kwargs: dict) -> list:
         """The arguments after the positionals, in the signature's order: given, or defaults."""
