@@ -85,38 +85,16 @@ struct TritonRow {
 
 class LaunchProgram : public torch::CustomClassHolder {
  public:
+  // A GEMM launch is the 1x1 conv case of a conv row: its column offset is out_c0.
   void add_gemm(int64_t src, int64_t dst, at::Tensor weight, at::Tensor bias, int64_t col_offset, bool relu,
                 int64_t tile_n, bool tf32) {
-    CutlassRow row;
-    row.src = checked_buffer(src, "reads");
-    row.dst = checked_buffer(dst, "writes");
-    row.weight = std::move(weight);
-    row.bias = std::move(bias);
-    row.out_c0 = col_offset;
-    row.relu = relu;
-    row.tile_n = tile_n;
-    row.tf32 = tf32;
-    add_cutlass(std::move(row));
+    add_cutlass(false, src, dst, std::move(weight), std::move(bias), 0, col_offset, 1, 0, 0, relu, tile_n, tf32, 0);
   }
 
   void add_conv(int64_t src, int64_t dst, at::Tensor weight, at::Tensor bias, int64_t in_c0, int64_t out_c0,
                 int64_t stride, int64_t pad_h, int64_t pad_w, bool relu, int64_t tile_n, bool tf32, int64_t tile_m) {
-    CutlassRow row;
-    row.conv = true;
-    row.src = checked_buffer(src, "reads");
-    row.dst = checked_buffer(dst, "writes");
-    row.weight = std::move(weight);
-    row.bias = std::move(bias);
-    row.in_c0 = in_c0;
-    row.out_c0 = out_c0;
-    row.stride = stride;
-    row.pad_h = pad_h;
-    row.pad_w = pad_w;
-    row.relu = relu;
-    row.tile_n = tile_n;
-    row.tf32 = tf32;
-    row.tile_m = tile_m;
-    add_cutlass(std::move(row));
+    add_cutlass(true, src, dst, std::move(weight), std::move(bias), in_c0, out_c0, stride, pad_h, pad_w, relu, tile_n,
+                tf32, tile_m);
   }
 
   // `function`: the CUfunction of a loaded Triton kernel; `grid`: three sizes; `kinds` and
@@ -197,8 +175,25 @@ class LaunchProgram : public torch::CustomClassHolder {
     return index;
   }
 
-  void add_cutlass(CutlassRow row) {
+  void add_cutlass(bool conv, int64_t src, int64_t dst, at::Tensor weight, at::Tensor bias, int64_t in_c0,
+                   int64_t out_c0, int64_t stride, int64_t pad_h, int64_t pad_w, bool relu, int64_t tile_n, bool tf32,
+                   int64_t tile_m) {
+    CutlassRow row;
+    row.conv = conv;
+    row.src = checked_buffer(src, "reads");
+    row.dst = checked_buffer(dst, "writes");
     OP_CHECK(row.dst != 0, "LaunchProgram: a CUTLASS launch writes the work (1) or output (2) buffer, not the input");
+    row.weight = std::move(weight);
+    row.bias = std::move(bias);
+    row.in_c0 = in_c0;
+    row.out_c0 = out_c0;
+    row.stride = stride;
+    row.pad_h = pad_h;
+    row.pad_w = pad_w;
+    row.relu = relu;
+    row.tile_n = tile_n;
+    row.tf32 = tf32;
+    row.tile_m = tile_m;
     order_.emplace_back(false, cutlass_.size());
     cutlass_.push_back(std::move(row));
   }
