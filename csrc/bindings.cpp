@@ -20,6 +20,7 @@
 #include "cutlass_ops.h"
 #include "conv_fprop.h"
 #include "gemm_conv1x1.h"
+#include "split_k_workspace.h"
 #include "programmatic_launch.h"
 #include "stage_args.h"
 
@@ -267,6 +268,19 @@ const char* by_tile(int tile, Launch&& launch) {
   return error;
 }
 
+// The split-K of a CUTLASS launch on x's device and the current stream: the ops' split_k (0 or
+// 1: none; 2 and up: that many ranges of the K loop) with the stream's workspace.
+SplitKArgs split_k_args(const at::Tensor& x, int64_t split_k) {
+  SplitKArgs split;
+  if (split_k < 2) return split;
+  const SplitKWorkspace workspace = split_k_workspace(x.device().index(), c10::cuda::getCurrentCUDAStream());
+  split.splits = static_cast<int>(split_k);
+  split.locks = workspace.locks;
+  split.partial_bytes = workspace.partial_bytes;
+  split.lock_bytes = workspace.lock_bytes;
+  return split;
+}
+
 // Issues a prepared launch on the current stream (programmatic dependent launch where it is on).
 void launch_prepared_or_raise(const char* op, const PreparedLaunch& prepared) {
   const char* error = launch_prepared(prepared, c10::cuda::getCurrentCUDAStream(), programmatic_launch_enabled());
@@ -276,8 +290,15 @@ void launch_prepared_or_raise(const char* op, const PreparedLaunch& prepared) {
 // Arguments of cuda_gemm_conv1x1 on any device (the Meta kernel runs these too, so a bad call
 // fails while tracing). Pointer alignment is checked where there are pointers (CUDA).
 void check_gemm_conv1x1(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
-                        const at::Tensor& out, int64_t col_offset, int64_t tile_n, bool tf32, int64_t sm_limit) {
+                        const at::Tensor& out, int64_t col_offset, int64_t tile_n, bool tf32, int64_t sm_limit,
+                        int64_t split_k) {
   check_cutlass_dtype("cuda_gemm_conv1x1", x, tf32);
+  OP_CHECK(split_k >= 0 && split_k <= kMaxSplits, "cuda_gemm_conv1x1: split_k must be 0 or 1 (no split) or 2 to ",
+           kMaxSplits, " ranges of the K loop, got ", split_k);
+  OP_CHECK(split_k < 2 || (x.scalar_type() != at::kFloat && (tile_n == 0 || tile_n == kSplitKTileN)),
+           "cuda_gemm_conv1x1: split-K is built for fp16 and bf16 in ", kSplitKTileM, " x ", kSplitKTileN,
+           " tiles; got ", x.scalar_type(), " with tile_n ", tile_n, ". Pass split_k=0 or 1, or tile_n 0 or ",
+           kSplitKTileN);
   OP_CHECK(sm_limit >= 0, "cuda_gemm_conv1x1: sm_limit must be 0 (every SM) or a positive SM count, got ", sm_limit);
   OP_CHECK(x.dim() >= 2 && x.is_contiguous(), "cuda_gemm_conv1x1: x must be a contiguous NHWC (or [M, K]) "
            "tensor, channels last, got shape ", x.sizes());
@@ -321,16 +342,17 @@ void check_gemm_conv1x1(const at::Tensor& x, const at::Tensor& weight, const at:
 
 void cuda_gemm_conv1x1_meta(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                             const at::Tensor& out, int64_t col_offset, bool /*relu*/, int64_t tile_n, bool tf32,
-                            int64_t sm_limit) {
-  check_gemm_conv1x1(x, weight, bias, out, col_offset, tile_n, tf32, sm_limit);
+                            int64_t sm_limit, int64_t split_k) {
+  check_gemm_conv1x1(x, weight, bias, out, col_offset, tile_n, tf32, sm_limit, split_k);
 }
 
 }  // namespace
 
 bool prepare_gemm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& out,
                   int64_t col_offset, [[maybe_unused]] bool relu, int64_t tile_n, bool tf32,
-                  [[maybe_unused]] int64_t sm_limit, [[maybe_unused]] PreparedLaunch& prepared) {
-  check_gemm_conv1x1(x, weight, bias, out, col_offset, tile_n, tf32, sm_limit);
+                  [[maybe_unused]] int64_t sm_limit, [[maybe_unused]] int64_t split_k,
+                  [[maybe_unused]] PreparedLaunch& prepared) {
+  check_gemm_conv1x1(x, weight, bias, out, col_offset, tile_n, tf32, sm_limit, split_k);
 #if defined(INCEPTION_FAST_WITH_CUTLASS)
   const int64_t k = x.size(-1), n = weight.size(0), m = x.numel() / k;
   if (m == 0) return false;
@@ -350,11 +372,18 @@ bool prepare_gemm(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
            "cuda_gemm_conv1x1: cannot query the SM count of ", x.device());
   args.sm_count = usable_sms(sm_count, sm_limit, 1);
   args.tile_n = tile_n != 0 ? static_cast<int>(tile_n) : gemm_conv1x1_tile_n(m, n, args.sm_count);
-  const char* error = by_tile<64, 128, 256>(args.tile_n, [&](auto tile) {
-    return by_dtype<GemmDtype>(x.scalar_type(), [&](auto dtype) {
-      return prepare_gemm_conv1x1<decltype(dtype)::value, decltype(tile)::value>(args, prepared);
+  args.split = split_k_args(x, split_k);
+  const char* error = nullptr;
+  if (args.split.splits > 1) {
+    error = x.scalar_type() == at::kHalf ? prepare_gemm_conv1x1_split_k<GemmDtype::kHalf>(args, prepared)
+                                         : prepare_gemm_conv1x1_split_k<GemmDtype::kBFloat16>(args, prepared);
+  } else {
+    error = by_tile<64, 128, 256>(args.tile_n, [&](auto tile) {
+      return by_dtype<GemmDtype>(x.scalar_type(), [&](auto dtype) {
+        return prepare_gemm_conv1x1<decltype(dtype)::value, decltype(tile)::value>(args, prepared);
+      });
     });
-  });
+  }
   OP_CHECK(error == nullptr, "cuda_gemm_conv1x1: ", error);
   return true;
 #else
@@ -368,9 +397,9 @@ namespace {
 
 void cuda_gemm_conv1x1(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                        const at::Tensor& out, int64_t col_offset, bool relu, int64_t tile_n, bool tf32,
-                       int64_t sm_limit) {
+                       int64_t sm_limit, int64_t split_k) {
   PreparedLaunch prepared;
-  if (prepare_gemm(x, weight, bias, out, col_offset, relu, tile_n, tf32, sm_limit, prepared)) {
+  if (prepare_gemm(x, weight, bias, out, col_offset, relu, tile_n, tf32, sm_limit, split_k, prepared)) {
     launch_prepared_or_raise("cuda_gemm_conv1x1", prepared);
   }
 }
@@ -380,7 +409,7 @@ void cuda_gemm_conv1x1(const at::Tensor& x, const at::Tensor& weight, const at::
 // x's channels [in_c0, in_c0 + C) and writes out's [out_c0, out_c0 + K).
 void check_conv_fprop(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& out,
                       int64_t in_c0, int64_t out_c0, int64_t stride, int64_t pad_h, int64_t pad_w, int64_t tile_n,
-                      bool tf32, int64_t sm_limit, int64_t tile_m) {
+                      bool tf32, int64_t sm_limit, int64_t tile_m, int64_t split_k) {
   OP_CHECK(sm_limit >= 0, "cuda_conv_fprop: sm_limit must be 0 (every SM) or a positive SM count, got ", sm_limit);
   OP_CHECK(tile_n == 0 || tile_n == 64 || tile_n == 96 || tile_n == 128, "cuda_conv_fprop: tile_n must be 0 "
            "(chosen per problem), 64, 96 or 128, got ", tile_n);
@@ -390,6 +419,13 @@ void check_conv_fprop(const at::Tensor& x, const at::Tensor& weight, const at::T
            "cuda_conv_fprop: 256-row tiles are built 96 or 128 wide for fp16 and bf16; got tile_n ", tile_n,
            " (", x.scalar_type(), "). Pass tile_m=0 or 128, or tile_n=96 or 128");
   check_cutlass_dtype("cuda_conv_fprop", x, tf32);
+  OP_CHECK(split_k >= 0 && split_k <= kMaxSplits, "cuda_conv_fprop: split_k must be 0 or 1 (no split) or 2 to ",
+           kMaxSplits, " ranges of the K loop, got ", split_k);
+  OP_CHECK(split_k < 2 || (x.scalar_type() != at::kFloat && (tile_m == 0 || tile_m == kSplitKTileM) &&
+                           (tile_n == 0 || tile_n == kSplitKTileN)),
+           "cuda_conv_fprop: split-K is built for fp16 and bf16 in ", kSplitKTileM, " x ", kSplitKTileN,
+           " tiles; got ", x.scalar_type(), " with tile_m ", tile_m, ", tile_n ", tile_n,
+           ". Pass split_k=0 or 1, or tile_m and tile_n of 0 or those");
   OP_CHECK(x.dim() == 4 && x.is_contiguous(), "cuda_conv_fprop: x must be a contiguous NHWC tensor, got shape ",
            x.sizes());
   OP_CHECK(weight.device() == x.device() && weight.scalar_type() == x.scalar_type() && weight.dim() == 4 &&
@@ -433,8 +469,10 @@ void check_conv_fprop(const at::Tensor& x, const at::Tensor& weight, const at::T
 
 void cuda_conv_fprop_meta(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& out,
                           int64_t in_c0, int64_t out_c0, int64_t stride, int64_t pad_h, int64_t pad_w,
-                          bool /*relu*/, int64_t tile_n, bool tf32, int64_t sm_limit, int64_t tile_m) {
-  check_conv_fprop(x, weight, bias, out, in_c0, out_c0, stride, pad_h, pad_w, tile_n, tf32, sm_limit, tile_m);
+                          bool /*relu*/, int64_t tile_n, bool tf32, int64_t sm_limit, int64_t tile_m,
+                          int64_t split_k) {
+  check_conv_fprop(x, weight, bias, out, in_c0, out_c0, stride, pad_h, pad_w, tile_n, tf32, sm_limit, tile_m,
+                   split_k);
 }
 
 }  // namespace
@@ -443,8 +481,9 @@ bool prepare_conv(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
                   int64_t in_c0, int64_t out_c0, int64_t stride, int64_t pad_h, int64_t pad_w,
                   [[maybe_unused]] bool relu, [[maybe_unused]] int64_t tile_n, bool tf32,
                   [[maybe_unused]] int64_t sm_limit, [[maybe_unused]] int64_t tile_m,
-                  [[maybe_unused]] PreparedLaunch& prepared) {
-  check_conv_fprop(x, weight, bias, out, in_c0, out_c0, stride, pad_h, pad_w, tile_n, tf32, sm_limit, tile_m);
+                  [[maybe_unused]] int64_t split_k, [[maybe_unused]] PreparedLaunch& prepared) {
+  check_conv_fprop(x, weight, bias, out, in_c0, out_c0, stride, pad_h, pad_w, tile_n, tf32, sm_limit, tile_m,
+                   split_k);
 #if defined(INCEPTION_FAST_WITH_CUTLASS_CONV)
   if (out.numel() == 0) return false;
   ConvFpropArgs args{};
@@ -482,8 +521,12 @@ bool prepare_conv(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
                 : args.tile_m == chosen.m ? chosen.n
                                           : conv_fprop_tile_n(int64_t(args.n) * args.p * args.q, args.k,
                                                               args.sm_count, args.tile_m);
+  args.split = split_k_args(x, split_k);
   const char* error = "no kernel is built for this tile shape";
-  if (args.tile_m == 256) {
+  if (args.split.splits > 1) {
+    error = x.scalar_type() == at::kHalf ? prepare_conv_fprop_split_k<ConvDtype::kHalf>(args, prepared)
+                                         : prepare_conv_fprop_split_k<ConvDtype::kBFloat16>(args, prepared);
+  } else if (args.tile_m == 256) {
     error = by_tile<96, 128>(args.tile_n, [&](auto tile) {
       return by_dtype<ConvDtype>(x.scalar_type(), [&](auto dtype) -> const char* {
         if constexpr (decltype(dtype)::value == ConvDtype::kTf32) {
@@ -514,10 +557,10 @@ namespace {
 
 void cuda_conv_fprop(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& out,
                      int64_t in_c0, int64_t out_c0, int64_t stride, int64_t pad_h, int64_t pad_w, bool relu,
-                     int64_t tile_n, bool tf32, int64_t sm_limit, int64_t tile_m) {
+                     int64_t tile_n, bool tf32, int64_t sm_limit, int64_t tile_m, int64_t split_k) {
   PreparedLaunch prepared;
   if (prepare_conv(x, weight, bias, out, in_c0, out_c0, stride, pad_h, pad_w, relu, tile_n, tf32, sm_limit, tile_m,
-                   prepared)) {
+                   split_k, prepared)) {
     launch_prepared_or_raise("cuda_conv_fprop", prepared);
   }
 }
@@ -529,7 +572,7 @@ void cuda_conv_fprop(const at::Tensor& x, const at::Tensor& weight, const at::Te
 // as the packed stage's do (packed_layout.BUF_*).
 enum LaunchField : int {
   kLaunchKind, kLaunchSrc, kLaunchDst, kLaunchInC0, kLaunchOutC0, kLaunchStride, kLaunchPadH, kLaunchPadW,
-  kLaunchRelu, kLaunchTileN, kLaunchTileM, kLaunchTf32, kLaunchFields
+  kLaunchRelu, kLaunchTileN, kLaunchTileM, kLaunchTf32, kLaunchSplitK, kLaunchFields
 };
 constexpr int64_t kLaunchGemm = 0, kLaunchConv = 1;
 
@@ -549,13 +592,13 @@ void cuda_op_launches(const at::Tensor& input, const at::Tensor& work, const at:
     const at::Tensor& dst = *buffers[p[kLaunchDst]];
     if (p[kLaunchKind] == kLaunchGemm) {
       cuda_gemm_conv1x1(src, weights[i], biases[i], dst, p[kLaunchOutC0], p[kLaunchRelu] != 0, p[kLaunchTileN],
-                        p[kLaunchTf32] != 0, int64_t{0});
+                        p[kLaunchTf32] != 0, int64_t{0}, p[kLaunchSplitK]);
     } else {
       OP_CHECK(p[kLaunchKind] == kLaunchConv, "cuda_op_launches: launch ", i, " is of kind ", p[kLaunchKind],
                "; 0 is the GEMM op, 1 the k x k conv op");
       cuda_conv_fprop(src, weights[i], biases[i], dst, p[kLaunchInC0], p[kLaunchOutC0], p[kLaunchStride],
                       p[kLaunchPadH], p[kLaunchPadW], p[kLaunchRelu] != 0, p[kLaunchTileN], p[kLaunchTf32] != 0,
-                      int64_t{0}, p[kLaunchTileM]);
+                      int64_t{0}, p[kLaunchTileM], p[kLaunchSplitK]);
     }
   }
 }
@@ -568,10 +611,11 @@ TORCH_LIBRARY(inception_fast, m) {
       "Tensor bias, Tensor col_dst, Tensor col_flags) -> ()");
   m.def(
       "cuda_gemm_conv1x1(Tensor x, Tensor weight, Tensor bias, Tensor(a!) out, int col_offset, bool relu, "
-      "int tile_n=0, bool tf32=False, int sm_limit=0) -> ()");
+      "int tile_n=0, bool tf32=False, int sm_limit=0, int split_k=0) -> ()");
   m.def(
       "cuda_conv_fprop(Tensor x, Tensor weight, Tensor bias, Tensor(a!) out, int in_c0, int out_c0, int stride, "
-      "int pad_h, int pad_w, bool relu, int tile_n=0, bool tf32=False, int sm_limit=0, int tile_m=0) -> ()");
+      "int pad_h, int pad_w, bool relu, int tile_n=0, bool tf32=False, int sm_limit=0, int tile_m=0, "
+      "int split_k=0) -> ()");
   m.def(
       "cuda_op_launches(Tensor input, Tensor(a!) work, Tensor(b!) output, Tensor[] weights, Tensor[] biases, "
       "int[] params) -> ()");

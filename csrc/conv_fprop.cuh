@@ -37,9 +37,12 @@ namespace conv_fprop {
 struct PersistentPingpong : cutlass::gemm::KernelTmaWarpSpecializedPingpong {};
 struct PersistentCooperative : cutlass::gemm::KernelTmaWarpSpecializedCooperative {};
 
-template <typename T, int TileM, int TileN>
+// SplitK: the K loop cut into ranges (split_k_scheduler.cuh), on cooperative 128 x 64 tiles (the
+// stream-K schedulers run under the cooperative kernel only).
+template <typename T, int TileM, int TileN, bool SplitK = false>
 struct ConvKernel {
   static_assert(TileM == 128 || TileM == 256, "128-row tiles run ping-pong, 256-row tiles cooperative");
+  static_assert(!SplitK || (TileM == kSplitKTileM && TileN == kSplitKTileN), "split-K runs 128 x 64 tiles");
   using Element = typename gemm_conv1x1::CutlassElement<T>::type;
   // GEMM view: M = N*P*Q output pixels, N = K output channels, K = R*S*C; the activation
   // [N, H, W, C] and the weight [K, R, S, C] are both channel-innermost (NHWC / KRSC).
@@ -48,7 +51,7 @@ struct ConvKernel {
   // 256-row tiles: both consumer warpgroups on one tile, 128 rows each (cuDNN's choice for
   // Inception-v4's deep 3x3 convs, 256 x 96 and 256 x 128): per k-block a CTA loads 3/4 of the
   // bytes per multiply-add that a 128-row tile loads, and both warpgroups issue WGMMA at once.
-  static constexpr bool kCooperative = TileM == 256;
+  static constexpr bool kCooperative = TileM == 256 || SplitK;
   // CTAs per cluster along M (output pixels): the 96- and 128-wide tiles run in pairs that share
   // each weight tile by TMA multicast, as the GEMM op's do. On an H100, Inception-v4's k x k convs
   // on those tiles at batch 256 took 0.88-1.01x the time of single CTAs (InceptionA's 96-to-96
@@ -89,12 +92,13 @@ struct ConvKernel {
   // (M, N, (C, S, R), L): the linearized conv problem with a runtime L (the epilogue's tensor
   // maps are typed by it).
   using GemmShape = cute::Shape<int, int, cute::Shape<int, int, int>, int>;
-  using Kernel = cutlass::gemm::kernel::GemmUniversal<GemmShape, Mainloop, Epilogue>;
+  using Kernel = cutlass::gemm::kernel::GemmUniversal<GemmShape, Mainloop, Epilogue,
+                                                      std::conditional_t<SplitK, SplitKSchedulerTag, void>>;
 };
 
-template <typename T, int TileM, int TileN>
+template <typename T, int TileM, int TileN, bool SplitK = false>
 const char* prepare(const ConvFpropArgs& a, PreparedLaunch& out) {
-  using Types = ConvKernel<T, TileM, TileN>;
+  using Types = ConvKernel<T, TileM, TileN, SplitK>;
   using Kernel = typename Types::Kernel;
   using Element = typename Types::Element;
   int device = 0;
@@ -132,12 +136,17 @@ const char* prepare(const ConvFpropArgs& a, PreparedLaunch& out) {
   gemm_conv1x1::set_bias_act_and_device(arguments, a.bias, a.relu, device,
                                         usable_sms(info.sm_count, a.sm_count, Types::kClusterM));
 
+  if constexpr (SplitK) set_split_k<Kernel>(arguments, a.split);
   if (!Kernel::can_implement(arguments)) {
     return "CUTLASS cannot run this convolution (sizes, padding or alignment)";
   }
-  // The persistent data-parallel scheduler and this epilogue keep no state in global memory.
-  if (Kernel::get_workspace_size(arguments) != 0) return "the kernel unexpectedly needs a workspace";
-  const typename Kernel::Params params = Kernel::to_underlying_arguments(arguments, nullptr);
+  const typename Kernel::Params params = Kernel::to_underlying_arguments(arguments, SplitK ? a.split.locks : nullptr);
+  if constexpr (SplitK) {
+    if (const char* error = check_split_k<Kernel>(arguments, params, a.split)) return error;
+  } else if (Kernel::get_workspace_size(arguments) != 0) {
+    // The persistent data-parallel scheduler and this epilogue keep no state in global memory.
+    return "the kernel unexpectedly needs a workspace";
+  }
 
   if (const char* error = gemm_conv1x1::reserve_shared_memory<Kernel>(device)) return error;
   const dim3 grid = Kernel::get_grid_shape(params);  // persistent: about one CTA per SM, whole clusters
@@ -154,7 +163,7 @@ const char* prepare(const ConvFpropArgs& a, PreparedLaunch& out) {
 namespace inception_fast {
 namespace conv_fprop {
 
-template <typename T, int TileM, int TileN>
+template <typename T, int TileM, int TileN, bool SplitK = false>
 const char* prepare(const ConvFpropArgs&, PreparedLaunch&) {
   return "built without the CUTLASS headers (include/ and tools/util/include/)";
 }
@@ -171,4 +180,12 @@ const char* prepare(const ConvFpropArgs&, PreparedLaunch&) {
   const char* prepare_conv_fprop<ConvDtype::DTYPE, TILE_M, TILE_N>(const ConvFpropArgs& args,        \
                                                                     PreparedLaunch& out) {           \
     return conv_fprop::prepare<T, TILE_M, TILE_N>(args, out);                                        \
+  }
+
+// Defines the split-K entry point of one dtype (conv_fprop.h); inside namespace inception_fast.
+#define INCEPTION_FAST_DEFINE_CONV_FPROP_SPLIT_K(DTYPE, T)                                             \
+  template <>                                                                                         \
+  const char* prepare_conv_fprop_split_k<ConvDtype::DTYPE>(const ConvFpropArgs& args,                \
+                                                           PreparedLaunch& out) {                    \
+    return conv_fprop::prepare<T, kSplitKTileM, kSplitKTileN, true>(args, out);                      \
   }

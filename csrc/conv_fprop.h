@@ -30,6 +30,7 @@ struct ConvFpropArgs {
   int tile_m;    // output pixels per CTA tile: 128 (ping-pong) or 256 (cooperative; fp16 / bf16)
   int tile_n;    // output channels per CTA tile: 64, 96 or 128 (96 or 128 for 256-row tiles)
   int sm_count;  // SMs the persistent CTAs may occupy: all, or a share (usable_sms)
+  SplitKArgs split;  // prepare_conv_fprop_split_k's
 };
 
 // The tile width for a conv of m = N*P*Q output pixels and k output channels on `sm_count` SMs,
@@ -96,5 +97,13 @@ const char* prepare_conv_fprop(const ConvFpropArgs& args, PreparedLaunch& out);
 INCEPTION_FAST_CONV_TILES_16BIT(INCEPTION_FAST_DECLARE_CONV_FPROP, kHalf)
 INCEPTION_FAST_CONV_TILES_16BIT(INCEPTION_FAST_DECLARE_CONV_FPROP, kBFloat16)
 INCEPTION_FAST_CONV_TILES_128_ROWS(INCEPTION_FAST_DECLARE_CONV_FPROP, kTf32)
+
+// Split-K in kSplitKTileM x kSplitKTileN tiles, args.split.splits > 1 ranges (fp16 and bf16).
+template <ConvDtype Dtype>
+const char* prepare_conv_fprop_split_k(const ConvFpropArgs& args, PreparedLaunch& out);
+template <>
+const char* prepare_conv_fprop_split_k<ConvDtype::kHalf>(const ConvFpropArgs& args, PreparedLaunch& out);
+template <>
+const char* prepare_conv_fprop_split_k<ConvDtype::kBFloat16>(const ConvFpropArgs& args, PreparedLaunch& out);
 
 }  // namespace inception_fast

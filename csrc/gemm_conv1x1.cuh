@@ -38,6 +38,8 @@
 #include <cutlass/gemm/kernel/gemm_universal.hpp>
 #pragma nv_diag_default 2908
 
+#include "split_k_scheduler.cuh"
+
 namespace inception_fast {
 namespace gemm_conv1x1 {
 
@@ -132,8 +134,11 @@ using BiasActEpilogue = typename cutlass::epilogue::collective::CollectiveBuilde
 // multicast: per k-block the weight tile is as large as (128) or twice (256) the activation
 // tile, and without sharing, L2 bandwidth can bound the deep GEMMs (K = 1024, 1536) before
 // WGMMA does. The 64-wide tile is for narrow, memory-bound GEMMs: no cluster.
-template <typename T, int TileN>
+// SplitK: the K loop cut into ranges (split_k_scheduler.cuh), on cooperative 128 x 64 tiles (the
+// stream-K schedulers run under the cooperative kernel only).
+template <typename T, int TileN, bool SplitK = false>
 struct GemmKernel {
+  static_assert(!SplitK || TileN == kSplitKTileN, "split-K runs 128 x 64 tiles");
   using Element = typename CutlassElement<T>::type;
   // The activation is A = [M, K] with K contiguous: row-major. The weight [N, K] is B = [K, N]
   // with K contiguous: column-major in CUTLASS's K x N view (the "TN" GEMM that WGMMA reads
@@ -148,7 +153,7 @@ struct GemmKernel {
   // 128 x 256: both consumer warpgroups share the tile (64 x 256 accumulators each fit in
   // registers). Narrower tiles: ping-pong, one warpgroup per tile, so one tile's epilogue
   // overlaps the other's mainloop; that matters here, where K is short (6 to 24 k-blocks).
-  static constexpr bool kCooperative = TileN == 256;
+  static constexpr bool kCooperative = TileN == 256 || SplitK;
   using MainloopSchedule = std::conditional_t<kCooperative, cutlass::gemm::KernelTmaWarpSpecializedCooperative,
                                               cutlass::gemm::KernelTmaWarpSpecializedPingpong>;
   using EpilogueSchedule = std::conditional_t<kCooperative, cutlass::epilogue::TmaWarpSpecializedCooperative,
@@ -159,7 +164,8 @@ struct GemmKernel {
       kAlignment<Element>, float, TileShape, ClusterShape,
       cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
       MainloopSchedule>::CollectiveOp;
-  using Kernel = cutlass::gemm::kernel::GemmUniversal<cute::Shape<int, int, int, int>, Mainloop, Epilogue>;
+  using Kernel = cutlass::gemm::kernel::GemmUniversal<cute::Shape<int, int, int, int>, Mainloop, Epilogue,
+                                                      std::conditional_t<SplitK, SplitKSchedulerTag, void>>;
 };
 
 // The entry of a CUTLASS 3.x kernel (this GEMM, conv_fprop.cuh's conv); its body exists only in
@@ -246,10 +252,10 @@ const char* reserve_shared_memory(int device) {
   return nullptr;
 }
 
-template <typename T, int TileN>
+template <typename T, int TileN, bool SplitK = false>
 const char* prepare(const GemmConv1x1Args& args, PreparedLaunch& out) {
-  using Kernel = typename GemmKernel<T, TileN>::Kernel;
-  using Element = typename GemmKernel<T, TileN>::Element;
+  using Kernel = typename GemmKernel<T, TileN, SplitK>::Kernel;
+  using Element = typename GemmKernel<T, TileN, SplitK>::Element;
   int device = 0;
   if (cudaGetDevice(&device) != cudaSuccess) return "no current CUDA device";
   DeviceInfo info;
@@ -275,20 +281,25 @@ const char* prepare(const GemmConv1x1Args& args, PreparedLaunch& out) {
   arguments.epilogue.ptr_D = static_cast<Element*>(args.d);
   arguments.epilogue.dD = stride_d;
   set_bias_act_and_device(arguments, args.bias, args.relu, device,
-                          usable_sms(info.sm_count, args.sm_count, GemmKernel<T, TileN>::kClusterM));
+                          usable_sms(info.sm_count, args.sm_count, GemmKernel<T, TileN, SplitK>::kClusterM));
 
+  if constexpr (SplitK) set_split_k<Kernel>(arguments, args.split);
   if (!Kernel::can_implement(arguments)) {
     return "CUTLASS cannot run this problem (sizes or alignment)";
   }
-  // The persistent data-parallel scheduler and this epilogue keep no state in global memory.
-  if (Kernel::get_workspace_size(arguments) != 0) return "the kernel unexpectedly needs a workspace";
-  const typename Kernel::Params params = Kernel::to_underlying_arguments(arguments, nullptr);
+  const typename Kernel::Params params = Kernel::to_underlying_arguments(arguments, SplitK ? args.split.locks : nullptr);
+  if constexpr (SplitK) {
+    if (const char* error = check_split_k<Kernel>(arguments, params, args.split)) return error;
+  } else if (Kernel::get_workspace_size(arguments) != 0) {
+    // The persistent data-parallel scheduler and this epilogue keep no state in global memory.
+    return "the kernel unexpectedly needs a workspace";
+  }
 
   constexpr int kSmemBytes = Kernel::SharedStorageSize;
   if (const char* error = reserve_shared_memory<Kernel>(device)) return error;
   const dim3 grid = Kernel::get_grid_shape(params);  // persistent: about one CTA per SM, whole clusters
   const dim3 block = Kernel::get_block_shape();
-  prepare_entry<Kernel>(grid, GemmKernel<T, TileN>::kClusterM, block, kSmemBytes, params, out);
+  prepare_entry<Kernel>(grid, GemmKernel<T, TileN, SplitK>::kClusterM, block, kSmemBytes, params, out);
   return nullptr;
 }
 
@@ -304,4 +315,12 @@ const char* prepare(const GemmConv1x1Args& args, PreparedLaunch& out) {
   const char* prepare_gemm_conv1x1<GemmDtype::DTYPE, TILE_N>(const GemmConv1x1Args& args,            \
                                                               PreparedLaunch& out) {                 \
     return gemm_conv1x1::prepare<T, TILE_N>(args, out);                                              \
+  }
+
+// Defines the split-K entry point of one dtype (gemm_conv1x1.h); inside namespace inception_fast.
+#define INCEPTION_FAST_DEFINE_GEMM_CONV1X1_SPLIT_K(DTYPE, T)                                           \
+  template <>                                                                                         \
+  const char* prepare_gemm_conv1x1_split_k<GemmDtype::DTYPE>(const GemmConv1x1Args& args,            \
+                                                             PreparedLaunch& out) {                  \
+    return gemm_conv1x1::prepare<T, kSplitKTileN, true>(args, out);                                  \
   }

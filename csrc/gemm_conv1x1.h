@@ -15,6 +15,20 @@ namespace inception_fast {
 // D[m, n] = act(sum_k A[m, k] * B[n, k] + bias[n]) with A = the activation [M, K] (K contiguous),
 // B = the weight [N, K] (K contiguous) and D = rows of the output, ldd elements apart, starting
 // at its channel slice (so the branch lands straight in the concatenation).
+// Split-K (split_k_scheduler.cuh): the K loop of each output tile cut into `splits` ranges run by
+// as many CTAs, on cooperative kSplitKTileM x kSplitKTileN tiles. The workspace's lock array
+// starts at `locks` (zero between kernels), `partial_bytes` below it hold the fp32 partials and
+// `lock_bytes` from it the locks (split_k_workspace.h).
+struct SplitKArgs {
+  int splits = 1;
+  void* locks = nullptr;
+  int64_t partial_bytes = 0, lock_bytes = 0;
+};
+// How many to cut is the caller's choice (gemm_routing.split_k_count): it must not depend on
+// how many SMs a launch gets, so that a share of the GPU computes the same bits.
+constexpr int kSplitKTileM = 128, kSplitKTileN = 64;
+constexpr int kMaxSplits = 8;
+
 struct GemmConv1x1Args {
   const void* a;
   const void* b;
@@ -24,6 +38,7 @@ struct GemmConv1x1Args {
   bool relu;
   int tile_n;    // CTA tile width: 64, 128 or 256 (gemm_conv1x1_tile_n picks one)
   int sm_count;  // SMs the persistent CTAs may occupy: all, or a share (usable_sms)
+  SplitKArgs split;  // prepare_gemm_conv1x1_split_k's
 };
 
 // The SMs a persistent launch may occupy: the device's `sm_count`, or `limit` of them where
@@ -88,5 +103,13 @@ INCEPTION_FAST_DECLARE_GEMM_CONV1X1(kTf32, 64)
 INCEPTION_FAST_DECLARE_GEMM_CONV1X1(kTf32, 128)
 INCEPTION_FAST_DECLARE_GEMM_CONV1X1(kTf32, 256)
 #undef INCEPTION_FAST_DECLARE_GEMM_CONV1X1
+
+// Split-K in kSplitKTileM x kSplitKTileN tiles, args.split.splits > 1 ranges (fp16 and bf16).
+template <GemmDtype Dtype>
+const char* prepare_gemm_conv1x1_split_k(const GemmConv1x1Args& args, PreparedLaunch& out);
+template <>
+const char* prepare_gemm_conv1x1_split_k<GemmDtype::kHalf>(const GemmConv1x1Args& args, PreparedLaunch& out);
+template <>
+const char* prepare_gemm_conv1x1_split_k<GemmDtype::kBFloat16>(const GemmConv1x1Args& args, PreparedLaunch& out);
 
 }  // namespace inception_fast

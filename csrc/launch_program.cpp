@@ -63,11 +63,13 @@ struct CutlassRow {
   bool conv = false;  // the k x k conv op, else the GEMM op
   int64_t src = 0, dst = 0;
   at::Tensor weight, bias;
-  int64_t in_c0 = 0, out_c0 = 0, stride = 1, pad_h = 0, pad_w = 0, tile_n = 0, tile_m = 0;
+  int64_t in_c0 = 0, out_c0 = 0, stride = 1, pad_h = 0, pad_w = 0, tile_n = 0, tile_m = 0, split_k = 0;
   bool relu = false, tf32 = false;
-  // The launch prepared for the buffers at these addresses (nullptr: not yet prepared).
+  // The launch prepared for the buffers at these addresses (nullptr: not yet prepared), on this
+  // stream (a split-K conv uses its stream's workspace).
   const void* src_at = nullptr;
   const void* dst_at = nullptr;
+  cudaStream_t stream_at = nullptr;
   bool empty = false;  // nothing to launch (no pixels)
   PreparedLaunch prepared;
 };
@@ -87,14 +89,16 @@ class LaunchProgram : public torch::CustomClassHolder {
  public:
   // A GEMM launch is the 1x1 conv case of a conv row: its column offset is out_c0.
   void add_gemm(int64_t src, int64_t dst, at::Tensor weight, at::Tensor bias, int64_t col_offset, bool relu,
-                int64_t tile_n, bool tf32) {
-    add_cutlass(false, src, dst, std::move(weight), std::move(bias), 0, col_offset, 1, 0, 0, relu, tile_n, tf32, 0);
+                int64_t tile_n, bool tf32, int64_t split_k) {
+    add_cutlass(false, src, dst, std::move(weight), std::move(bias), 0, col_offset, 1, 0, 0, relu, tile_n, tf32, 0,
+                split_k);
   }
 
   void add_conv(int64_t src, int64_t dst, at::Tensor weight, at::Tensor bias, int64_t in_c0, int64_t out_c0,
-                int64_t stride, int64_t pad_h, int64_t pad_w, bool relu, int64_t tile_n, bool tf32, int64_t tile_m) {
+                int64_t stride, int64_t pad_h, int64_t pad_w, bool relu, int64_t tile_n, bool tf32, int64_t tile_m,
+                int64_t split_k) {
     add_cutlass(true, src, dst, std::move(weight), std::move(bias), in_c0, out_c0, stride, pad_h, pad_w, relu, tile_n,
-                tf32, tile_m);
+                tf32, tile_m, split_k);
   }
 
   // `function`: the CUfunction of a loaded Triton kernel; `grid`: three sizes; `kinds` and
@@ -177,7 +181,7 @@ class LaunchProgram : public torch::CustomClassHolder {
 
   void add_cutlass(bool conv, int64_t src, int64_t dst, at::Tensor weight, at::Tensor bias, int64_t in_c0,
                    int64_t out_c0, int64_t stride, int64_t pad_h, int64_t pad_w, bool relu, int64_t tile_n, bool tf32,
-                   int64_t tile_m) {
+                   int64_t tile_m, int64_t split_k) {
     CutlassRow row;
     row.conv = conv;
     row.src = checked_buffer(src, "reads");
@@ -194,6 +198,7 @@ class LaunchProgram : public torch::CustomClassHolder {
     row.tile_n = tile_n;
     row.tf32 = tf32;
     row.tile_m = tile_m;
+    row.split_k = split_k;
     order_.emplace_back(false, cutlass_.size());
     cutlass_.push_back(std::move(row));
   }
@@ -218,18 +223,19 @@ class LaunchProgram : public torch::CustomClassHolder {
 
   static void launch_cutlass(CutlassRow& row, const at::Tensor* const buffers[3], const void* const addresses[3],
                              cudaStream_t stream, bool pdl) {
-    if (row.src_at != addresses[row.src] || row.dst_at != addresses[row.dst]) {
+    if (row.src_at != addresses[row.src] || row.dst_at != addresses[row.dst] || row.stream_at != stream) {
       // NHWC views of the channels_last buffers, as the ops take them.
       const at::Tensor src = buffers[row.src]->permute({0, 2, 3, 1});
       const at::Tensor dst = buffers[row.dst]->permute({0, 2, 3, 1});
       const bool launches =
           row.conv ? prepare_conv(src, row.weight, row.bias, dst, row.in_c0, row.out_c0, row.stride, row.pad_h,
-                                  row.pad_w, row.relu, row.tile_n, row.tf32, 0, row.tile_m, row.prepared)
+                                  row.pad_w, row.relu, row.tile_n, row.tf32, 0, row.tile_m, row.split_k, row.prepared)
                    : prepare_gemm(src, row.weight, row.bias, dst, row.out_c0, row.relu, row.tile_n, row.tf32, 0,
-                                  row.prepared);
+                                  row.split_k, row.prepared);
       row.empty = !launches;
       row.src_at = addresses[row.src];
       row.dst_at = addresses[row.dst];
+      row.stream_at = stream;
     }
     if (row.empty) return;
     const char* error = launch_prepared(row.prepared, stream, pdl);

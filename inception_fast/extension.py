@@ -42,11 +42,14 @@ CUTLASS_SOURCES = (
     *(f"gemm_conv1x1_{dtype}.cu" for dtype in ("fp16", "bf16", "tf32")),
     *(f"conv_fprop_{dtype}.cu" for dtype in ("fp16", "bf16", "tf32")),
 )
-SOURCES = ("bindings.cpp", "launch_program.cpp", "conv_stage_fp16.cu", "conv_stage_bf16.cu", *CUTLASS_SOURCES)
+SOURCES = (
+    "bindings.cpp", "launch_program.cpp", "split_k_workspace.cpp", "conv_stage_fp16.cu", "conv_stage_bf16.cu",
+    *CUTLASS_SOURCES,
+)
 HEADERS = (
     "stage_args.h", "conv_stage.cuh", "check_text.h", "gemm_conv1x1.h", "gemm_conv1x1.cuh", "conv_fprop.h",
     "conv_fprop.cuh", "conv_mainloop_in_gemm_kernel.cuh", "programmatic_launch.h", "prepared_launch.h",
-    "cutlass_ops.h",
+    "cutlass_ops.h", "split_k_scheduler.cuh", "split_k_workspace.h",
 )
 EXTENSION_NAME = "inception_fast_cuda"
 STAMP_NAME = f"{EXTENSION_NAME}.stamp"  # beside the library: the files and flags it was built from

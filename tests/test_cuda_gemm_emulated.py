@@ -51,10 +51,13 @@ class EmulatedGemm:
         self.calls = 0
         self.tf32 = set()  # the tf32 flags it was called with
         self.sm_limits = []  # the SM limits it was called with, in order
+        self.split_k = []  # the split counts, in order
 
-    def __call__(self, x, weight, bias, out, col_offset, relu, tile_n=0, tf32=False, sm_limit=0):
+    def __call__(self, x, weight, bias, out, col_offset, relu, tile_n=0, tf32=False, sm_limit=0, split_k=0):
         k, n = x.shape[-1], weight.shape[0]
         assert sm_limit >= 0
+        assert 0 <= split_k <= 8 and (split_k < 2 or (not tf32 and tile_n in (0, 64))), "split-K: 128 x 64"
+        self.split_k.append(split_k)
         self.sm_limits.append(sm_limit)
         assert tf32 == (x.dtype == torch.float32), "fp32 runs on TF32 only, and only fp32 does"
         if tf32:

@@ -6,6 +6,8 @@ themselves run in test_gpu_cuda_gemm.py."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -294,3 +296,43 @@ def test_the_cutlass_question_first_asked_inside_a_trace_answers_no(monkeypatch)
     ok, reason = gemm_routing._compiled_in("cuda_conv_fprop", "cuda:0")
     assert not ok and "inside a torch.compile trace" in reason
     assert gemm_routing._asked == {}  # not kept: asked again outside a trace
+
+
+@pytest.mark.parametrize(("m", "n", "k_blocks", "sms", "splits"), [
+    (289, 224, 21, 132, 5),  # InceptionB's 7-tap conv at batch 1: 12 tiles, 5 ranges of 4-5 k-blocks
+    (2312, 224, 21, 132, 1),  # batch 8: 76 tiles keep more than a quarter of the SMs busy
+    (289, 224, 7, 132, 1),  # 7 k-blocks: ranges of fewer than 4 buy little
+    (289, 224, 21, 40, 1),  # a share of 40 SMs: 12 tiles are more than a quarter of it
+    (64, 64, 100, 132, 8),  # one tile, a long K loop: at most 8 ranges
+    (289, 224, 21, 0, 1),  # no GPU
+])
+def test_split_k_count_splits_only_where_the_tiles_leave_most_sms_idle(m, n, k_blocks, sms, splits):
+    assert gemm_routing.split_k_count(m, n, k_blocks, sms) == splits
+
+
+def test_a_launch_splits_by_its_planned_share_not_by_the_sms_it_runs_on(monkeypatch):
+    """The small-stage share decides, whether the stage runs side by side in it or one launch after
+    another on every SM: the same count, so the same bits, with a CUDA graph and without."""
+    monkeypatch.delenv(gemm_routing.ENV_SPLIT_K, raising=False)
+    weight = torch.zeros(256, 1024, dtype=torch.float16)
+    buffers = {pk.BUF_INPUT: torch.zeros(1, 17, 17, 1024, dtype=torch.float16)}
+    launch = gemm_routing.GemmLaunch(src=pk.BUF_INPUT, dst=pk.BUF_OUTPUT, col_offset=0, relu=True,
+                                     weight=weight, bias=torch.zeros(256))
+    assert launch.splits(buffers) == 1  # not planned: no SM count
+    gemm_routing.share_sms([launch], 132)
+    assert launch.small_stage_sm_limit == 0 and launch.splits(buffers) == 1  # cached for these rows
+    launch.splits_by_rows.clear()
+    assert launch.splits(buffers) == 4  # 289 x 256: 12 tiles of 16 k-blocks on 132 SMs
+    launch.splits_by_rows.clear()
+    launch.small_stage_sm_limit = 40
+    assert launch.splits(buffers) == 1  # 12 tiles fill more than a quarter of a 40-SM share
+    fp32 = dataclasses.replace(launch, weight=weight.float(), tf32=True, splits_by_rows={})
+    fp32.small_stage_sm_limit = 0
+    assert fp32.splits(buffers) == 1  # split-K is fp16 and bf16 only
+    conv = gemm_routing.ConvLaunch(src=pk.BUF_INPUT, dst=pk.BUF_OUTPUT, in_c0=0, out_c0=0, relu=True,
+                                   weight=torch.zeros(224, 1, 7, 192, dtype=torch.float16),
+                                   bias=torch.zeros(224), stride=1, pad_h=0, pad_w=3, tile_n=0, sm_count=132)
+    buffers[pk.BUF_OUTPUT] = torch.zeros(1, 17, 17, 448, dtype=torch.float16)
+    assert conv.splits(buffers) == 5  # 12 tiles of 3 x 7 k-blocks
+    assert dataclasses.replace(conv, tile_n=96, splits_by_rows={}).splits(buffers) == 1  # a tile asked for
+    assert dataclasses.replace(conv, split_k=3, splits_by_rows={}).splits(buffers) == 3  # the setting

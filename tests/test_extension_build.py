@@ -24,12 +24,12 @@ SCHEMA = (
 )
 GEMM_SCHEMA = (
     "inception_fast::cuda_gemm_conv1x1(Tensor x, Tensor weight, Tensor bias, Tensor(a!) out, int col_offset, "
-    "bool relu, int tile_n=0, bool tf32=False, int sm_limit=0) -> ()"
+    "bool relu, int tile_n=0, bool tf32=False, int sm_limit=0, int split_k=0) -> ()"
 )
 CONV_SCHEMA = (
     "inception_fast::cuda_conv_fprop(Tensor x, Tensor weight, Tensor bias, Tensor(a!) out, int in_c0, "
     "int out_c0, int stride, int pad_h, int pad_w, bool relu, int tile_n=0, bool tf32=False, "
-    "int sm_limit=0, int tile_m=0) -> ()"
+    "int sm_limit=0, int tile_m=0, int split_k=0) -> ()"
 )
 
 
@@ -221,16 +221,16 @@ def test_launch_program_checks_its_rows_without_a_gpu():
     program = torch.classes.inception_fast.LaunchProgram()
     weight, bias = torch.empty(16, 8, dtype=torch.float16), torch.empty(16)
     with pytest.raises(RuntimeError, match=r"writes the work \(1\) or output \(2\) buffer, not the input"):
-        program.add_gemm(1, 0, weight, bias, 0, True, 0, False)
+        program.add_gemm(1, 0, weight, bias, 0, True, 0, False, 0)
     with pytest.raises(RuntimeError, match="reads buffer 3"):
-        program.add_conv(3, 1, weight.view(16, 1, 1, 8), bias, 0, 0, 1, 0, 0, True, 0, False, 0)
+        program.add_conv(3, 1, weight.view(16, 1, 1, 8), bias, 0, 0, 1, 0, 0, True, 0, False, 0, 0)
     with pytest.raises(RuntimeError, match="parameter 1 is of kind 7"):
         program.add_triton(1, [1, 1, 1], 128, 0, True, [0, 7], [0, 0], [])
     with pytest.raises(RuntimeError, match="passes buffer 5"):
         program.add_triton(1, [1, 1, 1], 128, 0, True, [0], [5], [])
     with pytest.raises(RuntimeError, match="2 kinds and 1 values"):
         program.add_triton(1, [1, 1, 1], 128, 0, True, [2, 2], [1], [])
-    program.add_gemm(0, 2, weight, bias, 0, True, 0, False)
+    program.add_gemm(0, 2, weight, bias, 0, True, 0, False, 0)
     program.add_triton(1, [4, 1, 1], 128, 1024, True, [0, 2, 1], [2, 7, 1 << 40], [bias])
     assert program.size() == 2
     with pytest.raises(RuntimeError, match="set_buffers first"):
@@ -290,6 +290,17 @@ def test_conv_fprop_checks_its_arguments_without_a_gpu():
         op(*tensors(), 8, 16, 1, 1, 1, True, 64, False, 0, 256)
     with pytest.raises(RuntimeError, match=r"256-row tiles are built 96 .* got tile_n 128 \(Float\)"):
         op(*tf32, 8, 16, 1, 1, 1, True, 128, True, 0, 256)
+    # split_k: 0 or 1 (none), 2 to 8 ranges in 128 x 64 tiles of fp16 or bf16.
+    for split_k, tiles in ((0, (0, 0)), (1, (128, 256)), (4, (0, 0)), (8, (64, 128))):
+        assert op(*tensors(), 8, 16, 1, 1, 1, True, tiles[0], False, 0, tiles[1], split_k) is None
+    split_k_range = r"split_k must be 0 or 1 \(no split\) or 2 to 8"
+    with pytest.raises(RuntimeError, match=split_k_range):
+        op(*tensors(), 8, 16, 1, 1, 1, True, 0, False, 0, 0, 9)
+    split_k_tiles = r"split-K is built for fp16 and bf16 in 128 x 64 tiles; got "
+    with pytest.raises(RuntimeError, match=split_k_tiles + "Half with tile_m 0, tile_n 96"):
+        op(*tensors(), 8, 16, 1, 1, 1, True, 96, False, 0, 0, 2)
+    with pytest.raises(RuntimeError, match=split_k_tiles + "Float with tile_m 0, tile_n 0"):
+        op(*tf32, 8, 16, 1, 1, 1, True, 0, True, 0, 0, 2)
 
 
 def test_cutlass_headers_come_from_the_variable_or_the_wheel_and_name_the_build(monkeypatch, tmp_path):

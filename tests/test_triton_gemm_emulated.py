@@ -165,17 +165,21 @@ class EmulatedConv:
     def __init__(self):
         self.calls = 0
         self.tiles = set()
+        self.split_k = set()
 
     def __call__(self, x, weight, bias, out, in_c0, out_c0, stride, pad_h, pad_w, relu, tile_n=0, tf32=False,
-                 sm_limit=0, tile_m=0):
+                 sm_limit=0, tile_m=0, split_k=0):
         k, _, _, c = weight.shape
         assert sm_limit >= 0
+        assert 0 <= split_k <= 8
+        assert split_k < 2 or (not tf32 and tile_m in (0, 128) and tile_n in (0, 64)), "split-K: 128 x 64"
         assert tf32 == (x.dtype == torch.float32), "fp32 runs on TF32 only, and only fp32 does"
         if tf32:
             assert_tf32_values(weight)
         assert tile_n in (0, 64, 96, 128) and tile_m in (0, 128, 256)
         assert tile_m != 256 or (tile_n in (0, 96, 128) and not tf32), "256-row tiles: 96 or 128, no TF32"
         self.tiles.add((tile_m, tile_n))
+        self.split_k.add(split_k)
         assert x.is_contiguous() and weight.is_contiguous() and out.is_contiguous() and bias.is_contiguous()
         assert bias.shape == (k,) and bias.dtype == torch.float32 and weight.dtype == x.dtype == out.dtype
         assert c % 8 == 0 and k % 8 == 0 and in_c0 % 8 == 0 and out_c0 % 8 == 0
@@ -285,6 +289,42 @@ def test_the_conv_tile_setting_reaches_the_op(v4, emulated_kxk, monkeypatch, set
     block = fuse_block(v4.features[6]).to(torch.float64)  # InceptionA: 3x3 convs of 96 channels
     check_kxk(block, torch.randn(2, block.plan.in_channels, 5, 5, dtype=torch.float64), emulated_kxk)
     assert emulated_kxk[1].tiles == {tile}
+
+
+@pytest.mark.parametrize(("setting", "split_k"), [(None, 1), ("auto", 1), ("off", 1), ("2", 2), ("8", 8)])
+def test_the_split_k_setting_reaches_the_ops(v4, emulated_kxk, monkeypatch, setting, split_k):
+    """INCEPTION_FAST_CUTLASS_SPLIT_K: split_k_count unless set (no SMs here: no split), else
+    never or that many ranges, on both ops."""
+    if setting is None:
+        monkeypatch.delenv(gemm_routing.ENV_SPLIT_K, raising=False)
+    else:
+        monkeypatch.setenv(gemm_routing.ENV_SPLIT_K, setting)
+    block = fuse_block(v4.features[6]).to(torch.float64)
+    check_kxk(block, torch.randn(2, block.plan.in_channels, 5, 5, dtype=torch.float64), emulated_kxk)
+    assert emulated_kxk[1].split_k == {split_k}
+    assert set(emulated_kxk[0].split_k) == {split_k}
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"INCEPTION_FAST_CUTLASS_SPLIT_K": "9"}, r"'9': choose auto, off, or a count of 2 to 8"),
+    ({"INCEPTION_FAST_CUTLASS_SPLIT_K": "1"}, r"'1': choose auto, off, or a count of 2 to 8"),
+    ({"INCEPTION_FAST_CUTLASS_SPLIT_K": "4", "INCEPTION_FAST_CUTLASS_CONV_TILE": "128"},
+     r"=4: split-K runs fp16 and bf16 launches in 128 x 64 tiles"),
+])
+def test_a_split_k_setting_it_cannot_take_is_refused(monkeypatch, env, message):
+    """Named when the launches are planned, not mid-run by the op."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=message):
+        gemm_routing._conv_launches(None, None, None, None, None, tf32=False)
+
+
+def test_split_k_is_refused_for_tf32(monkeypatch):
+    monkeypatch.setenv(gemm_routing.ENV_SPLIT_K, "2")
+    with pytest.raises(ValueError, match="=2: split-K runs fp16 and bf16 launches"):
+        gemm_routing._conv_launches(None, None, None, None, None, tf32=True)
+    with pytest.raises(ValueError, match="=2: split-K runs fp16 and bf16 launches"):
+        gemm_routing._gemm_launches(None, None, None, None, None, tf32=True)
 
 
 def test_256_row_conv_tiles_are_refused_for_tf32(monkeypatch):
@@ -475,11 +515,12 @@ class EmulatedOpLaunches:
             relu, tf32 = bool(row["relu"]), bool(row["tf32"])
             ops, at = torch.ops.inception_fast, [row["in_c0"], row["out_c0"]]
             if row["kind"] == gemm_routing.LAUNCH_GEMM:
-                ops.cuda_gemm_conv1x1.default(src, weight, bias, dst, at[1], relu, row["tile_n"], tf32, 0)
+                ops.cuda_gemm_conv1x1.default(src, weight, bias, dst, at[1], relu, row["tile_n"], tf32, 0,
+                                              row["split_k"])
             else:
                 assert row["kind"] == gemm_routing.LAUNCH_CONV
                 window = [row["stride"], row["pad_h"], row["pad_w"]]
-                tiles = [row["tile_n"], tf32, 0, row["tile_m"]]
+                tiles = [row["tile_n"], tf32, 0, row["tile_m"], row["split_k"]]
                 ops.cuda_conv_fprop.default(src, weight, bias, dst, *at, *window, relu, *tiles)
         self.calls.append(len(weights))
 

@@ -19,6 +19,10 @@ rules for channel counts, offsets and runs as the GEMM, in CTA tiles of 128 outp
 96 or 64 output channels, or of 256 pixels by 128 or 96 (fp16 and bf16; INCEPTION_FAST_CUTLASS_CONV_TILE,
 `conv_tile`).
 
+Where their output tiles would leave most SMs idle (batch 1 and 2 of Inception-v4), both ops cut
+each tile's K loop into ranges run by as many CTAs (split-K, fp16 and bf16: `split_k_count`;
+INCEPTION_FAST_CUTLASS_SPLIT_K, `split_k_setting`).
+
 Both ops take fp16, bf16, and fp32 on TF32 tensor cores (`tf32`, asked for explicitly): the
 tensor cores read the top 19 bits of each operand, so the launches read weights rounded to TF32
 and buffers that every writer stores rounded to TF32 (the ops' own epilogue, the Triton stage
@@ -29,7 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -44,6 +48,11 @@ ALIGN = 8  # channel counts and offsets: 16 bytes of fp16/bf16 (TMA's alignment)
 MAX_ELEMENTS = 2**31
 DTYPES = (torch.float16, torch.bfloat16)  # and fp32 on TF32: `computes`
 ENV_CONV_TILE = "INCEPTION_FAST_CUTLASS_CONV_TILE"
+ENV_SPLIT_K = "INCEPTION_FAST_CUTLASS_SPLIT_K"
+SPLIT_K_TILE = (128, 64)  # csrc/gemm_conv1x1.h: kSplitKTileM, kSplitKTileN
+MAX_SPLITS = 8  # csrc/gemm_conv1x1.h: kMaxSplits
+MIN_K_BLOCKS_PER_SPLIT = 4
+K_BLOCK_BYTES = 128  # the ops' K step: 64 fp16 / bf16 channels
 # setting -> (tile_m, tile_n): output pixels and channels per CTA tile; 0: the op's model picks
 # per conv. A bare width is a 128-row tile.
 CONV_TILES = {"128": (128, 128), "96": (128, 96), "64": (128, 64), "256x128": (256, 128), "256x96": (256, 96),
@@ -59,6 +68,47 @@ def conv_tile() -> tuple[int, int]:
     if setting not in CONV_TILES:
         raise ValueError(f"{ENV_CONV_TILE}={setting!r}: choose one of {', '.join(CONV_TILES)}")
     return CONV_TILES[setting]
+
+
+def split_k_setting() -> int:
+    """The ops' split-K, from INCEPTION_FAST_CUTLASS_SPLIT_K: `auto` unless set (0: split_k_count
+    per launch), `off` (1: never), or a count of 2 to 8 (every fp16 / bf16 launch, for measuring)."""
+    setting = os.environ.get(ENV_SPLIT_K, "auto")
+    if setting == "auto":
+        return 0
+    if setting == "off":
+        return 1
+    if setting.isdigit() and 2 <= int(setting) <= MAX_SPLITS:
+        return int(setting)
+    raise ValueError(f"{ENV_SPLIT_K}={setting!r}: choose auto, off, or a count of 2 to {MAX_SPLITS}")
+
+
+def split_k_count(m: int, n: int, k_blocks: int, sm_count: int) -> int:
+    """How many ranges to cut the K loop of an m x n GEMM (or a conv's implicit GEMM) into, 1 for
+    none: only where its SPLIT_K_TILE output tiles would keep fewer than a quarter of `sm_count`
+    SMs busy; then as many as fill the SMs in one wave, with at least MIN_K_BLOCKS_PER_SPLIT
+    k-blocks each (the last split waits for every earlier one to add its partials: short ranges
+    buy little), at most MAX_SPLITS. `k_blocks`: the K loop in K_BLOCK_BYTES blocks (a conv's
+    ceil(C / 64) * R * S in fp16). `sm_count` is the launch's planned share, never the SMs it
+    gets in one call: a share of the GPU computes the same bits."""
+    tiles = -(-m // SPLIT_K_TILE[0]) * -(-n // SPLIT_K_TILE[1])
+    if sm_count <= 0 or tiles * 4 > sm_count:
+        return 1
+    splits = min(sm_count // tiles, k_blocks // MIN_K_BLOCKS_PER_SPLIT, MAX_SPLITS)
+    return splits if splits >= 2 else 1
+
+
+def _splits(launch, m: int, k_blocks: int) -> int:
+    """A launch's split_k for m rows: its setting, else split_k_count on its planned share (the
+    small-stage share where it has one, which runs one after another on every SM or side by
+    side in its share: the same count either way)."""
+    if launch.split_k or launch.tf32:
+        return launch.split_k or 1
+    count = launch.splits_by_rows.get(m)
+    if count is None:
+        sms = launch.small_stage_sm_limit or launch.sm_count
+        count = launch.splits_by_rows[m] = split_k_count(m, launch.weight.shape[0], k_blocks, sms)
+    return count
 
 
 def computes(dtype: torch.dtype, tf32: bool) -> bool:
@@ -94,6 +144,15 @@ class GemmLaunch:
     tf32: bool = False  # fp32 on TF32 tensor cores
     sm_limit: int = 0  # SMs its persistent CTAs may occupy in a large stage (0: all; share_sms)
     small_stage_sm_limit: int = 0  # the same in a small stage (stage_is_small)
+    split_k: int = 0  # split_k_setting(): 0 for split_k_count, 1 for none, or a count
+    sm_count: int = 0  # the GPU's SMs (share_sms; 0: not planned, no split-K)
+    splits_by_rows: dict = field(default_factory=dict)  # m -> split_k_count
+
+    def splits(self, buffers: dict) -> int:
+        """The op's split_k on `buffers`."""
+        src = buffers[self.src]
+        k_blocks = -(-self.weight.shape[1] * self.weight.element_size() // K_BLOCK_BYTES)
+        return _splits(self, src.numel() // src.shape[-1], k_blocks)
 
     @property
     def work(self) -> int:
@@ -106,7 +165,7 @@ class GemmLaunch:
         op = torch.ops.inception_fast.cuda_gemm_conv1x1.default  # looked up per call: tests count it
         limit = (self.small_stage_sm_limit if small_stage else self.sm_limit) if side_by_side else 0
         op(buffers[self.src], self.weight, self.bias, buffers[self.dst], self.col_offset, self.relu, 0,
-           self.tf32, limit)
+           self.tf32, limit, self.splits(buffers))
 
 
 @dataclass
@@ -127,7 +186,19 @@ class ConvLaunch:
     tile_n: int  # 64, 96, 128, or 0: the op picks
     tf32: bool = False  # fp32 on TF32 tensor cores
     tile_m: int = 0  # 128, 256, or 0: the op picks
+    split_k: int = 0  # split_k_setting(): 0 for split_k_count (where the op picks the tile), 1, n
     small_stage_sm_limit: int = 0  # SMs its persistent CTAs may occupy in a small stage (0: all)
+    sm_count: int = 0  # the GPU's SMs (share_sms; 0: not planned, no split-K)
+    splits_by_rows: dict = field(default_factory=dict)  # m -> split_k_count
+
+    def splits(self, buffers: dict) -> int:
+        """The op's split_k on `buffers`: split_k_count only where the op picks the tile."""
+        if self.tile_m or self.tile_n:
+            return self.split_k or 1
+        dst = buffers[self.dst]
+        _, r, s, c = self.weight.shape
+        k_blocks = -(-c * self.weight.element_size() // K_BLOCK_BYTES) * r * s
+        return _splits(self, dst.numel() // dst.shape[-1], k_blocks)
 
     @property
     def work(self) -> int:
@@ -139,7 +210,8 @@ class ConvLaunch:
         op = torch.ops.inception_fast.cuda_conv_fprop.default  # looked up per call: tests count it
         op(buffers[self.src], self.weight, self.bias, buffers[self.dst], self.in_c0, self.out_c0, self.stride,
            self.pad_h, self.pad_w, self.relu, self.tile_n, self.tf32,
-           self.small_stage_sm_limit if small_stage and side_by_side else 0, self.tile_m)
+           self.small_stage_sm_limit if small_stage and side_by_side else 0, self.tile_m,
+           self.splits(buffers))
 
 
 @dataclass
@@ -246,19 +318,29 @@ def _run_params(packed, weights, row, run: ColumnRun) -> tuple[torch.Tensor, tor
     return weights[w0:w0 + run.count * k].view(run.count, k), packed.bias[b0:b0 + run.count]
 
 
+def _checked_split_k(tf32: bool, tile: tuple = (0, 0)) -> int:
+    split_k = split_k_setting()
+    if split_k > 1 and (tf32 or tile not in ((0, 0), (128, 64))):
+        raise ValueError(f"{ENV_SPLIT_K}={split_k}: split-K runs fp16 and bf16 launches in 128 x 64 tiles; "
+                         f"set {ENV_CONV_TILE} to auto or 64, or {ENV_SPLIT_K} to auto")
+    return split_k
+
+
 def _gemm_launches(packed, weights, row, col_dst, col_flags, tf32) -> list[GemmLaunch]:
+    split_k = _checked_split_k(tf32)
     launches = []
     for run in column_runs(row, col_dst, col_flags):
         weight, bias = _run_params(packed, weights, row, run)
         launches.append(GemmLaunch(
             src=row[pk.SRC_BUF], dst=run.buffer, col_offset=run.dst_channel,
-            relu=bool(run.flags & pk.FLAG_RELU), weight=weight, bias=bias, tf32=tf32,
+            relu=bool(run.flags & pk.FLAG_RELU), weight=weight, bias=bias, tf32=tf32, split_k=split_k,
         ))
     return launches
 
 
 def _conv_launches(packed, weights, row, col_dst, col_flags, tf32) -> list[ConvLaunch]:
     tile_m, tile_n = conv_tile()
+    split_k = _checked_split_k(tf32, (tile_m, tile_n))
     if tile_m == 256 and tf32:
         setting = os.environ.get(ENV_CONV_TILE)
         raise ValueError(f"{ENV_CONV_TILE}={setting!r}: 256-row tiles are built for fp16 and bf16, not "
@@ -271,7 +353,7 @@ def _conv_launches(packed, weights, row, col_dst, col_flags, tf32) -> list[ConvL
             relu=bool(run.flags & pk.FLAG_RELU),
             weight=weight.view(run.count, row[pk.KH], row[pk.KW], row[pk.CIN]), bias=bias,
             stride=row[pk.STRIDE], pad_h=row[pk.PAD_H], pad_w=row[pk.PAD_W], tile_n=tile_n, tf32=tf32,
-            tile_m=tile_m,
+            tile_m=tile_m, split_k=split_k,
         ))
     return launches
 
@@ -300,6 +382,7 @@ def share_sms(launches: list, sm_count: int) -> None:
     (inside a CUDA graph only: `triton_gemm_backend.run_block`)."""
     groups: dict = {}
     for launch in launches:
+        launch.sm_count = sm_count
         if isinstance(launch, GemmLaunch):
             launch.sm_limit = 0
             groups.setdefault(launch.src, []).append(launch)
@@ -324,7 +407,7 @@ def stage_is_small(launches: list, buffers: dict, sm_count: int) -> bool:
 
 # One launch's row in `cuda_op_launches`' params, in csrc/bindings.cpp's order (LaunchField).
 LAUNCH_FIELDS = ("kind", "src", "dst", "in_c0", "out_c0", "stride", "pad_h", "pad_w", "relu", "tile_n",
-                 "tile_m", "tf32")
+                 "tile_m", "tf32", "split_k")
 LAUNCH_GEMM, LAUNCH_CONV = 0, 1
 ENV_OP_GROUPS = "INCEPTION_FAST_OP_GROUPS"
 
@@ -332,11 +415,18 @@ ENV_OP_GROUPS = "INCEPTION_FAST_OP_GROUPS"
 @dataclass(frozen=True)
 class LaunchTable:
     """A stage's op launches as the op `cuda_op_launches` takes them: a weight, a bias and a row of
-    LAUNCH_FIELDS each, made once per stage."""
+    LAUNCH_FIELDS each, made once per stage; the split_k field is filled per call."""
 
     weights: list
     biases: list
     params: list
+
+    def with_splits(self, splits: list) -> list:
+        """The params with each launch's split_k."""
+        params, fields, at = list(self.params), len(LAUNCH_FIELDS), LAUNCH_FIELDS.index("split_k")
+        for i, split_k in enumerate(splits):
+            params[i * fields + at] = split_k
+        return params
 
 
 def launch_table(launches: list) -> LaunchTable:
@@ -344,10 +434,11 @@ def launch_table(launches: list) -> LaunchTable:
     for launch in launches:
         if isinstance(launch, GemmLaunch):
             row = dict(kind=LAUNCH_GEMM, in_c0=0, out_c0=launch.col_offset, stride=1, pad_h=0, pad_w=0,
-                       tile_n=0, tile_m=0)
+                       tile_n=0, tile_m=0, split_k=0)
         else:
             row = dict(kind=LAUNCH_CONV, in_c0=launch.in_c0, out_c0=launch.out_c0, stride=launch.stride,
-                       pad_h=launch.pad_h, pad_w=launch.pad_w, tile_n=launch.tile_n, tile_m=launch.tile_m)
+                       pad_h=launch.pad_h, pad_w=launch.pad_w, tile_n=launch.tile_n, tile_m=launch.tile_m,
+                       split_k=0)
         row.update(src=launch.src, dst=launch.dst, relu=int(launch.relu), tf32=int(launch.tf32))
         params += [row[name] for name in LAUNCH_FIELDS]
     return LaunchTable([launch.weight for launch in launches], [launch.bias for launch in launches], params)
@@ -373,7 +464,7 @@ def run_launches(launches: list, buffers: dict, table: LaunchTable | None = None
     if table is not None and len(launches) > 1 and not torch.compiler.is_compiling() and op_groups():
         op = torch.ops.inception_fast.cuda_op_launches.default
         op(buffers[pk.BUF_INPUT], buffers[pk.BUF_WORK], buffers[pk.BUF_OUTPUT], table.weights, table.biases,
-           table.params)
+           table.with_splits([launch.splits(buffers) for launch in launches]))
         return
     for launch in launches:
         launch.run(buffers, side_by_side=False)

@@ -127,22 +127,23 @@ def build(recorded: launch_record.Recording, buffers: tuple):
     if not recorded.launches:
         raise Unreplayable("the call launched nothing that a program replays")
     program = torch.classes.inception_fast.LaunchProgram()
+    nhwc = {index: buffer.permute(0, 2, 3, 1) for index, buffer in enumerate(buffers)}  # as the ops take them
     for launch in recorded.launches:
         if isinstance(launch, launch_record.CutlassLaunches):
             for op in launch.launches:
-                _add_cutlass(program, op)
+                _add_cutlass(program, op, op.splits(nhwc))
         else:
             _add_triton(program, launch, buffers)
     return program
 
 
-def _add_cutlass(program, op) -> None:
+def _add_cutlass(program, op, split_k: int) -> None:
     """One CUTLASS launch as `gemm_routing.run_launches` issues it: on every SM."""
     if isinstance(op, gemm_routing.GemmLaunch):
-        program.add_gemm(op.src, op.dst, op.weight, op.bias, op.col_offset, op.relu, 0, op.tf32)
+        program.add_gemm(op.src, op.dst, op.weight, op.bias, op.col_offset, op.relu, 0, op.tf32, split_k)
     else:
         program.add_conv(op.src, op.dst, op.weight, op.bias, op.in_c0, op.out_c0, op.stride, op.pad_h,
-                         op.pad_w, op.relu, op.tile_n, op.tf32, op.tile_m)
+                         op.pad_w, op.relu, op.tile_n, op.tf32, op.tile_m, split_k)
 
 
 def _add_triton(program, launch: launch_record.TritonLaunch, buffers: tuple) -> None:
