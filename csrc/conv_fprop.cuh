@@ -142,7 +142,7 @@ const char* prepare(const ConvFpropArgs& a, PreparedLaunch& out) {
   }
   const typename Kernel::Params params = Kernel::to_underlying_arguments(arguments, SplitK ? a.split.locks : nullptr);
   if constexpr (SplitK) {
-    if (const char* error = check_split_k<Kernel>(arguments, params, a.split)) return error;
+    if (const char* error = check_split_k<Kernel>(params, a.split)) return error;
   } else if (Kernel::get_workspace_size(arguments) != 0) {
     // The persistent data-parallel scheduler and this epilogue keep no state in global memory.
     return "the kernel unexpectedly needs a workspace";

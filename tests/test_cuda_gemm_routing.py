@@ -299,14 +299,17 @@ def test_the_cutlass_question_first_asked_inside_a_trace_answers_no(monkeypatch)
 
 
 @pytest.mark.parametrize(("m", "n", "k_blocks", "sms", "splits"), [
-    (289, 224, 21, 132, 5),  # InceptionB's 7-tap conv at batch 1: 12 tiles, 5 ranges of 4-5 k-blocks
+    (289, 224, 21, 132, 3),  # InceptionB's 7-tap conv at batch 1: 12 tiles, 3 ranges of 7 k-blocks
     (2312, 224, 21, 132, 1),  # batch 8: 76 tiles keep more than a quarter of the SMs busy
-    (289, 224, 7, 132, 1),  # 7 k-blocks: ranges of fewer than 4 buy little
+    (289, 224, 7, 132, 1),  # 7 k-blocks: splitting costs more than it saves
+    (289, 384, 54, 132, 6),  # ReductionA's 3x3/2 conv: 18 tiles of 54 k-blocks
+    (289, 224, 21, 20, 1),  # a share of 20 SMs: one wave of 12 tiles
     (289, 224, 21, 40, 1),  # a share of 40 SMs: 12 tiles are more than a quarter of it
     (64, 64, 100, 132, 8),  # one tile, a long K loop: at most 8 ranges
     (289, 224, 21, 0, 1),  # no GPU
 ])
 def test_split_k_count_splits_only_where_the_tiles_leave_most_sms_idle(m, n, k_blocks, sms, splits):
+    """At the count of least cost (the longest range, plus the costs of splitting), in one wave."""
     assert gemm_routing.split_k_count(m, n, k_blocks, sms) == splits
 
 
@@ -333,6 +336,6 @@ def test_a_launch_splits_by_its_planned_share_not_by_the_sms_it_runs_on(monkeypa
                                    weight=torch.zeros(224, 1, 7, 192, dtype=torch.float16),
                                    bias=torch.zeros(224), stride=1, pad_h=0, pad_w=3, tile_n=0, sm_count=132)
     buffers[pk.BUF_OUTPUT] = torch.zeros(1, 17, 17, 448, dtype=torch.float16)
-    assert conv.splits(buffers) == 5  # 12 tiles of 3 x 7 k-blocks
+    assert conv.splits(buffers) == 3  # 12 tiles of 3 x 7 k-blocks
     assert dataclasses.replace(conv, tile_n=96, splits_by_rows={}).splits(buffers) == 1  # a tile asked for
     assert dataclasses.replace(conv, split_k=3, splits_by_rows={}).splits(buffers) == 3  # the setting

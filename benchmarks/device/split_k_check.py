@@ -1,6 +1,6 @@
-"""Split-K in the CUTLASS k x k conv op (`cuda_conv_fprop`, split_k): correctness, the time of
-each split count on Inception-v4's convs at small batches, and the whole network with it on and
-off.
+"""Split-K in the CUTLASS ops (`cuda_conv_fprop`, `cuda_gemm_conv1x1`: split_k): correctness, the
+time of each split count on Inception-v4's convs at small batches, and the whole network with it
+on and off.
 
     python benchmarks/device/split_k_check.py [--batches 1,2,4] [--model-batches 1,2,4,8]
 
@@ -56,6 +56,14 @@ CASES = [
     ("InceptionC 3x1 384-448", 8, 8, 384, 448, (3, 1), 1, (1, 0)),
     ("InceptionC 1x3 448-512", 8, 8, 448, 512, (1, 3), 1, (0, 1)),
 ]
+# (name, height = width, in, out): the network's 1x1 convs (the GEMM op) at these batches.
+GEMM_CASES = [
+    ("InceptionA 1x1 384-96", 35, 384, 96),
+    ("InceptionB 1x1 1024-384", 17, 1024, 384),
+    ("InceptionB 1x1 1024-192", 17, 1024, 192),
+    ("InceptionC 1x1 1536-384", 8, 1536, 384),
+    ("InceptionC 1x1 1536-256", 8, 1536, 256),
+]
 SPLITS = (1, 2, 3, 4, 6, 8)
 BF16_CASES = 4
 
@@ -110,6 +118,38 @@ def run_case(op, name, batch, height, width, c, k, r, s, stride, pad_h, pad_w, d
     if timed:
         row["ms"]["model"] = row["ms"][_label(model)]
         row["ms"]["cuDNN"] = graph_ms(lambda: F.conv2d(cudnn_in, kernel, bias.to(dtype), **conv))
+    return row
+
+
+def run_gemm_case(op, name, batch, size, k, n) -> dict:
+    """A GEMM case of fp16, as run_case: each count checked, then timed beside cuDNN's 1x1 conv."""
+    generator = torch.Generator(device="cuda").manual_seed(k + n)
+    x = torch.randn(batch, size, size, k, device="cuda", generator=generator).half()
+    weight = (torch.randn(n, k, device="cuda", generator=generator) / k**0.5).half()
+    bias = torch.randn(n, device="cuda", generator=generator) * 0.1
+    out = torch.zeros(batch, size, size, n + 16, device="cuda", dtype=torch.float16)
+    m = batch * size * size
+    exact = (x.reshape(m, k).double() @ weight.double().T + bias.double()).relu()
+    nchw = x.permute(0, 3, 1, 2)
+    cudnn = F.conv2d(nchw, weight.reshape(n, k, 1, 1), bias.half()).permute(0, 2, 3, 1).reshape(m, n).relu()
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    model = gemm_routing.split_k_count(m, n, -(-k // 64), sms)
+    row = {"case": name, "batch": batch, "dtype": "float16", "ok": True, "model": model,
+           "bound": 2 * relative_l2(cudnn, exact) + 1e-6, "errors": {}, "ms": {}}
+    for split_k in sorted({*SPLITS, model}):
+        def ours(split_k=split_k):
+            op(x, weight, bias, out, 8, True, 0, False, 0, split_k)
+
+        out.zero_()
+        ours()
+        error = relative_l2(out.reshape(m, n + 16)[:, 8:8 + n], exact)
+        row["errors"][_label(split_k)] = error
+        if error > row["bound"]:
+            return {**row, "ok": False, "failure": f"{_label(split_k)}: {error:.2e} > {row['bound']:.2e}"}
+        row["ms"][_label(split_k)] = graph_ms(ours)
+    row["ms"]["model"] = row["ms"][_label(model)]
+    cudnn_in = nchw.contiguous(memory_format=torch.channels_last)
+    row["ms"]["cuDNN"] = graph_ms(lambda: F.conv2d(cudnn_in, weight.reshape(n, k, 1, 1), bias.half()))
     return row
 
 
@@ -208,6 +248,11 @@ def main(argv=None) -> int:
                 case = (name, batch, height, width, c, k, r, s, stride, pad_h, pad_w, dtype)
                 rows.append(run_case(op, *case, timed=dtype == torch.float16))
                 print(table(rows[-1:])[-1], flush=True)
+    gemm = torch.ops.inception_fast.cuda_gemm_conv1x1
+    for name, size, k, n in GEMM_CASES:
+        for batch in (int(b) for b in args.batches.split(",")):
+            rows.append(run_gemm_case(gemm, name, batch, size, k, n))
+            print(table(rows[-1:])[-1], flush=True)
     lock_failure = locks_stay_clear(op)
     print(f"locks: {lock_failure or 'clear after 400 launches on two streams'}", flush=True)
     model = model_rows([int(b) for b in args.model_batches.split(",") if b], torch.float16)

@@ -51,8 +51,12 @@ ENV_CONV_TILE = "INCEPTION_FAST_CUTLASS_CONV_TILE"
 ENV_SPLIT_K = "INCEPTION_FAST_CUTLASS_SPLIT_K"
 SPLIT_K_TILE = (128, 64)  # csrc/gemm_conv1x1.h: kSplitKTileM, kSplitKTileN
 MAX_SPLITS = 8  # csrc/gemm_conv1x1.h: kMaxSplits
-MIN_K_BLOCKS_PER_SPLIT = 4
 K_BLOCK_BYTES = 128  # the ops' K step: 64 fp16 / bf16 channels
+# split_k_count's costs, in k-blocks of one CTA's K loop (about 0.3 us each at batch 1 on an H100):
+# splitting at all (the last range's wait, the stores and loads of partials), and each range but
+# the last (its slot, which the last range loads).
+SPLIT_COST_K_BLOCKS = 7
+RANGE_COST_K_BLOCKS = 1
 # setting -> (tile_m, tile_n): output pixels and channels per CTA tile; 0: the op's model picks
 # per conv. A bare width is a 128-row tile.
 CONV_TILES = {"128": (128, 128), "96": (128, 96), "64": (128, 64), "256x128": (256, 128), "256x96": (256, 96),
@@ -86,16 +90,20 @@ def split_k_setting() -> int:
 def split_k_count(m: int, n: int, k_blocks: int, sm_count: int) -> int:
     """How many ranges to cut the K loop of an m x n GEMM (or a conv's implicit GEMM) into, 1 for
     none: only where its SPLIT_K_TILE output tiles would keep fewer than a quarter of `sm_count`
-    SMs busy; then as many as fill the SMs in one wave, with at least MIN_K_BLOCKS_PER_SPLIT
-    k-blocks each (the last split waits for every earlier one to add its partials: short ranges
-    buy little), at most MAX_SPLITS. `k_blocks`: the K loop in K_BLOCK_BYTES blocks (a conv's
+    SMs busy, and then the count, up to MAX_SPLITS and one wave of tiles times ranges, that
+    costs least: the longest range's k-blocks plus SPLIT_COST_K_BLOCKS and RANGE_COST_K_BLOCKS
+    per range but the last. `k_blocks`: the K loop in K_BLOCK_BYTES blocks (a conv's
     ceil(C / 64) * R * S in fp16). `sm_count` is the launch's planned share, never the SMs it
     gets in one call: a share of the GPU computes the same bits."""
     tiles = -(-m // SPLIT_K_TILE[0]) * -(-n // SPLIT_K_TILE[1])
     if sm_count <= 0 or tiles * 4 > sm_count:
         return 1
-    splits = min(sm_count // tiles, k_blocks // MIN_K_BLOCKS_PER_SPLIT, MAX_SPLITS)
-    return splits if splits >= 2 else 1
+
+    def cost(splits: int) -> int:
+        extra = SPLIT_COST_K_BLOCKS + RANGE_COST_K_BLOCKS * (splits - 1) if splits > 1 else 0
+        return -(-k_blocks // splits) + extra
+
+    return min(range(1, min(MAX_SPLITS, sm_count // tiles, k_blocks) + 1), key=cost)
 
 
 def _splits(launch, m: int, k_blocks: int) -> int:
