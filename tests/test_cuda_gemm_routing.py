@@ -299,14 +299,13 @@ def test_the_cutlass_question_first_asked_inside_a_trace_answers_no(monkeypatch)
 
 
 @pytest.mark.parametrize(("m", "n", "k_blocks", "sms", "splits"), [
-    (289, 224, 21, 132, 3),  # InceptionB's 7-tap conv at batch 1: 12 tiles, 3 ranges of 7 k-blocks
-    (2312, 224, 21, 132, 1),  # batch 8: 76 tiles keep more than a quarter of the SMs busy
-    (289, 224, 7, 132, 1),  # 7 k-blocks: splitting costs more than it saves
-    (289, 384, 54, 132, 6),  # ReductionA's 3x3/2 conv: 18 tiles of 54 k-blocks
-    (289, 224, 21, 20, 1),  # a share of 20 SMs: one wave of 12 tiles
-    (289, 224, 21, 40, 1),  # a share of 40 SMs: 12 tiles are more than a quarter of it
-    (64, 64, 100, 132, 8),  # one tile, a long K loop: at most 8 ranges
-    (289, 224, 21, 0, 1),  # no GPU
+    (289, 256, 28, 132, 3),  # InceptionB's 7x1 224-to-256 conv at batch 1: 12 tiles, 3 ranges
+    (289, 224, 21, 132, 1),  # its 1x7 192-to-224: splitting would gain less than it costs
+    (289, 384, 54, 132, 4),  # ReductionA's 3x3/2 conv: 18 tiles of 54 k-blocks
+    (2312, 256, 28, 132, 1),  # batch 8: 76 tiles keep more than a quarter of the SMs busy
+    (289, 256, 28, 40, 1),  # a share of 40 SMs: 12 tiles are more than a quarter of it
+    (64, 64, 100, 132, 5),  # one tile, a long K loop
+    (289, 256, 28, 0, 1),  # no GPU
 ])
 def test_split_k_count_splits_only_where_the_tiles_leave_most_sms_idle(m, n, k_blocks, sms, splits):
     """At the count of least cost (the longest range, plus the costs of splitting), in one wave."""
@@ -317,25 +316,25 @@ def test_a_launch_splits_by_its_planned_share_not_by_the_sms_it_runs_on(monkeypa
     """The small-stage share decides, whether the stage runs side by side in it or one launch after
     another on every SM: the same count, so the same bits, with a CUDA graph and without."""
     monkeypatch.delenv(gemm_routing.ENV_SPLIT_K, raising=False)
-    weight = torch.zeros(256, 1024, dtype=torch.float16)
-    buffers = {pk.BUF_INPUT: torch.zeros(1, 17, 17, 1024, dtype=torch.float16)}
+    weight = torch.zeros(384, 1536, dtype=torch.float16)  # InceptionC's 1x1 at batch 1
+    buffers = {pk.BUF_INPUT: torch.zeros(1, 8, 8, 1536, dtype=torch.float16)}
     launch = gemm_routing.GemmLaunch(src=pk.BUF_INPUT, dst=pk.BUF_OUTPUT, col_offset=0, relu=True,
-                                     weight=weight, bias=torch.zeros(256))
+                                     weight=weight, bias=torch.zeros(384))
     assert launch.splits(buffers) == 1  # not planned: no SM count
     gemm_routing.share_sms([launch], 132)
     assert launch.small_stage_sm_limit == 0 and launch.splits(buffers) == 1  # cached for these rows
     launch.splits_by_rows.clear()
-    assert launch.splits(buffers) == 4  # 289 x 256: 12 tiles of 16 k-blocks on 132 SMs
+    assert launch.splits(buffers) == 3  # 64 x 384: 6 tiles of 24 k-blocks on 132 SMs
     launch.splits_by_rows.clear()
-    launch.small_stage_sm_limit = 40
-    assert launch.splits(buffers) == 1  # 12 tiles fill more than a quarter of a 40-SM share
+    launch.small_stage_sm_limit = 20
+    assert launch.splits(buffers) == 1  # 6 tiles fill more than a quarter of a 20-SM share
     fp32 = dataclasses.replace(launch, weight=weight.float(), tf32=True, splits_by_rows={})
     fp32.small_stage_sm_limit = 0
     assert fp32.splits(buffers) == 1  # split-K is fp16 and bf16 only
     conv = gemm_routing.ConvLaunch(src=pk.BUF_INPUT, dst=pk.BUF_OUTPUT, in_c0=0, out_c0=0, relu=True,
-                                   weight=torch.zeros(224, 1, 7, 192, dtype=torch.float16),
-                                   bias=torch.zeros(224), stride=1, pad_h=0, pad_w=3, tile_n=0, sm_count=132)
+                                   weight=torch.zeros(256, 7, 1, 224, dtype=torch.float16),
+                                   bias=torch.zeros(256), stride=1, pad_h=3, pad_w=0, tile_n=0, sm_count=132)
     buffers[pk.BUF_OUTPUT] = torch.zeros(1, 17, 17, 448, dtype=torch.float16)
-    assert conv.splits(buffers) == 3  # 12 tiles of 3 x 7 k-blocks
+    assert conv.splits(buffers) == 3  # 12 tiles of 4 x 7 k-blocks
     assert dataclasses.replace(conv, tile_n=96, splits_by_rows={}).splits(buffers) == 1  # a tile asked for
     assert dataclasses.replace(conv, split_k=3, splits_by_rows={}).splits(buffers) == 3  # the setting

@@ -4,7 +4,8 @@ on and off.
 
     python benchmarks/device/split_k_check.py [--batches 1,2,4] [--model-batches 1,2,4,8]
 
-- Each case (fp16, and bf16 on the first few) runs each split count against float64 on a
+- Each case (fp16, and bf16 on the first few) runs each split count that fits one wave on this
+  GPU against float64 on a
   channel slice of a wider buffer (conv_fprop_check.case_tensors), within twice cuDNN's own error
   plus 1e-6, twice with the same bits (the partials meet in split order); a case that fails is
   reported and not timed.
@@ -79,6 +80,14 @@ def graph_ms(fn, launches: int = 20, replays: int = 20) -> float:
     return statistics.median(timing.replay_ms(graph, replays)) / launches
 
 
+def counts(m: int, n: int, k_blocks: int, model: int) -> list[int]:
+    """The split counts a case runs: SPLITS and the model's, those that fit one wave of tiles times
+    ranges on this GPU and no more ranges than k-blocks."""
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    tiles = -(-m // gemm_routing.SPLIT_K_TILE[0]) * -(-n // gemm_routing.SPLIT_K_TILE[1])
+    return [s for s in sorted({*SPLITS, model}) if s == 1 or (s <= k_blocks and tiles * s <= sms)]
+
+
 def run_case(op, name, batch, height, width, c, k, r, s, stride, pad_h, pad_w, dtype, timed) -> dict:
     x, weight, bias, out = case_tensors(batch, height, width, c, k, r, s, stride, pad_h, pad_w)
     x, weight, out = x.to(dtype), weight.to(dtype), out.to(dtype)
@@ -94,7 +103,7 @@ def run_case(op, name, batch, height, width, c, k, r, s, stride, pad_h, pad_w, d
     model = gemm_routing.split_k_count(m, k, -(-c // 64) * r * s, sms)  # what the backends ask for
     row = {"case": name, "batch": batch, "dtype": str(dtype).removeprefix("torch."), "ok": True,
            "bound": 2 * relative_l2(cudnn, exact) + 1e-6, "errors": {}, "ms": {}, "model": model}
-    for split_k in sorted({*SPLITS, model}):
+    for split_k in counts(m, k, -(-c // 64) * r * s, model):
         def ours(split_k=split_k):
             op(x, weight, bias, out, in_c0, out_c0, stride, pad_h, pad_w, True, 0, False, 0, 0, split_k)
 
@@ -136,7 +145,7 @@ def run_gemm_case(op, name, batch, size, k, n) -> dict:
     model = gemm_routing.split_k_count(m, n, -(-k // 64), sms)
     row = {"case": name, "batch": batch, "dtype": "float16", "ok": True, "model": model,
            "bound": 2 * relative_l2(cudnn, exact) + 1e-6, "errors": {}, "ms": {}}
-    for split_k in sorted({*SPLITS, model}):
+    for split_k in counts(m, n, -(-k // 64), model):
         def ours(split_k=split_k):
             op(x, weight, bias, out, 8, True, 0, False, 0, split_k)
 
@@ -224,9 +233,10 @@ def table(rows) -> list[str]:
                      f"{max(row['errors'].values()):.2e} ({row['bound']:.2e})"]
         else:
             ms = row["ms"]
-            best = min(ms[_label(s)] for s in SPLITS if s)
+            best = min(value for label, value in ms.items() if label.startswith("split"))
             error = f"{max(row['errors'].values()):.2e} ({row['bound']:.2e})"
-            cells = [row["case"], row["batch"], row["dtype"], *(f"{ms[_label(s)]:.4f}" for s in SPLITS),
+            timed = (f"{ms[_label(s)]:.4f}" if _label(s) in ms else "-" for s in SPLITS)
+            cells = [row["case"], row["batch"], row["dtype"], *timed,
                      row["model"], f"{ms['cuDNN']:.4f}", f"{best / ms['split 1']:.2f}",
                      f"{ms['model'] / ms['split 1']:.2f}", f"{ms['model'] / ms['cuDNN']:.2f}", error]
         lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")

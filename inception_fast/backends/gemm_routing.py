@@ -53,10 +53,12 @@ SPLIT_K_TILE = (128, 64)  # csrc/gemm_conv1x1.h: kSplitKTileM, kSplitKTileN
 MAX_SPLITS = 8  # csrc/gemm_conv1x1.h: kMaxSplits
 K_BLOCK_BYTES = 128  # the ops' K step: 64 fp16 / bf16 channels
 # split_k_count's costs, in k-blocks of one CTA's K loop (about 0.3 us each at batch 1 on an H100):
-# splitting at all (the last range's wait, the stores and loads of partials), and each range but
-# the last (its slot, which the last range loads).
-SPLIT_COST_K_BLOCKS = 7
-RANGE_COST_K_BLOCKS = 1
+# splitting at all (the cooperative kernel, the last range's wait, the stores of partials; about
+# 2 us), and each range but the last (its slot, which the last range loads; about 0.8 us). Fitted
+# on Inception-v4's k x k convs at batch 1 and 2 (benchmarks/device/split_k_check.py), set so
+# that a split the fit finds within about 5% of none stays whole.
+SPLIT_COST_K_BLOCKS = 8
+RANGE_COST_K_BLOCKS = 3
 # setting -> (tile_m, tile_n): output pixels and channels per CTA tile; 0: the op's model picks
 # per conv. A bare width is a 128-row tile.
 CONV_TILES = {"128": (128, 128), "96": (128, 96), "64": (128, 64), "256x128": (256, 128), "256x96": (256, 96),
