@@ -220,6 +220,39 @@ def model_rows(batches, dtype) -> list[dict]:
     return rows
 
 
+def block_rows(batch: int, dtype) -> list[dict]:
+    """Each block of the network alone from a CUDA graph (as benchmarks/device/block_accounting.py
+    times them), planned with split-K off and on: where the network's difference comes from."""
+    from pool_configs import block_inputs
+
+    import inception_fast
+    from inception_fast import bench
+    from inception_fast.testing import calibrated_inception_v4
+
+    source = calibrated_inception_v4(0).cuda()
+    x = bench.make_inputs(batch, 299, torch.float32, torch.device("cuda"), seed=0, sets=1)[0].to(dtype)
+    times: dict = {}
+    for setting in ("off", "auto"):
+        os.environ[gemm_routing.ENV_SPLIT_K] = setting
+        with torch.inference_mode():
+            fused = inception_fast.optimize(source, dtype=dtype, cuda_graph=False)
+            for _ in range(3):
+                fused(x)
+            for index, (block, x_in) in enumerate(block_inputs(fused, x)):
+                graph = timing.CapturedGraph(block.run, x_in)
+                ms = timing.time_graph(graph, [x_in], budget_ms=100).median_ms
+                times.setdefault(index, {"label": block.plan.label})[setting] = ms
+                del graph
+    os.environ.pop(gemm_routing.ENV_SPLIT_K)
+    rows = list(times.values())
+    for row in rows:
+        print(f"block {row['label']:<28} off {row['off']:.4f} auto {row['auto']:.4f} ms "
+              f"({row['auto'] / row['off']:.3f}x)", flush=True)
+    total = {s: sum(row[s] for row in rows) for s in ("off", "auto")}
+    print(f"blocks, batch {batch}: off {total['off']:.4f} ms, auto {total['auto']:.4f} ms", flush=True)
+    return rows
+
+
 def table(rows) -> list[str]:
     columns = ("case", "batch", "dtype", *(f"{_label(s)} ms" for s in SPLITS), "model's count", "cuDNN ms",
                "best split / 1", "model / 1", "model / cuDNN", "max error (bound)")
@@ -247,32 +280,44 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batches", default="1,2,4")
     parser.add_argument("--model-batches", default="1,2,4,8")
+    parser.add_argument("--model-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting for the network's timings (again for each)")
+    parser.add_argument("--blocks", type=int, default=0, metavar="BATCH",
+                        help="also time each block alone, split-K off and on, at this batch")
+    parser.add_argument("--no-cases", action="store_true", help="skip the per-launch cases")
     args = parser.parse_args(argv)
     torch.backends.cudnn.benchmark = True
     extension.load()
     op = torch.ops.inception_fast.cuda_conv_fprop
     rows = []
-    for index, (name, height, width, c, k, (r, s), stride, (pad_h, pad_w)) in enumerate(CASES):
+    for index, (name, height, width, c, k, (r, s), stride, (pad_h, pad_w)) in enumerate(
+            [] if args.no_cases else CASES):
         for batch in (int(b) for b in args.batches.split(",")):
             for dtype in (torch.float16, torch.bfloat16) if index < BF16_CASES else (torch.float16,):
                 case = (name, batch, height, width, c, k, r, s, stride, pad_h, pad_w, dtype)
                 rows.append(run_case(op, *case, timed=dtype == torch.float16))
                 print(table(rows[-1:])[-1], flush=True)
     gemm = torch.ops.inception_fast.cuda_gemm_conv1x1
-    for name, size, k, n in GEMM_CASES:
+    for name, size, k, n in [] if args.no_cases else GEMM_CASES:
         for batch in (int(b) for b in args.batches.split(",")):
             rows.append(run_gemm_case(gemm, name, batch, size, k, n))
             print(table(rows[-1:])[-1], flush=True)
     lock_failure = locks_stay_clear(op)
     print(f"locks: {lock_failure or 'clear after 400 launches on two streams'}", flush=True)
     model = model_rows([int(b) for b in args.model_batches.split(",") if b], torch.float16)
+    for setting in args.model_env:
+        name, value = setting.split("=", 1)
+        os.environ[name] = value
+        print(f"with {name}={value}:", flush=True)
+        model += model_rows([int(b) for b in args.model_batches.split(",") if b], torch.float16)
+    blocks = block_rows(args.blocks, torch.float16) if args.blocks else []
     lines = table(rows)
     print("\n".join(lines), flush=True)
     out_dir = os.environ.get("OUT")
     if out_dir:
         document = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
                     "commit": os.environ.get("INCEPTION_FAST_COMMIT", "unknown"), "rows": rows,
-                    "locks": lock_failure, "model": model}
+                    "locks": lock_failure, "model": model, "blocks": blocks}
         Path(out_dir, "split_k_check.json").write_text(json.dumps(document, indent=1) + "\n")
         Path(out_dir, "split_k_check.md").write_text("\n".join(lines) + "\n")
     failures = sum(not row["ok"] for row in rows) + (lock_failure is not None)
