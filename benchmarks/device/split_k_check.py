@@ -310,6 +310,7 @@ def main(argv=None) -> int:
         os.environ[name] = value
         print(f"with {name}={value}:", flush=True)
         model += model_rows([int(b) for b in args.model_batches.split(",") if b], torch.float16)
+        os.environ.pop(name)  # each setting alone
     blocks = block_rows(args.blocks, torch.float16) if args.blocks else []
     lines = table(rows)
     print("\n".join(lines), flush=True)
