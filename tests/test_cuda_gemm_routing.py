@@ -312,14 +312,14 @@ def test_split_k_count_splits_only_where_the_tiles_leave_most_sms_idle(m, n, k_b
     assert gemm_routing.split_k_count(m, n, k_blocks, sms) == splits
 
 
-def test_a_launch_splits_by_its_planned_share_not_by_the_sms_it_runs_on(monkeypatch):
-    """The small-stage share decides, whether the stage runs side by side in it or one launch after
-    another on every SM: the same count, so the same bits, with a CUDA graph and without."""
-    monkeypatch.delenv(gemm_routing.ENV_SPLIT_K, raising=False)
+def test_a_launch_splits_by_its_planned_share_not_by_the_sms_it_runs_on():
+    """With split-K on (`auto`), the small-stage share decides, whether the stage runs side by side
+    in it or one launch after another on every SM: the same count, so the same bits, with a CUDA
+    graph and without."""
     weight = torch.zeros(384, 1536, dtype=torch.float16)  # InceptionC's 1x1 at batch 1
     buffers = {pk.BUF_INPUT: torch.zeros(1, 8, 8, 1536, dtype=torch.float16)}
     launch = gemm_routing.GemmLaunch(src=pk.BUF_INPUT, dst=pk.BUF_OUTPUT, col_offset=0, relu=True,
-                                     weight=weight, bias=torch.zeros(384))
+                                     weight=weight, bias=torch.zeros(384), split_k=0)  # auto
     assert launch.splits(buffers) == 1  # not planned: no SM count
     gemm_routing.share_sms([launch], 132)
     assert launch.small_stage_sm_limit == 0 and launch.splits(buffers) == 1  # cached for these rows
@@ -333,7 +333,8 @@ def test_a_launch_splits_by_its_planned_share_not_by_the_sms_it_runs_on(monkeypa
     assert fp32.splits(buffers) == 1  # split-K is fp16 and bf16 only
     conv = gemm_routing.ConvLaunch(src=pk.BUF_INPUT, dst=pk.BUF_OUTPUT, in_c0=0, out_c0=0, relu=True,
                                    weight=torch.zeros(256, 7, 1, 224, dtype=torch.float16),
-                                   bias=torch.zeros(256), stride=1, pad_h=3, pad_w=0, tile_n=0, sm_count=132)
+                                   bias=torch.zeros(256), stride=1, pad_h=3, pad_w=0, tile_n=0, sm_count=132,
+                                   split_k=0)
     buffers[pk.BUF_OUTPUT] = torch.zeros(1, 17, 17, 448, dtype=torch.float16)
     assert conv.splits(buffers) == 3  # 12 tiles of 4 x 7 k-blocks
     assert dataclasses.replace(conv, tile_n=96, splits_by_rows={}).splits(buffers) == 1  # a tile asked for

@@ -7,8 +7,9 @@ each output tile's K loop cut into ranges whose fp32 partials meet in a per-stre
 - The workspace's locks stay clear: problems of other sizes and split counts in turn on one
   stream, on a second stream, on a share of the SMs (more splits than the share runs at once),
   inside a CUDA graph captured on a stream that never ran one, and after it.
-- The network: Inception-v4 at batch 1 and 3 (fp16, triton-gemm) splits where the planned share
-  leaves SMs idle, within the 2x rule, with the same bits from a CUDA graph as without.
+- The network with INCEPTION_FAST_CUTLASS_SPLIT_K=auto (off by default): Inception-v4 at batch 1
+  and 3 (fp16, triton-gemm) splits where the planned share leaves SMs idle, within the 2x rule,
+  with the same bits from a CUDA graph as without.
 Skipped without the CUTLASS headers or off Hopper."""
 
 from __future__ import annotations
@@ -187,7 +188,7 @@ def test_split_k_is_refused_where_it_is_not_built():
 @torch.no_grad()
 def test_the_network_splits_at_small_batches_with_the_same_bits_in_a_graph(calibrated_model, monkeypatch,
                                                                            batch):
-    monkeypatch.delenv(gemm_routing.ENV_SPLIT_K, raising=False)
+    monkeypatch.setenv(gemm_routing.ENV_SPLIT_K, "auto")
     model = copy.deepcopy(calibrated_model).cuda()
     x = torch.randn(batch, 3, 299, 299, device="cuda")
     ref = model(x)

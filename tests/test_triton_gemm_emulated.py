@@ -293,8 +293,8 @@ def test_the_conv_tile_setting_reaches_the_op(v4, emulated_kxk, monkeypatch, set
 
 @pytest.mark.parametrize(("setting", "split_k"), [(None, 1), ("auto", 1), ("off", 1), ("2", 2), ("8", 8)])
 def test_the_split_k_setting_reaches_the_ops(v4, emulated_kxk, monkeypatch, setting, split_k):
-    """INCEPTION_FAST_CUTLASS_SPLIT_K: split_k_count unless set (no SMs here: no split), else
-    never or that many ranges, on both ops."""
+    """INCEPTION_FAST_CUTLASS_SPLIT_K: off unless set; `auto`: split_k_count (no SMs here: no
+    split); else that many ranges, on both ops."""
     if setting is None:
         monkeypatch.delenv(gemm_routing.ENV_SPLIT_K, raising=False)
     else:

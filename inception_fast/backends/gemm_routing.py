@@ -19,9 +19,11 @@ rules for channel counts, offsets and runs as the GEMM, in CTA tiles of 128 outp
 96 or 64 output channels, or of 256 pixels by 128 or 96 (fp16 and bf16; INCEPTION_FAST_CUTLASS_CONV_TILE,
 `conv_tile`).
 
-Where their output tiles would leave most SMs idle (batch 1 and 2 of Inception-v4), both ops cut
-each tile's K loop into ranges run by as many CTAs (split-K, fp16 and bf16: `split_k_count`;
-INCEPTION_FAST_CUTLASS_SPLIT_K, `split_k_setting`).
+Both ops can cut each output tile's K loop into ranges run by as many CTAs (split-K, fp16 and
+bf16), where their tiles would leave most SMs idle (batch 1 and 2 of Inception-v4):
+INCEPTION_FAST_CUTLASS_SPLIT_K=auto (`split_k_setting`, `split_k_count`). It is off by default:
+on an H100 the convs it splits run 0.62-0.89x their time alone, but the network at batch 1 took
+1.07x its time with it (see benchmarks/device/split_k_check.py).
 
 Both ops take fp16, bf16, and fp32 on TF32 tensor cores (`tf32`, asked for explicitly): the
 tensor cores read the top 19 bits of each operand, so the launches read weights rounded to TF32
@@ -77,9 +79,9 @@ def conv_tile() -> tuple[int, int]:
 
 
 def split_k_setting() -> int:
-    """The ops' split-K, from INCEPTION_FAST_CUTLASS_SPLIT_K: `auto` unless set (0: split_k_count
-    per launch), `off` (1: never), or a count of 2 to 8 (every fp16 / bf16 launch, for measuring)."""
-    setting = os.environ.get(ENV_SPLIT_K, "auto")
+    """The ops' split-K, from INCEPTION_FAST_CUTLASS_SPLIT_K: `off` unless set (1: never), `auto`
+    (0: split_k_count per launch), or a count of 2 to 8 (every fp16 / bf16 launch, for measuring)."""
+    setting = os.environ.get(ENV_SPLIT_K, "off")
     if setting == "auto":
         return 0
     if setting == "off":
@@ -154,7 +156,7 @@ class GemmLaunch:
     tf32: bool = False  # fp32 on TF32 tensor cores
     sm_limit: int = 0  # SMs its persistent CTAs may occupy in a large stage (0: all; share_sms)
     small_stage_sm_limit: int = 0  # the same in a small stage (stage_is_small)
-    split_k: int = 0  # split_k_setting(): 0 for split_k_count, 1 for none, or a count
+    split_k: int = 1  # split_k_setting(): 1 for none, 0 for split_k_count, or a count
     sm_count: int = 0  # the GPU's SMs (share_sms; 0: not planned, no split-K)
     splits_by_rows: dict = field(default_factory=dict)  # m -> split_k_count
 
@@ -196,7 +198,7 @@ class ConvLaunch:
     tile_n: int  # 64, 96, 128, or 0: the op picks
     tf32: bool = False  # fp32 on TF32 tensor cores
     tile_m: int = 0  # 128, 256, or 0: the op picks
-    split_k: int = 0  # split_k_setting(): 0 for split_k_count (where the op picks the tile), 1, n
+    split_k: int = 1  # split_k_setting(): 1, 0 for split_k_count (where the op picks the tile), n
     small_stage_sm_limit: int = 0  # SMs its persistent CTAs may occupy in a small stage (0: all)
     sm_count: int = 0  # the GPU's SMs (share_sms; 0: not planned, no split-K)
     splits_by_rows: dict = field(default_factory=dict)  # m -> split_k_count
