@@ -3,7 +3,7 @@ profiler, summed by kind, beside the forward's wall time and the time the GPU wa
 
     python benchmarks/device/kernel_breakdown.py --batch 256 --dtype fp16
 
-Kinds: the CUTLASS k x k conv by tile shape, the CUTLASS 1x1 GEMM by tile shape, each Triton
+Kinds: the CUTLASS k x k conv and 1x1 GEMM by tile shape (and split-K, where on), each Triton
 kernel by name, cuDNN (and other library kernels) by name. "busy" is the union of the kernels'
 intervals over every stream: kernel time above it ran side by side; wall time above it is the
 GPU waiting (launches, stream joins). The profiled forwards run without a CUDA graph, so that
@@ -44,10 +44,13 @@ def kind(name: str) -> str:
     """A short kind for a kernel name: CUTLASS kernels by op and tile shape, others by name."""
     if "kernel_entry" in name:  # a mangled name: the tile from the MMA atom and the schedule
         conv = "CollectiveConv" in name
+        split_k = "SplitKSchedulerTag" in name  # cooperative, 128 x 64 (csrc/split_k_scheduler.cuh)
         width = re.search(r"MMA_64x(\d+)x", name)
-        rows = 256 if conv and "PersistentCooperative" in name else 128  # the GEMM's are 128 rows
+        # The GEMM's are 128 rows; the conv's cooperative tiles 256, but for split-K.
+        rows = 256 if conv and "PersistentCooperative" in name and not split_k else 128
         op = "CUTLASS conv" if conv else "CUTLASS GEMM"
-        return f"{op} {rows}x{width.group(1)}" if width else op
+        label = f"{op} {rows}x{width.group(1)}" if width else op
+        return f"{label} split-K" if split_k else label
     name = re.sub(r"<.*", "", name)  # templates: the kernel's own name
     return name[:70]
 
