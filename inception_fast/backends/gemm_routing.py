@@ -110,12 +110,10 @@ def split_k_count(m: int, n: int, k_blocks: int, sm_count: int) -> int:
     return min(range(1, min(MAX_SPLITS, sm_count // tiles, k_blocks) + 1), key=cost)
 
 
-def _splits(launch, m: int, k_blocks: int) -> int:
-    """A launch's split_k for m rows: its setting, else split_k_count on its planned share (the
-    small-stage share where it has one, which runs one after another on every SM or side by
-    side in its share: the same count either way)."""
-    if launch.split_k or launch.tf32:
-        return launch.split_k or 1
+def _counted_splits(launch, m: int, k_blocks: int) -> int:
+    """split_k_count of a launch in `auto` for m rows, on its planned share (the small-stage share
+    where it has one, which runs one after another on every SM or side by side in its share: the
+    same count either way), kept per m."""
     count = launch.splits_by_rows.get(m)
     if count is None:
         sms = launch.small_stage_sm_limit or launch.sm_count
@@ -161,10 +159,12 @@ class GemmLaunch:
     splits_by_rows: dict = field(default_factory=dict)  # m -> split_k_count
 
     def splits(self, buffers: dict) -> int:
-        """The op's split_k on `buffers`."""
+        """The op's split_k on `buffers`: its setting (none for TF32), else split_k_count."""
+        if self.split_k or self.tf32:
+            return self.split_k or 1
         src = buffers[self.src]
         k_blocks = -(-self.weight.shape[1] * self.weight.element_size() // K_BLOCK_BYTES)
-        return _splits(self, src.numel() // src.shape[-1], k_blocks)
+        return _counted_splits(self, src.numel() // src.shape[-1], k_blocks)
 
     @property
     def work(self) -> int:
@@ -204,13 +204,14 @@ class ConvLaunch:
     splits_by_rows: dict = field(default_factory=dict)  # m -> split_k_count
 
     def splits(self, buffers: dict) -> int:
-        """The op's split_k on `buffers`: split_k_count only where the op picks the tile."""
-        if self.tile_m or self.tile_n:
+        """The op's split_k on `buffers`: its setting (none for TF32), else split_k_count where
+        the op picks the tile."""
+        if self.split_k or self.tf32 or self.tile_m or self.tile_n:
             return self.split_k or 1
         dst = buffers[self.dst]
         _, r, s, c = self.weight.shape
         k_blocks = -(-c * self.weight.element_size() // K_BLOCK_BYTES) * r * s
-        return _splits(self, dst.numel() // dst.shape[-1], k_blocks)
+        return _counted_splits(self, dst.numel() // dst.shape[-1], k_blocks)
 
     @property
     def work(self) -> int:
