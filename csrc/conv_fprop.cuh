@@ -140,7 +140,8 @@ const char* prepare(const ConvFpropArgs& a, PreparedLaunch& out) {
   if (!Kernel::can_implement(arguments)) {
     return "CUTLASS cannot run this convolution (sizes, padding or alignment)";
   }
-  const typename Kernel::Params params = Kernel::to_underlying_arguments(arguments, SplitK ? a.split.locks : nullptr);
+  void* workspace = SplitK ? a.split.locks : nullptr;
+  const typename Kernel::Params params = Kernel::to_underlying_arguments(arguments, workspace);
   if constexpr (SplitK) {
     if (const char* error = check_split_k<Kernel>(params, a.split)) return error;
   } else if (Kernel::get_workspace_size(arguments) != 0) {

@@ -287,7 +287,8 @@ const char* prepare(const GemmConv1x1Args& args, PreparedLaunch& out) {
   if (!Kernel::can_implement(arguments)) {
     return "CUTLASS cannot run this problem (sizes or alignment)";
   }
-  const typename Kernel::Params params = Kernel::to_underlying_arguments(arguments, SplitK ? args.split.locks : nullptr);
+  void* workspace = SplitK ? args.split.locks : nullptr;
+  const typename Kernel::Params params = Kernel::to_underlying_arguments(arguments, workspace);
   if constexpr (SplitK) {
     if (const char* error = check_split_k<Kernel>(params, args.split)) return error;
   } else if (Kernel::get_workspace_size(arguments) != 0) {
