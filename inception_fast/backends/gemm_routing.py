@@ -334,8 +334,9 @@ def _run_params(packed, weights, row, run: ColumnRun) -> tuple[torch.Tensor, tor
 def _checked_split_k(tf32: bool, tile: tuple = (0, 0)) -> int:
     split_k = split_k_setting()
     if split_k > 1 and (tf32 or tile not in ((0, 0), (128, 64))):
+        fix = "fp32 on TF32 has no split-K kernel" if tf32 else f"set {ENV_CONV_TILE} to auto or 64"
         raise ValueError(f"{ENV_SPLIT_K}={split_k}: split-K runs fp16 and bf16 launches in 128 x 64 tiles; "
-                         f"set {ENV_CONV_TILE} to auto or 64, or {ENV_SPLIT_K} to auto")
+                         f"{fix}, or set {ENV_SPLIT_K} to auto or off")
     return split_k
 
 
