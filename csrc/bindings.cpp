@@ -270,14 +270,17 @@ const char* by_tile(int tile, Launch&& launch) {
 }
 
 // The ops' split_k: 0 or 1 (none) or 2 to kMaxSplits ranges of the K loop, for fp16 and bf16 in
-// the split-K tile (`split_tile`: the caller's tile arguments, named in `tiles`, allow it).
-void check_split_k(const char* op, const at::Tensor& x, int64_t split_k, bool split_tile,
-                   const std::string& tiles) {
+// the split-K tile: the caller's tile_m (-1: the op has none) and tile_n must be 0 (the op's
+// choice) or that tile's. The message is built only when a check fails (join_text, not c10::str:
+// see check_text.h).
+void check_split_k(const char* op, const at::Tensor& x, int64_t split_k, int64_t tile_m, int64_t tile_n) {
   OP_CHECK(split_k >= 0 && split_k <= kMaxSplits, op, ": split_k must be 0 or 1 (no split) or 2 to ", kMaxSplits,
            " ranges of the K loop, got ", split_k);
+  const bool split_tile = (tile_m <= 0 || tile_m == kSplitKTileM) && (tile_n == 0 || tile_n == kSplitKTileN);
   OP_CHECK(split_k < 2 || (x.scalar_type() != at::kFloat && split_tile), op,
            ": split-K is built for fp16 and bf16 in ", kSplitKTileM, " x ", kSplitKTileN, " tiles; got ",
-           x.scalar_type(), " with ", tiles, ". Pass split_k=0 or 1, or tiles of 0 (the op's) or those");
+           x.scalar_type(), " with ", tile_m < 0 ? "" : "tile_m ", tile_m < 0 ? "" : join_text(tile_m, ", "),
+           "tile_n ", tile_n, ". Pass split_k=0 or 1, or tiles of 0 (the op's) or those");
 }
 
 // The split-K of a CUTLASS launch on x's device and the current stream: the ops' split_k (0 or
@@ -305,8 +308,7 @@ void check_gemm_conv1x1(const at::Tensor& x, const at::Tensor& weight, const at:
                         const at::Tensor& out, int64_t col_offset, int64_t tile_n, bool tf32, int64_t sm_limit,
                         int64_t split_k) {
   check_cutlass_dtype("cuda_gemm_conv1x1", x, tf32);
-  check_split_k("cuda_gemm_conv1x1", x, split_k, tile_n == 0 || tile_n == kSplitKTileN,
-                c10::str("tile_n ", tile_n));
+  check_split_k("cuda_gemm_conv1x1", x, split_k, -1, tile_n);
   OP_CHECK(sm_limit >= 0, "cuda_gemm_conv1x1: sm_limit must be 0 (every SM) or a positive SM count, got ", sm_limit);
   OP_CHECK(x.dim() >= 2 && x.is_contiguous(), "cuda_gemm_conv1x1: x must be a contiguous NHWC (or [M, K]) "
            "tensor, channels last, got shape ", x.sizes());
@@ -427,9 +429,7 @@ void check_conv_fprop(const at::Tensor& x, const at::Tensor& weight, const at::T
            "cuda_conv_fprop: 256-row tiles are built 96 or 128 wide for fp16 and bf16; got tile_n ", tile_n,
            " (", x.scalar_type(), "). Pass tile_m=0 or 128, or tile_n=96 or 128");
   check_cutlass_dtype("cuda_conv_fprop", x, tf32);
-  check_split_k("cuda_conv_fprop", x, split_k,
-                (tile_m == 0 || tile_m == kSplitKTileM) && (tile_n == 0 || tile_n == kSplitKTileN),
-                c10::str("tile_m ", tile_m, ", tile_n ", tile_n));
+  check_split_k("cuda_conv_fprop", x, split_k, tile_m, tile_n);
   OP_CHECK(x.dim() == 4 && x.is_contiguous(), "cuda_conv_fprop: x must be a contiguous NHWC tensor, got shape ",
            x.sizes());
   OP_CHECK(weight.device() == x.device() && weight.scalar_type() == x.scalar_type() && weight.dim() == 4 &&

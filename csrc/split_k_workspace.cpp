@@ -10,6 +10,8 @@
 #include <mutex>
 #include <utility>
 
+#include "check_text.h"
+
 namespace inception_fast {
 namespace {
 
@@ -42,11 +44,11 @@ SplitKWorkspace split_k_workspace(c10::DeviceIndex device, cudaStream_t stream) 
   char* locks = static_cast<char*>(entry.buffer.data_ptr()) + kPartialBytes;
   cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
   unsigned long long capture_id = 0;
-  TORCH_CHECK(cudaStreamGetCaptureInfo(stream, &status, &capture_id) == cudaSuccess,
-              "split-K: cannot ask whether the stream is capturing");
+  OP_CHECK(cudaStreamGetCaptureInfo(stream, &status, &capture_id) == cudaSuccess,
+           "split-K: cannot ask whether the stream is capturing");
   const bool capturing = status == cudaStreamCaptureStatusActive;
   if (capturing ? entry.capture_id != capture_id : !entry.zeroed) {
-    TORCH_CHECK(cudaMemsetAsync(locks, 0, kLockBytes, stream) == cudaSuccess, "split-K: cannot zero the workspace");
+    OP_CHECK(cudaMemsetAsync(locks, 0, kLockBytes, stream) == cudaSuccess, "split-K: cannot zero the workspace");
     if (capturing) {
       entry.capture_id = capture_id;
     } else {

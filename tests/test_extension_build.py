@@ -370,3 +370,17 @@ def test_build_cache_is_per_torch_and_cuda_version(monkeypatch, tmp_path):
     assert directory.parent == tmp_path / "build"
     assert torch.__version__.replace("+", "_") in directory.name
     assert f"cuda{torch.version.cuda}" in directory.name
+
+
+def test_the_sources_build_messages_without_iostreams():
+    """c10::str (iostream number formatting) crashed the process inside this library with torch
+    2.11's wheels instead of raising, even on the success path where a message is built eagerly
+    (check_text.h); every check goes through OP_CHECK, whose messages are joined with join_text
+    only when the check fails. The crash shows only on a GPU machine, so it is guarded here."""
+    csrc = Path(extension.__file__).resolve().parents[1] / "csrc"
+    sources = [p for p in csrc.iterdir() if p.suffix in {".cpp", ".cu", ".h", ".cuh"} and p.name != "check_text.h"]
+    assert len(sources) > 10
+    for path in sources:
+        text = path.read_text()
+        for banned in ("c10::str(", "TORCH_CHECK(", "std::ostringstream", "std::stringstream"):
+            assert banned not in text, f"{path.name} uses {banned}; use OP_CHECK (check_text.h)"

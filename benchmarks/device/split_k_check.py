@@ -253,6 +253,56 @@ def block_rows(batch: int, dtype) -> list[dict]:
     return rows
 
 
+def timeline_lines(batch: int, labels: list[str], dtype) -> list[str]:
+    """The first block of each label, from its CUDA graph, split-K off and on: every kernel and
+    memset of the third of 3 profiled replays, its start from the replay's first, its length and
+    stream. Where a split block's time goes that the convs alone do not show."""
+    from kernel_breakdown import kind
+    from pool_configs import block_inputs
+    from torch.profiler import ProfilerActivity, profile
+
+    import inception_fast
+    from inception_fast import bench
+    from inception_fast.testing import calibrated_inception_v4
+
+    source = calibrated_inception_v4(0).cuda()
+    x = bench.make_inputs(batch, 299, torch.float32, torch.device("cuda"), seed=0, sets=1)[0].to(dtype)
+    lines = []
+    for setting in ("off", "auto"):
+        os.environ[gemm_routing.ENV_SPLIT_K] = setting
+        with torch.inference_mode():
+            fused = inception_fast.optimize(source, dtype=dtype, cuda_graph=False)
+            for _ in range(3):
+                fused(x)
+            inputs = block_inputs(fused, x)
+            for label in labels:
+                block, x_in = next((b, t) for b, t in inputs if b.plan.label.startswith(label))
+                graph = timing.CapturedGraph(block.run, x_in)
+                replay_ms = timing.time_graph(graph, [x_in], budget_ms=100).median_ms
+                with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                    for _ in range(3):
+                        graph.replay()
+                        torch.cuda.synchronize()
+                events = sorted((e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA),
+                                key=lambda e: e.time_range.start)
+                per_replay = len(events) // 3
+                last = events[2 * per_replay:]
+                origin = last[0].time_range.start if last else 0.0
+                span = (max(e.time_range.end for e in last) - origin) if last else 0.0
+                lines += ["", f"{block.plan.label}, split-K {setting}, batch {batch}: replay "
+                          f"{replay_ms * 1e3:.1f} us (median), profiled span {span:.1f} us, "
+                          f"{per_replay} GPU events a replay",
+                          "| start us | us | stream | kind |", "|---|---|---|---|"]
+                for event in last:
+                    start = event.time_range.start - origin
+                    lines.append(f"| {start:.1f} | {event.time_range.elapsed_us():.1f} | "
+                                 f"{event.device_resource_id} | {kind(event.name)} |")
+                del graph
+    os.environ.pop(gemm_routing.ENV_SPLIT_K)
+    print("\n".join(lines), flush=True)
+    return lines
+
+
 def table(rows) -> list[str]:
     columns = ("case", "batch", "dtype", *(f"{_label(s)} ms" for s in SPLITS), "model's count", "cuDNN ms",
                "best split / 1", "model / 1", "model / cuDNN", "max error (bound)")
@@ -285,6 +335,10 @@ def main(argv=None) -> int:
     parser.add_argument("--blocks", type=int, default=0, metavar="BATCH",
                         help="also time each block alone, split-K off and on, at this batch")
     parser.add_argument("--no-cases", action="store_true", help="skip the per-launch cases")
+    parser.add_argument("--timeline", type=int, default=0, metavar="BATCH",
+                        help="also profile one block of each --timeline-blocks label, off and on")
+    parser.add_argument("--timeline-blocks", default="Mixed5a,ReductionA,InceptionB,InceptionC",
+                        help="block labels (their starts) for --timeline")
     args = parser.parse_args(argv)
     torch.backends.cudnn.benchmark = True
     extension.load()
@@ -312,6 +366,9 @@ def main(argv=None) -> int:
         model += model_rows([int(b) for b in args.model_batches.split(",") if b], torch.float16)
         os.environ.pop(name)  # each setting alone
     blocks = block_rows(args.blocks, torch.float16) if args.blocks else []
+    timeline = []
+    if args.timeline:
+        timeline = timeline_lines(args.timeline, args.timeline_blocks.split(","), torch.float16)
     lines = table(rows)
     print("\n".join(lines), flush=True)
     out_dir = os.environ.get("OUT")
@@ -320,7 +377,7 @@ def main(argv=None) -> int:
                     "commit": os.environ.get("INCEPTION_FAST_COMMIT", "unknown"), "rows": rows,
                     "locks": lock_failure, "model": model, "blocks": blocks}
         Path(out_dir, "split_k_check.json").write_text(json.dumps(document, indent=1) + "\n")
-        Path(out_dir, "split_k_check.md").write_text("\n".join(lines) + "\n")
+        Path(out_dir, "split_k_check.md").write_text("\n".join(lines + timeline) + "\n")
     failures = sum(not row["ok"] for row in rows) + (lock_failure is not None)
     print(f"{len(rows)} cases, {failures} failed", flush=True)
     return 1 if failures else 0
