@@ -5,8 +5,9 @@
 #   OUT=dir PART=1 bash benchmarks/device/gpu_tests.sh      (PART=1, 2, 3 or all)
 #
 # Part 1: every backend on every Inception-v4 block, the stage ops, the CUTLASS ops and programmatic
-# dependent launch (~4 min on an H100).
-# Part 2: the stress test, the family, FID, the cuda and auto backends, errors (~4 min).
+# dependent launch, split-K, launch programs (~5 min on an H100).
+# Part 2: the stress test, the family, FID, the cuda and auto backends, errors, side streams
+# (~10 min on an H100: longer than one call; split it by file).
 # Part 3: the per-block persistent kernel and the TMA conv kernel (~5 min).
 # WHEELS=dir (default .whl): pytorch-fid and scipy wheels installed offline into a scratch
 # directory first (the FID tests compare with pytorch-fid; without it they skip).
@@ -22,10 +23,11 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 declare -A FILES=(
   [1]="tests/test_gpu_backends.py tests/test_gpu_stage_ops.py tests/test_gpu_bench.py tests/test_gpu_conv_fprop.py
-       tests/test_gpu_cuda_gemm.py tests/test_gpu_gemm_conv1x1.py tests/test_gpu_programmatic_launch.py"
+       tests/test_gpu_cuda_gemm.py tests/test_gpu_gemm_conv1x1.py tests/test_gpu_programmatic_launch.py
+       tests/test_gpu_split_k.py tests/test_gpu_launch_program.py"
   [2]="tests/test_gpu_stress.py tests/test_gpu_family.py tests/test_fid_features.py tests/test_cuda_backend.py
        tests/test_auto_backend.py tests/test_compile_ahead.py tests/test_errors.py tests/test_triton_backend.py
-       tests/test_torch_backend.py tests/test_gpu_folding.py"
+       tests/test_torch_backend.py tests/test_gpu_folding.py tests/test_side_streams.py"
   [3]="tests/test_gpu_block_kernel.py tests/test_gpu_tma_conv.py"
 )
 parts=$PART
