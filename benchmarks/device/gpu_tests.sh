@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU test suite (`pytest tests -m cuda`, about 10 minutes on an H100) in three parts that
-# each fit a 10-minute call, from the repository root:
+# The GPU test suite (`pytest tests -m cuda`, about 20 minutes on an H100) in three parts; parts 1
+# and 3 each fit a 10-minute call. From the repository root:
 #
 #   OUT=dir PART=1 bash benchmarks/device/gpu_tests.sh      (PART=1, 2, 3 or all)
 #
