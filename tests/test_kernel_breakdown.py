@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "device"))
 
@@ -30,3 +32,23 @@ def test_cutlass_kernels_are_named_by_op_tile_and_split_k(arguments, kind):
 
 def test_other_kernels_keep_their_own_name():
     assert kernel_breakdown.kind("_stage_kernel<128, 64>(float*, int)") == "_stage_kernel"
+
+
+def _event(name, start, end, stream):
+    return SimpleNamespace(name=name, device_type=torch.autograd.DeviceType.CUDA, device_resource_id=stream,
+                           time_range=SimpleNamespace(start=start, end=end, elapsed_us=lambda: end - start))
+
+
+def test_the_graph_timeline_takes_the_last_replay_and_counts_idle_and_side_by_side_time():
+    """Two replays of three kernels: the second (from 100 us) has a 2 us gap and 1 us of two kernels
+    at once; the first replay is left out."""
+    replay = [("a", 0, 5, 7), ("b", 4, 8, 9), ("c", 10, 12, 7)]
+    events = [_event(n, s + offset, e + offset, st) for offset in (0, 100) for n, s, e, st in replay]
+    cpu = SimpleNamespace(name="block", device_type=torch.autograd.DeviceType.CPU)
+    lines = kernel_breakdown.graph_timeline_lines(SimpleNamespace(events=lambda: [cpu, *events[::-1]]), 2)
+    text = "\n".join(lines)
+    assert "3 GPU events" in text
+    assert "span 12.0 us; some kernel running 10.0 us; none 2.0 us in 1 gaps" in text
+    assert "two or more side by side 1.0 us" in text
+    assert "longest gaps (us at us): 2.0 at 8" in text
+    assert lines[-3:] == ["| 0.0 | 5.0 | 7 | a |", "| 4.0 | 4.0 | 9 | b |", "| 10.0 | 2.0 | 7 | c |"]

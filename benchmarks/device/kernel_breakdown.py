@@ -12,6 +12,10 @@ launch on (the default), a kernel's time includes its wait for the one before it
 (INCEPTION_FAST_PDL=0 for the kernels' own times). Prints a table; writes
 $OUT/kernel_breakdown_b<batch>_<dtype>.md when OUT is set.
 
+`--graph-timeline` adds the CUDA-graph forward's own timeline: every kernel of one profiled
+replay in start order (start, length, the graph's stream, kind), with the replay's span, the time
+no kernel ran (and its longest gaps) and the time two or more ran side by side.
+
 `--blocks` adds one more profiled forward with the GPU synchronized around every block, and a
 table of each block's kernels by kind (run it with INCEPTION_FAST_SIDE_STREAMS=0 and
 INCEPTION_FAST_PDL=0 for each kernel's own time).
@@ -87,6 +91,40 @@ def block_ranges(module: torch.nn.Module):
             del block.run
 
 
+def graph_timeline_lines(prof, replays: int) -> list[str]:
+    """The last of `replays` profiled graph replays: its span, idle time and gaps, and each kernel."""
+    events = sorted((e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA),
+                    key=lambda e: e.time_range.start)
+    last = events[(replays - 1) * len(events) // replays:]
+    if not last:
+        return ["", "graph timeline: no GPU events were recorded"]
+    origin = last[0].time_range.start
+    span = max(e.time_range.end for e in last) - origin
+    intervals = [(e.time_range.start, e.time_range.end) for e in last]
+    busy = busy_us(intervals)
+    gaps, end = [], origin
+    for start, stop in sorted(intervals):
+        if start > end:
+            gaps.append((start - end, end - origin))
+        end = max(end, stop)
+    points = sorted([(a, 1) for a, _ in intervals] + [(b, -1) for _, b in intervals])
+    side_by_side, running, previous = 0.0, 0, origin
+    for at, step in points:
+        if running >= 2:
+            side_by_side += at - previous
+        running, previous = running + step, at
+    longest = sorted(gaps)[-12:][::-1]
+    lines = ["", f"## The CUDA-graph forward, one replay: {len(last)} GPU events", "",
+             f"- span {span:.1f} us; some kernel running {busy:.1f} us; none {span - busy:.1f} us in "
+             f"{len(gaps)} gaps; two or more side by side {side_by_side:.1f} us",
+             "- longest gaps (us at us): " + ", ".join(f"{g:.1f} at {at:.0f}" for g, at in longest),
+             "", "| start us | us | stream | kind |", "|---|---|---|---|"]
+    for event in last:
+        lines.append(f"| {event.time_range.start - origin:.1f} | {event.time_range.elapsed_us():.1f} | "
+                     f"{event.device_resource_id} | {kind(event.name)} |")
+    return lines
+
+
 def per_block_lines(prof) -> list[str]:
     """Each block range's kernels, summed by kind (a kernel belongs to the range it starts in)."""
     events = prof.events()
@@ -113,6 +151,7 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", default="fp16", choices=sorted(bench.DTYPES))
     parser.add_argument("--names", action="store_true", help="also print each distinct kernel name")
     parser.add_argument("--blocks", action="store_true", help="also each block's kernels by kind")
+    parser.add_argument("--graph-timeline", action="store_true", help="also one CUDA-graph replay's timeline")
     args = parser.parse_args(argv)
     dtype, tf32_on = bench.DTYPES[args.dtype]
     device = torch.device("cuda")
@@ -132,6 +171,11 @@ def main(argv=None) -> int:
             for _ in range(FORWARDS):
                 fused(x)
             torch.cuda.synchronize()
+        if args.graph_timeline:
+            with profile(activities=[ProfilerActivity.CUDA]) as graph_prof:
+                for _ in range(3):
+                    graphed(x)
+                    torch.cuda.synchronize()
         if args.blocks:
             activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA]
             with block_ranges(fused), profile(activities=activities) as block_prof:
@@ -158,6 +202,8 @@ def main(argv=None) -> int:
         lines.append(f"| {name} | {us / 1e3:.3f} | {100 * us / total:.1f}% | {count:g} |")
     if args.blocks:
         lines += per_block_lines(block_prof)
+    if args.graph_timeline:
+        lines += graph_timeline_lines(graph_prof, 3)
     text = "\n".join(lines) + "\n"
     print(text)
     out_dir = os.environ.get("OUT")
