@@ -171,13 +171,19 @@ struct GemmKernel {
 // The entry of a CUTLASS 3.x kernel (this GEMM, conv_fprop.cuh's conv); its body exists only in
 // the sm_90a pass (WGMMA and TMA need the "a" features), so the compute_80 PTX carries an empty
 // stub that the host never launches. Launched with programmatic dependent launch
-// (programmatic_launch.h), it waits for the kernel before it ahead of any memory access, then
-// lets the next kernel be scheduled; both are no-ops in a plain launch.
+// (programmatic_launch.h), it lets the next kernel be scheduled at once, and waits for the kernel
+// before it (griddepcontrol.wait) where CUTLASS does with CUTLASS_ENABLE_GDC_FOR_SM90 (a build
+// flag, extension.cutlass_flags): in each producer warp after the kernel's set-up (barrier init,
+// cluster sync, TMA descriptor prefetch, none of which touches global memory), before its first
+// load. Every other global access (the split-K fixup, the epilogue's bias loads and stores)
+// follows the mainloop, so that wait too. The set-up then overlaps the kernel before; waiting first
+// thing, as this entry did, serialized it. Both are no-ops in a plain launch.
 template <class Kernel>
 __global__ void __launch_bounds__(Kernel::MaxThreadsPerBlock, Kernel::MinBlocksPerMultiprocessor)
     kernel_entry(CUTLASS_GRID_CONSTANT typename Kernel::Params const params) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  asm volatile("griddepcontrol.wait;" ::: "memory");
+  static_assert(cutlass::arch::IsGdcGloballyEnabled,
+                "the CUTLASS kernels wait for the kernel before them only with CUTLASS_ENABLE_GDC_FOR_SM90");
   asm volatile("griddepcontrol.launch_dependents;");
   extern __shared__ char smem[];
   Kernel{}(params, smem);

@@ -31,7 +31,8 @@ struct PreparedLaunch {
 };
 
 // Issues `prepared` on `stream`, with programmatic dependent launch where `pdl` (the kernels wait
-// for the kernel before them first thing, see kernel_entry); nullptr on success.
+// for the kernel before them ahead of their first global access, see kernel_entry); nullptr on
+// success.
 inline const char* launch_prepared(const PreparedLaunch& prepared, cudaStream_t stream, bool pdl) {
   cudaLaunchAttribute attributes[2];
   unsigned count = 0;

@@ -1,7 +1,7 @@
 // Programmatic dependent launch for the CUTLASS ops (inception_fast/kernels/programmatic_launch.py
 // has the why): a kernel launched with it waits for the kernel before it in the stream and that
-// kernel's writes (griddepcontrol.wait) before its first memory access (kernel_entry does so
-// first thing), so it may be scheduled while that kernel finishes.
+// kernel's writes (griddepcontrol.wait) before its first global memory access (after its set-up:
+// see kernel_entry), so it may be scheduled, and set itself up, while that kernel finishes.
 #pragma once
 
 #include <cstdlib>

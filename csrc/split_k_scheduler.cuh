@@ -62,6 +62,14 @@ struct SplitKScheduler : cutlass::gemm::kernel::detail::PersistentTileSchedulerS
     return params;
   }
 
+  // CUTLASS's cooperative kernel asks this (with CUTLASS_ENABLE_GDC_FOR_SM90) only to let the next
+  // kernel be scheduled after a CTA's last mainloop, and the stream-K base's own does not compile
+  // (a const member bound to a non-const reference). kernel_entry lets the next kernel be
+  // scheduled at its start already, so no tile needs to say it is the last.
+  CUTLASS_DEVICE bool is_last_tile(WorkTileInfo const& /*work*/, uint32_t /*advance_count*/ = 1) const {
+    return false;
+  }
+
   // The range a work unit computes, 0 to splits - 1: the scheduler gives the first
   // `big_units_` ranges one k-block more than the others (q + 1, then q).
   CUTLASS_DEVICE static uint32_t range_index(Params const& params, WorkTileInfo const& work) {

@@ -135,7 +135,10 @@ def cutlass_flags() -> list[str]:
     include_dir = cutlass_include_dir()
     if include_dir is None:
         return []
-    flags = [f"-I{include_dir}", "-DINCEPTION_FAST_WITH_CUTLASS=1"]
+    # CUTLASS_ENABLE_GDC_FOR_SM90: the kernels' own programmatic-launch waits, placed after their
+    # set-up (barriers, cluster sync, descriptor prefetch) so that the set-up overlaps the kernel
+    # before them (kernel_entry in gemm_conv1x1.cuh).
+    flags = [f"-I{include_dir}", "-DINCEPTION_FAST_WITH_CUTLASS=1", "-DCUTLASS_ENABLE_GDC_FOR_SM90=1"]
     # The conv kernels also need CUTLASS's util headers (tools/util/include beside include/, in
     # a checkout and in the wheel); without them only the GEMM is compiled in.
     util_dir = cutlass_util_include_dir(include_dir)

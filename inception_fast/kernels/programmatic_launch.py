@@ -5,8 +5,10 @@ microseconds each, and the gap between two dependent launches is a sizeable part
 
 The rule that keeps it exact: every kernel launched this way (the Triton stage kernel, the
 CUTLASS GEMM and conv ops) waits for the kernel before it to complete and its writes to be
-visible (`griddepcontrol.wait`) before its first memory access of any kind, then lets the next
-kernel be scheduled (`griddepcontrol.launch_dependents`). A kernel launched without it (PyTorch's,
+visible (`griddepcontrol.wait`) before its first global memory access, and lets the next kernel
+be scheduled (`griddepcontrol.launch_dependents`). The stage kernel waits first thing; the
+CUTLASS kernels after their set-up (barriers, cluster sync, descriptor prefetch: no global
+memory), so that the set-up overlaps the kernel before (csrc/gemm_conv1x1.cuh, kernel_entry). A kernel launched without it (PyTorch's,
 cuDNN's, the other backends') waits as usual.
 
 INCEPTION_FAST_PDL=0 turns it off; it is read at each launch (here and by the extension's ops),
