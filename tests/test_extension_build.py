@@ -323,13 +323,14 @@ def test_cutlass_headers_come_from_the_variable_or_the_wheel_and_name_the_build(
         "#define CUTLASS_MAJOR 4\n#define CUTLASS_MINOR 2\n#define CUTLASS_PATCH 0\n")
     assert extension.cutlass_include_dir() == include.resolve()
     assert extension.cutlass_version() == "4.2.0"
-    assert extension.cutlass_flags() == [f"-I{include.resolve()}", "-DINCEPTION_FAST_WITH_CUTLASS=1"]
+    assert extension.cutlass_flags() == [f"-I{include.resolve()}", "-DINCEPTION_FAST_WITH_CUTLASS=1",
+                                         "-DCUTLASS_ENABLE_GDC_FOR_SM90=1"]
     assert extension.build_sources() == list(extension.SOURCES)
     # The conv kernels also need the util headers beside include/ (a checkout's layout, the wheel's).
     util = tmp_path / "cutlass" / "tools" / "util" / "include"
     (util / "cutlass" / "util").mkdir(parents=True)
     (util / "cutlass" / "util" / "packed_stride.hpp").write_text("")
-    assert extension.cutlass_flags()[2:] == [f"-I{util.resolve()}", "-DINCEPTION_FAST_WITH_CUTLASS_CONV=1"]
+    assert extension.cutlass_flags()[3:] == [f"-I{util.resolve()}", "-DINCEPTION_FAST_WITH_CUTLASS_CONV=1"]
     assert extension.sources_hash() != hash_without
     assert extension.build_directory() != directory_without
 
