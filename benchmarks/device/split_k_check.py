@@ -220,9 +220,10 @@ def model_rows(batches, dtype) -> list[dict]:
     return rows
 
 
-def block_rows(batch: int, dtype) -> list[dict]:
-    """Each block of the network alone from a CUDA graph (as benchmarks/device/block_accounting.py
-    times them), planned with split-K off and on: where the network's difference comes from."""
+def planned_blocks(batch: int, dtype):
+    """With split-K off, then `auto`: that setting's name and each block of Inception-v4 planned
+    and warmed under it, with its input in one forward at `batch`. The setting stays in the
+    environment until the next is yielded (the launches read it), so capture there."""
     from pool_configs import block_inputs
 
     import inception_fast
@@ -231,19 +232,30 @@ def block_rows(batch: int, dtype) -> list[dict]:
 
     source = calibrated_inception_v4(0).cuda()
     x = bench.make_inputs(batch, 299, torch.float32, torch.device("cuda"), seed=0, sets=1)[0].to(dtype)
+    try:
+        for setting in ("off", "auto"):
+            os.environ[gemm_routing.ENV_SPLIT_K] = setting
+            with torch.inference_mode():
+                fused = inception_fast.optimize(source, dtype=dtype, cuda_graph=False)
+                for _ in range(3):
+                    fused(x)
+                inputs = block_inputs(fused, x)
+            yield setting, inputs
+    finally:
+        os.environ.pop(gemm_routing.ENV_SPLIT_K, None)
+
+
+def block_rows(batch: int, dtype) -> list[dict]:
+    """Each block of the network alone from a CUDA graph (as benchmarks/device/block_accounting.py
+    times them), planned with split-K off and on: where the network's difference comes from."""
     times: dict = {}
-    for setting in ("off", "auto"):
-        os.environ[gemm_routing.ENV_SPLIT_K] = setting
-        with torch.inference_mode():
-            fused = inception_fast.optimize(source, dtype=dtype, cuda_graph=False)
-            for _ in range(3):
-                fused(x)
-            for index, (block, x_in) in enumerate(block_inputs(fused, x)):
+    for setting, inputs in planned_blocks(batch, dtype):
+        for index, (block, x_in) in enumerate(inputs):
+            with torch.inference_mode():
                 graph = timing.CapturedGraph(block.run, x_in)
                 ms = timing.time_graph(graph, [x_in], budget_ms=100).median_ms
-                times.setdefault(index, {"label": block.plan.label})[setting] = ms
-                del graph
-    os.environ.pop(gemm_routing.ENV_SPLIT_K)
+            times.setdefault(index, {"label": block.plan.label})[setting] = ms
+            del graph
     rows = list(times.values())
     for row in rows:
         print(f"block {row['label']:<28} off {row['off']:.4f} auto {row['auto']:.4f} ms "
@@ -258,47 +270,34 @@ def timeline_lines(batch: int, labels: list[str], dtype) -> list[str]:
     memset of the third of 3 profiled replays, its start from the replay's first, its length and
     stream. Where a split block's time goes that the convs alone do not show."""
     from kernel_breakdown import kind
-    from pool_configs import block_inputs
     from torch.profiler import ProfilerActivity, profile
 
-    import inception_fast
-    from inception_fast import bench
-    from inception_fast.testing import calibrated_inception_v4
-
-    source = calibrated_inception_v4(0).cuda()
-    x = bench.make_inputs(batch, 299, torch.float32, torch.device("cuda"), seed=0, sets=1)[0].to(dtype)
     lines = []
-    for setting in ("off", "auto"):
-        os.environ[gemm_routing.ENV_SPLIT_K] = setting
-        with torch.inference_mode():
-            fused = inception_fast.optimize(source, dtype=dtype, cuda_graph=False)
-            for _ in range(3):
-                fused(x)
-            inputs = block_inputs(fused, x)
-            for label in labels:
-                block, x_in = next((b, t) for b, t in inputs if b.plan.label.startswith(label))
+    for setting, inputs in planned_blocks(batch, dtype):
+        for label in labels:
+            block, x_in = next((b, t) for b, t in inputs if b.plan.label.startswith(label))
+            with torch.inference_mode():
                 graph = timing.CapturedGraph(block.run, x_in)
                 replay_ms = timing.time_graph(graph, [x_in], budget_ms=100).median_ms
                 with profile(activities=[ProfilerActivity.CUDA]) as prof:
                     for _ in range(3):
                         graph.replay()
                         torch.cuda.synchronize()
-                events = sorted((e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA),
-                                key=lambda e: e.time_range.start)
-                per_replay = len(events) // 3
-                last = events[2 * per_replay:]
-                origin = last[0].time_range.start if last else 0.0
-                span = (max(e.time_range.end for e in last) - origin) if last else 0.0
-                lines += ["", f"{block.plan.label}, split-K {setting}, batch {batch}: replay "
-                          f"{replay_ms * 1e3:.1f} us (median), profiled span {span:.1f} us, "
-                          f"{per_replay} GPU events a replay",
-                          "| start us | us | stream | kind |", "|---|---|---|---|"]
-                for event in last:
-                    start = event.time_range.start - origin
-                    lines.append(f"| {start:.1f} | {event.time_range.elapsed_us():.1f} | "
-                                 f"{event.device_resource_id} | {kind(event.name)} |")
-                del graph
-    os.environ.pop(gemm_routing.ENV_SPLIT_K)
+            events = sorted((e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA),
+                            key=lambda e: e.time_range.start)
+            per_replay = len(events) // 3
+            last = events[2 * per_replay:]
+            origin = last[0].time_range.start if last else 0.0
+            span = (max(e.time_range.end for e in last) - origin) if last else 0.0
+            lines += ["", f"{block.plan.label}, split-K {setting}, batch {batch}: replay "
+                      f"{replay_ms * 1e3:.1f} us (median), profiled span {span:.1f} us, "
+                      f"{per_replay} GPU events a replay",
+                      "| start us | us | stream | kind |", "|---|---|---|---|"]
+            for event in last:
+                start = event.time_range.start - origin
+                lines.append(f"| {start:.1f} | {event.time_range.elapsed_us():.1f} | "
+                             f"{event.device_resource_id} | {kind(event.name)} |")
+            del graph
     print("\n".join(lines), flush=True)
     return lines
 
