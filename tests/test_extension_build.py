@@ -379,7 +379,8 @@ def test_the_sources_build_messages_without_iostreams():
     (check_text.h); every check goes through OP_CHECK, whose messages are joined with join_text
     only when the check fails. The crash shows only on a GPU machine, so it is guarded here."""
     csrc = Path(extension.__file__).resolve().parents[1] / "csrc"
-    sources = [p for p in csrc.iterdir() if p.suffix in {".cpp", ".cu", ".h", ".cuh"} and p.name != "check_text.h"]
+    sources = [p for p in csrc.iterdir()
+               if p.suffix in {".cpp", ".cu", ".h", ".cuh"} and p.name != "check_text.h"]
     assert len(sources) > 10
     for path in sources:
         text = path.read_text()

@@ -8,8 +8,8 @@ CUTLASS GEMM and conv ops) waits for the kernel before it to complete and its wr
 visible (`griddepcontrol.wait`) before its first global memory access, and lets the next kernel
 be scheduled (`griddepcontrol.launch_dependents`). The stage kernel waits first thing; the
 CUTLASS kernels after their set-up (barriers, cluster sync, descriptor prefetch: no global
-memory), so that the set-up overlaps the kernel before (csrc/gemm_conv1x1.cuh, kernel_entry). A kernel launched without it (PyTorch's,
-cuDNN's, the other backends') waits as usual.
+memory), so that the set-up overlaps the kernel before (csrc/gemm_conv1x1.cuh, kernel_entry).
+A kernel launched without it (PyTorch's, cuDNN's, the other backends') waits as usual.
 
 INCEPTION_FAST_PDL=0 turns it off; it is read at each launch (here and by the extension's ops),
 so a process can compare both.
