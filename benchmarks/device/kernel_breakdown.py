@@ -114,7 +114,7 @@ def graph_timeline_lines(prof, replays: int) -> list[str]:
             side_by_side += at - previous
         running, previous = running + step, at
     longest = sorted(gaps)[-12:][::-1]
-    lines = ["", f"## The CUDA-graph forward, one replay: {len(last)} GPU events", "",
+    lines = ["", f"## One CUDA-graph replay: {len(last)} GPU events", "",
              f"- span {span:.1f} us; some kernel running {busy:.1f} us; none {span - busy:.1f} us in "
              f"{len(gaps)} gaps; two or more side by side {side_by_side:.1f} us",
              "- longest gaps (us at us): " + ", ".join(f"{g:.1f} at {at:.0f}" for g, at in longest),

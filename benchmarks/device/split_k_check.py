@@ -187,37 +187,11 @@ def locks_stay_clear(op) -> str | None:
 
 
 def model_rows(batches, dtype) -> list[dict]:
-    """The network's CUDA-graph call with split-K off and on (two models, alternating rounds)."""
-    import inception_fast
-    from inception_fast import bench
-    from inception_fast.testing import calibrated_inception_v4
+    """The network's CUDA-graph call with split-K off and `auto` (setting_ab.compare: a model
+    captured under each, alternating rounds)."""
+    from setting_ab import compare
 
-    source = calibrated_inception_v4(0).cuda()
-    rows = []
-    for batch in batches:
-        x = bench.make_inputs(batch, 299, torch.float32, torch.device("cuda"), seed=0, sets=1)[0].to(dtype)
-        models, outputs = {}, {}
-        for setting in ("off", "auto"):
-            os.environ[gemm_routing.ENV_SPLIT_K] = setting
-            with torch.inference_mode():
-                models[setting] = inception_fast.optimize(source, dtype=dtype, cuda_graph=True)
-                outputs[setting] = models[setting](x).float()
-        os.environ.pop(gemm_routing.ENV_SPLIT_K)
-        with torch.inference_mode():
-            reference = source(x.float()).float()  # fp32 eager: both errors against the same
-        row = {"batch": batch, "ms": {"off": [], "auto": []},
-               "error": {s: relative_l2(outputs[s], reference) for s in outputs}}
-        with torch.inference_mode():
-            for _ in range(8):
-                for setting, model in models.items():
-                    samples = timing.time_cuda(lambda i, model=model, x=x: model(x), budget_ms=150,
-                                               warmup_ms=20, max_reps=200, flush_l2=False)
-                    row["ms"][setting].append(samples.median_ms)
-        row["median"] = {s: statistics.median(v) for s, v in row["ms"].items()}
-        rows.append(row)
-        print(f"model batch {batch}: off {row['median']['off']:.4f} ms, auto {row['median']['auto']:.4f} ms "
-              f"({row['median']['auto'] / row['median']['off']:.3f}x); errors {row['error']}", flush=True)
-    return rows
+    return [compare(gemm_routing.ENV_SPLIT_K, ["off", "auto"], batch, 8, dtype) for batch in batches]
 
 
 def planned_blocks(batch: int, dtype):
@@ -266,10 +240,11 @@ def block_rows(batch: int, dtype) -> list[dict]:
 
 
 def timeline_lines(batch: int, labels: list[str], dtype) -> list[str]:
-    """The first block of each label, from its CUDA graph, split-K off and on: every kernel and
-    memset of the third of 3 profiled replays, its start from the replay's first, its length and
-    stream. Where a split block's time goes that the convs alone do not show."""
-    from kernel_breakdown import kind
+    """The first block of each label, from its CUDA graph, split-K off and on: the median replay,
+    then kernel_breakdown's timeline of the last of 3 profiled replays (every kernel and memset in
+    start order, idle and side-by-side time). Where a split block's time goes that the convs alone
+    do not show."""
+    from kernel_breakdown import graph_timeline_lines
     from torch.profiler import ProfilerActivity, profile
 
     lines = []
@@ -283,20 +258,8 @@ def timeline_lines(batch: int, labels: list[str], dtype) -> list[str]:
                     for _ in range(3):
                         graph.replay()
                         torch.cuda.synchronize()
-            events = sorted((e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA),
-                            key=lambda e: e.time_range.start)
-            per_replay = len(events) // 3
-            last = events[2 * per_replay:]
-            origin = last[0].time_range.start if last else 0.0
-            span = (max(e.time_range.end for e in last) - origin) if last else 0.0
-            lines += ["", f"{block.plan.label}, split-K {setting}, batch {batch}: replay "
-                      f"{replay_ms * 1e3:.1f} us (median), profiled span {span:.1f} us, "
-                      f"{per_replay} GPU events a replay",
-                      "| start us | us | stream | kind |", "|---|---|---|---|"]
-            for event in last:
-                start = event.time_range.start - origin
-                lines.append(f"| {start:.1f} | {event.time_range.elapsed_us():.1f} | "
-                             f"{event.device_resource_id} | {kind(event.name)} |")
+            lines += ["", f"### {block.plan.label}, split-K {setting}, batch {batch}: replay "
+                      f"{replay_ms * 1e3:.1f} us (median)", *graph_timeline_lines(prof, 3)]
             del graph
     print("\n".join(lines), flush=True)
     return lines
