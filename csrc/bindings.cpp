@@ -423,8 +423,11 @@ void check_conv_fprop(const at::Tensor& x, const at::Tensor& weight, const at::T
   OP_CHECK(sm_limit >= 0, "cuda_conv_fprop: sm_limit must be 0 (every SM) or a positive SM count, got ", sm_limit);
   OP_CHECK(tile_n == 0 || tile_n == 64 || tile_n == 96 || tile_n == 128, "cuda_conv_fprop: tile_n must be 0 "
            "(chosen per problem), 64, 96 or 128, got ", tile_n);
-  OP_CHECK(tile_m == 0 || tile_m == 128 || tile_m == 256, "cuda_conv_fprop: tile_m must be 0 (chosen per problem), "
-           "128 or 256, got ", tile_m);
+  OP_CHECK(tile_m == 0 || tile_m == 64 || tile_m == 128 || tile_m == 256, "cuda_conv_fprop: tile_m must be 0 "
+           "(chosen per problem), 64, 128 or 256, got ", tile_m);
+  OP_CHECK(tile_m != 64 || ((tile_n == 0 || tile_n == 64) && x.scalar_type() != at::kFloat),
+           "cuda_conv_fprop: 64-row tiles are built 64 wide for fp16 and bf16; got tile_n ", tile_n, " (",
+           x.scalar_type(), "). Pass tile_m=0 or 128, or tile_n=64");
   OP_CHECK(tile_m != 256 || ((tile_n == 0 || tile_n == 96 || tile_n == 128) && x.scalar_type() != at::kFloat),
            "cuda_conv_fprop: 256-row tiles are built 96 or 128 wide for fp16 and bf16; got tile_n ", tile_n,
            " (", x.scalar_type(), "). Pass tile_m=0 or 128, or tile_n=96 or 128");
@@ -530,6 +533,16 @@ bool prepare_conv(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
   if (args.split.splits > 1) {
     error = x.scalar_type() == at::kHalf ? prepare_conv_fprop_split_k<ConvDtype::kHalf>(args, prepared)
                                          : prepare_conv_fprop_split_k<ConvDtype::kBFloat16>(args, prepared);
+  } else if (args.tile_m == 64) {
+    error = by_tile<64>(args.tile_n, [&](auto tile) {
+      return by_dtype<ConvDtype>(x.scalar_type(), [&](auto dtype) -> const char* {
+        if constexpr (decltype(dtype)::value == ConvDtype::kTf32) {
+          return "no kernel is built for this tile shape";
+        } else {
+          return prepare_conv_fprop<decltype(dtype)::value, 64, decltype(tile)::value>(args, prepared);
+        }
+      });
+    });
   } else if (args.tile_m == 256) {
     error = by_tile<96, 128>(args.tile_n, [&](auto tile) {
       return by_dtype<ConvDtype>(x.scalar_type(), [&](auto dtype) -> const char* {

@@ -41,7 +41,8 @@ struct PersistentCooperative : cutlass::gemm::KernelTmaWarpSpecializedCooperativ
 // stream-K schedulers run under the cooperative kernel only).
 template <typename T, int TileM, int TileN, bool SplitK = false>
 struct ConvKernel {
-  static_assert(TileM == 128 || TileM == 256, "128-row tiles run ping-pong, 256-row tiles cooperative");
+  static_assert(TileM == 64 || TileM == 128 || TileM == 256,
+                "64- and 128-row tiles run ping-pong, 256-row tiles cooperative");
   static_assert(!SplitK || (TileM == kSplitKTileM && TileN == kSplitKTileN), "split-K runs 128 x 64 tiles");
   using Element = typename gemm_conv1x1::CutlassElement<T>::type;
   // GEMM view: M = N*P*Q output pixels, N = K output channels, K = R*S*C; the activation

@@ -27,8 +27,10 @@ struct ConvFpropArgs {
   int p, q;  // the output size: (h + 2 pad_h - r) / stride + 1, the same for q
   int64_t in_pitch, in_c0, out_pitch, out_c0;
   bool relu;
-  int tile_m;    // output pixels per CTA tile: 128 (ping-pong) or 256 (cooperative; fp16 / bf16)
-  int tile_n;    // output channels per CTA tile: 64, 96 or 128 (96 or 128 for 256-row tiles)
+  int tile_m;    // output pixels per CTA tile: 64 or 128 (ping-pong), 256 (cooperative); 64 and
+                 // 256 in fp16 / bf16 only
+  int tile_n;    // output channels per CTA tile: 64, 96 or 128 (64 for 64-row tiles, 96 or 128
+                 // for 256-row tiles)
   int sm_count;  // SMs the persistent CTAs may occupy: all, or a share (usable_sms)
   SplitKArgs split;  // prepare_conv_fprop_split_k's
 };
@@ -41,8 +43,10 @@ struct ConvFpropArgs {
 // channels fill it exactly (96, 192, 288, ...); elsewhere its extra tiles cost more than the
 // columns it saves. On an H100, on Inception-v4's convs at batch 32 and 256, it picks the fastest
 // of the three 128-row widths in 31 of 32 cases, the other within 4% (where it picks 96-wide
-// tiles, they take 0.82-0.94x the time of 128-wide ones). 256-row tiles are 96 or 128 wide.
+// tiles, they take 0.82-0.94x the time of 128-wide ones). 256-row tiles are 96 or 128 wide, 64-row
+// tiles 64 wide.
 inline int conv_fprop_tile_n(int64_t m, int64_t k, int sm_count, int tile_m = 128) {
+  if (tile_m == 64) return 64;
   if (tile_m == 256) {
     return k % 96 == 0 ? cta_tile_n(m, k, sm_count, {128, 96}, 128, 256) : 128;
   }
@@ -83,13 +87,16 @@ template <ConvDtype Dtype, int TileM, int TileN>
 const char* prepare_conv_fprop(const ConvFpropArgs& args, PreparedLaunch& out);
 
 // The tile shapes built, (TILE_M, TILE_N) after the caller's arguments: 128-row tiles in every
-// dtype, 256-row tiles in fp16 and bf16 (cuda_conv_fprop's dispatch in bindings.cpp follows these).
-// One list for the declarations below and the definitions of each dtype's .cu file.
+// dtype; 64 x 64 tiles (twice the CTAs of 128 x 64 on a small conv, each loading 2/3 of the bytes
+// per k-block) and 256-row tiles in fp16 and bf16 (cuda_conv_fprop's dispatch in bindings.cpp
+// follows these). One list for the declarations below and the definitions of each dtype's .cu file.
 #define INCEPTION_FAST_CONV_TILES_128_ROWS(X, ...) \
   X(__VA_ARGS__, 128, 64) X(__VA_ARGS__, 128, 96) X(__VA_ARGS__, 128, 128)
+#define INCEPTION_FAST_CONV_TILES_64_ROWS(X, ...) X(__VA_ARGS__, 64, 64)
 #define INCEPTION_FAST_CONV_TILES_256_ROWS(X, ...) X(__VA_ARGS__, 256, 96) X(__VA_ARGS__, 256, 128)
-#define INCEPTION_FAST_CONV_TILES_16BIT(X, ...) \
-  INCEPTION_FAST_CONV_TILES_128_ROWS(X, __VA_ARGS__) INCEPTION_FAST_CONV_TILES_256_ROWS(X, __VA_ARGS__)
+#define INCEPTION_FAST_CONV_TILES_16BIT(X, ...)                                              \
+  INCEPTION_FAST_CONV_TILES_128_ROWS(X, __VA_ARGS__) INCEPTION_FAST_CONV_TILES_64_ROWS(X, __VA_ARGS__) \
+  INCEPTION_FAST_CONV_TILES_256_ROWS(X, __VA_ARGS__)
 
 #define INCEPTION_FAST_DECLARE_CONV_FPROP(DTYPE, TILE_M, TILE_N) \
   template <>                                                   \

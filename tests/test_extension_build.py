@@ -283,8 +283,16 @@ def test_conv_fprop_checks_its_arguments_without_a_gpu():
     assert op(*tensors(), 8, 16, 1, 1, 1, True, 128, False, 0, 256) is None  # 256-row tiles, fp16
     assert op(*tensors(), 8, 16, 1, 1, 1, True, 96, False, 0, 256) is None
     assert op(*tensors(), 8, 16, 1, 1, 1, True, 0, False, 0, 128) is None
-    with pytest.raises(RuntimeError, match=r"tile_m must be 0 \(chosen per problem\), 128 or 256, got 64"):
-        op(*tensors(), 8, 16, 1, 1, 1, True, 0, False, 0, 64)
+    assert op(*tensors(), 8, 16, 1, 1, 1, True, 64, False, 0, 64) is None  # 64 x 64 tiles, fp16
+    assert op(*tensors(), 8, 16, 1, 1, 1, True, 0, False, 0, 64) is None
+    tile_m_choices = r"tile_m must be 0 \(chosen per problem\), 64, 128 or 256"
+    with pytest.raises(RuntimeError, match=f"{tile_m_choices}, got 32"):
+        op(*tensors(), 8, 16, 1, 1, 1, True, 0, False, 0, 32)
+    narrow_rows = "64-row tiles are built 64 wide for fp16 and bf16"
+    with pytest.raises(RuntimeError, match=f"{narrow_rows}; got tile_n 128"):
+        op(*tensors(), 8, 16, 1, 1, 1, True, 128, False, 0, 64)
+    with pytest.raises(RuntimeError, match=rf"{narrow_rows}; got tile_n 64 \(Float\)"):
+        op(*tf32, 8, 16, 1, 1, 1, True, 64, True, 0, 64)
     wide_rows = "256-row tiles are built 96 or 128 wide for fp16 and bf16"
     with pytest.raises(RuntimeError, match=f"{wide_rows}; got tile_n 64"):
         op(*tensors(), 8, 16, 1, 1, 1, True, 64, False, 0, 256)

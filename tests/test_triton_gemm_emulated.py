@@ -176,8 +176,9 @@ class EmulatedConv:
         assert tf32 == (x.dtype == torch.float32), "fp32 runs on TF32 only, and only fp32 does"
         if tf32:
             assert_tf32_values(weight)
-        assert tile_n in (0, 64, 96, 128) and tile_m in (0, 128, 256)
+        assert tile_n in (0, 64, 96, 128) and tile_m in (0, 64, 128, 256)
         assert tile_m != 256 or (tile_n in (0, 96, 128) and not tf32), "256-row tiles: 96 or 128, no TF32"
+        assert tile_m != 64 or (tile_n in (0, 64) and not tf32), "64-row tiles: 64 wide, no TF32"
         self.tiles.add((tile_m, tile_n))
         self.split_k.add(split_k)
         assert x.is_contiguous() and weight.is_contiguous() and out.is_contiguous() and bias.is_contiguous()
@@ -276,12 +277,13 @@ def test_family_blocks_with_the_kxk_convs_on_the_conv_op(emulated_kxk, name, pat
 
 
 @pytest.mark.parametrize(("setting", "tile"), [
-    (None, (0, 0)), ("128", (128, 128)), ("96", (128, 96)), ("64", (128, 64)), ("256x128", (256, 128)),
+    (None, (0, 0)), ("128", (128, 128)), ("96", (128, 96)), ("64", (128, 64)), ("64x64", (64, 64)),
+    ("256x128", (256, 128)),
     ("256x96", (256, 96)), ("128xauto", (128, 0)), ("256xauto", (256, 0)), ("auto", (0, 0)),
 ])
 def test_the_conv_tile_setting_reaches_the_op(v4, emulated_kxk, monkeypatch, setting, tile):
     """INCEPTION_FAST_CUTLASS_CONV_TILE: the op's own choice unless set, else 128-row tiles 128,
-    96 or 64 wide, or 256-row tiles 128 or 96 wide."""
+    96 or 64 wide, 64 x 64 tiles, or 256-row tiles 128 or 96 wide."""
     if setting is None:
         monkeypatch.delenv(gemm_routing.ENV_CONV_TILE, raising=False)
     else:
@@ -327,11 +329,12 @@ def test_split_k_is_refused_for_tf32(monkeypatch):
         gemm_routing._gemm_launches(None, None, None, None, None, tf32=True)
 
 
-def test_256_row_conv_tiles_are_refused_for_tf32(monkeypatch):
+@pytest.mark.parametrize(("setting", "rows"), [("256x128", 256), ("64x64", 64)])
+def test_64_and_256_row_conv_tiles_are_refused_for_tf32(monkeypatch, setting, rows):
     """They are built for fp16 and bf16 only: planning TF32 launches names the setting (before
     it reads the row), rather than passing the op a tile it refuses mid-run."""
-    monkeypatch.setenv(gemm_routing.ENV_CONV_TILE, "256x128")
-    with pytest.raises(ValueError, match=r"'256x128': 256-row tiles are built for fp16 and bf16"):
+    monkeypatch.setenv(gemm_routing.ENV_CONV_TILE, setting)
+    with pytest.raises(ValueError, match=rf"'{setting}': {rows}-row tiles are built for fp16 and bf16"):
         gemm_routing._conv_launches(None, None, None, None, None, tf32=True)
 
 
@@ -350,7 +353,7 @@ def test_a_batch_past_the_ops_32_bit_indexing_runs_whole_on_the_stage_kernel(v4,
 
 def test_a_conv_tile_setting_it_cannot_take_is_refused(monkeypatch):
     monkeypatch.setenv(gemm_routing.ENV_CONV_TILE, "256")
-    choices = "choose one of 128, 96, 64, 256x128, 256x96, 128xauto, 256xauto, auto"
+    choices = "choose one of 128, 96, 64, 64x64, 256x128, 256x96, 128xauto, 256xauto, auto"
     with pytest.raises(ValueError, match=f"CUTLASS_CONV_TILE='256': {choices}"):
         gemm_routing.conv_tile()
 

@@ -6,7 +6,7 @@ are present:
     python benchmarks/device/conv_fprop_check.py
 
 Each case first checks the op against float64 with each tile shape (128 rows by 128, 96 or 64
-channels, 256 rows by 128 or 96, and the op's own choice; at most twice cuDNN's own error plus
+channels, 64 by 64, 256 rows by 128 or 96, and the op's own choice; at most twice cuDNN's own error plus
 1e-6; a case that fails is reported and not timed),
 then times them and cuDNN: medians of CUDA-event timings with the
 L2 flushed before every call (`inception_fast.timing`). Ours reads a channel slice of a wider
@@ -84,7 +84,7 @@ def _median_ms(fn) -> float:
     return timing.time_cuda(lambda i: fn(), budget_ms=100, warmup_ms=20, max_reps=200).median_ms
 
 
-SHAPES = ((128, 128), (128, 96), (128, 64), (256, 128), (256, 96))  # the op's (tile_m, tile_n)
+SHAPES = ((128, 128), (128, 96), (128, 64), (64, 64), (256, 128), (256, 96))  # the op's (tile_m, tile_n)
 TILES = (*SHAPES, (0, 0))  # (0, 0): its model picks per conv
 
 

@@ -63,15 +63,15 @@ SPLIT_COST_K_BLOCKS = 8
 RANGE_COST_K_BLOCKS = 3
 # setting -> (tile_m, tile_n): output pixels and channels per CTA tile; 0: the op's model picks
 # per conv. A bare width is a 128-row tile.
-CONV_TILES = {"128": (128, 128), "96": (128, 96), "64": (128, 64), "256x128": (256, 128), "256x96": (256, 96),
-              "128xauto": (128, 0), "256xauto": (256, 0), "auto": (0, 0)}
+CONV_TILES = {"128": (128, 128), "96": (128, 96), "64": (128, 64), "64x64": (64, 64), "256x128": (256, 128),
+              "256x96": (256, 96), "128xauto": (128, 0), "256xauto": (256, 0), "auto": (0, 0)}
 
 
 def conv_tile() -> tuple[int, int]:
     """The k x k conv op's (tile_m, tile_n), from INCEPTION_FAST_CUTLASS_CONV_TILE: `auto` unless
-    set (the op's model per conv), `128`, `96` or `64` (128-row tiles of that width), `256x128`
-    or `256x96` (256-row tiles, fp16 and bf16 only), `128xauto` or `256xauto` (tiles of that
-    height, the model's width)."""
+    set (the op's model per conv), `128`, `96` or `64` (128-row tiles of that width), `64x64`,
+    `256x128` or `256x96` (64- and 256-row tiles, fp16 and bf16 only), `128xauto` or `256xauto`
+    (tiles of that height, the model's width)."""
     setting = os.environ.get(ENV_CONV_TILE, "auto")
     if setting not in CONV_TILES:
         raise ValueError(f"{ENV_CONV_TILE}={setting!r}: choose one of {', '.join(CONV_TILES)}")
@@ -355,9 +355,9 @@ def _gemm_launches(packed, weights, row, col_dst, col_flags, tf32) -> list[GemmL
 def _conv_launches(packed, weights, row, col_dst, col_flags, tf32) -> list[ConvLaunch]:
     tile_m, tile_n = conv_tile()
     split_k = _checked_split_k(tf32, (tile_m, tile_n))
-    if tile_m == 256 and tf32:
+    if tile_m in (64, 256) and tf32:
         setting = os.environ.get(ENV_CONV_TILE)
-        raise ValueError(f"{ENV_CONV_TILE}={setting!r}: 256-row tiles are built for fp16 and bf16, not "
+        raise ValueError(f"{ENV_CONV_TILE}={setting!r}: {tile_m}-row tiles are built for fp16 and bf16, not "
                          "fp32 on TF32; use auto, 128, 96 or 64")
     launches = []
     for run in column_runs(row, col_dst, col_flags):
