@@ -59,18 +59,24 @@ struct ConvTile {
 };
 
 // The tile shape for a stride-`stride` conv of m = N*P*Q output pixels and k output channels on
-// `sm_count` SMs; `wide_rows` where 256-row tiles are built for the dtype. The 128-row width of
-// conv_fprop_tile_n, unless a stride-1 conv's 256-row tiles cost less in the same model with
-// their work taken at 0.85 of its columns: two warpgroups on one tile keep the tensor cores
-// busier. On an H100 (fp16, line-aligned slices), 256-row tiles took 0.84-0.96x the time of
-// the best 128-row tile on Inception-v4's stride-1 3x3 / 1x7 / 3x1 convs at batch 256 where
-// that holds (ReductionA's 192-to-224 3x3 0.84x, InceptionA's 96-to-96 0.93x); on the stride-2
-// convs they gained nothing (0.98-1.10x at batch 256). Over the network's k x k convs (the stem
-// aside) at batches 8, 32 and 256 the model's picks take 3.540 ms against 3.664 before and
-// 3.514 for the fastest shape of each.
-inline ConvTile conv_fprop_tile(int64_t m, int64_t k, int stride, int sm_count, bool wide_rows) {
+// `sm_count` SMs; `sixteen_bit` where 64- and 256-row tiles are built for the dtype.
+// 64 x 64 tiles where they fit one wave of the SMs: a small conv then runs on up to twice the
+// CTAs of 128-row tiles, each loading 2/3 of a 128 x 64 tile's bytes per k-block, and the K loop's
+// loads bound it. On an H200 (fp16, line-aligned slices), in the 15 cases of Inception-v4's k x k
+// convs at batch 1 and 8 where they fit one wave they took 0.82-0.97x the time of the 128-row pick
+// below; in the 17 where they do not, 1.01-1.57x.
+// Else the 128-row width of conv_fprop_tile_n, unless a stride-1 conv's 256-row tiles cost less
+// in the same model with their work taken at 0.85 of its columns: two warpgroups on one tile keep
+// the tensor cores busier. On an H100 (fp16, line-aligned slices), 256-row tiles took 0.84-0.96x
+// the time of the best 128-row tile on Inception-v4's stride-1 3x3 / 1x7 / 3x1 convs at batch 256
+// where that holds (ReductionA's 192-to-224 3x3 0.84x, InceptionA's 96-to-96 0.93x); on the
+// stride-2 convs they gained nothing (0.98-1.10x at batch 256). Over the network's k x k convs
+// (the stem aside) at batches 8, 32 and 256 the model's picks take 3.540 ms against 3.664 before
+// and 3.514 for the fastest shape of each.
+inline ConvTile conv_fprop_tile(int64_t m, int64_t k, int stride, int sm_count, bool sixteen_bit) {
+  if (sixteen_bit && (m + 63) / 64 * ((k + 63) / 64) <= sm_count) return {64, 64};
   const int narrow = conv_fprop_tile_n(m, k, sm_count);
-  if (!wide_rows || stride != 1) return {128, narrow};
+  if (!sixteen_bit || stride != 1) return {128, narrow};
   const int wide = conv_fprop_tile_n(m, k, sm_count, 256);
   const int64_t wide_cost = cta_tiles_cost(m, k, sm_count, 256, wide, 128);
   const int64_t narrow_cost = cta_tiles_cost(m, k, sm_count, 128, narrow, 128);

@@ -21,6 +21,9 @@ ENTRY = "void inception_fast::gemm_conv1x1::kernel_entry<cutlass::gemm::kernel::
     ("Mainloop<KernelTmaWarpSpecializedPingpong>, MMA_64x128x16_F32F16F16_SS, void", "CUTLASS GEMM 128x128"),
     ("CollectiveConv<PersistentPingpong>, MMA_64x96x16_F32F16F16_SS, void", "CUTLASS conv 128x96"),
     ("CollectiveConv<PersistentCooperative>, MMA_64x128x16_F32F16F16_SS, void", "CUTLASS conv 256x128"),
+    ("CollectiveConv<PersistentPingpong, cute::tuple<cute::C<64>, cute::C<64>, cute::tuple<cute::C<64> > >, "
+     "cute::tuple<cute::C<1>, cute::C<1>, cute::C<1> > >, MMA_64x64x16_F32F16F16_SS, void",
+     "CUTLASS conv 64x64"),
     ("CollectiveConv<PersistentCooperative>, MMA_64x64x16_F32F16F16_SS, inception_fast::SplitKSchedulerTag",
      "CUTLASS conv 128x64 split-K"),
     ("Mainloop<KernelTmaWarpSpecializedCooperative>, MMA_64x64x16_F32F16F16_SS, "

@@ -50,8 +50,11 @@ def kind(name: str) -> str:
         conv = "CollectiveConv" in name
         split_k = "SplitKSchedulerTag" in name  # cooperative, 128 x 64 (csrc/split_k_scheduler.cuh)
         width = re.search(r"MMA_64x(\d+)x", name)
-        # The GEMM's are 128 rows; the conv's cooperative tiles 256, but for split-K.
+        # A conv's tile shape (rows, width, (k-block)) where the name writes it out; else the
+        # GEMM's are 128 rows, the conv's cooperative tiles 256 but for split-K, the rest 128.
+        tile = re.search(r"tuple<cute::C<(\d+)>,\s*cute::C<\d+>,\s*cute::tuple<cute::C<\d+>", name)
         rows = 256 if conv and "PersistentCooperative" in name and not split_k else 128
+        rows = int(tile.group(1)) if conv and tile else rows
         op = "CUTLASS conv" if conv else "CUTLASS GEMM"
         label = f"{op} {rows}x{width.group(1)}" if width else op
         return f"{label} split-K" if split_k else label
