@@ -33,6 +33,17 @@ def test_cutlass_kernels_are_named_by_op_tile_and_split_k(arguments, kind):
     assert kernel_breakdown.kind(ENTRY.format(arguments)) == kind
 
 
+# A mangled name of that shape (a 64 x 64 ping-pong conv tile), as the profiler reports long ones.
+MANGLED_CONV_64X64 = (
+    "_ZN14inception_fast12gemm_conv1x112kernel_entryINS_14CollectiveConvIJNS_10conv_fprop18Pers"
+    "istentPingpongEN4cute5tupleIJNS5_1CILi1EEES8_S8_EEENS6_IJNS7_ILi64EEESA_NS6_IJSA_EEEEEENS5_25MMA_64x64x16_F32F16F16_SSEEEEEEvv"
+)
+
+
+def test_a_mangled_name_is_read_demangled():
+    assert kernel_breakdown.kind(MANGLED_CONV_64X64) == "CUTLASS conv 64x64"
+
+
 def test_other_kernels_keep_their_own_name():
     assert kernel_breakdown.kind("_stage_kernel<128, 64>(float*, int)") == "_stage_kernel"
 

@@ -46,7 +46,9 @@ FORWARDS = 5  # profiled forwards; times are per forward
 
 def kind(name: str) -> str:
     """A short kind for a kernel name: CUTLASS kernels by op and tile shape, others by name."""
-    if "kernel_entry" in name:  # a mangled name: the tile from the MMA atom and the schedule
+    if "kernel_entry" in name:  # the tile from the MMA atom, the schedule and the tile shape
+        if name.startswith("_Z"):  # the profiler reports some long template names mangled
+            name = torch._C._demangle(name)
         conv = "CollectiveConv" in name
         split_k = "SplitKSchedulerTag" in name  # cooperative, 128 x 64 (csrc/split_k_scheduler.cuh)
         width = re.search(r"MMA_64x(\d+)x", name)
