@@ -270,17 +270,16 @@ const char* by_tile(int tile, Launch&& launch) {
 }
 
 // The ops' split_k: 0 or 1 (none) or 2 to kMaxSplits ranges of the K loop, for fp16 and bf16 in
-// the split-K tile: the caller's tile_m (-1: the op has none) and tile_n must be 0 (the op's
-// choice) or that tile's. The message is built only when a check fails (join_text, not c10::str:
+// the split-K tile: the caller's tile_m and tile_n must be 0 (the op's choice) or that tile's. The message is built only when a check fails (join_text, not c10::str:
 // see check_text.h).
 void check_split_k(const char* op, const at::Tensor& x, int64_t split_k, int64_t tile_m, int64_t tile_n) {
   OP_CHECK(split_k >= 0 && split_k <= kMaxSplits, op, ": split_k must be 0 or 1 (no split) or 2 to ", kMaxSplits,
            " ranges of the K loop, got ", split_k);
-  const bool split_tile = (tile_m <= 0 || tile_m == kSplitKTileM) && (tile_n == 0 || tile_n == kSplitKTileN);
+  const bool split_tile = (tile_m == 0 || tile_m == kSplitKTileM) && (tile_n == 0 || tile_n == kSplitKTileN);
   OP_CHECK(split_k < 2 || (x.scalar_type() != at::kFloat && split_tile), op,
            ": split-K is built for fp16 and bf16 in ", kSplitKTileM, " x ", kSplitKTileN, " tiles; got ",
-           x.scalar_type(), " with ", tile_m < 0 ? "" : "tile_m ", tile_m < 0 ? "" : join_text(tile_m, ", "),
-           "tile_n ", tile_n, ". Pass split_k=0 or 1, or tiles of 0 (the op's) or those");
+           x.scalar_type(), " with tile_m ", tile_m, ", tile_n ", tile_n,
+           ". Pass split_k=0 or 1, or tiles of 0 (the op's) or those");
 }
 
 // The split-K of a CUTLASS launch on x's device and the current stream: the ops' split_k (0 or
@@ -306,9 +305,14 @@ void launch_prepared_or_raise(const char* op, const PreparedLaunch& prepared) {
 // fails while tracing). Pointer alignment is checked where there are pointers (CUDA).
 void check_gemm_conv1x1(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                         const at::Tensor& out, int64_t col_offset, int64_t tile_n, bool tf32, int64_t sm_limit,
-                        int64_t split_k) {
+                        int64_t tile_m, int64_t split_k) {
   check_cutlass_dtype("cuda_gemm_conv1x1", x, tf32);
-  check_split_k("cuda_gemm_conv1x1", x, split_k, -1, tile_n);
+  OP_CHECK(tile_m == 0 || tile_m == 64 || tile_m == 128, "cuda_gemm_conv1x1: tile_m must be 0 (chosen per "
+           "problem), 64 or 128, got ", tile_m);
+  OP_CHECK(tile_m != 64 || ((tile_n == 0 || tile_n == 64) && x.scalar_type() != at::kFloat),
+           "cuda_gemm_conv1x1: 64-row tiles are built 64 wide for fp16 and bf16; got tile_n ", tile_n, " (",
+           x.scalar_type(), "). Pass tile_m=0 or 128, or tile_n=64");
+  check_split_k("cuda_gemm_conv1x1", x, split_k, tile_m, tile_n);
   OP_CHECK(sm_limit >= 0, "cuda_gemm_conv1x1: sm_limit must be 0 (every SM) or a positive SM count, got ", sm_limit);
   OP_CHECK(x.dim() >= 2 && x.is_contiguous(), "cuda_gemm_conv1x1: x must be a contiguous NHWC (or [M, K]) "
            "tensor, channels last, got shape ", x.sizes());
@@ -352,17 +356,17 @@ void check_gemm_conv1x1(const at::Tensor& x, const at::Tensor& weight, const at:
 
 void cuda_gemm_conv1x1_meta(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                             const at::Tensor& out, int64_t col_offset, bool /*relu*/, int64_t tile_n, bool tf32,
-                            int64_t sm_limit, int64_t split_k) {
-  check_gemm_conv1x1(x, weight, bias, out, col_offset, tile_n, tf32, sm_limit, split_k);
+                            int64_t sm_limit, int64_t split_k, int64_t tile_m) {
+  check_gemm_conv1x1(x, weight, bias, out, col_offset, tile_n, tf32, sm_limit, tile_m, split_k);
 }
 
 }  // namespace
 
 bool prepare_gemm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& out,
                   int64_t col_offset, [[maybe_unused]] bool relu, int64_t tile_n, bool tf32,
-                  [[maybe_unused]] int64_t sm_limit, [[maybe_unused]] int64_t split_k,
-                  [[maybe_unused]] PreparedLaunch& prepared) {
-  check_gemm_conv1x1(x, weight, bias, out, col_offset, tile_n, tf32, sm_limit, split_k);
+                  [[maybe_unused]] int64_t sm_limit, [[maybe_unused]] int64_t tile_m,
+                  [[maybe_unused]] int64_t split_k, [[maybe_unused]] PreparedLaunch& prepared) {
+  check_gemm_conv1x1(x, weight, bias, out, col_offset, tile_n, tf32, sm_limit, tile_m, split_k);
 #if defined(INCEPTION_FAST_WITH_CUTLASS)
   const int64_t k = x.size(-1), n = weight.size(0), m = x.numel() / k;
   if (m == 0) return false;
@@ -381,12 +385,21 @@ bool prepare_gemm(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
   OP_CHECK(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, x.device().index()) == cudaSuccess,
            "cuda_gemm_conv1x1: cannot query the SM count of ", x.device());
   args.sm_count = usable_sms(sm_count, sm_limit, 1);
-  args.tile_n = tile_n != 0 ? static_cast<int>(tile_n) : gemm_conv1x1_tile_n(m, n, args.sm_count);
+  // A width given alone keeps 128-row tiles; 64-row tiles are 64 wide.
+  args.tile_m = tile_m != 0   ? static_cast<int>(tile_m)
+                : tile_n != 0 ? 128
+                              : gemm_conv1x1_tile_m(m, n, args.sm_count, x.scalar_type() != at::kFloat);
+  args.tile_n = tile_n != 0 ? static_cast<int>(tile_n)
+                : args.tile_m == 64 ? 64
+                                    : gemm_conv1x1_tile_n(m, n, args.sm_count);
   args.split = split_k_args(x, split_k);
   const char* error = nullptr;
   if (args.split.splits > 1) {
     error = x.scalar_type() == at::kHalf ? prepare_gemm_conv1x1_split_k<GemmDtype::kHalf>(args, prepared)
                                          : prepare_gemm_conv1x1_split_k<GemmDtype::kBFloat16>(args, prepared);
+  } else if (args.tile_m == 64) {
+    error = x.scalar_type() == at::kHalf ? prepare_gemm_conv1x1_narrow<GemmDtype::kHalf>(args, prepared)
+                                         : prepare_gemm_conv1x1_narrow<GemmDtype::kBFloat16>(args, prepared);
   } else {
     error = by_tile<64, 128, 256>(args.tile_n, [&](auto tile) {
       return by_dtype<GemmDtype>(x.scalar_type(), [&](auto dtype) {
@@ -407,9 +420,9 @@ namespace {
 
 void cuda_gemm_conv1x1(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                        const at::Tensor& out, int64_t col_offset, bool relu, int64_t tile_n, bool tf32,
-                       int64_t sm_limit, int64_t split_k) {
+                       int64_t sm_limit, int64_t split_k, int64_t tile_m) {
   PreparedLaunch prepared;
-  if (prepare_gemm(x, weight, bias, out, col_offset, relu, tile_n, tf32, sm_limit, split_k, prepared)) {
+  if (prepare_gemm(x, weight, bias, out, col_offset, relu, tile_n, tf32, sm_limit, tile_m, split_k, prepared)) {
     launch_prepared_or_raise("cuda_gemm_conv1x1", prepared);
   }
 }
@@ -609,7 +622,7 @@ void cuda_op_launches(const at::Tensor& input, const at::Tensor& work, const at:
     const at::Tensor& dst = *buffers[p[kLaunchDst]];
     if (p[kLaunchKind] == kLaunchGemm) {
       cuda_gemm_conv1x1(src, weights[i], biases[i], dst, p[kLaunchOutC0], p[kLaunchRelu] != 0, p[kLaunchTileN],
-                        p[kLaunchTf32] != 0, int64_t{0}, p[kLaunchSplitK]);
+                        p[kLaunchTf32] != 0, int64_t{0}, p[kLaunchSplitK], p[kLaunchTileM]);
     } else {
       OP_CHECK(p[kLaunchKind] == kLaunchConv, "cuda_op_launches: launch ", i, " is of kind ", p[kLaunchKind],
                "; 0 is the GEMM op, 1 the k x k conv op");
@@ -628,7 +641,7 @@ TORCH_LIBRARY(inception_fast, m) {
       "Tensor bias, Tensor col_dst, Tensor col_flags) -> ()");
   m.def(
       "cuda_gemm_conv1x1(Tensor x, Tensor weight, Tensor bias, Tensor(a!) out, int col_offset, bool relu, "
-      "int tile_n=0, bool tf32=False, int sm_limit=0, int split_k=0) -> ()");
+      "int tile_n=0, bool tf32=False, int sm_limit=0, int split_k=0, int tile_m=0) -> ()");
   m.def(
       "cuda_conv_fprop(Tensor x, Tensor weight, Tensor bias, Tensor(a!) out, int in_c0, int out_c0, int stride, "
       "int pad_h, int pad_w, bool relu, int tile_n=0, bool tf32=False, int sm_limit=0, int tile_m=0, "

@@ -16,8 +16,8 @@ namespace inception_fast {
 // col_offset + N) = act(x @ weight^T + bias). A split-K launch (of either op) uses the workspace
 // of the current stream (split_k_workspace.h): issue it on that stream.
 bool prepare_gemm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& out,
-                  int64_t col_offset, bool relu, int64_t tile_n, bool tf32, int64_t sm_limit, int64_t split_k,
-                  PreparedLaunch& prepared);
+                  int64_t col_offset, bool relu, int64_t tile_n, bool tf32, int64_t sm_limit, int64_t tile_m,
+                  int64_t split_k, PreparedLaunch& prepared);
 
 // x [N, H, W, Cx] and out [N, P, Q, Cout] NHWC-contiguous, weight [K, R, S, C]: reads x's
 // channels [in_c0, in_c0 + C), writes out's [out_c0, out_c0 + K).

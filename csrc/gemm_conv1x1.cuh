@@ -129,16 +129,18 @@ using BiasActEpilogue = typename cutlass::epilogue::collective::CollectiveBuilde
     cutlass::epilogue::fusion::LinCombPerColBiasEltAct<Activation<Element>::template Fn, Element, float, float>>::
     CollectiveOp;
 
-// One GEMM kernel: a 128 x TileN x TileK CTA tile, persistent CTAs over the tiles. The 128- and
+// One GEMM kernel: a TileM x TileN x TileK CTA tile (TileM 128, or 64 for 64 x 64 tiles),
+// persistent CTAs over the tiles. The 128- and
 // 256-wide tiles run in clusters of 2 CTAs along M that share each weight tile through TMA
 // multicast: per k-block the weight tile is as large as (128) or twice (256) the activation
 // tile, and without sharing, L2 bandwidth can bound the deep GEMMs (K = 1024, 1536) before
 // WGMMA does. The 64-wide tile is for narrow, memory-bound GEMMs: no cluster.
 // SplitK: the K loop cut into ranges (split_k_scheduler.cuh), on cooperative 128 x 64 tiles (the
 // stream-K schedulers run under the cooperative kernel only).
-template <typename T, int TileN, bool SplitK = false>
+template <typename T, int TileN, bool SplitK = false, int TileM = 128>
 struct GemmKernel {
   static_assert(!SplitK || TileN == kSplitKTileN, "split-K runs 128 x 64 tiles");
+  static_assert(TileM == 128 || (TileM == 64 && TileN == 64 && !SplitK), "64-row tiles are 64 x 64, ping-pong");
   using Element = typename CutlassElement<T>::type;
   // The activation is A = [M, K] with K contiguous: row-major. The weight [N, K] is B = [K, N]
   // with K contiguous: column-major in CUTLASS's K x N view (the "TN" GEMM that WGMMA reads
@@ -147,7 +149,7 @@ struct GemmKernel {
   using LayoutA = cutlass::layout::RowMajor;
   using LayoutB = cutlass::layout::ColumnMajor;
   using LayoutD = cutlass::layout::RowMajor;
-  using TileShape = cute::Shape<cute::_128, cute::Int<TileN>, TileK<Element>>;
+  using TileShape = cute::Shape<cute::Int<TileM>, cute::Int<TileN>, TileK<Element>>;
   static constexpr int kClusterM = TileN == 64 ? 1 : 2;
   using ClusterShape = cute::Shape<cute::Int<kClusterM>, cute::_1, cute::_1>;
   // 128 x 256: both consumer warpgroups share the tile (64 x 256 accumulators each fit in
@@ -258,10 +260,11 @@ const char* reserve_shared_memory(int device) {
   return nullptr;
 }
 
-template <typename T, int TileN, bool SplitK = false>
+template <typename T, int TileN, bool SplitK = false, int TileM = 128>
 const char* prepare(const GemmConv1x1Args& args, PreparedLaunch& out) {
-  using Kernel = typename GemmKernel<T, TileN, SplitK>::Kernel;
-  using Element = typename GemmKernel<T, TileN, SplitK>::Element;
+  using Types = GemmKernel<T, TileN, SplitK, TileM>;
+  using Kernel = typename Types::Kernel;
+  using Element = typename Types::Element;
   int device = 0;
   if (cudaGetDevice(&device) != cudaSuccess) return "no current CUDA device";
   DeviceInfo info;
@@ -287,7 +290,7 @@ const char* prepare(const GemmConv1x1Args& args, PreparedLaunch& out) {
   arguments.epilogue.ptr_D = static_cast<Element*>(args.d);
   arguments.epilogue.dD = stride_d;
   set_bias_act_and_device(arguments, args.bias, args.relu, device,
-                          usable_sms(info.sm_count, args.sm_count, GemmKernel<T, TileN, SplitK>::kClusterM));
+                          usable_sms(info.sm_count, args.sm_count, Types::kClusterM));
 
   if constexpr (SplitK) set_split_k<Kernel>(arguments, args.split);
   if (!Kernel::can_implement(arguments)) {
@@ -306,7 +309,7 @@ const char* prepare(const GemmConv1x1Args& args, PreparedLaunch& out) {
   if (const char* error = reserve_shared_memory<Kernel>(device)) return error;
   const dim3 grid = Kernel::get_grid_shape(params);  // persistent: about one CTA per SM, whole clusters
   const dim3 block = Kernel::get_block_shape();
-  prepare_entry<Kernel>(grid, GemmKernel<T, TileN, SplitK>::kClusterM, block, kSmemBytes, params, out);
+  prepare_entry<Kernel>(grid, Types::kClusterM, block, kSmemBytes, params, out);
   return nullptr;
 }
 
@@ -322,6 +325,15 @@ const char* prepare(const GemmConv1x1Args& args, PreparedLaunch& out) {
   const char* prepare_gemm_conv1x1<GemmDtype::DTYPE, TILE_N>(const GemmConv1x1Args& args,            \
                                                               PreparedLaunch& out) {                 \
     return gemm_conv1x1::prepare<T, TILE_N>(args, out);                                              \
+  }
+
+// Defines the 64 x 64 tiles' entry point of one dtype (gemm_conv1x1.h); inside namespace
+// inception_fast.
+#define INCEPTION_FAST_DEFINE_GEMM_CONV1X1_NARROW(DTYPE, T)                                            \
+  template <>                                                                                         \
+  const char* prepare_gemm_conv1x1_narrow<GemmDtype::DTYPE>(const GemmConv1x1Args& args,             \
+                                                            PreparedLaunch& out) {                   \
+    return gemm_conv1x1::prepare<T, 64, false, 64>(args, out);                                       \
   }
 
 // Defines the split-K entry point of one dtype (gemm_conv1x1.h); inside namespace inception_fast.

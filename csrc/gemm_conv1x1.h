@@ -36,6 +36,7 @@ struct GemmConv1x1Args {
   void* d;
   int64_t m, n, k, ldd;
   bool relu;
+  int tile_m;    // CTA tile rows: 64 (64 x 64 tiles; fp16 / bf16) or 128 (gemm_conv1x1_tile_m)
   int tile_n;    // CTA tile width: 64, 128 or 256 (gemm_conv1x1_tile_n picks one)
   int sm_count;  // SMs the persistent CTAs may occupy: all, or a share (usable_sms)
   SplitKArgs split;  // prepare_gemm_conv1x1_split_k's
@@ -81,6 +82,14 @@ inline int gemm_conv1x1_tile_n(int64_t m, int64_t n, int sm_count) {
   return cta_tile_n(m, n, sm_count, {256, 128, 64});
 }
 
+// The GEMM op's tile rows: 64 (64 x 64 tiles, built for fp16 and bf16: `sixteen_bit`) where those
+// tiles fit one wave of `sm_count` SMs, else 128 (conv_fprop_tile's rule: a small GEMM's K loop is
+// bound by its tiles' loads, and a 64 x 64 tile loads 2/3 of a 128 x 64 tile's bytes per k-block,
+// on up to twice the CTAs).
+inline int gemm_conv1x1_tile_m(int64_t m, int64_t n, int sm_count, bool sixteen_bit) {
+  return sixteen_bit && (m + 63) / 64 * ((n + 63) / 64) <= sm_count ? 64 : 128;
+}
+
 // kTf32: fp32 operands on TF32 tensor cores (read truncated to TF32; D rounded to TF32, to nearest).
 enum class GemmDtype : int { kHalf, kBFloat16, kTf32 };
 
@@ -103,6 +112,14 @@ INCEPTION_FAST_DECLARE_GEMM_CONV1X1(kTf32, 64)
 INCEPTION_FAST_DECLARE_GEMM_CONV1X1(kTf32, 128)
 INCEPTION_FAST_DECLARE_GEMM_CONV1X1(kTf32, 256)
 #undef INCEPTION_FAST_DECLARE_GEMM_CONV1X1
+
+// 64 x 64 tiles (fp16 and bf16).
+template <GemmDtype Dtype>
+const char* prepare_gemm_conv1x1_narrow(const GemmConv1x1Args& args, PreparedLaunch& out);
+template <>
+const char* prepare_gemm_conv1x1_narrow<GemmDtype::kHalf>(const GemmConv1x1Args& args, PreparedLaunch& out);
+template <>
+const char* prepare_gemm_conv1x1_narrow<GemmDtype::kBFloat16>(const GemmConv1x1Args& args, PreparedLaunch& out);
 
 // Split-K in kSplitKTileM x kSplitKTileN tiles, args.split.splits > 1 ranges (fp16 and bf16).
 template <GemmDtype Dtype>

@@ -89,9 +89,9 @@ class LaunchProgram : public torch::CustomClassHolder {
  public:
   // A GEMM launch is the 1x1 conv case of a conv row: its column offset is out_c0.
   void add_gemm(int64_t src, int64_t dst, at::Tensor weight, at::Tensor bias, int64_t col_offset, bool relu,
-                int64_t tile_n, bool tf32, int64_t split_k) {
-    add_cutlass(false, src, dst, std::move(weight), std::move(bias), 0, col_offset, 1, 0, 0, relu, tile_n, tf32, 0,
-                split_k);
+                int64_t tile_n, bool tf32, int64_t tile_m, int64_t split_k) {
+    add_cutlass(false, src, dst, std::move(weight), std::move(bias), 0, col_offset, 1, 0, 0, relu, tile_n, tf32,
+                tile_m, split_k);
   }
 
   void add_conv(int64_t src, int64_t dst, at::Tensor weight, at::Tensor bias, int64_t in_c0, int64_t out_c0,
@@ -231,7 +231,7 @@ class LaunchProgram : public torch::CustomClassHolder {
           row.conv ? prepare_conv(src, row.weight, row.bias, dst, row.in_c0, row.out_c0, row.stride, row.pad_h,
                                   row.pad_w, row.relu, row.tile_n, row.tf32, 0, row.tile_m, row.split_k, row.prepared)
                    : prepare_gemm(src, row.weight, row.bias, dst, row.out_c0, row.relu, row.tile_n, row.tf32, 0,
-                                  row.split_k, row.prepared);
+                                  row.tile_m, row.split_k, row.prepared);
       row.empty = !launches;
       row.src_at = addresses[row.src];
       row.dst_at = addresses[row.dst];

@@ -52,11 +52,17 @@ class EmulatedGemm:
         self.tf32 = set()  # the tf32 flags it was called with
         self.sm_limits = []  # the SM limits it was called with, in order
         self.split_k = []  # the split counts, in order
+        self.tile_m = set()  # the tile heights it was called with
 
-    def __call__(self, x, weight, bias, out, col_offset, relu, tile_n=0, tf32=False, sm_limit=0, split_k=0):
+    def __call__(self, x, weight, bias, out, col_offset, relu, tile_n=0, tf32=False, sm_limit=0, split_k=0,
+                 tile_m=0):
         k, n = x.shape[-1], weight.shape[0]
         assert sm_limit >= 0
-        assert 0 <= split_k <= 8 and (split_k < 2 or (not tf32 and tile_n in (0, 64))), "split-K: 128 x 64"
+        assert 0 <= split_k <= 8
+        assert split_k < 2 or (not tf32 and tile_n in (0, 64) and tile_m in (0, 128)), "split-K: 128 x 64"
+        assert tile_n in (0, 64, 128, 256) and tile_m in (0, 64, 128)
+        assert tile_m != 64 or (tile_n in (0, 64) and not tf32), "64-row tiles: 64 wide, no TF32"
+        self.tile_m.add(tile_m)
         self.split_k.append(split_k)
         self.sm_limits.append(sm_limit)
         assert tf32 == (x.dtype == torch.float32), "fp32 runs on TF32 only, and only fp32 does"

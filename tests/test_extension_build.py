@@ -24,7 +24,7 @@ SCHEMA = (
 )
 GEMM_SCHEMA = (
     "inception_fast::cuda_gemm_conv1x1(Tensor x, Tensor weight, Tensor bias, Tensor(a!) out, int col_offset, "
-    "bool relu, int tile_n=0, bool tf32=False, int sm_limit=0, int split_k=0) -> ()"
+    "bool relu, int tile_n=0, bool tf32=False, int sm_limit=0, int split_k=0, int tile_m=0) -> ()"
 )
 CONV_SCHEMA = (
     "inception_fast::cuda_conv_fprop(Tensor x, Tensor weight, Tensor bias, Tensor(a!) out, int in_c0, "
@@ -203,6 +203,19 @@ def test_gemm_conv1x1_checks_its_arguments_without_a_gpu():
     assert op(*tensors(**tf32), 8, True, 0, True) is None  # fp32 on TF32, asked for
     with pytest.raises(RuntimeError, match="tf32=True is for float32 inputs"):
         op(*tensors(), 8, True, 0, True)
+    # tile_m (after split_k): 0 (the op's), 64 (64 x 64 tiles, fp16 and bf16) or 128.
+    for tile_n, tile_m in ((64, 64), (0, 64), (256, 128), (0, 128)):
+        assert op(*tensors(), 8, True, tile_n, False, 0, 0, tile_m) is None
+    with pytest.raises(RuntimeError, match=r"tile_m must be 0 \(chosen per problem\), 64 or 128, got 256"):
+        op(*tensors(), 8, True, 0, False, 0, 0, 256)
+    narrow_rows = "64-row tiles are built 64 wide for fp16 and bf16"
+    with pytest.raises(RuntimeError, match=f"{narrow_rows}; got tile_n 128"):
+        op(*tensors(), 8, True, 128, False, 0, 0, 64)
+    with pytest.raises(RuntimeError, match=rf"{narrow_rows}; got tile_n 0 \(Float\)"):
+        op(*tensors(**tf32), 8, True, 0, True, 0, 0, 64)
+    split_k_tiles = "split-K is built for fp16 and bf16 in 128 x 64 tiles; got "
+    with pytest.raises(RuntimeError, match=split_k_tiles + "Half with tile_m 64, tile_n 0"):
+        op(*tensors(), 8, True, 0, False, 0, 2, 64)
 
     from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -221,7 +234,7 @@ def test_launch_program_checks_its_rows_without_a_gpu():
     program = torch.classes.inception_fast.LaunchProgram()
     weight, bias = torch.empty(16, 8, dtype=torch.float16), torch.empty(16)
     with pytest.raises(RuntimeError, match=r"writes the work \(1\) or output \(2\) buffer, not the input"):
-        program.add_gemm(1, 0, weight, bias, 0, True, 0, False, 0)
+        program.add_gemm(1, 0, weight, bias, 0, True, 0, False, 0, 0)
     with pytest.raises(RuntimeError, match="reads buffer 3"):
         program.add_conv(3, 1, weight.view(16, 1, 1, 8), bias, 0, 0, 1, 0, 0, True, 0, False, 0, 0)
     with pytest.raises(RuntimeError, match="parameter 1 is of kind 7"):
@@ -230,7 +243,7 @@ def test_launch_program_checks_its_rows_without_a_gpu():
         program.add_triton(1, [1, 1, 1], 128, 0, True, [0], [5], [])
     with pytest.raises(RuntimeError, match="2 kinds and 1 values"):
         program.add_triton(1, [1, 1, 1], 128, 0, True, [2, 2], [1], [])
-    program.add_gemm(0, 2, weight, bias, 0, True, 0, False, 0)
+    program.add_gemm(0, 2, weight, bias, 0, True, 0, False, 0, 0)
     program.add_triton(1, [4, 1, 1], 128, 1024, True, [0, 2, 1], [2, 7, 1 << 40], [bias])
     assert program.size() == 2
     with pytest.raises(RuntimeError, match="set_buffers first"):

@@ -180,7 +180,7 @@ def test_split_k_is_refused_where_it_is_not_built():
     x, weight, bias = (torch.zeros(shape, device="cuda") for shape in ((1, 8, 8, 64), (64, 64), (64,)))
     with pytest.raises(RuntimeError, match="split-K is built for fp16 and bf16 in 128 x 64 tiles; got Float"):
         gemm(x, weight, bias, torch.zeros_like(x), 0, True, 0, True, 0, 2)
-    with pytest.raises(RuntimeError, match="got Half with tile_n 128"):
+    with pytest.raises(RuntimeError, match="got Half with tile_m 0, tile_n 128"):
         gemm(x.half(), weight.half(), bias, torch.zeros_like(x).half(), 0, True, 128, False, 0, 2)
 
 

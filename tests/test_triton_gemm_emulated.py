@@ -293,6 +293,32 @@ def test_the_conv_tile_setting_reaches_the_op(v4, emulated_kxk, monkeypatch, set
     assert emulated_kxk[1].tiles == {tile}
 
 
+@pytest.mark.parametrize(("setting", "tile_m"), [(None, 0), ("auto", 0), ("128", 128), ("64x64", 64)])
+def test_the_gemm_tile_setting_reaches_the_op(v4, emulated_kxk, monkeypatch, setting, tile_m):
+    """INCEPTION_FAST_CUTLASS_GEMM_TILE: the GEMM op's own choice unless set, else 128-row tiles
+    (the op's width) or 64 x 64 tiles."""
+    if setting is None:
+        monkeypatch.delenv(gemm_routing.ENV_GEMM_TILE, raising=False)
+    else:
+        monkeypatch.setenv(gemm_routing.ENV_GEMM_TILE, setting)
+    block = fuse_block(v4.features[6]).to(torch.float64)  # InceptionA: a stacked 1x1 GEMM
+    check_kxk(block, torch.randn(2, block.plan.in_channels, 5, 5, dtype=torch.float64), emulated_kxk)
+    assert emulated_kxk[0].tile_m == {tile_m}
+
+
+def test_a_gemm_tile_setting_it_cannot_take_is_refused(monkeypatch):
+    monkeypatch.setenv(gemm_routing.ENV_GEMM_TILE, "256")
+    with pytest.raises(ValueError, match="CUTLASS_GEMM_TILE='256': choose one of auto, 128, 64x64"):
+        gemm_routing.gemm_tile()
+    monkeypatch.setenv(gemm_routing.ENV_GEMM_TILE, "64x64")
+    with pytest.raises(ValueError, match="'64x64': 64-row tiles are built for fp16 and bf16"):
+        gemm_routing._gemm_launches(None, None, None, None, None, tf32=True)
+    monkeypatch.setenv(gemm_routing.ENV_SPLIT_K, "2")
+    with pytest.raises(ValueError, match=r"=2: split-K runs .* 128 x 64 tiles; set "
+                                         r"INCEPTION_FAST_CUTLASS_GEMM_TILE to auto or 128"):
+        gemm_routing._gemm_launches(None, None, None, None, None, tf32=False)
+
+
 @pytest.mark.parametrize(("setting", "split_k"), [(None, 1), ("auto", 1), ("off", 1), ("2", 2), ("8", 8)])
 def test_the_split_k_setting_reaches_the_ops(v4, emulated_kxk, monkeypatch, setting, split_k):
     """INCEPTION_FAST_CUTLASS_SPLIT_K: off unless set; `auto`: split_k_count (no SMs here: no

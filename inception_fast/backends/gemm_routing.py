@@ -50,6 +50,7 @@ ALIGN = 8  # channel counts and offsets: 16 bytes of fp16/bf16 (TMA's alignment)
 MAX_ELEMENTS = 2**31
 DTYPES = (torch.float16, torch.bfloat16)  # and fp32 on TF32: `computes`
 ENV_CONV_TILE = "INCEPTION_FAST_CUTLASS_CONV_TILE"
+ENV_GEMM_TILE = "INCEPTION_FAST_CUTLASS_GEMM_TILE"
 ENV_SPLIT_K = "INCEPTION_FAST_CUTLASS_SPLIT_K"
 SPLIT_K_TILE = (128, 64)  # csrc/gemm_conv1x1.h: kSplitKTileM, kSplitKTileN
 MAX_SPLITS = 8  # csrc/gemm_conv1x1.h: kMaxSplits
@@ -76,6 +77,20 @@ def conv_tile() -> tuple[int, int]:
     if setting not in CONV_TILES:
         raise ValueError(f"{ENV_CONV_TILE}={setting!r}: choose one of {', '.join(CONV_TILES)}")
     return CONV_TILES[setting]
+
+
+# setting -> the GEMM op's tile_m: 0, the op's model (64 x 64 tiles where they fit one wave, else
+# 128 rows of its width model); 128: 128-row tiles only; 64: 64 x 64 tiles (fp16 and bf16).
+GEMM_TILES = {"auto": 0, "128": 128, "64x64": 64}
+
+
+def gemm_tile() -> int:
+    """The GEMM op's tile_m, from INCEPTION_FAST_CUTLASS_GEMM_TILE: `auto` unless set (the op's
+    model per GEMM), `128` (128-row tiles, the model's width) or `64x64` (fp16 and bf16 only)."""
+    setting = os.environ.get(ENV_GEMM_TILE, "auto")
+    if setting not in GEMM_TILES:
+        raise ValueError(f"{ENV_GEMM_TILE}={setting!r}: choose one of {', '.join(GEMM_TILES)}")
+    return GEMM_TILES[setting]
 
 
 def split_k_setting() -> int:
@@ -157,10 +172,12 @@ class GemmLaunch:
     split_k: int = 1  # split_k_setting(): 1 for none, 0 for split_k_count, or a count
     sm_count: int = 0  # the GPU's SMs (share_sms; 0: not planned, no split-K)
     splits_by_rows: dict = field(default_factory=dict)  # m -> split_k_count
+    tile_m: int = 0  # 64, 128, or 0: the op picks
 
     def splits(self, buffers: dict) -> int:
-        """The op's split_k on `buffers`: its setting (none for TF32), else split_k_count."""
-        if self.split_k or self.tf32:
+        """The op's split_k on `buffers`: its setting (none for TF32), else split_k_count where
+        the op picks the tile."""
+        if self.split_k or self.tf32 or self.tile_m:
             return self.split_k or 1
         src = buffers[self.src]
         k_blocks = -(-self.weight.shape[1] * self.weight.element_size() // K_BLOCK_BYTES)
@@ -177,7 +194,7 @@ class GemmLaunch:
         op = torch.ops.inception_fast.cuda_gemm_conv1x1.default  # looked up per call: tests count it
         limit = (self.small_stage_sm_limit if small_stage else self.sm_limit) if side_by_side else 0
         op(buffers[self.src], self.weight, self.bias, buffers[self.dst], self.col_offset, self.relu, 0,
-           self.tf32, limit, self.splits(buffers))
+           self.tf32, limit, self.splits(buffers), self.tile_m)
 
 
 @dataclass
@@ -331,23 +348,29 @@ def _run_params(packed, weights, row, run: ColumnRun) -> tuple[torch.Tensor, tor
     return weights[w0:w0 + run.count * k].view(run.count, k), packed.bias[b0:b0 + run.count]
 
 
-def _checked_split_k(tf32: bool, tile: tuple = (0, 0)) -> int:
+def _checked_split_k(tf32: bool, tile: tuple = (0, 0), tile_setting: str = f"{ENV_CONV_TILE} to auto or 64",
+                     ) -> int:
     split_k = split_k_setting()
     if split_k > 1 and (tf32 or tile not in ((0, 0), (128, 64))):
-        fix = "fp32 on TF32 has no split-K kernel" if tf32 else f"set {ENV_CONV_TILE} to auto or 64"
+        fix = "fp32 on TF32 has no split-K kernel" if tf32 else f"set {tile_setting}"
         raise ValueError(f"{ENV_SPLIT_K}={split_k}: split-K runs fp16 and bf16 launches in 128 x 64 tiles; "
                          f"{fix}, or set {ENV_SPLIT_K} to auto or off")
     return split_k
 
 
 def _gemm_launches(packed, weights, row, col_dst, col_flags, tf32) -> list[GemmLaunch]:
-    split_k = _checked_split_k(tf32)
+    tile_m = gemm_tile()
+    split_k = _checked_split_k(tf32, (0, 0) if tile_m != 64 else (64, 64), f"{ENV_GEMM_TILE} to auto or 128")
+    if tile_m == 64 and tf32:
+        raise ValueError(f"{ENV_GEMM_TILE}='64x64': 64-row tiles are built for fp16 and bf16, not fp32 on "
+                         "TF32; use auto or 128")
     launches = []
     for run in column_runs(row, col_dst, col_flags):
         weight, bias = _run_params(packed, weights, row, run)
         launches.append(GemmLaunch(
             src=row[pk.SRC_BUF], dst=run.buffer, col_offset=run.dst_channel,
             relu=bool(run.flags & pk.FLAG_RELU), weight=weight, bias=bias, tf32=tf32, split_k=split_k,
+            tile_m=tile_m,
         ))
     return launches
 
@@ -448,7 +471,7 @@ def launch_table(launches: list) -> LaunchTable:
     for launch in launches:
         if isinstance(launch, GemmLaunch):
             row = dict(kind=LAUNCH_GEMM, in_c0=0, out_c0=launch.col_offset, stride=1, pad_h=0, pad_w=0,
-                       tile_n=0, tile_m=0, split_k=0)
+                       tile_n=0, tile_m=launch.tile_m, split_k=0)
         else:
             row = dict(kind=LAUNCH_CONV, in_c0=launch.in_c0, out_c0=launch.out_c0, stride=launch.stride,
                        pad_h=launch.pad_h, pad_w=launch.pad_w, tile_n=launch.tile_n, tile_m=launch.tile_m,

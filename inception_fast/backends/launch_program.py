@@ -140,7 +140,8 @@ def build(recorded: launch_record.Recording, buffers: tuple):
 def _add_cutlass(program, op, split_k: int) -> None:
     """One CUTLASS launch as `gemm_routing.run_launches` issues it: on every SM."""
     if isinstance(op, gemm_routing.GemmLaunch):
-        program.add_gemm(op.src, op.dst, op.weight, op.bias, op.col_offset, op.relu, 0, op.tf32, split_k)
+        program.add_gemm(op.src, op.dst, op.weight, op.bias, op.col_offset, op.relu, 0, op.tf32, op.tile_m,
+                         split_k)
     else:
         program.add_conv(op.src, op.dst, op.weight, op.bias, op.in_c0, op.out_c0, op.stride, op.pad_h,
                          op.pad_w, op.relu, op.tile_n, op.tf32, op.tile_m, split_k)
