@@ -74,7 +74,7 @@ struct ConvTile {
 // (the stem aside) at batches 8, 32 and 256 the model's picks take 3.540 ms against 3.664 before
 // and 3.514 for the fastest shape of each.
 inline ConvTile conv_fprop_tile(int64_t m, int64_t k, int stride, int sm_count, bool sixteen_bit) {
-  if (sixteen_bit && (m + 63) / 64 * ((k + 63) / 64) <= sm_count) return {64, 64};
+  if (sixteen_bit && narrow_tiles_fit_one_wave(m, k, sm_count)) return {64, 64};
   const int narrow = conv_fprop_tile_n(m, k, sm_count);
   if (!sixteen_bit || stride != 1) return {128, narrow};
   const int wide = conv_fprop_tile_n(m, k, sm_count, 256);

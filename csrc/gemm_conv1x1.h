@@ -82,12 +82,17 @@ inline int gemm_conv1x1_tile_n(int64_t m, int64_t n, int sm_count) {
   return cta_tile_n(m, n, sm_count, {256, 128, 64});
 }
 
-// The GEMM op's tile rows: 64 (64 x 64 tiles, built for fp16 and bf16: `sixteen_bit`) where those
-// tiles fit one wave of `sm_count` SMs, else 128 (conv_fprop_tile's rule: a small GEMM's K loop is
+// Whether an m x n output's 64 x 64 CTA tiles fit one wave of `sm_count` SMs: where they do, both
+// CUTLASS ops run 64 x 64 tiles (built for fp16 and bf16). A small GEMM's or conv's K loop is
 // bound by its tiles' loads, and a 64 x 64 tile loads 2/3 of a 128 x 64 tile's bytes per k-block,
-// on up to twice the CTAs).
+// on up to twice the CTAs (conv_fprop_tile has the measurements).
+inline bool narrow_tiles_fit_one_wave(int64_t m, int64_t n, int sm_count) {
+  return (m + 63) / 64 * ((n + 63) / 64) <= sm_count;
+}
+
+// The GEMM op's tile rows: 64 where narrow_tiles_fit_one_wave (fp16 and bf16: `sixteen_bit`), else 128.
 inline int gemm_conv1x1_tile_m(int64_t m, int64_t n, int sm_count, bool sixteen_bit) {
-  return sixteen_bit && (m + 63) / 64 * ((n + 63) / 64) <= sm_count ? 64 : 128;
+  return sixteen_bit && narrow_tiles_fit_one_wave(m, n, sm_count) ? 64 : 128;
 }
 
 // kTf32: fp32 operands on TF32 tensor cores (read truncated to TF32; D rounded to TF32, to nearest).
