@@ -46,22 +46,28 @@ FORWARDS = 5  # profiled forwards; times are per forward
 
 def kind(name: str) -> str:
     """A short kind for a kernel name: CUTLASS kernels by op and tile shape, others by name."""
-    if "kernel_entry" in name:  # the tile from the MMA atom, the schedule and the tile shape
-        if name.startswith("_Z"):  # the profiler reports some long template names mangled
-            name = torch._C._demangle(name)
+    if "kernel_entry" in name:  # the width from the MMA atom, the rows from the tile shape
         conv = "CollectiveConv" in name
         split_k = "SplitKSchedulerTag" in name  # cooperative, 128 x 64 (csrc/split_k_scheduler.cuh)
         width = re.search(r"MMA_64x(\d+)x", name)
-        # A conv's tile shape (rows, width, (k-block)) where the name writes it out; else the
-        # GEMM's are 128 rows, the conv's cooperative tiles 256 but for split-K, the rest 128.
-        tile = re.search(r"tuple<cute::C<(\d+)>,\s*cute::C<\d+>,\s*cute::tuple<cute::C<\d+>", name)
-        rows = 256 if conv and "PersistentCooperative" in name and not split_k else 128
-        rows = int(tile.group(1)) if conv and tile else rows
+        rows = tile_rows(name)
         op = "CUTLASS conv" if conv else "CUTLASS GEMM"
-        label = f"{op} {rows}x{width.group(1)}" if width else op
+        label = f"{op} {rows}x{width.group(1)}" if width and rows else op
         return f"{label} split-K" if split_k else label
     name = re.sub(r"<.*", "", name)  # templates: the kernel's own name
     return name[:70]
+
+
+def tile_rows(name: str) -> int | None:
+    """A CUTLASS kernel's CTA tile rows: the first compile-time integer of 64 or more in its
+    collective's arguments (before the tile shape come only the cluster shape's 1s and 2s). The
+    profiler reports these names mangled (the demangler gives up on them: `ILi128EE` is
+    `C<128>`); written out, `cute::C<128>`."""
+    start = max(name.find("CollectiveConv"), name.find("CollectiveMma"))
+    if start < 0:
+        return None
+    values = re.findall(r"ILi(\d+)EE|cute::C<(\d+)>", name[start:])
+    return next((int(a or b) for a, b in values if int(a or b) >= 64), None)
 
 
 def busy_us(intervals: list[tuple[float, float]]) -> float:
