@@ -270,8 +270,8 @@ const char* by_tile(int tile, Launch&& launch) {
 }
 
 // The ops' split_k: 0 or 1 (none) or 2 to kMaxSplits ranges of the K loop, for fp16 and bf16 in
-// the split-K tile: the caller's tile_m and tile_n must be 0 (the op's choice) or that tile's. The message is built only when a check fails (join_text, not c10::str:
-// see check_text.h).
+// the split-K tile: the caller's tile_m and tile_n must be 0 (the op's choice) or that tile's.
+// The message is built only when a check fails (join_text, not c10::str: see check_text.h).
 void check_split_k(const char* op, const at::Tensor& x, int64_t split_k, int64_t tile_m, int64_t tile_n) {
   OP_CHECK(split_k >= 0 && split_k <= kMaxSplits, op, ": split_k must be 0 or 1 (no split) or 2 to ", kMaxSplits,
            " ranges of the K loop, got ", split_k);
@@ -280,6 +280,13 @@ void check_split_k(const char* op, const at::Tensor& x, int64_t split_k, int64_t
            ": split-K is built for fp16 and bf16 in ", kSplitKTileM, " x ", kSplitKTileN, " tiles; got ",
            x.scalar_type(), " with tile_m ", tile_m, ", tile_n ", tile_n,
            ". Pass split_k=0 or 1, or tiles of 0 (the op's) or those");
+}
+
+// Both ops' 64-row tiles: 64 x 64, fp16 and bf16 only.
+void check_narrow_tile(const char* op, const at::Tensor& x, int64_t tile_m, int64_t tile_n) {
+  OP_CHECK(tile_m != 64 || ((tile_n == 0 || tile_n == 64) && x.scalar_type() != at::kFloat), op,
+           ": 64-row tiles are built 64 wide for fp16 and bf16; got tile_n ", tile_n, " (", x.scalar_type(),
+           "). Pass tile_m=0 or 128, or tile_n=64");
 }
 
 // The split-K of a CUTLASS launch on x's device and the current stream: the ops' split_k (0 or
@@ -309,9 +316,7 @@ void check_gemm_conv1x1(const at::Tensor& x, const at::Tensor& weight, const at:
   check_cutlass_dtype("cuda_gemm_conv1x1", x, tf32);
   OP_CHECK(tile_m == 0 || tile_m == 64 || tile_m == 128, "cuda_gemm_conv1x1: tile_m must be 0 (chosen per "
            "problem), 64 or 128, got ", tile_m);
-  OP_CHECK(tile_m != 64 || ((tile_n == 0 || tile_n == 64) && x.scalar_type() != at::kFloat),
-           "cuda_gemm_conv1x1: 64-row tiles are built 64 wide for fp16 and bf16; got tile_n ", tile_n, " (",
-           x.scalar_type(), "). Pass tile_m=0 or 128, or tile_n=64");
+  check_narrow_tile("cuda_gemm_conv1x1", x, tile_m, tile_n);
   check_split_k("cuda_gemm_conv1x1", x, split_k, tile_m, tile_n);
   OP_CHECK(sm_limit >= 0, "cuda_gemm_conv1x1: sm_limit must be 0 (every SM) or a positive SM count, got ", sm_limit);
   OP_CHECK(x.dim() >= 2 && x.is_contiguous(), "cuda_gemm_conv1x1: x must be a contiguous NHWC (or [M, K]) "
@@ -397,7 +402,7 @@ bool prepare_gemm(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
   if (args.split.splits > 1) {
     error = x.scalar_type() == at::kHalf ? prepare_gemm_conv1x1_split_k<GemmDtype::kHalf>(args, prepared)
                                          : prepare_gemm_conv1x1_split_k<GemmDtype::kBFloat16>(args, prepared);
-  } else if (args.tile_m == 64) {
+  } else if (args.tile_m == 64) {  // fp16 or bf16 (check_narrow_tile)
     error = x.scalar_type() == at::kHalf ? prepare_gemm_conv1x1_narrow<GemmDtype::kHalf>(args, prepared)
                                          : prepare_gemm_conv1x1_narrow<GemmDtype::kBFloat16>(args, prepared);
   } else {
@@ -438,9 +443,7 @@ void check_conv_fprop(const at::Tensor& x, const at::Tensor& weight, const at::T
            "(chosen per problem), 64, 96 or 128, got ", tile_n);
   OP_CHECK(tile_m == 0 || tile_m == 64 || tile_m == 128 || tile_m == 256, "cuda_conv_fprop: tile_m must be 0 "
            "(chosen per problem), 64, 128 or 256, got ", tile_m);
-  OP_CHECK(tile_m != 64 || ((tile_n == 0 || tile_n == 64) && x.scalar_type() != at::kFloat),
-           "cuda_conv_fprop: 64-row tiles are built 64 wide for fp16 and bf16; got tile_n ", tile_n, " (",
-           x.scalar_type(), "). Pass tile_m=0 or 128, or tile_n=64");
+  check_narrow_tile("cuda_conv_fprop", x, tile_m, tile_n);
   OP_CHECK(tile_m != 256 || ((tile_n == 0 || tile_n == 96 || tile_n == 128) && x.scalar_type() != at::kFloat),
            "cuda_conv_fprop: 256-row tiles are built 96 or 128 wide for fp16 and bf16; got tile_n ", tile_n,
            " (", x.scalar_type(), "). Pass tile_m=0 or 128, or tile_n=96 or 128");
@@ -546,16 +549,9 @@ bool prepare_conv(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
   if (args.split.splits > 1) {
     error = x.scalar_type() == at::kHalf ? prepare_conv_fprop_split_k<ConvDtype::kHalf>(args, prepared)
                                          : prepare_conv_fprop_split_k<ConvDtype::kBFloat16>(args, prepared);
-  } else if (args.tile_m == 64) {
-    error = by_tile<64>(args.tile_n, [&](auto tile) {
-      return by_dtype<ConvDtype>(x.scalar_type(), [&](auto dtype) -> const char* {
-        if constexpr (decltype(dtype)::value == ConvDtype::kTf32) {
-          return "no kernel is built for this tile shape";
-        } else {
-          return prepare_conv_fprop<decltype(dtype)::value, 64, decltype(tile)::value>(args, prepared);
-        }
-      });
-    });
+  } else if (args.tile_m == 64) {  // 64 x 64, fp16 or bf16 (check_narrow_tile)
+    error = x.scalar_type() == at::kHalf ? prepare_conv_fprop<ConvDtype::kHalf, 64, 64>(args, prepared)
+                                         : prepare_conv_fprop<ConvDtype::kBFloat16, 64, 64>(args, prepared);
   } else if (args.tile_m == 256) {
     error = by_tile<96, 128>(args.tile_n, [&](auto tile) {
       return by_dtype<ConvDtype>(x.scalar_type(), [&](auto dtype) -> const char* {

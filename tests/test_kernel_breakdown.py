@@ -61,7 +61,6 @@ def _library_kernel_names(library: Path) -> list[str]:
 def test_every_kernel_of_the_build_is_named_by_its_tile():
     """The names the profiler reports: every tile shape each op is built with, read from the
     mangled names (the demangler gives up on them)."""
-    extension.load()
     names = _library_kernel_names(extension.load())
     if not names:
         pytest.skip("the extension was built without the CUTLASS headers")

@@ -348,11 +348,13 @@ def _run_params(packed, weights, row, run: ColumnRun) -> tuple[torch.Tensor, tor
     return weights[w0:w0 + run.count * k].view(run.count, k), packed.bias[b0:b0 + run.count]
 
 
-def _checked_split_k(tf32: bool, tile: tuple = (0, 0), tile_setting: str = f"{ENV_CONV_TILE} to auto or 64",
+def _checked_split_k(tf32: bool, tile: tuple = (0, 0), tile_fix: str = f"{ENV_CONV_TILE} to auto or 64",
                      ) -> int:
+    """The split-K setting, refused for TF32 and for a tile other than the split-K tile (`tile_fix`:
+    the setting that mends it)."""
     split_k = split_k_setting()
     if split_k > 1 and (tf32 or tile not in ((0, 0), (128, 64))):
-        fix = "fp32 on TF32 has no split-K kernel" if tf32 else f"set {tile_setting}"
+        fix = "fp32 on TF32 has no split-K kernel" if tf32 else f"set {tile_fix}"
         raise ValueError(f"{ENV_SPLIT_K}={split_k}: split-K runs fp16 and bf16 launches in 128 x 64 tiles; "
                          f"{fix}, or set {ENV_SPLIT_K} to auto or off")
     return split_k
